@@ -1,0 +1,1 @@
+"""Source adapters: one per kind of local system, behind one small interface."""

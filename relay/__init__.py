@@ -1,0 +1,1 @@
+"""The mini-relay cloud service."""

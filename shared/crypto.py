@@ -1,0 +1,183 @@
+"""Sealing jobs to an agent (HPKE, RFC 9180), key-pair files, and AEAD for data at rest.
+
+Contract §4: base mode, DHKEM-X25519 / HKDF-SHA256 / AES-256-GCM. A platform that seals a
+query itself uses ``info = b"mini-connector/job/v1:" + connector_id``; the relay binds the
+job id too (``...:<connector_id>:<job_id>``), so a sealed job cannot be replayed as
+another job. Agents accept both (``open_job`` tries the relay form first when told which).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+
+from .errors import DecryptionFailed, ValidationError
+
+SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+INFO_PREFIX = "mini-connector/job/v1:"
+
+SEAL_PLATFORM = "platform"
+SEAL_RELAY = "relay"
+
+
+def platform_info(connector_id: str) -> bytes:
+    return (INFO_PREFIX + connector_id).encode("utf-8")
+
+
+def relay_info(connector_id: str, job_id: str) -> bytes:
+    return (INFO_PREFIX + connector_id + ":" + job_id).encode("utf-8")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def generate_private_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def public_key_b64(key: X25519PrivateKey | X25519PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def load_public_key(b64: str) -> X25519PublicKey:
+    """Parse the contract's form of a public key: 32 raw bytes, standard base64."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValidationError("publicKey is not valid base64", field="publicKey") from exc
+    if len(raw) != 32:
+        raise ValidationError("publicKey must be 32 bytes (X25519)", field="publicKey")
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if os.name == "posix":
+        os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def save_private_key(key: X25519PrivateKey, path: Path) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_secret_file(path, pem)
+
+
+def load_private_key(path: Path) -> X25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, X25519PrivateKey):
+        raise ValueError(f"{path} does not hold an X25519 private key")
+    return key
+
+
+def load_or_create_private_key(path: Path) -> X25519PrivateKey:
+    if path.exists():
+        return load_private_key(path)
+    key = generate_private_key()
+    save_private_key(key, path)
+    return key
+
+
+# ---------------------------------------------------------------- sealing
+
+
+def seal(plaintext: bytes, public_key: X25519PublicKey | str, info: bytes) -> bytes:
+    if isinstance(public_key, str):
+        public_key = load_public_key(public_key)
+    return SUITE.encrypt(plaintext, public_key, info)
+
+
+def seal_query(query: Any, public_key: X25519PublicKey | str, info: bytes) -> bytes:
+    """Seal a query object as UTF-8 JSON (what a platform sends as ``sealedQuery``, decoded)."""
+    return seal(orjson.dumps(query), public_key, info)
+
+
+def seal_query_for_platform(query: Any, public_key_b64_: str, connector_id: str) -> str:
+    """The helper a platform uses: returns the base64 ``sealedQuery`` field."""
+    sealed = seal_query(query, public_key_b64_, platform_info(connector_id))
+    return base64.b64encode(sealed).decode("ascii")
+
+
+def open_sealed(sealed: bytes, private_key: X25519PrivateKey, infos: list[bytes]) -> bytes:
+    """Open with the first ``info`` that works; ``DecryptionFailed`` if none does."""
+    for info in infos:
+        try:
+            return SUITE.decrypt(sealed, private_key, info)
+        except (InvalidTag, ValueError):
+            continue
+    raise DecryptionFailed()
+
+
+def open_job(
+    sealed: bytes, private_key: X25519PrivateKey, connector_id: str, job_id: str
+) -> Any:
+    """Open a job's sealed query (relay or platform form) and parse its JSON."""
+    plain = open_sealed(
+        sealed, private_key, [relay_info(connector_id, job_id), platform_info(connector_id)]
+    )
+    try:
+        return orjson.loads(plain)
+    except orjson.JSONDecodeError as exc:
+        raise DecryptionFailed("the sealed query is not valid JSON") from exc
+
+
+# ---------------------------------------------------------------- data at rest
+
+
+class DataCipher:
+    """AES-256-GCM with a key id, for result chunks at rest.
+
+    Stored form: ``nonce(12) || ciphertext+tag``; the key id is stored beside it so keys
+    can be rotated (old ids stay readable while any ``keys`` entry holds them).
+    """
+
+    def __init__(self, keys: dict[str, bytes], current: str) -> None:
+        if current not in keys:
+            raise ValueError("the current data key id is not among the keys")
+        for kid, k in keys.items():
+            if len(k) != 32:
+                raise ValueError(f"data key {kid!r} must be 32 bytes")
+        self._aead = {kid: AESGCM(k) for kid, k in keys.items()}
+        self.current = current
+
+    @classmethod
+    def generate(cls, key_id: str = "k1") -> DataCipher:
+        return cls({key_id: AESGCM.generate_key(bit_length=256)}, key_id)
+
+    def encrypt(self, data: bytes, aad: bytes = b"") -> tuple[str, bytes]:
+        nonce = secrets.token_bytes(12)
+        return self.current, nonce + self._aead[self.current].encrypt(nonce, data, aad)
+
+    def decrypt(self, key_id: str, blob: bytes, aad: bytes = b"") -> bytes:
+        aead = self._aead.get(key_id)
+        if aead is None:
+            raise DecryptionFailed(f"data key {key_id!r} is not configured")
+        try:
+            return aead.decrypt(blob[:12], blob[12:], aad)
+        except InvalidTag as exc:
+            raise DecryptionFailed("stored data failed its integrity check") from exc

@@ -1,0 +1,388 @@
+"""The agent <-> relay wire protocol, sans I/O.
+
+Everything both ends must agree on lives here: message types (versioned in their names,
+``agent.hello.v1``), their fields and validation, which side may send which, the binary
+chunk frame, size limits and the close-reason table. No sockets, no asyncio: bytes or
+text go in, validated ``Message``/``Chunk`` objects come out, and the reverse. Anything
+malformed raises ``ProtocolError`` with a sentence saying what was wrong.
+
+Text frames carry one JSON object: ``{"type": "<name>", ...fields}``.
+Binary frames carry result chunks::
+
+    byte 0      frame kind (1 = chunk)
+    byte 1      flags (bit 0: payload is zlib-compressed)
+    bytes 2-3   header length H, big-endian
+    H bytes     JSON header {"jobId", "attempt", "seq", "rows"}
+    the rest    payload: a JSON array of rows, each an array in column order
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+MAX_TEXT_FRAME: Final = 1 << 20  # 1 MiB
+MAX_BINARY_FRAME: Final = 16 << 20  # 16 MiB: a chunk's header and payload
+MAX_CHUNK_ROWS_BYTES: Final = 8 << 20  # what the agent aims a chunk's payload at, at most
+MAX_DECOMPRESSED: Final = 64 << 20
+MAX_ID_LEN: Final = 64
+MAX_NAME_LEN: Final = 200
+
+AGENT = "agent"
+RELAY = "relay"
+
+JOB_STATUSES_FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+OPERATIONS = ("query", "discover", "test")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# ---------------------------------------------------------------- close reasons
+# WebSocket close code -> (name, terminal?, minimum seconds before reconnecting).
+# Both sides read this table: the relay to choose a code, the agent to decide what to do.
+CLOSE_REASONS: Final[dict[int, tuple[str, bool, float]]] = {
+    1000: ("NORMAL", False, 0.0),
+    1001: ("GOING_AWAY", False, 0.0),
+    1011: ("INTERNAL_ERROR", False, 1.0),
+    1012: ("SERVICE_RESTART", False, 1.0),
+    4001: ("UNAUTHORIZED", False, 60.0),
+    4003: ("REVOKED", False, 60.0),
+    4008: ("PROTOCOL_VIOLATION", False, 5.0),
+    4009: ("DUPLICATE_CONNECTION", False, 60.0),
+    4010: ("SESSION_REPLACED", True, 0.0),
+    4011: ("HEARTBEAT_TIMEOUT", False, 1.0),
+}
+CLOSE_CODES: Final = {name: code for code, (name, _, _) in CLOSE_REASONS.items()}
+
+
+def close_reason(code: int | None) -> tuple[str, bool, float]:
+    """(name, terminal, minimum delay) for a close code; unknown codes are retryable."""
+    if code is None:
+        return ("ABNORMAL", False, 0.0)
+    return CLOSE_REASONS.get(code, ("UNKNOWN", False, 1.0))
+
+
+# ---------------------------------------------------------------- field specs
+
+
+@dataclass(frozen=True)
+class F:
+    """One field of a message: its JSON kind and limits."""
+
+    kind: str  # str | int | num | bool | list | obj | any
+    required: bool = True
+    nullable: bool = False
+    max_len: int | None = None
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[Any, ...] | None = None
+    item: Callable[[Any, str], Any] | None = None  # validator for list items
+
+
+def _check(value: Any, spec: F, where: str) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ProtocolError(f"{where} must not be null")
+    k = spec.kind
+    if k == "str":
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} must be a string")
+        if spec.max_len is not None and len(value) > spec.max_len:
+            raise ProtocolError(f"{where} is longer than {spec.max_len} characters")
+    elif k == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"{where} must be an integer")
+    elif k == "num":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ProtocolError(f"{where} must be a number")
+    elif k == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where} must be true or false")
+    elif k == "list":
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where} must be a list")
+        if spec.max_len is not None and len(value) > spec.max_len:
+            raise ProtocolError(f"{where} has more than {spec.max_len} items")
+        if spec.item is not None:
+            value = [spec.item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif k == "obj":
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be an object")
+    if k in ("int", "num"):
+        if spec.lo is not None and value < spec.lo:
+            raise ProtocolError(f"{where} must be at least {spec.lo}")
+        if spec.hi is not None and value > spec.hi:
+            raise ProtocolError(f"{where} must be at most {spec.hi}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ProtocolError(f"{where} must be one of {', '.join(map(str, spec.choices))}")
+    return value
+
+
+def _obj(fields: Mapping[str, F]) -> Callable[[Any, str], dict[str, Any]]:
+    def check(value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be an object")
+        return _validate_fields(value, fields, where)
+
+    return check
+
+
+def _validate_fields(data: Mapping[str, Any], fields: Mapping[str, F], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in data:
+            if spec.required:
+                raise ProtocolError(f"{where}.{name} is missing")
+            continue
+        out[name] = _check(data[name], spec, f"{where}.{name}")
+    # Unknown fields are ignored (forward compatibility within a version), not kept.
+    return out
+
+
+ID = F("str", max_len=MAX_ID_LEN)
+ATTEMPT = F("int", lo=1, hi=1_000_000)
+_COLUMN = _obj({"name": F("str", max_len=1000), "type": F("str", max_len=100)})
+_SOURCE = _obj({"name": F("str", max_len=MAX_NAME_LEN), "type": F("str", max_len=50)})
+_JOB_ERROR = {
+    "code": F("str", max_len=64),
+    "message": F("str", max_len=8000),
+    "retryable": F("bool"),
+}
+_HELD_JOB = _obj({"jobId": ID, "attempt": ATTEMPT})
+_LOG_LINE = _obj(
+    {
+        "timestamp": F("str", max_len=64),
+        "level": F("str", choices=LOG_LEVELS),
+        "message": F("str", max_len=16_000),
+        "logger": F("str", required=False, nullable=True, max_len=200),
+        "jobId": F("str", required=False, nullable=True, max_len=MAX_ID_LEN),
+    }
+)
+
+# type -> (who may send it, fields)
+MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
+    # agent -> relay
+    "agent.hello.v1": (
+        AGENT,
+        {
+            "protocolVersion": F("int", lo=1, hi=1000),
+            "agentVersion": F("str", max_len=50),
+            "hostname": F("str", max_len=255),
+            "os": F("str", max_len=50),
+            "publicKey": F("str", max_len=200),
+            "capacity": F("int", lo=1, hi=256),
+            "sources": F("list", max_len=1000, item=_SOURCE),
+            "heldJobs": F("list", required=False, max_len=1000, item=_HELD_JOB),
+            "kems": F("list", required=False, max_len=10),
+        },
+    ),
+    "agent.heartbeat.v1": (
+        AGENT,
+        {
+            "cpuUsage": F("num", lo=0, hi=100),
+            "memoryUsage": F("num", lo=0, hi=100),
+            "rss": F("int", lo=0),
+            "activeJobs": F("int", lo=0, hi=100_000),
+            "capacity": F("int", lo=1, hi=256),
+            "version": F("str", max_len=50),
+        },
+    ),
+    "job.started.v1": (
+        AGENT,
+        {"jobId": ID, "attempt": ATTEMPT, "columns": F("list", max_len=10_000, item=_COLUMN)},
+    ),
+    "job.done.v1": (
+        AGENT,
+        {
+            "jobId": ID,
+            "attempt": ATTEMPT,
+            "status": F("str", choices=JOB_STATUSES_FINAL),
+            "chunks": F("int", lo=0),
+            "rowCount": F("int", lo=0),
+            "byteCount": F("int", lo=0),
+            "error": F("obj", nullable=True, required=False),
+        },
+    ),
+    "agent.logs.v1": (AGENT, {"lines": F("list", max_len=1000, item=_LOG_LINE)}),
+    # relay -> agent
+    "relay.welcome.v1": (
+        RELAY,
+        {
+            "protocolVersion": F("int", lo=1),
+            "connectorId": ID,
+            "heartbeatInterval": F("num", lo=0.05, hi=3600),
+            "window": F("int", lo=1, hi=1024),
+            "maxChunkBytes": F("int", lo=1024, hi=MAX_BINARY_FRAME),
+            "logLevel": F("str", required=False, choices=LOG_LEVELS),
+        },
+    ),
+    "job.assign.v1": (
+        RELAY,
+        {
+            "jobId": ID,
+            "attempt": ATTEMPT,
+            "source": F("str", max_len=MAX_NAME_LEN),
+            "operation": F("str", choices=OPERATIONS),
+            "sealed": F("str", nullable=True, max_len=MAX_TEXT_FRAME),
+            "options": F("obj", required=False),
+        },
+    ),
+    "job.cancel.v1": (
+        RELAY,
+        {"jobId": ID, "attempt": ATTEMPT, "reason": F("str", max_len=64, required=False)},
+    ),
+    "job.chunk.ack.v1": (RELAY, {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0)}),
+    "job.done.ack.v1": (RELAY, {"jobId": ID, "attempt": ATTEMPT}),
+    "relay.error.v1": (
+        RELAY,
+        {"code": F("str", max_len=64), "message": F("str", max_len=2000)},
+    ),
+    "relay.reconnect.v1": (RELAY, {"delaySeconds": F("num", lo=0, hi=3600, required=False)}),
+    "agent.config.v1": (RELAY, {"logLevel": F("str", choices=LOG_LEVELS)}),
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A validated text message. ``data`` holds the fields without ``type``."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One binary chunk of result rows. ``payload`` stays opaque bytes (uncompressed)."""
+
+    job_id: str
+    attempt: int
+    seq: int
+    rows: int
+    payload: bytes
+
+
+def make(type_: str, **fields: Any) -> Message:
+    """Build a message, validating it exactly as the receiver will."""
+    if type_ not in MESSAGES:
+        raise ProtocolError(f"unknown message type {type_!r}")
+    _, spec = MESSAGES[type_]
+    return Message(type_, _validate_fields(fields, spec, type_))
+
+
+def job_error(code: str, message: str, retryable: bool) -> dict[str, Any]:
+    return {"code": code, "message": message[:8000], "retryable": retryable}
+
+
+def encode(msg: Message) -> str:
+    return orjson.dumps({"type": msg.type, **msg.data}).decode("utf-8")
+
+
+def decode_text(data: str | bytes, *, sender: str) -> Message:
+    """Parse and validate one text frame sent by ``sender`` (AGENT or RELAY)."""
+    if len(data) > MAX_TEXT_FRAME:
+        raise ProtocolError(f"text frame larger than {MAX_TEXT_FRAME} bytes")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("text frame is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("text frame must be a JSON object")
+    type_ = obj.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError("message has no 'type'")
+    entry = MESSAGES.get(type_)
+    if entry is None:
+        raise ProtocolError(f"unknown message type {type_[:80]!r}")
+    who, spec = entry
+    if who != sender:
+        raise ProtocolError(f"{type_} may not be sent by the {sender}")
+    msg = Message(type_, _validate_fields(obj, spec, type_))
+    if type_ == "job.done.v1":
+        _check_done(msg)
+    return msg
+
+
+def _check_done(msg: Message) -> None:
+    err = msg.get("error")
+    if err is not None:
+        msg.data["error"] = _validate_fields(err, _JOB_ERROR, "job.done.v1.error")
+    if msg["status"] != "succeeded" and err is None:
+        raise ProtocolError("job.done.v1 with a status other than succeeded needs an error")
+
+
+# ---------------------------------------------------------------- binary chunks
+
+FRAME_CHUNK: Final = 1
+FLAG_ZLIB: Final = 1
+_PREFIX = struct.Struct("!BBH")
+COMPRESS_MIN_BYTES: Final = 64 * 1024  # below this, compression costs more than it saves
+
+
+def encode_chunk(chunk: Chunk, *, compress: bool = False) -> bytes:
+    payload, flags = chunk.payload, 0
+    if compress and len(payload) >= COMPRESS_MIN_BYTES:
+        packed = zlib.compress(payload, 1)
+        if len(packed) < len(payload) * 0.9:
+            payload, flags = packed, FLAG_ZLIB
+    header = orjson.dumps(
+        {"jobId": chunk.job_id, "attempt": chunk.attempt, "seq": chunk.seq, "rows": chunk.rows}
+    )
+    return _PREFIX.pack(FRAME_CHUNK, flags, len(header)) + header + payload
+
+
+_CHUNK_HEADER = {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0), "rows": F("int", lo=0)}
+
+
+def decode_chunk(data: bytes) -> Chunk:
+    """Parse a binary frame. The payload is decompressed but not parsed (it stays opaque)."""
+    if len(data) > MAX_BINARY_FRAME:
+        raise ProtocolError(f"binary frame larger than {MAX_BINARY_FRAME} bytes")
+    if len(data) < _PREFIX.size:
+        raise ProtocolError("binary frame too short")
+    kind, flags, hlen = _PREFIX.unpack_from(data)
+    if kind != FRAME_CHUNK:
+        raise ProtocolError(f"unknown binary frame kind {kind}")
+    if flags & ~FLAG_ZLIB:
+        raise ProtocolError("unknown binary frame flags")
+    end = _PREFIX.size + hlen
+    if end > len(data):
+        raise ProtocolError("binary frame header runs past the frame")
+    try:
+        header = orjson.loads(data[_PREFIX.size : end])
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("chunk header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("chunk header must be a JSON object")
+    h = _validate_fields(header, _CHUNK_HEADER, "chunk")
+    payload = data[end:]
+    if flags & FLAG_ZLIB:
+        try:
+            d = zlib.decompressobj()
+            payload = d.decompress(payload, MAX_DECOMPRESSED)
+            if d.unconsumed_tail:
+                raise ProtocolError("chunk payload decompresses past the limit")
+        except zlib.error as exc:
+            raise ProtocolError("chunk payload is not valid zlib data") from exc
+    return Chunk(h["jobId"], h["attempt"], h["seq"], h["rows"], bytes(payload))
+
+
+def decode_frame(data: str | bytes, *, sender: str) -> Message | Chunk:
+    """A frame as received from a WebSocket library: ``str`` is text, ``bytes`` binary."""
+    if isinstance(data, str):
+        return decode_text(data, sender=sender)
+    if sender != AGENT:
+        raise ProtocolError("only agents send binary frames")
+    return decode_chunk(data)
