@@ -1,0 +1,96 @@
+"""What every handler shares: the success envelope, JSON bodies, paging and field checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shared.errors import BadRequest, NotFound, PayloadTooLarge, ValidationError
+
+from ..auth import Principal
+from ..context import PRINCIPAL, RELAY, Relay
+
+
+def relay_of(request: web.Request) -> Relay:
+    return request.app[RELAY]
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def ok(data: Any, *, status: int = 200, meta: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"success": True, "data": data}
+    if meta is not None:
+        body["meta"] = meta
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: 413 past the size limit, 400 if it is not JSON."""
+    limit = request.app[RELAY].config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from exc
+    if not raw:
+        raise BadRequest("a JSON body is required")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("the request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def paging(request: web.Request, *, max_limit: int = 100) -> tuple[int, int]:
+    return (
+        query_int(request, "page", 1, lo=1, hi=1_000_000),
+        query_int(request, "limit", 20, lo=1, hi=max_limit),
+    )
+
+
+def query_int(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
+    return value
+
+
+def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise ValidationError(f"{name} must be one of {', '.join(choices)}", field=name)
+    return raw
+
+
+def not_found(kind: str, ident: str) -> NotFound:
+    return NotFound(f"{kind} {ident[:80]} does not exist", details={"id": ident[:80]})
+
+
+def string_field(
+    body: dict[str, Any], name: str, *, required: bool = True, lo: int = 1, hi: int = 200
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string", field=name)
+    if not lo <= len(value.strip()) <= hi or not lo <= len(value) <= hi:
+        raise ValidationError(f"{name} must be {lo} to {hi} characters", field=name)
+    return value

@@ -1,0 +1,117 @@
+"""Connectors: register, list, read, rename, revoke, rotate the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import ValidationError
+from shared.keys import key_prefix
+
+from .. import services
+from ..formats import iso
+from ..store import connectors as con_store
+from .common import (
+    not_found,
+    ok,
+    paging,
+    principal,
+    query_choice,
+    read_json,
+    relay_of,
+    string_field,
+)
+from .views import connector_view
+
+STATUSES = ("pending", "online", "offline", "revoked")
+OSES = ("linux", "windows")
+
+
+def _download_url(base: str, os_: str) -> str:
+    return f"{base.rstrip('/')}/mini-connector-{'windows.exe' if os_ == 'windows' else 'linux'}"
+
+
+def _setup(request: web.Request, os_: str, api_key: str) -> str:
+    relay_url = f"{request.scheme}://{request.host}"
+    cfg = f"mini-connector configure --relay-url {relay_url} --api-key {api_key}"
+    if os_ == "windows":
+        return (f"Run the installer, then in an administrator prompt: {cfg}; add a source with "
+                "'mini-connector source add', then 'mini-connector service install'.")  # fmt: skip
+    return (f"Download the agent, then run: {cfg}; add a source with 'mini-connector source add', "
+            "then 'sudo mini-connector service install' (or 'mini-connector run').")  # fmt: skip
+
+
+async def create(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    body = await read_json(request)
+    name = string_field(body, "name", hi=100)
+    os_ = body.get("os")
+    if os_ not in OSES:
+        raise ValidationError("os must be linux or windows", field="os")
+    row, api_key = await services.register_connector(relay, who.tenant_id, (name or "").strip(), os_)
+    data = {
+        "id": row["id"],
+        "name": row["name"],
+        "apiKey": api_key,
+        "apiKeyPrefix": row["api_key_prefix"],
+        "downloadUrl": _download_url(relay.config.downloads_url_base, os_),
+        "setupInstructions": _setup(request, os_, api_key),
+    }
+    return ok(data, status=201)
+
+
+async def list_(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    status = query_choice(request, "status", STATUSES)
+    page, limit = paging(request)
+    rows, total = await relay.store.run(con_store.list_page, who.tenant_id, status, page, limit)
+    data = [connector_view(r, relay.hub.sessions.get(r["id"])) for r in rows]
+    return ok(data, meta={"page": page, "limit": limit, "total": total})
+
+
+async def _load(request: web.Request) -> dict[str, Any]:
+    relay, who = relay_of(request), principal(request)
+    cid = request.match_info["id"]
+    row = await relay.store.run(con_store.get, who.tenant_id, cid)
+    if row is None:
+        raise not_found("connector", cid)
+    return row
+
+
+async def get(request: web.Request) -> web.Response:
+    row = await _load(request)
+    return ok(connector_view(row, relay_of(request).hub.sessions.get(row["id"])))
+
+
+async def update(request: web.Request) -> web.Response:
+    relay = relay_of(request)
+    body = await read_json(request)
+    unknown = set(body) - {"name"}
+    if unknown:
+        raise ValidationError(f"{sorted(unknown)[0]} cannot be changed", field=sorted(unknown)[0])
+    name = string_field(body, "name", hi=100)
+    row = await _load(request)
+    await relay.store.run(con_store.set_fields, row["id"], {"name": (name or "").strip()})
+    row = await _load(request)
+    return ok(connector_view(row, relay.hub.sessions.get(row["id"])))
+
+
+async def delete(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    await services.revoke_connector(relay, who.tenant_id, request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    grace = relay.config.rotate_grace_seconds
+    if request.can_read_body:
+        body = await read_json(request)
+        if "gracePeriodSeconds" in body:
+            value = body["gracePeriodSeconds"]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 30 * 86400:
+                raise ValidationError("gracePeriodSeconds must be 0 to 2592000", field="gracePeriodSeconds")
+            grace = float(value)
+    key, expires = await services.rotate_key(relay, who.tenant_id, request.match_info["id"], grace)
+    return ok({"apiKey": key, "apiKeyPrefix": key_prefix(key), "previousKeyExpiresAt": iso(expires)})

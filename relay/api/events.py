@@ -1,0 +1,45 @@
+"""``GET /events?token=``: the tenant's events over a WebSocket, ``{"type","data","timestamp"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+from aiohttp import web
+
+from shared.errors import BadRequest
+
+from .common import principal, relay_of
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    # Clients send nothing we act on; reading keeps pings answered and sees the close.
+    async for _ in ws:
+        pass
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    relay, who = relay_of(request), principal(request)
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, timeout=2.0)
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("this route needs a WebSocket upgrade")
+    q = relay.events.subscribe(who.tenant_id)
+    try:
+        await ws.prepare(request)
+        reader = asyncio.create_task(_drain(ws))
+        try:
+            while not ws.closed:
+                getter = asyncio.create_task(q.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                await ws.send_str(orjson.dumps(getter.result()).decode())
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+    finally:
+        relay.events.unsubscribe(who.tenant_id, q)
+    return ws

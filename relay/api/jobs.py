@@ -1,0 +1,47 @@
+"""Jobs: submit, list, read, cancel."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .. import queue, services
+from ..formats import iso
+from ..store import jobs as job_store
+from .common import not_found, ok, paging, principal, query_choice, read_json, relay_of
+from .job_spec import parse_job
+from .views import job_view
+
+
+async def create(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    spec = parse_job(await read_json(request))
+    job, created = await services.submit_job(relay, who.tenant_id, spec)
+    if not created:
+        return ok(job_view(job), status=200)
+    return ok({"id": job["id"], "status": job["status"], "queuedAt": iso(job["queued_at"])}, status=202)
+
+
+async def list_(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    status = query_choice(request, "status", queue.STATUSES)
+    connector_id = request.query.get("connectorId") or None
+    page, limit = paging(request)
+    rows, total = await relay.store.run(
+        job_store.list_page, who.tenant_id, connector_id, status, page, limit
+    )
+    return ok([job_view(r) for r in rows], meta={"page": page, "limit": limit, "total": total})
+
+
+async def get(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    job_id = request.match_info["id"]
+    job = await relay.store.run(job_store.get, who.tenant_id, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return ok(job_view(job))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    relay, who = relay_of(request), principal(request)
+    job = await services.cancel_job(relay, who.tenant_id, request.match_info["id"])
+    return ok({"id": job["id"], "status": job["status"], "cancelledAt": iso(job["cancelled_at"])})

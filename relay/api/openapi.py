@@ -1,0 +1,267 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document of every route, kept in this one module.
+
+A test walks the app's router and fails if a route is missing here, and validates the
+document with openapi-spec-validator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .common import relay_of
+
+S = dict[str, Any]
+
+
+def _ref(name: str) -> S:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> S:
+    return {"type": [kind, "null"], **extra}
+
+
+TIME = _nullable("string", format="date-time")
+SCHEMAS: dict[str, S] = {
+    "Error": {
+        "type": "object", "required": ["success", "error"],
+        "properties": {
+            "success": {"const": False},
+            "error": {
+                "type": "object", "required": ["code", "message", "details", "requestId"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                               "details": {"type": "object"}, "requestId": {"type": "string"}},
+            },
+        },
+    },
+    "Meta": {"type": "object", "properties": {"page": {"type": "integer"},
+             "limit": {"type": "integer"}, "total": {"type": "integer"}}},
+    "NewConnector": {
+        "type": "object", "required": ["name", "os"], "additionalProperties": False,
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                       "os": {"enum": ["linux", "windows"]}},
+    },
+    "ConnectorCreated": {
+        "type": "object",
+        "properties": {k: {"type": "string"} for k in
+                       ("id", "name", "apiKey", "apiKeyPrefix", "downloadUrl", "setupInstructions")},
+    },
+    "Connector": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"}, "name": {"type": "string"},
+            "status": {"enum": ["pending", "online", "offline", "revoked"]},
+            "os": {"type": "string"}, "hostname": _nullable("string"),
+            "ipAddress": _nullable("string"), "version": _nullable("string"),
+            "lastSeen": TIME, "connectedSince": TIME,
+            "cpuUsage": _nullable("number"), "memoryUsage": _nullable("number"),
+            "activeJobs": {"type": "integer"}, "capacity": _nullable("integer"),
+            "sources": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "type": {"type": "string"}}}},
+            "apiKeyPrefix": {"type": "string"}, "publicKey": _nullable("string"),
+            "createdAt": {"type": "string", "format": "date-time"},
+        },
+    },
+    "ConnectorPatch": {"type": "object", "required": ["name"], "additionalProperties": False,
+                       "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}}},
+    "RotateKeyRequest": {"type": "object", "properties": {
+        "gracePeriodSeconds": {"type": "number", "minimum": 0}}},
+    "RotatedKey": {"type": "object", "properties": {
+        "apiKey": {"type": "string"}, "apiKeyPrefix": {"type": "string"},
+        "previousKeyExpiresAt": {"type": "string", "format": "date-time"}}},
+    "LogPage": {"type": "object", "properties": {
+        "connectorId": {"type": "string"},
+        "logs": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
+            "level": {"type": "string"}, "message": {"type": "string"},
+            "logger": _nullable("string"), "jobId": _nullable("string")}}},
+        "nextCursor": _nullable("string")}},
+    "MetricSample": {"type": "object", "properties": {
+        "timestamp": {"type": "string", "format": "date-time"}, "cpuUsage": {"type": "number"},
+        "memoryUsage": {"type": "number"}, "activeJobs": {"type": "integer"}}},
+    "JobOptions": {"type": "object", "additionalProperties": False, "properties": {
+        "timeoutSeconds": {"type": "integer", "minimum": 1}, "maxRows": _nullable("integer"),
+        "retryLimit": {"type": "integer", "minimum": 0}, "retryDelaySeconds": {"type": "number"},
+        "ttlSeconds": {"type": "integer", "minimum": 1}, "priority": {"type": "integer"},
+        "jobKey": _nullable("string")}},
+    "NewJob": {
+        "type": "object", "required": ["connectorId", "source"], "additionalProperties": False,
+        "properties": {
+            "connectorId": {"type": "string"}, "source": {"type": "string"},
+            "operation": {"enum": ["query", "discover", "test"]},
+            "query": {"type": "object", "description": "SQL: {sql, params}; sap_b1: {entity, select, filter, orderBy, top}; tally: {collection, fields, company, fromDate, toDate, filter}"},
+            "sealedQuery": {"type": "string", "contentEncoding": "base64"},
+            "options": _ref("JobOptions"),
+        },
+    },
+    "JobAccepted": {"type": "object", "properties": {
+        "id": {"type": "string"}, "status": {"const": "queued"},
+        "queuedAt": {"type": "string", "format": "date-time"}}},
+    "JobError": {"type": ["object", "null"], "properties": {
+        "code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}},
+    "Job": {"type": "object", "properties": {
+        "id": {"type": "string"}, "connectorId": {"type": "string"}, "source": {"type": "string"},
+        "operation": {"type": "string"},
+        "status": {"enum": ["queued", "dispatched", "running", "succeeded", "failed",
+                            "cancelled", "expired", "timed_out"]},
+        "attempts": {"type": "integer"}, "priority": {"type": "integer"},
+        "queuedAt": TIME, "dispatchedAt": TIME, "startedAt": TIME, "completedAt": TIME,
+        "durationMs": _nullable("integer"), "rowCount": _nullable("integer"),
+        "byteCount": _nullable("integer"),
+        "columns": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "type": {"type": "string"}}}},
+        "error": _ref("JobError"), "jobKey": _nullable("string")}},
+    "JobCancelled": {"type": "object", "properties": {
+        "id": {"type": "string"}, "status": {"const": "cancelled"},
+        "cancelledAt": {"type": "string", "format": "date-time"}}},
+    "Health": {"type": "object", "properties": {
+        "success": {"type": "boolean"}, "status": {"enum": ["healthy", "unhealthy"]},
+        "version": {"type": "string"},
+        "checks": {"type": "object", "properties": {"database": {"type": "object", "properties": {
+            "status": {"type": "string"}}}}},
+        "connectedAgents": {"type": "integer"}}},
+}  # fmt: skip
+
+
+def _ok(schema: S, *, list_: bool = False) -> S:
+    props: S = {"success": {"const": True}, "data": {"type": "array", "items": schema} if list_ else schema}
+    if list_:
+        props["meta"] = _ref("Meta")
+    return {"type": "object", "required": ["success", "data"], "properties": props}
+
+
+def _json(schema: S, description: str) -> S:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERR = {"$ref": "#/components/responses/Error"}
+_ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "429": ERR, "500": ERR}
+
+
+def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None,
+        body: str | None = None, public: bool = False, tags: str = "relay") -> S:  # fmt: skip
+    op: S = {"operationId": op_id, "summary": summary, "tags": [tags],
+             "responses": {**responses, **({} if public else _ERRORS)}}  # fmt: skip
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if public:
+        op["security"] = []
+    else:
+        op["parameters"] = [*op.get("parameters", []), {"$ref": "#/components/parameters/TenantId"}]
+    return op
+
+
+def _q(name: str, schema: S, description: str = "") -> S:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+PAGE = [_q("page", {"type": "integer", "minimum": 1}), _q("limit", {"type": "integer", "minimum": 1, "maximum": 100})]
+
+
+def _health(op_id: str) -> S:
+    return {"get": _op(op_id, "Relay health", {"200": _json(_ref("Health"), "healthy"),
+                                               "503": _json(_ref("Health"), "unhealthy")}, public=True)}
+
+
+def _spec(op_id: str) -> S:
+    return {"get": _op(op_id, "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, public=True)}
+
+
+WS_UPGRADE = {"101": {"description": "switching to WebSocket"}}
+
+PATHS: dict[str, S] = {
+    "/api/v1/health": _health("getHealth"),
+    "/health": _health("getHealthRoot"),
+    "/api/v1/openapi.json": _spec("getOpenApi"),
+    "/openapi.json": _spec("getOpenApiRoot"),
+    "/api/v1/connectors": {
+        "post": _op("createConnector", "Register a connector (the API key is shown once)",
+                    {"201": _json(_ok(_ref("ConnectorCreated")), "created")}, body="NewConnector"),
+        "get": _op("listConnectors", "List connectors",
+                   {"200": _json(_ok(_ref("Connector"), list_=True), "connectors")},
+                   params=[_q("status", {"enum": ["pending", "online", "offline", "revoked"]}), *PAGE]),
+    },
+    "/api/v1/connectors/{id}": {
+        "get": _op("getConnector", "A connector", {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID]),
+        "patch": _op("updateConnector", "Rename a connector",
+                     {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID], body="ConnectorPatch"),
+        "delete": _op("deleteConnector", "Revoke a connector and disconnect its agent",
+                      {"204": {"description": "revoked"}}, params=[ID]),
+    },
+    "/api/v1/connectors/{id}/rotate-key": {
+        "post": _op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
+                    {"200": _json(_ok(_ref("RotatedKey")), "new key")}, params=[ID]),
+    },
+    "/api/v1/connectors/{id}/logs": {
+        "get": _op("getConnectorLogs", "The agent's shipped log lines, oldest first",
+                   {"200": _json(_ok(_ref("LogPage")), "log lines")},
+                   params=[ID, _q("level", {"type": "string"}), _q("since", {"type": "string", "format": "date-time"}),
+                           _q("until", {"type": "string", "format": "date-time"}), _q("jobId", {"type": "string"}),
+                           _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("cursor", {"type": "string"})]),
+    },
+    "/api/v1/connectors/{id}/metrics": {
+        "get": _op("getConnectorMetrics", "Heartbeat samples (kept 24 h)",
+                   {"200": _json(_ok({"type": "array", "items": _ref("MetricSample")}), "samples")},
+                   params=[ID, _q("since", {"type": "string", "format": "date-time"})]),
+    },
+    "/api/v1/jobs": {
+        "post": _op("createJob", "Submit a job (sealed to the connector on receipt)",
+                    {"202": _json(_ok(_ref("JobAccepted")), "queued"),
+                     "200": _json(_ok(_ref("Job")), "the existing job with this jobKey"),
+                     "409": ERR, "413": ERR}, body="NewJob"),
+        "get": _op("listJobs", "List jobs", {"200": _json(_ok(_ref("Job"), list_=True), "jobs")},
+                   params=[_q("connectorId", {"type": "string"}), _q("status", {"type": "string"}), *PAGE]),
+    },
+    "/api/v1/jobs/{id}": {
+        "get": _op("getJob", "A job's metadata", {"200": _json(_ok(_ref("Job")), "job")}, params=[ID]),
+    },
+    "/api/v1/jobs/{id}/cancel": {
+        "post": _op("cancelJob", "Cancel a job", {"200": _json(_ok(_ref("JobCancelled")), "cancelled"),
+                                                  "409": ERR}, params=[ID]),
+    },
+    "/api/v1/jobs/{id}/results": {
+        "get": _op("getJobResults", "Rows as NDJSON (default) or CSV, streamed while the job runs",
+                   {"200": {"description": "rows", "content": {
+                       "application/x-ndjson": {"schema": {"type": "string"}},
+                       "text/csv": {"schema": {"type": "string"}}}},
+                    "409": ERR, "410": ERR},
+                   params=[ID, _q("format", {"enum": ["ndjson", "csv"]}), _q("offset", {"type": "integer", "minimum": 0})]),
+    },
+    "/api/v1/events": {
+        "get": _op("events", "Tenant events over a WebSocket: connector_status_changed, job_started, job_completed",
+                   WS_UPGRADE, params=[{"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}]),
+    },
+    "/api/v1/agent/connect": {
+        "get": _op("agentConnect", "Agent WebSocket (Authorization: Bearer <API key>)",
+                   {**WS_UPGRADE, "401": ERR}, public=True, tags="agent"),
+    },
+}  # fmt: skip
+
+
+def document(version: str) -> S:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mini-relay", "version": version,
+                 "description": "The Mini Connector relay's HTTP API (v1)."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "parameters": {"TenantId": {"name": "X-Tenant-ID", "in": "header", "required": True,
+                                        "schema": {"type": "string"}}},
+            "responses": {"Error": _json(_ref("Error"), "an error, in the envelope")},
+        },
+    }  # fmt: skip
+
+
+async def get(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(document(relay_of(request).config.version)),
+                        content_type="application/json")  # fmt: skip

@@ -1,0 +1,56 @@
+"""``GET /jobs/{id}/results``: NDJSON (default) or CSV, from ``offset``, tailing a live job."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from shared.errors import ValidationError
+
+from .. import results
+from ..context import REQUEST_ID, STREAMING
+from ..store import jobs as job_store
+from .common import not_found, principal, query_int, relay_of
+
+log = logging.getLogger("relay.results")
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    relay, who = relay_of(request), principal(request)
+    job_id = request.match_info["id"]
+    fmt = request.query.get("format", "ndjson")
+    if fmt not in ("ndjson", "csv"):
+        raise ValidationError("format must be ndjson or csv", field="format")
+    offset = query_int(request, "offset", 0, lo=0, hi=10**15)
+    job = await relay.store.run(job_store.get, who.tenant_id, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    # Headers wait until the columns are known, so a job that fails before its first row
+    # still gets a proper 409 instead of an empty 200.
+    try:
+        job = await results.wait_for_columns(relay, job_id)
+    except results.StreamAborted as exc:
+        raise not_found("job", job_id) from exc
+    names = [c["name"] for c in results.columns_of(job)]
+    resp = web.StreamResponse(status=200)
+    resp.content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    resp.charset = "utf-8"
+    resp.headers["X-Request-ID"] = request[REQUEST_ID]
+    resp.headers["Cache-Control"] = "no-store"
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    request[STREAMING] = True
+    if fmt == "csv":
+        await resp.write(results.csv_header(names))
+    try:
+        async for batch in results.rows(relay, job, offset):
+            await resp.write(results.csv_rows(batch) if fmt == "csv" else results.ndjson(names, batch))
+    except results.StreamAborted as exc:
+        # Cut the connection without the last chunk: the reader sees an error, not an end.
+        log.info("result stream of %s aborted: %s", job_id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp

@@ -1,0 +1,72 @@
+"""A connector's shipped log lines and heartbeat samples."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shared.errors import ValidationError
+
+from ..formats import iso, now, parse_iso
+from ..intake import LEVEL_NO
+from ..store import connectors as con_store
+from ..store import logs as log_store
+from .common import not_found, ok, principal, query_int, relay_of
+
+
+def _time(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return parse_iso(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an ISO 8601 time", field=name) from None
+
+
+async def _connector_id(request: web.Request) -> str:
+    relay, who = relay_of(request), principal(request)
+    cid = request.match_info["id"]
+    if await relay.store.run(con_store.get, who.tenant_id, cid) is None:
+        raise not_found("connector", cid)
+    return cid
+
+
+async def logs(request: web.Request) -> web.Response:
+    relay = relay_of(request)
+    level = (request.query.get("level") or "DEBUG").upper()
+    if level not in LEVEL_NO:
+        raise ValidationError("level must be debug, info, warning, error or critical", field="level")
+    since, until = _time(request, "since"), _time(request, "until")
+    limit = query_int(request, "limit", 100, lo=1, hi=1000)
+    cursor_raw = request.query.get("cursor") or "0"
+    if not cursor_raw.isdigit() or len(cursor_raw) > 18:
+        raise ValidationError("cursor is not one this relay gave out", field="cursor")
+    cid = await _connector_id(request)
+    rows = await relay.store.run(
+        log_store.page_logs, cid, min_level=LEVEL_NO[level], since=since, until=until,
+        job_id=request.query.get("jobId") or None, after_id=int(cursor_raw), limit=limit + 1,
+    )  # fmt: skip
+    more = len(rows) > limit
+    rows = rows[:limit]
+    lines = [
+        {"id": str(r["id"]), "timestamp": iso(r["timestamp"]), "level": r["level"].lower(),
+         "message": r["message"], "logger": r["logger"], "jobId": r["job_id"]}
+        for r in rows
+    ]  # fmt: skip
+    next_cursor = str(rows[-1]["id"]) if more and rows else None
+    return ok({"connectorId": cid, "logs": lines, "nextCursor": next_cursor})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    relay = relay_of(request)
+    retention = relay.config.metrics_retention_seconds
+    since = _time(request, "since")
+    floor = now() - retention
+    cid = await _connector_id(request)
+    rows = await relay.store.run(log_store.samples, cid, max(since or floor, floor))
+    data = [
+        {"timestamp": iso(r["timestamp"]), "cpuUsage": r["cpu_usage"],
+         "memoryUsage": r["memory_usage"], "activeJobs": r["active_jobs"]}
+        for r in rows
+    ]  # fmt: skip
+    return ok(data)

@@ -1,0 +1,62 @@
+"""How store rows look in the API: the contract's field names, ISO times, live overlays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..formats import iso
+from ..intake import duration_ms
+from ..session import AgentSession
+
+
+def connector_view(row: dict[str, Any], session: AgentSession | None = None) -> dict[str, Any]:
+    # Heartbeats update the live session at once; prefer it over the stored row.
+    s = session if session is not None and not session.dead else None
+    last_seen = row["last_seen"]
+    if s is not None:
+        last_seen = max(last_seen or 0.0, s.last_heartbeat)
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+        "os": row["os"],
+        "hostname": row["hostname"],
+        "ipAddress": row["ip_address"],
+        "version": s.version if s else row["version"],
+        "lastSeen": iso(last_seen),
+        "connectedSince": iso(row["connected_since"]),
+        "cpuUsage": s.cpu_usage if s and s.cpu_usage is not None else row["cpu_usage"],
+        "memoryUsage": s.memory_usage if s and s.memory_usage is not None else row["memory_usage"],
+        "activeJobs": s.active_jobs if s else (row["active_jobs"] or 0),
+        "capacity": s.capacity if s else row["capacity"],
+        "sources": orjson.loads(row["sources"] or "[]"),
+        "apiKeyPrefix": row["api_key_prefix"],
+        "publicKey": row["public_key"],
+        "createdAt": iso(row["created_at"]),
+    }
+
+
+def job_view(row: dict[str, Any]) -> dict[str, Any]:
+    opts = orjson.loads(row["options"])
+    return {
+        "id": row["id"],
+        "connectorId": row["connector_id"],
+        "source": row["source"],
+        "operation": row["operation"],
+        "status": row["status"],
+        # ``attempt`` is the attempt in hand; it counts as made once dispatched.
+        "attempts": row["attempt"] if row["dispatched_at"] else row["attempt"] - 1,
+        "priority": row["priority"],
+        "queuedAt": iso(row["queued_at"]),
+        "dispatchedAt": iso(row["dispatched_at"]),
+        "startedAt": iso(row["started_at"]),
+        "completedAt": iso(row["completed_at"]),
+        "durationMs": duration_ms(row),
+        "rowCount": row["row_count"],
+        "byteCount": row["byte_count"],
+        "columns": orjson.loads(row["columns"]) if row["columns"] else [],
+        "error": orjson.loads(row["error"]) if row["error"] else None,
+        "jobKey": opts.get("jobKey"),
+    }

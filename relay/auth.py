@@ -1,0 +1,130 @@
+"""Platform tokens and roles.
+
+Tokens are JWTs: HS256 with the relay's secret, or RS256 with a configured public key,
+carrying ``sub``, ``tenantId``, ``role``, ``exp`` and ``jti``. ``X-Tenant-ID`` must name
+the token's tenant. What each role may do is ONE table, ``ROUTE_ROLES``, keyed by the
+route names the app registers; a route missing from it is open to admins only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import jwt
+
+from shared.errors import Forbidden, Unauthorized
+
+ROLES: Final = ("admin", "service", "support")
+ADMIN, SERVICE, SUPPORT = ROLES
+
+_ALL = frozenset(ROLES)
+_READERS = frozenset({ADMIN, SERVICE, SUPPORT})
+_WORKERS = frozenset({ADMIN, SERVICE})
+_ADMIN = frozenset({ADMIN})
+
+# route name -> roles allowed. The contract's roles section, as data.
+ROUTE_ROLES: Final[dict[str, frozenset[str]]] = {
+    "connectors.create": _ADMIN,
+    "connectors.list": _READERS,
+    "connectors.get": _READERS,
+    "connectors.update": _ADMIN,
+    "connectors.delete": _ADMIN,
+    "connectors.rotate_key": _ADMIN,
+    "connectors.logs": _ALL - {SERVICE},
+    "connectors.metrics": _ALL - {SERVICE},
+    "jobs.create": _WORKERS,
+    "jobs.list": _READERS,
+    "jobs.get": _READERS,
+    "jobs.cancel": _WORKERS,
+    "jobs.results": _WORKERS,
+    "events": _READERS,
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    sub: str
+    tenant_id: str
+    role: str
+    jti: str
+
+
+class TokenVerifier:
+    """Checks tokens with the configured secret and/or public key."""
+
+    def __init__(self, secret: str | None, public_key: str | None = None) -> None:
+        self._secret = secret
+        self._public_key = public_key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("the bearer token is not a valid JWT") from exc
+        alg = header.get("alg")
+        if alg == "HS256" and self._secret:
+            key: str = self._secret
+        elif alg == "RS256" and self._public_key:
+            key = self._public_key
+        else:
+            raise Unauthorized("the bearer token's signing algorithm is not accepted")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[alg],
+                options={"require": ["sub", "exp", "jti"]}, leeway=5,
+            )  # fmt: skip
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the bearer token has expired") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Unauthorized("the bearer token's signature is not valid") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("the bearer token is not valid") from exc
+        tenant, role = claims.get("tenantId"), claims.get("role")
+        if not isinstance(tenant, str) or not tenant or len(tenant) > 200:
+            raise Unauthorized("the bearer token has no tenantId claim")
+        if role not in ROLES:
+            raise Unauthorized("the bearer token's role is not one of admin, service, support")
+        return Principal(str(claims["sub"]), tenant, role, str(claims["jti"]))
+
+
+def bearer(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("an Authorization: Bearer token is required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def check_tenant(principal: Principal, header_tenant: str | None) -> None:
+    if not header_tenant:
+        raise Unauthorized("the X-Tenant-ID header is required")
+    if header_tenant != principal.tenant_id:
+        raise Forbidden("X-Tenant-ID does not match the token's tenant")
+
+
+def check_role(principal: Principal, route_name: str) -> None:
+    allowed = ROUTE_ROLES.get(route_name, _ADMIN)
+    if principal.role not in allowed:
+        raise Forbidden(f"the {principal.role} role may not do this")
+
+
+def make_token(
+    secret: str, tenant: str, role: str, ttl: float = 3600, *, sub: str | None = None
+) -> str:
+    """An HS256 platform token (what ``mini-relay token`` prints)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    issued = int(time.time())
+    claims = {
+        "sub": sub or f"{role}@{tenant}",
+        "tenantId": tenant,
+        "role": role,
+        "iat": issued,
+        "exp": issued + int(ttl),
+        "jti": secrets.token_hex(12),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,123 @@
+"""``mini-relay``: ``serve`` runs the relay, ``token`` prints a signed platform token.
+
+``serve`` prints exactly one line once it is listening (with the real port, even for
+``--port 0``) and stops cleanly on SIGTERM/SIGINT with exit code 0. Configuration errors
+are one sentence on stderr and exit code 2. Logs go to stderr as JSON lines and never
+carry keys, tokens or passwords (the relay never logs them in the first place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import orjson
+from aiohttp import web
+
+from .auth import ROLES, make_token
+from .config import DEV_JWT_SECRET, ConfigError, RelayConfig
+
+VERSION = "0.1.0"
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}  # fmt: skip
+        for key in ("connector_id", "job_id"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("MC_RELAY_LOG_LEVEL", "INFO").upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mini-relay", description="The Mini Connector relay.")
+    p.add_argument("--version", action="version", version=f"mini-relay {VERSION}")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the relay")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--database-url", default=None, help="also MC_RELAY_DATABASE_URL")
+    s.add_argument("--dev", action="store_true", default=None,
+                   help="local trial: a fixed documented JWT secret, a per-process data key")  # fmt: skip
+    t = sub.add_parser("token", help="print a signed platform token")
+    t.add_argument("--tenant", required=True)
+    t.add_argument("--role", required=True, choices=ROLES)
+    t.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    t.add_argument("--dev", action="store_true", help="use the dev secret if none is set")
+    return p
+
+
+async def _serve(config: RelayConfig) -> None:
+    from .app import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    site = web.SockSite(runner, sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await site.start()
+        port = sock.getsockname()[1]
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"mini-relay {VERSION} listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        secret = os.environ.get("MC_RELAY_JWT_SECRET") or (DEV_JWT_SECRET if args.dev or os.environ.get("MC_RELAY_DEV") else None)
+        if not secret:
+            print("mini-relay: MC_RELAY_JWT_SECRET is not set (or pass --dev for the dev secret)", file=sys.stderr)
+            return 2
+        if args.ttl <= 0:
+            print("mini-relay: --ttl must be a positive number of seconds", file=sys.stderr)
+            return 2
+        print(make_token(secret, args.tenant, args.role, args.ttl))
+        return 0
+    _setup_logging()
+    try:
+        config = RelayConfig.from_env(
+            host=args.host, port=args.port, database_url=args.database_url, dev=args.dev
+        )
+        config.check()
+        config.cipher()
+    except ConfigError as exc:
+        print(f"mini-relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"mini-relay: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The live agent sessions on this node: handshake, the message loop, liveness.
+
+``Hub.handle`` is the ``GET /api/v1/agent/connect`` handler. It checks the API key
+*before* upgrading (a bad, unknown or revoked key gets HTTP 401 in the envelope), then
+runs the conversation of docs/ARCHITECTURE.md: hello within ``hello_timeout``, the
+duplicate-session rule, welcome, reconciliation of the jobs the agent still holds, and
+the message loop, which hands each frame to ``intake``. A bad frame costs the agent a
+``relay.error.v1`` and a violation; too many close it with 4008. Nothing an agent sends
+can take the relay down or touch another agent's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from shared import keys, protocol
+from shared.crypto import load_public_key
+from shared.errors import MCError, ProtocolError, Unauthorized
+
+from . import intake, queue
+from .context import RELAY, Relay
+from .formats import now
+from .session import AgentSession
+from .store import chunks as chunk_store
+from .store import connectors as con_store
+from .store import jobs as job_store
+
+log = logging.getLogger("relay.hub")
+CLOSE = protocol.CLOSE_CODES
+
+
+def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
+    for row in con_store.by_key_prefix(conn, keys.key_prefix(key)):
+        if keys.key_matches(key, row["api_key_hash"]):
+            return row
+        expires = row["prev_key_expires_at"]
+        if expires is not None and expires > at and keys.key_matches(key, row["prev_key_hash"]):
+            return row
+    return None
+
+
+def _reconcile(
+    conn: Any, connector_id: str, held: set[tuple[str, int]]
+) -> tuple[dict[str, int], list[str], list[tuple[str, int]]]:
+    """Keep in-flight jobs the agent still holds; requeue the rest as a new attempt.
+
+    Returns (kept job -> attempt, requeued ids, held jobs cancelled meanwhile).
+    """
+    kept: dict[str, int] = {}
+    requeued: list[str] = []
+    for job in job_store.with_status(conn, connector_id, queue.IN_FLIGHT):
+        if (job["id"], job["attempt"]) in held:
+            kept[job["id"]] = job["attempt"]
+            continue
+        values = {"attempt": job["attempt"] + 1, "dispatched_at": None, "started_at": None,
+                  "columns": None}  # fmt: skip
+        queue.apply(conn, job["id"], "requeue", values)
+        # The abandoned attempt's rows are discarded: the next attempt starts from scratch.
+        chunk_store.delete_for_job(conn, job["id"], job["attempt"])
+        requeued.append(job["id"])
+    cancelled = []
+    for job_id, attempt in held:
+        if job_id in kept:
+            continue
+        job = job_store.get(conn, None, job_id)
+        if job and job["connector_id"] == connector_id and job["status"] == queue.CANCELLED:
+            cancelled.append((job_id, attempt))
+    return kept, requeued, cancelled
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.sessions: dict[str, AgentSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------ handshake
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        relay = request.app[RELAY]
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("an Authorization: Bearer <API key> header is required")
+        key = keys.validate_key(key.strip())  # KeyFormatError is a 401 too
+        connector = await relay.store.run(_find_connector, key, now())
+        if connector is None:
+            raise Unauthorized("the API key is not valid or has been revoked")
+        ws = web.WebSocketResponse(
+            max_msg_size=protocol.MAX_BINARY_FRAME, compress=False, timeout=2.0
+        )
+        if not ws.can_prepare(request).ok:
+            raise MCError("this route needs a WebSocket upgrade", code="BAD_REQUEST")
+        await ws.prepare(request)
+        try:
+            await self._converse(relay, request, ws, connector)
+        except Exception:  # never let one agent's trouble escape into the server
+            log.exception("agent session for %s failed", connector["id"])
+            with contextlib.suppress(Exception):
+                await ws.close(code=1011)
+        return ws
+
+    async def _hello(self, relay: Relay, ws: web.WebSocketResponse) -> protocol.Message | None:
+        try:
+            raw = await ws.receive(timeout=relay.config.hello_timeout)
+        except TimeoutError:
+            raise ProtocolError("no agent.hello.v1 within the hello timeout") from None
+        if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return None
+        msg = protocol.decode_frame(raw.data, sender=protocol.AGENT)
+        if not isinstance(msg, protocol.Message) or msg.type != "agent.hello.v1":
+            raise ProtocolError("the first message must be agent.hello.v1")
+        if msg["protocolVersion"] != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {msg['protocolVersion']} is not supported")
+        try:
+            load_public_key(msg["publicKey"])
+        except MCError as exc:
+            raise ProtocolError(f"agent.hello.v1.publicKey: {exc.message}") from None
+        return msg
+
+    async def _converse(
+        self, relay: Relay, request: web.Request, ws: web.WebSocketResponse, connector: dict[str, Any]
+    ) -> None:
+        cid = connector["id"]
+        try:
+            hello = await self._hello(relay, ws)
+        except ProtocolError as exc:
+            await _refuse(ws, exc.message, CLOSE["PROTOCOL_VIOLATION"])
+            return
+        if hello is None:
+            return
+        live = self.sessions.get(cid)
+        if live is not None and not live.dead:
+            if live.public_key != hello["publicKey"]:
+                await _refuse(ws, "another agent is already connected with this key",
+                              CLOSE["DUPLICATE_CONNECTION"], code="DUPLICATE_CONNECTION")  # fmt: skip
+                return
+            del self.sessions[cid]
+            await live.close(CLOSE["SESSION_REPLACED"], "SESSION_REPLACED")
+        at = now()
+        session = AgentSession(
+            connector_id=cid, tenant_id=connector["tenant_id"], ws=ws,
+            public_key=hello["publicKey"], capacity=hello["capacity"],
+            hostname=hello["hostname"], version=hello["agentVersion"],
+            connected_since=at, last_heartbeat=at,
+        )  # fmt: skip
+        self.sessions[cid] = session
+        try:
+            await self._welcome(relay, request, session, connector, hello)
+            await self._loop(relay, session)
+            await session.wait_closed(3.0)
+        finally:
+            # aiohttp cancels the handler when the peer goes away; the bookkeeping of a
+            # disconnection must finish anyway, so it runs as its own task.
+            await asyncio.shield(self._spawn(self._gone(relay, session)))
+
+    async def _welcome(
+        self, relay: Relay, request: web.Request, session: AgentSession,
+        connector: dict[str, Any], hello: protocol.Message,
+    ) -> None:  # fmt: skip
+        fields = {
+            "status": "online", "hostname": hello["hostname"], "ip_address": request.remote,
+            "version": hello["agentVersion"], "os": hello["os"][:20] or connector["os"],
+            "capacity": hello["capacity"], "public_key": hello["publicKey"],
+            "sources": orjson.dumps(hello["sources"]).decode(), "connected_since": session.connected_since,
+            "last_seen": session.connected_since, "active_jobs": 0, "cpu_usage": None, "memory_usage": None,
+        }  # fmt: skip
+        held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
+        kept, requeued, cancelled = await relay.store.run(
+            _welcome_write, session.connector_id, fields, held
+        )
+        session.in_flight.update(kept)
+        for job_id in requeued:
+            relay.notifier.notify(job_id)  # a live reader of the abandoned attempt ends
+        relay.events.publish(
+            session.tenant_id, "connector_status_changed",
+            intake.connector_status_data(session.connector_id, "online", session.connected_since),
+        )  # fmt: skip
+        await session.send(
+            "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
+            connectorId=session.connector_id, heartbeatInterval=relay.config.heartbeat_interval,
+            window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes, logLevel="INFO",
+        )  # fmt: skip
+        for job_id, attempt in cancelled:
+            await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
+        log.info("agent connected", extra={"connector_id": session.connector_id})
+        await intake.dispatch(relay, session)
+
+    # ------------------------------------------------------------ message loop
+
+    async def _loop(self, relay: Relay, session: AgentSession) -> None:
+        async for raw in session.ws:
+            if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            try:
+                frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
+                await self._route(relay, session, frame)
+            except ProtocolError as exc:
+                await self._violation(session, exc.message, relay.config.max_violations)
+            except MCError as exc:
+                await session.send("relay.error.v1", code=exc.code, message=exc.message[:2000])
+            except Exception:
+                log.exception("handling a frame from %s failed", session.connector_id)
+                await session.send("relay.error.v1", code="INTERNAL_ERROR",
+                                   message="the relay could not process this message")  # fmt: skip
+            if session.dead:
+                break
+
+    async def _route(self, relay: Relay, session: AgentSession, frame: protocol.Message | protocol.Chunk) -> None:
+        if isinstance(frame, protocol.Chunk):
+            await intake.on_chunk(relay, session, frame)
+            return
+        handler = _HANDLERS.get(frame.type)
+        if handler is None:
+            raise ProtocolError(f"{frame.type} is not expected after the hello")
+        await handler(relay, session, frame)
+
+    async def _violation(self, session: AgentSession, message: str, limit: int) -> None:
+        session.violations += 1
+        await session.send("relay.error.v1", code="PROTOCOL_ERROR", message=message[:2000])
+        if session.violations >= limit:
+            log.warning("closing %s after %d protocol violations", session.connector_id, limit)
+            await session.close(CLOSE["PROTOCOL_VIOLATION"], "PROTOCOL_VIOLATION")
+
+    async def _gone(self, relay: Relay, session: AgentSession) -> None:
+        """The socket closed. Unless this session was replaced or swept, mark offline."""
+        if self.sessions.get(session.connector_id) is not session:
+            return
+        del self.sessions[session.connector_id]
+        session.dead = True
+        await self._mark_offline(relay, session)
+
+    async def _mark_offline(self, relay: Relay, session: AgentSession) -> None:
+        at = now()
+        with contextlib.suppress(Exception):  # the store may be closing at shutdown
+            await relay.store.run(con_store.set_offline_unless_revoked, session.connector_id, at)
+        relay.events.publish(
+            session.tenant_id, "connector_status_changed",
+            intake.connector_status_data(session.connector_id, "offline", at),
+        )  # fmt: skip
+        log.info("agent disconnected", extra={"connector_id": session.connector_id})
+
+    # ------------------------------------------------------------ used by the API
+
+    async def kick(self, relay: Relay, connector_id: str) -> None:
+        session = self.sessions.get(connector_id)
+        if session is not None and not session.dead:
+            await intake.dispatch(relay, session)
+
+    async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None:
+        session = self.sessions.get(connector_id)
+        if session is not None and job_id in session.in_flight:
+            await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
+
+    async def disconnect(self, connector_id: str, code: int, reason: str) -> None:
+        """Close a live session now (revocation); no offline event, the caller says why."""
+        session = self.sessions.pop(connector_id, None)
+        if session is not None:
+            self._spawn(session.close(code, reason))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------ liveness
+
+    async def sweep(self, relay: Relay) -> None:
+        """Drop sessions that missed ``offline_after_missed`` heartbeats (close 4011)."""
+        deadline = now() - relay.config.offline_after
+        for cid, session in list(self.sessions.items()):
+            if session.last_heartbeat < deadline and not session.dead:
+                del self.sessions[cid]
+                session.dead = True
+                await self._mark_offline(relay, session)
+                self._spawn(session.close(CLOSE["HEARTBEAT_TIMEOUT"], "HEARTBEAT_TIMEOUT"))
+
+    async def close_all(self) -> None:
+        sessions = list(self.sessions.values())
+        await asyncio.gather(
+            *(s.close(CLOSE["GOING_AWAY"], "relay shutting down") for s in sessions),
+            return_exceptions=True,
+        )
+        # Let disconnection bookkeeping finish (it writes "offline"), then stop stragglers.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=3.0)
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _welcome_write(
+    conn: Any, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]]
+) -> tuple[dict[str, int], list[str], list[tuple[str, int]]]:
+    con_store.set_fields(conn, connector_id, fields)
+    return _reconcile(conn, connector_id, held)
+
+
+async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, code: str = "PROTOCOL_ERROR") -> None:
+    with contextlib.suppress(Exception):
+        text = protocol.encode(protocol.make("relay.error.v1", code=code, message=message[:2000]))
+        await ws.send_str(text)
+    with contextlib.suppress(Exception):
+        await ws.close(code=close_code, message=code.encode())
+
+
+_HANDLERS = {
+    "agent.heartbeat.v1": intake.on_heartbeat,
+    "job.started.v1": intake.on_started,
+    "job.done.v1": intake.on_done,
+    "agent.logs.v1": intake.on_logs,
+}

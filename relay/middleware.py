@@ -1,0 +1,105 @@
+"""The one middleware: request ids, rate limits, authentication, and the error envelope.
+
+Every response leaves through here. ``MCError`` becomes the contract's envelope with the
+status from ``shared.errors.HTTP_STATUS``; aiohttp's own HTTP errors (unknown route,
+wrong method, body too large) get the same envelope; anything unexpected is logged with
+its stack and answered 500 ``INTERNAL_ERROR`` without one. Routes named in
+``PUBLIC_ROUTES`` skip token checks (health, spec, and the agent socket, which checks its
+API key itself); every other route needs a valid token, a matching ``X-Tenant-ID`` and a
+role allowed by ``auth.ROUTE_ROLES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from shared.errors import MCError, RateLimited
+
+from . import auth
+from .context import PRINCIPAL, RELAY, REQUEST_ID, STREAMING
+from .formats import new_request_id
+
+log = logging.getLogger("relay.http")
+
+PUBLIC_ROUTES: Final = frozenset(
+    {"health", "health.root", "openapi", "openapi.root", "agent.connect"}
+)
+UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root"})
+_HTTP_CODES: Final = {
+    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 410: "GONE",
+}  # fmt: skip
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def envelope_error(
+    status: int, code: str, message: str, details: dict[str, Any] | None, request_id: str
+) -> web.Response:
+    body = {
+        "success": False,
+        "error": {"code": code, "message": message, "details": details or {}, "requestId": request_id},
+    }
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _authenticate(request: web.Request, route: str | None) -> None:
+    relay = request.app[RELAY]
+    if route == "events":
+        # Browsers cannot set headers on a WebSocket: the token comes in ?token=.
+        token = request.query.get("token") or auth.bearer(request.headers.get("Authorization"))
+        principal = relay.verifier.verify(token)
+        header_tenant = request.headers.get("X-Tenant-ID") or principal.tenant_id
+    else:
+        principal = relay.verifier.verify(auth.bearer(request.headers.get("Authorization")))
+        header_tenant = request.headers.get("X-Tenant-ID")
+    auth.check_tenant(principal, header_tenant)
+    auth.check_role(principal, route or "")
+    request[PRINCIPAL] = principal
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    relay = request.app[RELAY]
+    request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    route = request.match_info.route.name
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token")
+    quota = relay.limiter.hit(
+        relay.limiter.key_for(token, request.remote), count=route not in UNCOUNTED_ROUTES
+    )
+    try:
+        if not quota.allowed:
+            raise RateLimited(f"more than {quota.limit} requests a minute; retry after {quota.retry_after} s")
+        if route is not None and route not in PUBLIC_ROUTES:
+            _authenticate(request, route)
+        response = await handler(request)
+    except MCError as exc:
+        response = envelope_error(exc.status, exc.code, exc.message, exc.details, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "BAD_REQUEST")
+        message = {404: "no such route", 405: f"method {request.method} is not allowed here",
+                   413: "the request body is too large"}.get(exc.status, exc.reason)  # fmt: skip
+        response = envelope_error(exc.status, code, message, None, request_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        if request.get(STREAMING):
+            raise  # headers are gone; aiohttp cuts the connection, the reader sees an error
+        log.exception("unhandled error on %s %s (%s)", request.method, request.path, request_id)
+        response = envelope_error(
+            500, "INTERNAL_ERROR", "the relay failed to handle this request", None, request_id
+        )
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+        response.headers.update(quota.headers())
+    return response

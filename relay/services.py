@@ -1,0 +1,198 @@
+"""What the API's write operations do, apart from HTTP: register, rotate, revoke, submit,
+cancel, expire. Each runs its store work in one transaction, then tells the hub, the
+event bus and any result readers.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+
+from shared import keys
+from shared.crypto import relay_info, seal_query
+from shared.errors import Conflict, MCError, NotFound
+
+from . import queue
+from .context import Relay
+from .formats import new_connector_id, new_job_id, now
+from .intake import connector_status_data, publish_completed
+from .store import connectors as con_store
+from .store import jobs as job_store
+
+CLOSE_REVOKED = 4003
+
+
+def _job_error(code: str, message: str, retryable: bool = False) -> str:
+    return orjson.dumps({"code": code, "message": message, "retryable": retryable}).decode()
+
+
+# ---------------------------------------------------------------- connectors
+
+
+async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) -> tuple[dict[str, Any], str]:
+    api_key = keys.generate_key()
+    row = {
+        "id": new_connector_id(), "tenant_id": tenant_id, "name": name, "os": os_,
+        "status": "pending", "sources": "[]", "active_jobs": 0,
+        "api_key_prefix": keys.key_prefix(api_key), "api_key_hash": keys.hash_key(api_key),
+        "created_at": now(),
+    }  # fmt: skip
+    await relay.store.run(con_store.insert, row)
+    return row, api_key
+
+
+def _rotate(conn: Any, tenant_id: str, connector_id: str, new_key: str, expires: float) -> dict[str, Any]:
+    row = con_store.get(conn, tenant_id, connector_id)
+    if row is None:
+        raise NotFound(f"connector {connector_id[:80]} does not exist")
+    if row["status"] == "revoked":
+        raise Conflict("the connector is revoked", code="CONNECTOR_REVOKED")
+    con_store.set_fields(conn, connector_id, {
+        "prev_key_prefix": row["api_key_prefix"], "prev_key_hash": row["api_key_hash"],
+        "prev_key_expires_at": expires,
+        "api_key_prefix": keys.key_prefix(new_key), "api_key_hash": keys.hash_key(new_key),
+    })  # fmt: skip
+    return row
+
+
+async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
+    new_key = keys.generate_key()
+    expires = now() + max(0.0, grace)
+    await relay.store.run(_rotate, tenant_id, connector_id, new_key, expires)
+    return new_key, expires
+
+
+def _revoke(conn: Any, tenant_id: str, connector_id: str, at: float) -> list[dict[str, Any]]:
+    row = con_store.get(conn, tenant_id, connector_id)
+    if row is None:
+        raise NotFound(f"connector {connector_id[:80]} does not exist")
+    con_store.set_fields(conn, connector_id, {"status": "revoked", "revoked_at": at,
+                                              "connected_since": None})  # fmt: skip
+    failed = []
+    error = _job_error("CONNECTOR_REVOKED", "the connector was revoked")
+    for job in job_store.with_status(conn, connector_id, (queue.QUEUED, *queue.IN_FLIGHT)):
+        try:
+            queue.apply(conn, job["id"], "fail", {"error": error, "completed_at": at})
+        except queue.IllegalTransition:
+            continue
+        failed.append(job_store.get(conn, None, job["id"]) or job)
+    return failed
+
+
+async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> None:
+    at = now()
+    failed = await relay.store.run(_revoke, tenant_id, connector_id, at)
+    await relay.hub.disconnect(connector_id, CLOSE_REVOKED, "REVOKED")
+    relay.events.publish(
+        tenant_id, "connector_status_changed", connector_status_data(connector_id, "revoked", at)
+    )
+    for job in failed:
+        relay.notifier.notify(job["id"])
+        publish_completed(relay, tenant_id, job)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def _connector_for_job(conn: Any, tenant_id: str, connector_id: str) -> dict[str, Any]:
+    row = con_store.get(conn, tenant_id, connector_id)
+    if row is None:
+        raise NotFound(f"connector {connector_id[:80]} does not exist",
+                       details={"field": "connectorId"})  # fmt: skip
+    if row["status"] == "revoked":
+        raise MCError("the connector is revoked", code="CONNECTOR_REVOKED")
+    if not row["public_key"]:
+        raise MCError(
+            "the connector has never connected, so jobs cannot be sealed to it yet",
+            code="CONNECTOR_PENDING",
+        )
+    return row
+
+
+async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Queue a job (True) or return the tenant's job with the same jobKey (False)."""
+    job_key = spec["options"].get("jobKey")
+    if job_key:
+        existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key)
+        if existing is not None:
+            return existing, False
+    connector = await relay.store.run(_connector_for_job, tenant_id, spec["connectorId"])
+    job_id = new_job_id()
+    if spec.get("sealedQuery") is not None:
+        sealed, form = spec["sealedQuery"], "platform"
+    else:
+        # Sealed on receipt: the clear query exists only in this request's memory.
+        sealed = seal_query(spec.get("query") or {}, connector["public_key"],
+                            relay_info(connector["id"], job_id))  # fmt: skip
+        form = "relay"
+    row = {
+        "id": job_id, "tenant_id": tenant_id, "connector_id": connector["id"],
+        "source": spec["source"], "operation": spec["operation"], "sealed": sealed,
+        "seal_form": form, "options": orjson.dumps(spec["options"]).decode(),
+        "priority": spec["options"]["priority"], "job_key": job_key or None,
+        "status": queue.QUEUED, "attempt": 1, "queued_at": now(),
+    }  # fmt: skip
+    try:
+        await relay.store.run(job_store.insert, row)
+    except IntegrityError:
+        existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key or "")
+        if existing is None:
+            raise
+        return existing, False
+    await relay.hub.kick(relay, connector["id"])
+    return row, True
+
+
+def decode_sealed(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)
+
+
+def _cancel(conn: Any, tenant_id: str, job_id: str, at: float) -> tuple[dict[str, Any], str]:
+    job = job_store.get(conn, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id[:80]} does not exist")
+    if job["status"] in queue.FINAL:
+        raise MCError(f"the job already ended ({job['status']})", code="JOB_ALREADY_FINISHED",
+                      details={"status": job["status"]})  # fmt: skip
+    values = {"cancelled_at": at, "completed_at": at,
+              "error": _job_error("CANCELLED", "the job was cancelled")}  # fmt: skip
+    try:
+        queue.apply(conn, job_id, "cancel", values)
+    except queue.IllegalTransition as exc:
+        raise MCError(f"the job already ended ({exc.status_now})", code="JOB_ALREADY_FINISHED") from None
+    return job_store.get(conn, None, job_id) or job, job["status"]
+
+
+async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any]:
+    job, was = await relay.store.run(_cancel, tenant_id, job_id, now())
+    if was in queue.IN_FLIGHT:
+        await relay.hub.cancel(job["connector_id"], job_id, job["attempt"])
+    relay.notifier.notify(job_id)
+    publish_completed(relay, tenant_id, job)
+    return job
+
+
+def _expire_due(conn: Any, at: float) -> list[dict[str, Any]]:
+    expired = []
+    for job_id, queued_at, options in job_store.queued_ids(conn):
+        ttl = orjson.loads(options).get("ttlSeconds") or 14400
+        if queued_at + ttl >= at:
+            continue
+        error = _job_error("EXPIRED", "the job waited longer than its ttlSeconds")
+        try:
+            queue.apply(conn, job_id, "expire", {"error": error, "completed_at": at})
+        except queue.IllegalTransition:
+            continue
+        job = job_store.get(conn, None, job_id)
+        if job:
+            expired.append(job)
+    return expired
+
+
+async def expire_jobs(relay: Relay) -> None:
+    for job in await relay.store.run(_expire_due, now()):
+        relay.notifier.notify(job["id"])
+        publish_completed(relay, job["tenant_id"], job)

@@ -1,0 +1,76 @@
+"""One live agent connection on this node: its socket, identity, capacity and jobs.
+
+The hub owns sessions; intake and dispatch read and update them. Sends are serialised
+with a lock so a chunk ack and a job assignment never interleave on the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from shared import protocol
+
+log = logging.getLogger("relay.hub")
+
+
+@dataclass
+class AgentSession:
+    connector_id: str
+    tenant_id: str
+    ws: web.WebSocketResponse
+    public_key: str
+    capacity: int
+    hostname: str
+    version: str
+    connected_since: float
+    last_heartbeat: float
+    cpu_usage: float | None = None
+    memory_usage: float | None = None
+    active_jobs: int = 0
+    violations: int = 0
+    dead: bool = False  # closed or being closed by the relay; the loop is ending
+    in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
+    pending_done: dict[str, protocol.Message] = field(default_factory=dict)
+    closing: bool = False
+    close_done: asyncio.Event = field(default_factory=asyncio.Event)
+    dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - len(self.in_flight))
+
+    async def send(self, type_: str, **fields: Any) -> bool:
+        """Send one message; False if the socket is gone (the caller decides what then)."""
+        if self.ws.closed:
+            return False
+        text = protocol.encode(protocol.make(type_, **fields))
+        try:
+            async with self.send_lock:
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("send to %s failed: %s", self.connector_id, type(exc).__name__)
+            return False
+        return True
+
+    async def close(self, code: int, message: str = "") -> None:
+        self.dead = True
+        self.closing = True
+        try:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, message=message.encode()[:120])
+        finally:
+            self.close_done.set()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """When another task is closing this socket, let it finish the close handshake
+        before the handler returns (returning early drops the connection: 1006)."""
+        if self.closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.close_done.wait(), timeout)

@@ -1,0 +1,60 @@
+"""Result chunks: idempotent insert keyed (job, attempt, seq), ordered reads, expiry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select
+
+from .schema import result_chunks as t
+
+
+def insert(
+    conn: Connection, job_id: str, attempt: int, seq: int, rows: int, key_id: str, data: bytes
+) -> bool:
+    """Store one chunk; an existing (job, attempt, seq) is left alone. True if new."""
+    exists = conn.execute(
+        select(t.c.seq).where(t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq == seq)
+    ).first()
+    if exists is not None:
+        return False
+    row_start = conn.execute(
+        select(func.coalesce(func.sum(t.c.rows), 0)).where(
+            t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq < seq
+        )
+    ).scalar()
+    conn.execute(
+        t.insert().values(
+            job_id=job_id, attempt=attempt, seq=seq, row_start=int(row_start or 0),
+            rows=rows, key_id=key_id, data=data,
+        )
+    )  # fmt: skip
+    return True
+
+
+def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
+    """(seq, rows) of every stored chunk of an attempt, in order."""
+    return [
+        (r.seq, r.rows)
+        for r in conn.execute(
+            select(t.c.seq, t.c.rows)
+            .where(t.c.job_id == job_id, t.c.attempt == attempt)
+            .order_by(t.c.seq)
+        )
+    ]
+
+
+def read(conn: Connection, job_id: str, attempt: int, seq: int) -> dict[str, Any] | None:
+    r = conn.execute(
+        select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(
+            t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq == seq
+        )
+    ).first()
+    return dict(r._mapping) if r is not None else None
+
+
+def delete_for_job(conn: Connection, job_id: str, attempt: int | None = None) -> None:
+    q = delete(t).where(t.c.job_id == job_id)
+    if attempt is not None:
+        q = q.where(t.c.attempt == attempt)
+    conn.execute(q)

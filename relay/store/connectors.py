@@ -1,0 +1,68 @@
+"""Connector rows: create, read, list, update, key lookup, revoke, live status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, or_, select, update
+
+from .schema import connectors as t
+
+
+def _row(r: Any) -> dict[str, Any] | None:
+    return dict(r._mapping) if r is not None else None
+
+
+def insert(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(t.insert().values(**values))
+
+
+def get(conn: Connection, tenant_id: str | None, connector_id: str) -> dict[str, Any] | None:
+    q = select(t).where(t.c.id == connector_id)
+    if tenant_id is not None:
+        q = q.where(t.c.tenant_id == tenant_id)
+    return _row(conn.execute(q).first())
+
+
+def list_page(
+    conn: Connection, tenant_id: str, status: str | None, page: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    cond = [t.c.tenant_id == tenant_id]
+    if status:
+        cond.append(t.c.status == status)
+    total = conn.execute(select(func.count()).select_from(t).where(*cond)).scalar() or 0
+    rows = conn.execute(
+        select(t).where(*cond).order_by(t.c.created_at, t.c.id).limit(limit).offset((page - 1) * limit)
+    ).all()
+    return [dict(r._mapping) for r in rows], int(total)
+
+
+def by_key_prefix(conn: Connection, prefix: str) -> list[dict[str, Any]]:
+    """Connectors whose current or previous key starts with ``prefix`` (not revoked)."""
+    rows = conn.execute(
+        select(t).where(
+            or_(t.c.api_key_prefix == prefix, t.c.prev_key_prefix == prefix),
+            t.c.revoked_at.is_(None),
+        )
+    ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def set_fields(conn: Connection, connector_id: str, values: dict[str, Any]) -> None:
+    conn.execute(update(t).where(t.c.id == connector_id).values(**values))
+
+
+def set_offline_unless_revoked(conn: Connection, connector_id: str, last_seen: float) -> None:
+    conn.execute(
+        update(t)
+        .where(t.c.id == connector_id, t.c.status != "revoked")
+        .values(status="offline", last_seen=last_seen, connected_since=None, active_jobs=0)
+    )
+
+
+def mark_stale_online_offline(conn: Connection, live_ids: list[str]) -> int:
+    """At startup no agent is connected to this node: whatever says online is stale."""
+    q = update(t).where(t.c.status == "online")
+    if live_ids:
+        q = q.where(t.c.id.not_in(live_ids))
+    return conn.execute(q.values(status="offline", connected_since=None)).rowcount or 0

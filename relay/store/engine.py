@@ -1,0 +1,93 @@
+"""Opening the store: one SQLAlchemy engine, run off the event loop.
+
+SQLite gets WAL mode, a busy timeout and a single worker thread (one writer at a time is
+what SQLite allows anyway, and it keeps "database is locked" away); PostgreSQL gets a
+small pool. ``Store.run(fn, *args)`` runs ``fn(conn, *args)`` in one transaction in the
+worker pool, so no database call ever blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+
+from .schema import migrate
+
+T = TypeVar("T")
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` select psycopg2 (SQLAlchemy 2.1 would pick
+    psycopg 3, which we do not ship)."""
+    for plain in ("postgres://", "postgresql://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg2://" + url[len(plain) :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def open_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path.split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+
+
+class Store:
+    """The engine plus the thread pool every store call runs in."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.engine = open_engine(self.url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._closed = False
+        self._pool = ThreadPoolExecutor(
+            max_workers=1 if self.is_sqlite else 8, thread_name_prefix="relay-store"
+        )
+
+    async def open(self) -> int:
+        return await self._call(migrate, self.engine)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction, in the store's thread pool."""
+        return await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
+
+    def _in_tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self.engine.begin() as conn:
+            return fn(conn, *args, **kwargs)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def ping(self) -> None:
+        await self.run(_ping)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._call(self.engine.dispose)
+        self._pool.shutdown(wait=False)
+
+
+def _ping(conn: Connection) -> None:
+    conn.execute(text("SELECT 1"))

@@ -1,0 +1,84 @@
+"""Job rows: insert, read, list, and the selections the dispatcher and sweeper need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, exists, func, select, update
+
+from .schema import jobs as t
+from .schema import result_chunks
+
+
+def insert(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(t.insert().values(**values))
+
+
+def get(conn: Connection, tenant_id: str | None, job_id: str) -> dict[str, Any] | None:
+    q = select(t).where(t.c.id == job_id)
+    if tenant_id is not None:
+        q = q.where(t.c.tenant_id == tenant_id)
+    r = conn.execute(q).first()
+    return dict(r._mapping) if r is not None else None
+
+
+def get_by_key(conn: Connection, tenant_id: str, job_key: str) -> dict[str, Any] | None:
+    r = conn.execute(select(t).where(t.c.tenant_id == tenant_id, t.c.job_key == job_key)).first()
+    return dict(r._mapping) if r is not None else None
+
+
+def list_page(
+    conn: Connection, tenant_id: str, connector_id: str | None, status: str | None,
+    page: int, limit: int,
+) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+    cond = [t.c.tenant_id == tenant_id]
+    if connector_id:
+        cond.append(t.c.connector_id == connector_id)
+    if status:
+        cond.append(t.c.status == status)
+    total = conn.execute(select(func.count()).select_from(t).where(*cond)).scalar() or 0
+    rows = conn.execute(
+        select(t).where(*cond).order_by(t.c.queued_at.desc(), t.c.id.desc())
+        .limit(limit).offset((page - 1) * limit)
+    ).all()  # fmt: skip
+    return [dict(r._mapping) for r in rows], int(total)
+
+
+def next_queued(conn: Connection, connector_id: str, limit: int) -> list[dict[str, Any]]:
+    """Queued jobs for a connector, highest priority first, then first come first served."""
+    rows = conn.execute(
+        select(t).where(t.c.connector_id == connector_id, t.c.status == "queued")
+        .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)
+    ).all()  # fmt: skip
+    return [dict(r._mapping) for r in rows]
+
+
+def with_status(conn: Connection, connector_id: str, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(t).where(t.c.connector_id == connector_id, t.c.status.in_(statuses))
+    ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def queued_ids(conn: Connection) -> list[tuple[str, float, str]]:
+    """(id, queued_at, options json) of every queued job, for the TTL sweep."""
+    rows = conn.execute(select(t.c.id, t.c.queued_at, t.c.options).where(t.c.status == "queued"))
+    return [(r.id, r.queued_at, r.options) for r in rows]
+
+
+def expired_results(conn: Connection, now: float) -> list[str]:
+    """Jobs past their result TTL that still have chunks stored."""
+    has_chunks = exists().where(result_chunks.c.job_id == t.c.id)
+    rows = conn.execute(
+        select(t.c.id).where(
+            t.c.result_expires_at.is_not(None), t.c.result_expires_at < now, has_chunks
+        )
+    )
+    return [r.id for r in rows]
+
+
+def set_fields(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
+    """Update non-status fields (status changes go through ``relay.queue.apply``)."""
+    if "status" in values:
+        raise ValueError("status changes go through relay.queue.apply")
+    conn.execute(update(t).where(t.c.id == job_id).values(**values))

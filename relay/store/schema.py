@@ -1,0 +1,168 @@
+"""The relay's tables (SQLAlchemy Core) and its versioned migrations.
+
+Timestamps are epoch seconds as floats and JSON values are text, so the same tables work
+on SQLite and PostgreSQL without dialect types. ``migrate(engine)`` applies every
+migration newer than the highest version recorded in ``schema_migrations``, each in its
+own transaction, at startup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+connectors = Table(
+    "connectors",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("os", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("hostname", String(255)),
+    Column("ip_address", String(64)),
+    Column("version", String(50)),
+    Column("last_seen", Float),
+    Column("connected_since", Float),
+    Column("cpu_usage", Float),
+    Column("memory_usage", Float),
+    Column("active_jobs", Integer, nullable=False, default=0),
+    Column("capacity", Integer),
+    Column("sources", Text, nullable=False, default="[]"),
+    Column("api_key_prefix", String(20), nullable=False),
+    Column("api_key_hash", String(64), nullable=False),
+    Column("prev_key_prefix", String(20)),
+    Column("prev_key_hash", String(64)),
+    Column("prev_key_expires_at", Float),
+    Column("public_key", String(200)),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Index("ix_connectors_tenant", "tenant_id", "created_at"),
+    Index("ix_connectors_key_prefix", "api_key_prefix"),
+    Index("ix_connectors_prev_prefix", "prev_key_prefix"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(200), nullable=False),
+    Column("connector_id", String(40), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("operation", String(20), nullable=False),
+    Column("sealed", LargeBinary),  # the HPKE-sealed query; the clear query is never stored
+    Column("seal_form", String(20), nullable=False),
+    Column("options", Text, nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("job_key", String(200)),
+    Column("status", String(20), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("queued_at", Float, nullable=False),
+    Column("dispatched_at", Float),
+    Column("started_at", Float),
+    Column("completed_at", Float),
+    Column("cancelled_at", Float),
+    Column("row_count", Integer),
+    Column("byte_count", Integer),
+    Column("chunks", Integer),
+    Column("columns", Text),
+    Column("error", Text),
+    Column("result_expires_at", Float),
+    Index("ix_jobs_tenant_queued", "tenant_id", "queued_at"),
+    Index("ix_jobs_connector_status", "connector_id", "status"),
+    Index("ux_jobs_tenant_key", "tenant_id", "job_key", unique=True),
+)
+
+result_chunks = Table(
+    "result_chunks",
+    metadata,
+    Column("job_id", String(40), primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("row_start", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("data", LargeBinary, nullable=False),  # DataCipher(nonce || ciphertext)
+)
+
+agent_logs = Table(
+    "agent_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("connector_id", String(40), nullable=False),
+    Column("timestamp", Float, nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("level_no", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("logger", String(200)),
+    Column("job_id", String(64)),
+    Index("ix_agent_logs_connector", "connector_id", "id"),
+)
+
+metrics_samples = Table(
+    "metrics_samples",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("connector_id", String(40), nullable=False),
+    Column("timestamp", Float, nullable=False),
+    Column("cpu_usage", Float, nullable=False),
+    Column("memory_usage", Float, nullable=False),
+    Column("active_jobs", Integer, nullable=False),
+    Index("ix_metrics_connector_ts", "connector_id", "timestamp"),
+)
+
+
+def _v1_initial(conn: Connection) -> None:
+    metadata.create_all(
+        conn,
+        tables=[connectors, jobs, result_chunks, agent_logs, metrics_samples],
+        checkfirst=True,
+    )
+
+
+# (version, what it does, how) — append only; never edit an applied migration.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial tables", _v1_initial),
+]
+
+
+def migrate(engine: Engine) -> int:
+    """Apply pending migrations; return the schema version now in place."""
+    with engine.begin() as conn:
+        schema_migrations.create(conn, checkfirst=True)
+    with engine.begin() as conn:
+        current = conn.execute(select(func.max(schema_migrations.c.version))).scalar() or 0
+    for version, _what, apply in MIGRATIONS:
+        if version <= current:
+            continue
+        with engine.begin() as conn:
+            apply(conn)
+            conn.execute(insert(schema_migrations).values(version=version, applied_at=time.time()))
+        current = version
+    return current

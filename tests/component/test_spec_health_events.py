@@ -1,0 +1,102 @@
+"""OpenAPI document, health, and the tenant event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from openapi_spec_validator import validate
+
+from relay.auth import make_token
+from relay.store.engine import open_engine
+
+from .conftest import SECRET, Api, FakeAgent, relay_of
+
+
+async def test_openapi_is_valid_and_covers_every_route(client: object) -> None:
+    """Both spec URLs serve a valid OpenAPI 3.1 document with every registered route in it."""
+    for path in ("/openapi.json", "/api/v1/openapi.json"):
+        resp = await client.get(path)
+        assert resp.status == 200
+        doc = await resp.json()
+        validate(doc)
+        assert doc["openapi"].startswith("3.1")
+    for route in client.server.app.router.routes():
+        if route.method == "HEAD":  # aiohttp adds HEAD beside every GET
+            continue
+        info = route.resource.get_info()
+        path = info.get("path") or info.get("formatter")
+        assert path in doc["paths"], path
+        assert route.method.lower() in doc["paths"][path], (route.method, path)
+
+
+async def test_health_is_public_and_healthy(client: object) -> None:
+    """/health and /api/v1/health answer 200 healthy without a token."""
+    for path in ("/health", "/api/v1/health"):
+        resp = await client.get(path)
+        body = await resp.json()
+        assert resp.status == 200
+        assert body == {"success": True, "status": "healthy", "version": "0.1.0",
+                        "checks": {"database": {"status": "healthy"}}, "connectedAgents": 0}
+
+
+async def test_health_is_503_when_the_store_is_unreachable(client: object) -> None:
+    """With its database gone (a closed port), health answers 503 unhealthy."""
+    relay = relay_of(client)
+    good = relay.store.engine
+    relay.store.engine = open_engine("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        resp = await client.get("/health")
+        body = await resp.json()
+        assert resp.status == 503 and body["status"] == "unhealthy"
+        assert body["checks"]["database"]["status"] == "unhealthy"
+    finally:
+        relay.store.engine.dispose()
+        relay.store.engine = good
+
+
+async def test_health_counts_connected_agents(client: object, agent: FakeAgent) -> None:
+    """connectedAgents counts the live agent sessions."""
+    body = await (await client.get("/health")).json()
+    assert body["connectedAgents"] == 1
+
+
+async def test_events_stream_job_and_connector_events(api: Api, client: object) -> None:
+    """The tenant's event socket receives connector_status_changed, job_started and job_completed."""
+    token = make_token(SECRET, "t1", "service", 60)
+    ws = await client.ws_connect(f"/api/v1/events?token={token}")
+    other = await client.ws_connect(f"/api/v1/events?token={make_token(SECRET, 't2', 'admin', 60)}")
+    con = await api.new_connector()
+    agent = await FakeAgent(client, con["apiKey"]).connect()
+    job_id = await api.submit(con["id"])
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["x"])
+    await agent.chunk(assign, 0, [[1]])
+    await agent.done(assign, 1, 1)
+    seen: dict[str, dict] = {}
+    while "job_completed" not in seen:
+        msg = json.loads(await asyncio.wait_for(ws.receive_str(), 5))
+        assert set(msg) == {"type", "data", "timestamp"}
+        seen.setdefault(msg["type"], msg["data"])
+    assert seen["connector_status_changed"] == {"connectorId": con["id"], "status": "online",
+                                                "lastSeen": seen["connector_status_changed"]["lastSeen"]}
+    assert seen["job_started"] == {"jobId": job_id, "connectorId": con["id"]}
+    done = seen["job_completed"]
+    assert done["jobId"] == job_id and done["status"] == "succeeded" and done["rowCount"] == 1
+    assert isinstance(done["durationMs"], int)
+    # The other tenant saw nothing of it.
+    assert relay_of(client).events.subscribers("t2") == 1
+    try:
+        got = await asyncio.wait_for(other.receive_str(), 0.2)
+    except TimeoutError:
+        got = None
+    assert got is None
+    await ws.close()
+    await other.close()
+    await agent.close()
+
+
+async def test_events_need_a_valid_token(client: object) -> None:
+    """Without a valid token the event socket is refused with 401."""
+    resp = await client.get("/api/v1/events?token=nope")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "UNAUTHORIZED"

@@ -1,0 +1,61 @@
+"""The same relay, end to end, on PostgreSQL: migrations, a job, its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from relay.app import create_app
+from relay.store.engine import normalise_url
+
+from .conftest import Api, FakeAgent
+
+PG_URL = os.environ.get("MC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_database() -> str:
+    """A fresh database for this test, dropped afterwards."""
+    admin_url = normalise_url(PG_URL)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        if os.environ.get("MC_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {type(exc).__name__}")
+    name = "mc_relay_" + secrets.token_hex(6)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+async def test_relay_runs_a_job_on_postgres(aiohttp_client: object, make_config: object, pg_database: str) -> None:
+    """On a PostgreSQL store the relay migrates, registers, dispatches and serves results."""
+    client = await aiohttp_client(create_app(make_config(database_url=pg_database)))
+    api = Api(client)
+    con = await api.new_connector()
+    agent = await FakeAgent(client, con["apiKey"]).connect()
+    job_id = await api.submit(con["id"], "SELECT 1", jobKey="pg-1")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["n"])
+    await agent.chunk(assign, 0, [[1], [2]])
+    await agent.chunk(assign, 1, [[3]])
+    await agent.done(assign, 2, 3)
+    _, body, _ = await api.call("GET", f"/jobs/{job_id}/results?offset=1", expect=200)
+    assert [json.loads(x)["n"] for x in body.splitlines()] == [2, 3]
+    await agent.send("agent.logs.v1", lines=[{"timestamp": "2026-01-01T00:00:00Z", "level": "INFO", "message": "hi"}])
+    await agent.heartbeat()
+    await agent.close()
