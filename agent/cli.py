@@ -1,0 +1,331 @@
+"""``mini-connector``: the agent's command line (contract §1).
+
+Every subcommand takes ``--config PATH`` before or after its name (or ``MC_AGENT_CONFIG``).
+Every failure is one sentence on stderr and a distinct exit code (below), never a
+traceback (set ``MC_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import orjson
+
+from shared import __version__
+from shared.crypto import load_or_create_private_key
+from shared.errors import JobError, KeyFormatError
+from shared.keys import validate_key
+
+from .config import (
+    KNOWN_TYPES,
+    SUPPORTED_TYPES,
+    ConfigError,
+    InvalidInput,
+    SecretBox,
+    SourceConfig,
+    check_source_name,
+    check_source_url,
+    load_config,
+    normalise_relay_url,
+    save_config,
+    split_url_password,
+)
+from .paths import StatePaths, resolve_config_path
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected
+EXIT_USAGE = 2  # bad arguments or values (argparse uses 2 as well)
+EXIT_CONFIG = 3  # no config, unreadable config, unknown source
+EXIT_SOURCE = 4  # a source test failed
+EXIT_UNSUPPORTED = 5  # a source type this agent does not support yet
+EXIT_NOT_RUNNING = 6  # status: the agent is not running
+EXIT_REPLACED = 7  # run: another agent took over this connector's session
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subparser's default must not overwrite a value given before its name.
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="agent config file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mini-connector", description="The Mini Connector agent.")
+    parser.add_argument("--version", action="version", version=f"mini-connector {__version__}")
+    _config_option(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("configure", help="set the relay URL and API key")
+    _config_option(p)
+    p.add_argument("--relay-url", required=True)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--name")
+    p.add_argument("--capacity", type=int)
+    p.add_argument("--allow-insecure", action="store_true", help="allow plain ws:// off localhost")
+
+    p = sub.add_parser("source", help="manage local sources")
+    _config_option(p)
+    ssub = p.add_subparsers(dest="source_command", required=True, parser_class=_Parser)
+    a = ssub.add_parser("add", help="add or replace a source")
+    _config_option(a)
+    a.add_argument("name")
+    a.add_argument("--type", required=True, choices=KNOWN_TYPES)
+    a.add_argument("--url", required=True)
+    a.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    a.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    lst = ssub.add_parser("list", help="list sources (never shows passwords)")
+    _config_option(lst)
+    lst.add_argument("--json", action="store_true")
+    for name, text in (("test", "test a source's connection"), ("remove", "remove a source")):
+        sp = ssub.add_parser(name, help=text)
+        _config_option(sp)
+        sp.add_argument("name")
+        if name == "test":
+            sp.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="run the agent in the foreground")
+    _config_option(p)
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    p = sub.add_parser("status", help="show the running agent's state")
+    _config_option(p)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = StatePaths(resolve_config_path(getattr(args, "config", None)))
+    try:
+        return _dispatch(args, paths)
+    except CliError as exc:
+        _err(exc.message)
+        return exc.code
+    except KeyFormatError as exc:
+        _err(f"invalid API key: {exc.message}.")
+        return EXIT_USAGE
+    except InvalidInput as exc:
+        _err(f"{exc}.")
+        return EXIT_USAGE
+    except ConfigError as exc:
+        _err(f"{exc}.")
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one sentence, no traceback
+        if os.environ.get("MC_DEBUG"):
+            traceback.print_exc()
+        _err(f"unexpected error: {type(exc).__name__}: {exc}"[:500])
+        return EXIT_ERROR
+
+
+def _err(message: str) -> None:
+    print(f"mini-connector: {message}", file=sys.stderr)
+
+
+def _dispatch(args: argparse.Namespace, paths: StatePaths) -> int:
+    if args.command == "configure":
+        return cmd_configure(args, paths)
+    if args.command == "source":
+        return {"add": cmd_source_add, "list": cmd_source_list, "test": cmd_source_test,
+                "remove": cmd_source_remove}[args.source_command](args, paths)  # fmt: skip
+    if args.command == "run":
+        return cmd_run(args, paths)
+    return cmd_status(args, paths)
+
+
+# ---------------------------------------------------------------- configure
+
+
+def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
+    key = validate_key(args.api_key)  # first: a typo must not half-write a config
+    cfg = load_config(paths.config, missing_ok=True)
+    cfg.relay_url = normalise_relay_url(args.relay_url, allow_insecure=bool(args.allow_insecure))
+    cfg.allow_insecure = bool(args.allow_insecure)
+    if args.name is not None:
+        if not 1 <= len(args.name.strip()) <= 100:
+            raise InvalidInput("the connector name must be 1 to 100 characters")
+        cfg.name = args.name.strip()
+    if args.capacity is not None:
+        if not 1 <= args.capacity <= 256:
+            raise InvalidInput("--capacity must be a whole number from 1 to 256")
+        cfg.capacity = args.capacity
+    box = SecretBox(paths.secret_key)
+    cfg.api_key_enc = box.encrypt(key, "api_key")
+    save_config(paths.config, cfg)
+    created = not paths.private_key.exists()
+    load_or_create_private_key(paths.private_key)
+    print(f"configured: relay {cfg.relay_url}, config {paths.config}")
+    print(f"agent key pair {'created' if created else 'kept'}: {paths.private_key}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- sources
+
+
+def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
+    name = check_source_name(args.name)
+    if args.type not in SUPPORTED_TYPES:
+        raise CliError(
+            f"source type {args.type!r} is not supported yet; this agent supports "
+            f"{', '.join(SUPPORTED_TYPES)}.",
+            EXIT_UNSUPPORTED,
+        )
+    cfg = load_config(paths.config)
+    check_source_url(args.type, args.url)
+    url, password = split_url_password(args.url)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise InvalidInput("--password-stdin was given but no password arrived on stdin")
+    options: dict[str, str] = {}
+    for item in args.option:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise InvalidInput(f"--option {item[:60]!r} must look like KEY=VALUE")
+        if k.strip().lower() in ("password", "passwd", "pwd"):
+            raise InvalidInput("give the password with --password-stdin, not --option")
+        options[k.strip()] = v
+    box = SecretBox(paths.secret_key)
+    enc = box.encrypt(password, f"source:{name}") if password else None
+    replaced = name in cfg.sources
+    cfg.sources[name] = SourceConfig(name=name, type=args.type, url=url, password_enc=enc, options=options)
+    save_config(paths.config, cfg)
+    print(f"source {name!r} {'replaced' if replaced else 'added'} ({args.type}, {url})")
+    if password:
+        print("its password is stored encrypted, not in the config")
+    return EXIT_OK
+
+
+def cmd_source_list(args: argparse.Namespace, paths: StatePaths) -> int:
+    cfg = load_config(paths.config)
+    rows = [
+        {"name": s.name, "type": s.type, "url": s.url, "password": "stored" if s.password_enc else None,
+         "options": s.options}
+        for s in cfg.sources.values()
+    ]  # fmt: skip
+    if args.json:
+        print(orjson.dumps(rows).decode())
+        return EXIT_OK
+    if not rows:
+        print("no sources configured; add one with 'mini-connector source add'")
+        return EXIT_OK
+    for r in rows:
+        extra = " (password stored encrypted)" if r["password"] else ""
+        print(f"{r['name']:<20} {r['type']:<9} {r['url']}{extra}")
+    return EXIT_OK
+
+
+def cmd_source_remove(args: argparse.Namespace, paths: StatePaths) -> int:
+    cfg = load_config(paths.config)
+    if args.name not in cfg.sources:
+        raise CliError(f"there is no source named {args.name[:100]!r}.", EXIT_CONFIG)
+    del cfg.sources[args.name]
+    save_config(paths.config, cfg)
+    print(f"source {args.name!r} removed")
+    return EXIT_OK
+
+
+def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
+    from .sourceset import SourceSet
+
+    cfg = load_config(paths.config)
+    if args.name not in cfg.sources:
+        raise CliError(f"there is no source named {args.name[:100]!r}.", EXIT_CONFIG)
+    sources = SourceSet(cfg.sources, SecretBox(paths.secret_key), pool_size=1)
+    try:
+        result: dict[str, Any] = sources.get(args.name).test()
+    except JobError as exc:
+        if args.json:
+            print(orjson.dumps({"connected": False, "error": exc.to_dict()}).decode())
+        _err(f"source {args.name!r} failed its test: {exc.code}: {exc.message}")
+        return EXIT_SOURCE
+    finally:
+        sources.close()
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        for k in ("connected", "latencyMs", "serverVersion", "tablesFound"):
+            print(f"{k}: {str(result[k]).lower() if isinstance(result[k], bool) else result[k]}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- run, status
+
+
+def cmd_run(args: argparse.Namespace, paths: StatePaths) -> int:
+    import logging
+
+    from .app import run_agent
+    from .logs import setup_logging
+
+    cfg = load_config(paths.config)
+    if not cfg.relay_url:
+        raise ConfigError("the agent config has no relay URL: run 'mini-connector configure'")
+    ship = setup_logging(paths.log_file, level=getattr(logging, args.log_level))
+    reason = asyncio.run(run_agent(cfg, paths, ship=ship))
+    if reason == "SESSION_REPLACED":
+        _err("another agent using this connector's key took over the session; stopped.")
+        return EXIT_REPLACED
+    return EXIT_OK
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, (int, float)):
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
+    from .status import read_status
+
+    cfg = load_config(paths.config)
+    st = read_status(paths.status_file)
+    if args.json:
+        out = {
+            "running": st["running"],
+            "state": st["state"] if st["running"] else "not running",
+            "relayUrl": st.get("relayUrl", cfg.relay_url),
+            "connectorId": st.get("connectorId"),
+            "lastHeartbeat": st.get("lastHeartbeat"),
+            "activeJobs": st.get("activeJobs", []) if st["running"] else [],
+            "sources": [s.public() for s in cfg.sources.values()],
+            "pid": st.get("pid") if st["running"] else None,
+        }
+        print(orjson.dumps(out).decode())
+        return EXIT_OK if st["running"] else EXIT_NOT_RUNNING
+    if not st["running"]:
+        print(f"the agent is not running (config {paths.config}, relay {cfg.relay_url or 'not set'})")
+        return EXIT_NOT_RUNNING
+    print(f"state:          {st.get('state')}")
+    print(f"relay:          {st.get('relayUrl', cfg.relay_url)}")
+    print(f"connector id:   {st.get('connectorId') or 'unknown (not welcomed yet)'}")
+    print(f"last heartbeat: {_when(st.get('lastHeartbeat'))}")
+    jobs = st.get("activeJobs") or []
+    print(f"active jobs:    {len(jobs)}")
+    for j in jobs:
+        print(f"  {j.get('jobId')} {j.get('operation')} on {j.get('source')} ({j.get('state')}, {j.get('rows')} rows)")
+    names = ", ".join(f"{s.name} ({s.type})" for s in cfg.sources.values()) or "none"
+    print(f"sources:        {names}")
+    print(f"pid:            {st.get('pid')}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The agent's TOML config and the secrets it refers to.
+
+The config (``agent.toml``, mode 0600) names the relay, the connector's API key and the
+local sources. Secrets never sit in it in clear: the API key and source passwords are
+stored AES-256-GCM-encrypted with a key kept in a separate 0600 file (``secret.key``,
+beside the config), or come from the environment (``MC_AGENT_API_KEY``,
+``MC_SOURCE_<NAME>_PASSWORD``). A password found inside a source URL is taken out of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import tomli_w
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.crypto import write_secret_file
+
+from . import platform_win
+
+SUPPORTED_TYPES = ("sqlite", "postgres", "mysql")
+KNOWN_TYPES = ("postgres", "mysql", "mssql", "odbc", "sqlite", "sap_b1", "tally")
+DEFAULT_CAPACITY = 4
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+AGENT_PATH = "/api/v1/agent/connect"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SECRET_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or incomplete (one sentence)."""
+
+
+class InvalidInput(Exception):
+    """A value the admin typed is not acceptable (one sentence)."""
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    type: str
+    url: str  # never holds a password
+    password_enc: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown or sent to the relay: no secrets."""
+        return {"name": self.name, "type": self.type}
+
+
+@dataclass
+class AgentConfig:
+    relay_url: str = ""
+    api_key_enc: str | None = None
+    name: str | None = None
+    capacity: int = DEFAULT_CAPACITY
+    allow_insecure: bool = False
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- file
+
+
+def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
+    if not path.exists():
+        if missing_ok:
+            return AgentConfig()
+        raise ConfigError(
+            f"no agent config at {path}: run 'mini-connector configure' first "
+            "(or pass --config / set MC_AGENT_CONFIG)"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the agent config {path} is not valid TOML: {exc}") from exc
+    agent = data.get("agent", {})
+    if not isinstance(agent, dict):
+        raise ConfigError(f"the agent config {path} has a malformed [agent] table")
+    cfg = AgentConfig(
+        relay_url=str(agent.get("relay_url", "")),
+        api_key_enc=agent.get("api_key_enc"),
+        name=agent.get("name"),
+        capacity=_int(agent.get("capacity", DEFAULT_CAPACITY), "capacity", path),
+        allow_insecure=bool(agent.get("allow_insecure", False)),
+    )
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict):
+        raise ConfigError(f"the agent config {path} has a malformed [sources] table")
+    for name, s in sources.items():
+        if not isinstance(s, dict) or "type" not in s or "url" not in s:
+            raise ConfigError(f"source {name!r} in {path} needs a type and a url")
+        cfg.sources[name] = SourceConfig(
+            name=name,
+            type=str(s["type"]),
+            url=str(s["url"]),
+            password_enc=s.get("password_enc"),
+            options={str(k): str(v) for k, v in dict(s.get("options", {})).items()},
+        )
+    return cfg
+
+
+def _int(value: Any, what: str, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 256:
+        raise ConfigError(f"{what} in {path} must be a whole number from 1 to 256")
+    return value
+
+
+def save_config(path: Path, cfg: AgentConfig) -> None:
+    agent: dict[str, Any] = {"relay_url": cfg.relay_url, "capacity": cfg.capacity}
+    if cfg.api_key_enc:
+        agent["api_key_enc"] = cfg.api_key_enc
+    if cfg.name:
+        agent["name"] = cfg.name
+    if cfg.allow_insecure:
+        agent["allow_insecure"] = True
+    sources: dict[str, Any] = {}
+    for s in cfg.sources.values():
+        entry: dict[str, Any] = {"type": s.type, "url": s.url}
+        if s.password_enc:
+            entry["password_enc"] = s.password_enc
+        if s.options:
+            entry["options"] = dict(s.options)
+        sources[s.name] = entry
+    text = tomli_w.dumps({"agent": agent, "sources": sources})
+    ensure_state_folder(path.parent)
+    write_secret_file(path, text.encode("utf-8"))
+    platform_win.restrict_to_owner(path)
+
+
+def ensure_state_folder(folder: Path) -> None:
+    """Create the state folder readable by its owner only (existing folders are left be)."""
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=0o700)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+class SecretBox:
+    """AES-256-GCM for the config's secrets, keyed by the 0600 ``secret.key`` file."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key_path = key_path
+        self._aead: AESGCM | None = None
+
+    def _key(self, create: bool) -> AESGCM:
+        if self._aead is None:
+            if not self.key_path.exists():
+                if not create:
+                    raise ConfigError(
+                        f"the secret key {self.key_path} is missing, so stored passwords "
+                        "cannot be read: add the sources again"
+                    )
+                ensure_state_folder(self.key_path.parent)
+                write_secret_file(self.key_path, AESGCM.generate_key(bit_length=256))
+                platform_win.restrict_to_owner(self.key_path)
+            raw = self.key_path.read_bytes()
+            if len(raw) != 32:
+                raise ConfigError(f"the secret key {self.key_path} is damaged (wrong size)")
+            self._aead = AESGCM(raw)
+        return self._aead
+
+    def encrypt(self, plain: str, purpose: str) -> str:
+        nonce = secrets.token_bytes(12)
+        ct = self._key(create=True).encrypt(nonce, plain.encode("utf-8"), purpose.encode())
+        return f"{_SECRET_VERSION}:" + base64.b64encode(nonce + ct).decode("ascii")
+
+    def decrypt(self, token: str, purpose: str) -> str:
+        version, _, body = token.partition(":")
+        try:
+            if version != _SECRET_VERSION:
+                raise ValueError(version)
+            blob = base64.b64decode(body, validate=True)
+            plain = self._key(create=False).decrypt(blob[:12], blob[12:], purpose.encode())
+            return plain.decode("utf-8")
+        except (ValueError, binascii.Error, InvalidTag, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"the stored secret for {purpose} cannot be decrypted with {self.key_path}"
+            ) from exc
+
+
+def env_name_for_source(name: str) -> str:
+    return "MC_SOURCE_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_PASSWORD"
+
+
+def source_password(
+    src: SourceConfig, box: SecretBox, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The environment's password for ``src`` if set, else the stored one, else None."""
+    env = os.environ if env is None else env
+    value = env.get(env_name_for_source(src.name))
+    if value:
+        return value
+    if src.password_enc:
+        return box.decrypt(src.password_enc, f"source:{src.name}")
+    return None
+
+
+def api_key(cfg: AgentConfig, box: SecretBox, env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    if env.get("MC_AGENT_API_KEY"):
+        return env["MC_AGENT_API_KEY"].strip()
+    if not cfg.api_key_enc:
+        raise ConfigError("the agent config has no API key: run 'mini-connector configure'")
+    return box.decrypt(cfg.api_key_enc, "api_key")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_source_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidInput(
+            f"source name {name[:60]!r} is not allowed: use 1-100 letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def split_url_password(url: str) -> tuple[str, str | None]:
+    """Take a password out of ``scheme://user:password@host/...``; return (url, password)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    if not sep:
+        return url, None
+    netloc = f"{user}@{hostport}" if user else hostport
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(password)
+
+
+def url_with_password(url: str, password: str | None) -> str:
+    """Put ``password`` back into a URL (for the driver only; never logged or stored)."""
+    if not password:
+        return url
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        userinfo, hostport = "", parts.netloc
+    netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_source_url(kind: str, url: str) -> None:
+    prefixes = {
+        "sqlite": ("sqlite:",),
+        "postgres": ("postgresql:", "postgresql+psycopg2:", "postgres:"),
+        "mysql": ("mysql:", "mysql+pymysql:", "mysql+mysqldb:", "mariadb:", "mariadb+pymysql:"),
+    }
+    if kind in prefixes and not url.lower().startswith(prefixes[kind]):
+        raise InvalidInput(
+            f"a {kind} source needs a URL starting with {' or '.join(prefixes[kind])}//, "
+            f"not {redact_url(url)!r}"
+        )
+
+
+def redact_url(url: str) -> str:
+    return split_url_password(url)[0]
+
+
+def normalise_relay_url(url: str, *, allow_insecure: bool) -> str:
+    """Check the relay URL: ws(s):// (http(s):// mapped), plain ws:// only to localhost."""
+    url = url.strip()
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("ws", "wss") or not parts.hostname:
+        raise InvalidInput(
+            f"the relay URL {url[:100]!r} must look like wss://relay.example.com "
+            "(ws://, wss://, http:// or https://)"
+        )
+    if parts.username or parts.password:
+        raise InvalidInput("the relay URL must not contain a user name or password")
+    if scheme == "ws" and parts.hostname not in LOCAL_HOSTS and not allow_insecure:
+        raise InvalidInput(
+            "plain ws:// is only allowed to localhost: use wss:// or pass --allow-insecure"
+        )
+    return urlunsplit(parts._replace(scheme=scheme)).rstrip("/")
+
+
+def agent_endpoint(relay_url: str) -> str:
+    """The WebSocket URL to dial: the base URL plus the agent path when it has none."""
+    parts = urlsplit(relay_url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path=AGENT_PATH))
+    return relay_url

@@ -1,0 +1,36 @@
+"""Windows-only file protection: restrict a secret file to SYSTEM and Administrators.
+
+POSIX gets 0600 from ``shared.crypto.write_secret_file``; Windows ignores mode bits, so
+secret files get an ACL instead, set with ``icacls`` (part of every Windows install).
+Importable everywhere; on other systems every function does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+IS_WINDOWS = os.name == "nt"
+
+
+def restrict_to_owner(path: Path) -> bool:
+    """Give only SYSTEM, Administrators and the current user access to ``path``.
+
+    Returns True when an ACL was applied, False when there is nothing to do (not Windows)
+    or ``icacls`` failed (the caller decides whether that matters).
+    """
+    if not IS_WINDOWS:
+        return False
+    user = os.environ.get("USERNAME", "")
+    grants = ["*S-1-5-18:F", "*S-1-5-32-544:F"]  # SYSTEM, Administrators (by SID: locale-proof)
+    if user:
+        grants.append(f"{user}:F")
+    cmd = ["icacls", str(path), "/inheritance:r"]
+    for g in grants:
+        cmd += ["/grant:r", g]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)  # noqa: S603
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True

@@ -1,0 +1,187 @@
+"""The worker-thread half of a job: read rows, size chunks, encode frames, hand them over.
+
+A job's rows are read in a worker thread (drivers block) and handed to the event loop
+through a small bounded ``asyncio.Queue``: when the relay is slow the queue fills, ``put``
+blocks the thread, and the database read slows down instead of memory growing. Fetch
+batches grow or shrink so each chunk's payload lands near a target size (a few hundred
+KiB, never past the relay's ``maxChunkBytes``). Frames are encoded here, off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import JobError
+from shared.protocol import Chunk, encode_chunk
+from shared.rows import encode_rows
+
+from .sources.base import Column
+
+log = logging.getLogger("agent.runner")
+
+QUEUE_DEPTH = 2
+FIRST_BATCH = 200
+MAX_BATCH = 100_000
+TARGET_CHUNK = 512 * 1024  # within the 256 KiB - 1 MiB band, capped by maxChunkBytes
+
+
+class Aborted(Exception):
+    """The loop side stopped listening (cancel, timeout, shutdown)."""
+
+
+@dataclass(frozen=True)
+class ChunkItem:
+    seq: int
+    rows: int
+    payload_bytes: int
+    frame: bytes
+
+
+# What the thread puts on the queue: ("columns", list) | ("chunk", ChunkItem) |
+# ("end", None) | ("error", JobError).
+Item = tuple[str, Any]
+
+
+class Producer:
+    """Runs ``read`` in a thread and feeds its batches into ``queue`` as encoded chunks.
+
+    ``read`` opens the work (blocking) and returns ``(columns, batches)``; ``batches`` may
+    have a settable ``size`` attribute, which is adjusted to reach the target chunk size.
+    """
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        job_id: str,
+        attempt: int,
+        read: Callable[[], tuple[list[Column], Iterator[Sequence[Any]]]],
+        max_rows: int | None,
+        max_chunk_bytes: int,
+        compress: bool = True,
+    ) -> None:
+        self.loop = loop
+        self.job_id, self.attempt = job_id, attempt
+        self.read = read
+        self.max_rows = max_rows
+        self.max_chunk_bytes = max_chunk_bytes
+        self.compress = compress
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_DEPTH)
+        self.aborted = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._seq = 0
+
+    def start(self, runner: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Start the thread. ``runner`` wraps the body (the caller passes ``ctx.run``)."""
+        body = self._body if runner is None else (lambda: runner(self._body))
+        self.thread = threading.Thread(target=body, name=f"job-{self.job_id[:16]}", daemon=True)
+        self.thread.start()
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    # ------------------------------------------------------------ thread side
+
+    def _put(self, item: Item) -> None:
+        if self.aborted.is_set():
+            raise Aborted
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+        except RuntimeError as exc:  # the loop is closed: nobody is listening any more
+            raise Aborted from exc
+        while True:
+            try:
+                fut.result(timeout=0.25)
+                return
+            except concurrent.futures.TimeoutError:
+                if self.aborted.is_set():
+                    fut.cancel()
+                    raise Aborted from None
+            except concurrent.futures.CancelledError as exc:
+                raise Aborted from exc
+
+    def _body(self) -> None:
+        batches: Any = None
+        try:
+            columns, batches = self.read()
+            self._put(("columns", columns))
+            self._stream(batches)
+            self._put(("end", None))
+        except Aborted:
+            pass
+        except JobError as exc:
+            self._report(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure must end the job, not the agent
+            self._report(JobError("QUERY_FAILED", f"the job failed: {type(exc).__name__}: {exc}"[:500]))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing a job's batches failed", exc_info=True)
+
+    def _report(self, exc: JobError) -> None:
+        try:
+            self._put(("error", exc))
+        except Aborted:
+            pass
+
+    def _stream(self, batches: Iterator[Sequence[Any]]) -> None:
+        total = 0
+        limit = self.max_rows
+        if limit is not None and limit <= 0:
+            return
+        target = max(1024, min(TARGET_CHUNK, self.max_chunk_bytes // 2))
+        if hasattr(batches, "size"):
+            batches.size = FIRST_BATCH  # type: ignore[attr-defined]
+        for batch in batches:
+            if self.aborted.is_set():
+                raise Aborted
+            rows = list(batch)
+            if limit is not None and total + len(rows) > limit:
+                rows = rows[: limit - total]
+            encoded = 0
+            for payload, count in self._fit(rows):
+                encoded += len(payload)
+                self._emit(payload, count)
+            total += len(rows)
+            if limit is not None and total >= limit:
+                return
+            if hasattr(batches, "size") and rows:
+                per_row = max(1.0, encoded / len(rows))
+                current = int(batches.size)  # type: ignore[attr-defined]
+                wanted = int(target / per_row)
+                batches.size = max(1, min(MAX_BATCH, current * 8, wanted))  # type: ignore[attr-defined]
+
+    def _fit(self, rows: list[Sequence[Any]]) -> list[tuple[bytes, int]]:
+        """Encode ``rows`` as one payload, or split it until every part fits the limit."""
+        if not rows:
+            return []
+        payload = encode_rows(rows)
+        if len(payload) <= self.max_chunk_bytes:
+            return [(payload, len(rows))]
+        if len(rows) == 1:
+            raise JobError(
+                "RESULT_TOO_LARGE",
+                f"a single row encodes to {len(payload)} bytes, more than the relay's "
+                f"chunk limit of {self.max_chunk_bytes} bytes",
+            )
+        mid = len(rows) // 2
+        return self._fit(rows[:mid]) + self._fit(rows[mid:])
+
+    def _emit(self, payload: bytes, count: int) -> None:
+        chunk = Chunk(self.job_id, self.attempt, self._seq, count, payload)
+        frame = encode_chunk(chunk, compress=self.compress)
+        self._put(("chunk", ChunkItem(self._seq, count, len(payload), frame)))
+        self._seq += 1

@@ -1,0 +1,94 @@
+"""Driver exceptions translated into the contract's job errors, in one place.
+
+psycopg2, PyMySQL and sqlite3 each say "wrong password", "cannot reach the server",
+"statement cancelled" and "read-only transaction" in their own way; this module turns
+them into ``JobError`` codes (AUTH_FAILED, SOURCE_UNAVAILABLE, CANCELLED, TIMEOUT,
+WRITE_OPERATION_REJECTED, QUERY_FAILED) with the driver's first line as the sentence.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from shared.errors import JobError
+
+from ..logs import redact
+
+_PG_CODES = {
+    "28P01": "AUTH_FAILED",
+    "28000": "AUTH_FAILED",
+    "25006": "WRITE_OPERATION_REJECTED",
+    "57P01": "SOURCE_UNAVAILABLE",
+    "57P03": "SOURCE_UNAVAILABLE",
+    "3D000": "SOURCE_UNAVAILABLE",
+}
+_MYSQL_CODES = {
+    1045: "AUTH_FAILED",
+    1044: "AUTH_FAILED",
+    1049: "SOURCE_UNAVAILABLE",
+    2002: "SOURCE_UNAVAILABLE",
+    2003: "SOURCE_UNAVAILABLE",
+    2005: "SOURCE_UNAVAILABLE",
+    2006: "SOURCE_UNAVAILABLE",
+    2013: "SOURCE_UNAVAILABLE",
+    1317: "CANCELLED",
+    1792: "WRITE_OPERATION_REJECTED",
+    1836: "WRITE_OPERATION_REJECTED",
+    3024: "TIMEOUT",
+    1969: "TIMEOUT",
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact(text[0] if text else type(exc).__name__)[:500]
+
+
+def map_db_error(exc: BaseException, *, connecting: bool = False) -> JobError:
+    """The job error for a driver (or SQLAlchemy-wrapped driver) exception."""
+    orig: Any = getattr(exc, "orig", None) or exc
+    message = _first_line(orig)
+    code = _code_for(orig, message)
+    if code is None:
+        code = "SOURCE_UNAVAILABLE" if connecting else "QUERY_FAILED"
+    if code == "CANCELLED":
+        message = "the query was cancelled at the database"
+    elif code == "TIMEOUT":
+        message = "the query ran past its time limit and was stopped at the database"
+    elif code == "WRITE_OPERATION_REJECTED":
+        message = f"the database refused a write in a read-only transaction: {message}"
+    elif code == "AUTH_FAILED":
+        message = f"the database refused the credentials: {message}"
+    elif code == "SOURCE_UNAVAILABLE":
+        message = f"the database cannot be reached: {message}"
+    return JobError(code, message)
+
+
+def _code_for(orig: Any, message: str) -> str | None:
+    module = type(orig).__module__ or ""
+    if module.startswith("psycopg2"):
+        pgcode = getattr(orig, "pgcode", None)
+        if pgcode == "57014":
+            return "TIMEOUT" if "statement timeout" in message else "CANCELLED"
+        if pgcode in _PG_CODES:
+            return _PG_CODES[pgcode]
+        if pgcode is None and "authentication failed" in message:
+            return "AUTH_FAILED"
+        if pgcode is None and type(orig).__name__ in ("OperationalError", "InterfaceError"):
+            return "SOURCE_UNAVAILABLE"
+        return None
+    if module.startswith(("pymysql", "MySQLdb")):
+        args = getattr(orig, "args", ())
+        num = args[0] if args and isinstance(args[0], int) else None
+        return _MYSQL_CODES.get(num) if num is not None else None
+    if isinstance(orig, sqlite3.Error):
+        low = message.lower()
+        if "interrupted" in low:
+            return "CANCELLED"
+        if "readonly" in low or "read-only" in low or "query_only" in low:
+            return "WRITE_OPERATION_REJECTED"
+        if "unable to open database" in low:
+            return "SOURCE_UNAVAILABLE"
+        return None
+    return None

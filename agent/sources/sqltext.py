@@ -1,0 +1,186 @@
+"""A small SQL tokenizer, and named parameters (``:name``) translated per driver.
+
+It knows what hides text from a naive scan: comments (``--``, ``/* */`` nested in
+PostgreSQL, ``#`` in MySQL), string literals (``''`` doubling, backslash escapes in MySQL
+and ``E''`` strings), quoted identifiers (``"x"``, `` `x` ``, ``[x]``) and PostgreSQL
+dollar quotes (``$tag$ ... $tag$``). The read-only guard and the parameter translation
+both work on its tokens, so neither is fooled by a keyword or a colon inside a literal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import JobError
+
+WS, COMMENT, STRING, IDENT, WORD, NUMBER, PARAM, PUNCT, SEMI = (
+    "ws", "comment", "string", "ident", "word", "number", "param", "punct", "semi",
+)  # fmt: skip
+DIALECTS = ("postgres", "mysql", "sqlite", "generic")
+
+_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_PARAM = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+class SqlTextError(JobError):
+    """The statement cannot be read safely (unterminated literal, hidden code...)."""
+
+    def __init__(self, message: str, code: str = "QUERY_FAILED") -> None:
+        super().__init__(code, message, retryable=False)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str
+    pos: int
+
+    @property
+    def upper(self) -> str:
+        return self.text.upper()
+
+
+def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
+    """Split ``sql`` into tokens; raise ``SqlTextError`` on anything unterminated."""
+    mysql, pg = dialect == "mysql", dialect == "postgres"
+    out: list[Token] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        start = i
+        if c.isspace():
+            while i < n and sql[i].isspace():
+                i += 1
+            out.append(Token(WS, sql[start:i], start))
+        elif c == "-" and sql.startswith("--", i) and (
+            not mysql or i + 2 >= n or sql[i + 2].isspace() or sql[i + 2] < " "
+        ):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+            out.append(Token(COMMENT, sql[start:i], start))
+        elif c == "#" and mysql:
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+            out.append(Token(COMMENT, sql[start:i], start))
+        elif c == "/" and sql.startswith("/*", i):
+            if mysql and sql.startswith("/*!", i):
+                raise SqlTextError(
+                    "MySQL executable comments (/*! ... */) are not allowed",
+                    "WRITE_OPERATION_REJECTED",
+                )
+            i = _block_comment_end(sql, i, nested=pg)
+            out.append(Token(COMMENT, sql[start:i], start))
+        elif c == "'" or (c == '"' and mysql):
+            i = _quoted_end(sql, i, c, backslash=mysql)
+            out.append(Token(STRING, sql[start:i], start))
+        elif c in "eE" and pg and sql.startswith("'", i + 1):
+            i = _quoted_end(sql, i + 1, "'", backslash=True)
+            out.append(Token(STRING, sql[start:i], start))
+        elif c == '"' or (c == "`" and dialect in ("mysql", "sqlite", "generic")):
+            i = _quoted_end(sql, i, c, backslash=False)
+            out.append(Token(IDENT, sql[start:i], start))
+        elif c == "[" and dialect in ("sqlite", "generic"):
+            end = sql.find("]", i + 1)
+            if end < 0:
+                raise SqlTextError("the statement has an unterminated [identifier]")
+            i = end + 1
+            out.append(Token(IDENT, sql[start:i], start))
+        elif c == "$" and pg and (m := _DOLLAR.match(sql, i)) and not _after_word(out, i):
+            tag = m.group(0)
+            end = sql.find(tag, m.end())
+            if end < 0:
+                raise SqlTextError(f"the statement has an unterminated {tag} quoted string")
+            i = end + len(tag)
+            out.append(Token(STRING, sql[start:i], start))
+        elif c == ":" and (m := _PARAM.match(sql, i)) and not sql.startswith("::", i) and not (
+            i > 0 and sql[i - 1] == ":"
+        ):
+            i = m.end()
+            out.append(Token(PARAM, sql[start:i], start))
+        elif c == ";":
+            i += 1
+            out.append(Token(SEMI, ";", start))
+        elif m := _WORD.match(sql, i):
+            i = m.end()
+            out.append(Token(WORD, sql[start:i], start))
+        elif c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isdigit()):
+            m = _NUMBER.match(sql, i)
+            i = m.end() if m else i + 1
+            out.append(Token(NUMBER, sql[start:i], start))
+        else:
+            i += 1
+            out.append(Token(PUNCT, c, start))
+    return out
+
+
+def _after_word(tokens: list[Token], i: int) -> bool:
+    # "a$b$" glued to a word is part of an identifier in PostgreSQL, not a dollar quote.
+    return bool(tokens) and tokens[-1].kind == WORD and tokens[-1].pos + len(tokens[-1].text) == i
+
+
+def _block_comment_end(sql: str, i: int, *, nested: bool) -> int:
+    depth, j = 0, i
+    while j < len(sql):
+        if sql.startswith("/*", j):
+            depth = depth + 1 if nested or depth == 0 else depth
+            j += 2
+        elif sql.startswith("*/", j):
+            depth -= 1
+            j += 2
+            if depth == 0:
+                return j
+        else:
+            j += 1
+    raise SqlTextError("the statement has an unterminated /* comment")
+
+
+def _quoted_end(sql: str, i: int, quote: str, *, backslash: bool) -> int:
+    j = i + 1
+    while j < len(sql):
+        ch = sql[j]
+        if backslash and ch == "\\":
+            j += 2
+            continue
+        if ch == quote:
+            if j + 1 < len(sql) and sql[j + 1] == quote:
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    what = "string literal" if quote == "'" else f"{quote}quoted{quote} text"
+    raise SqlTextError(f"the statement has an unterminated {what}")
+
+
+def code_tokens(tokens: list[Token]) -> list[Token]:
+    """Tokens without whitespace and comments."""
+    return [t for t in tokens if t.kind not in (WS, COMMENT)]
+
+
+def translate_params(
+    sql: str, params: Mapping[str, Any] | None, *, style: str, dialect: str
+) -> tuple[str, dict[str, Any]]:
+    """Rewrite ``:name`` for the driver: ``pyformat`` (psycopg2, PyMySQL) or ``named`` (sqlite3).
+
+    For ``pyformat`` every literal ``%`` is doubled, since those drivers interpolate the
+    whole text. A ``:name`` with no value is an error that names it.
+    """
+    params = dict(params or {})
+    used: dict[str, Any] = {}
+    parts: list[str] = []
+    for tok in tokenize(sql, dialect):
+        if tok.kind == PARAM:
+            name = tok.text[1:]
+            if name not in params:
+                raise SqlTextError(f"the query uses :{name} but no value was given for it")
+            used[name] = params[name]
+            parts.append(f"%({name})s" if style == "pyformat" else tok.text)
+        elif style == "pyformat":
+            parts.append(tok.text.replace("%", "%%"))
+        else:
+            parts.append(tok.text)
+    return "".join(parts), used

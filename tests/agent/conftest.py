@@ -1,0 +1,93 @@
+"""Fixtures for the agent's tests: a sample SQLite source, an API key, an agent in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import SecretBox, SourceConfig
+from agent.runner import Runner
+from agent.session import Session, SessionConfig
+from agent.sourceset import SourceSet
+from shared.crypto import generate_private_key, public_key_b64
+from shared.keys import generate_key
+
+ROWS = 3000
+
+
+def make_sample_db(path: Path, rows: int = ROWS) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price TEXT, blob BLOB)")
+    conn.executemany(
+        "INSERT INTO items VALUES (?, ?, ?, ?)",
+        [(i, f"item {i} " + "x" * 40, f"{i}.25", bytes([i % 256])) for i in range(rows)],
+    )
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id))")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def sample_db(tmp_path: Path) -> Path:
+    return make_sample_db(tmp_path / "sample.db")
+
+
+@pytest.fixture
+def api_key() -> str:
+    return generate_key()
+
+
+class AgentHandle:
+    def __init__(self, session: Session, runner: Runner, task: asyncio.Task[str]) -> None:
+        self.session, self.runner, self.task = session, runner, task
+
+    async def stop(self) -> str:
+        self.session.request_stop()
+        self.session.request_stop()  # the second request: stop now
+        return await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def start_agent(
+    tmp_path: Path, api_key: str, sample_db: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    handles: list[AgentHandle] = []
+
+    async def start(relay_url: str, *, capacity: int = 4, **session_kw: Any) -> AgentHandle:
+        ship = session_kw.pop("ship", None)
+        key = generate_private_key()
+        sources = SourceSet(
+            {"lite": SourceConfig("lite", "sqlite", f"sqlite:///{sample_db}")},
+            SecretBox(tmp_path / "secret.key"),
+        )
+        runner = Runner(get_source=sources.get, private_key=key, capacity=capacity)
+        cfg = SessionConfig(
+            url=relay_url + "/api/v1/agent/connect",
+            api_key=api_key,
+            public_key=public_key_b64(key),
+            hostname="test-host",
+            os_name="linux",
+            capacity=capacity,
+            sources=sources.public(),
+            backoff_min=0.05,
+            backoff_max=0.2,
+            open_timeout=5,
+            **session_kw,
+        )
+        session = Session(cfg, runner=runner, ship=ship)
+        handle = AgentHandle(session, runner, asyncio.create_task(session.run()))
+        handles.append(handle)
+        return handle
+
+    yield start
+    for h in handles:
+        if not h.task.done():
+            with contextlib.suppress(Exception):
+                await h.stop()

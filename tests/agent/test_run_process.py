@@ -1,0 +1,71 @@
+"""`mini-connector run` as a real process: connects, runs a job, reports status, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+
+from agent import cli
+
+from ..conftest import scaled
+from .fake_relay import FakeRelay
+
+
+async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), scaled(30))
+    return proc.returncode or 0, out.decode()
+
+
+async def test_run_serves_jobs_reports_status_and_stops_cleanly(tmp_path: Path, api_key: str, sample_db: Path):
+    cfg = str(tmp_path / "agent.toml")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("MC_AGENT_CONFIG", None)
+    async with FakeRelay(api_key, heartbeat=0.2) as relay:
+        assert cli.main(["configure", "--config", cfg, "--relay-url", relay.url, "--api-key", api_key]) == 0
+        assert cli.main(["source", "add", "lite", "--type", "sqlite", "--url", f"sqlite:///{sample_db}", "--config", cfg]) == 0
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "--config", cfg, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await relay.wait_for(lambda: relay.ws, scaled(20), "the agent process to connect")
+            await relay.assign("job_p", "lite", query={"sql": "SELECT count(*) AS n FROM items"})
+            done = await relay.wait_for(lambda: relay.done("job_p"), scaled(20))
+            assert done["status"] == "succeeded" and relay.rows("job_p") == [[3000]]
+
+            async def connected() -> dict:
+                rc, out = await _cli("status", "--json", "--config", cfg, env=env)
+                return orjson.loads(out) if rc == 0 else {}
+
+            deadline = asyncio.get_running_loop().time() + scaled(15)
+            status: dict = {}
+            while asyncio.get_running_loop().time() < deadline:
+                status = await connected()
+                if status.get("state") == "connected" and status.get("lastHeartbeat"):
+                    break
+            assert status["state"] == "connected" and status["connectorId"] == relay.connector_id
+            assert status["sources"] == [{"name": "lite", "type": "sqlite"}]
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), scaled(20))
+            assert rc == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        stderr = (await proc.stderr.read()).decode()
+        assert "Traceback" not in stderr and api_key not in stderr
+        log = (tmp_path / "logs" / "agent.log").read_text()
+        lines = [orjson.loads(ln) for ln in log.splitlines()]
+        assert any(ln.get("jobId") == "job_p" for ln in lines)
+        assert api_key not in log
+        rc, out = await _cli("status", "--config", cfg, env=env)
+        assert rc == 6 and "not running" in out
