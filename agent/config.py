@@ -29,7 +29,7 @@ from shared.crypto import write_secret_file
 
 from . import platform_win
 
-SUPPORTED_TYPES = ("sqlite", "postgres", "mysql")
+SUPPORTED_TYPES = ("sqlite", "postgres", "mysql", "sap_b1", "tally")
 KNOWN_TYPES = ("postgres", "mysql", "mssql", "odbc", "sqlite", "sap_b1", "tally")
 DEFAULT_CAPACITY = 4
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -260,6 +260,8 @@ def check_source_url(kind: str, url: str) -> None:
         "sqlite": ("sqlite:",),
         "postgres": ("postgresql:", "postgresql+psycopg2:", "postgres:"),
         "mysql": ("mysql:", "mysql+pymysql:", "mysql+mysqldb:", "mariadb:", "mariadb+pymysql:"),
+        "sap_b1": ("https:", "http:"),
+        "tally": ("http:", "https:"),
     }
     if kind in prefixes and not url.lower().startswith(prefixes[kind]):
         raise InvalidInput(

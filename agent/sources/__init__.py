@@ -26,6 +26,14 @@ def create_source(
         from .sql import SqlSource
 
         return SqlSource(name, kind, url, password=password, options=options, pool_size=pool_size)
+    if kind == "sap_b1":
+        from .sap_b1 import SapB1Source
+
+        return SapB1Source(name, kind, url, password=password, options=options)
+    if kind == "tally":
+        from .tally import TallySource
+
+        return TallySource(name, kind, url, password=password, options=options)
     raise JobError(
         "SOURCE_UNAVAILABLE",
         f"source type {kind!r} is not supported by this agent yet",

@@ -1,0 +1,273 @@
+"""The SAP Business One adapter against the Service Layer fake (tests/fakes/sap_b1.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from agent.sources.sap_b1 import SapB1Source, resolve_next
+from agent.sources.webclient import Endpoint
+from shared.errors import JobError
+from tests.fakes.sap_b1 import COMPANY, USER, SapB1State, start_fake_sap_b1
+from tests.fakes.tls import TlsFiles
+
+from .conftest import join, run_in_thread
+
+
+def make(url: str, state: SapB1State | None = None, **options: str) -> SapB1Source:
+    opts = {"company_db": COMPANY, "username": USER, **options}
+    password = state.password if state is not None else "s3cret!"
+    return SapB1Source("erp", "sap_b1", url, password=password, options=opts)
+
+
+def read_all(source: SapB1Source, request: dict[str, Any], batch: int = 1000) -> tuple[list, list]:
+    columns, batches = source.query(request, batch)
+    return columns, [row for b in batches for row in b]
+
+
+def gets(state: SapB1State) -> list[dict[str, Any]]:
+    return [e for e in state.log if e["method"] == "GET"]
+
+
+def test_query_pages_with_prefer_maxpagesize_keeps_cookies_and_logs_out(sap):
+    """95 items at 30 a page arrive in four GETs, each with both cookies and the Prefer
+    header, and the session is logged out at the end."""
+    url, state = sap
+    columns, rows = read_all(make(url, state, page_size="30"), {"entity": "Items"})
+    assert [c["name"] for c in columns] == [
+        "ItemCode",
+        "ItemName",
+        "QuantityOnStock",
+        "Valid",
+        "UpdateDate",
+    ]
+    assert len(rows) == 95 and rows[0][0] == "A0001" and rows[-1][0] == "A0095"
+    pages = gets(state)
+    assert len(pages) == 4
+    assert all(p["cookies"] and p["prefer"] == "odata.maxpagesize=30" for p in pages)
+    assert pages[1]["path"] == "/Items" and "$skip=30" in pages[1]["raw"]
+    assert state.logins == 1 and state.logouts == 1 and not state.sessions
+
+
+def test_select_filter_orderby_top_become_odata_options(sap):
+    """The query shape maps to $select/$filter/$orderby/$top; top is honoured across pages."""
+    url, state = sap
+    request = {"entity": "Items", "select": ["ItemCode", "QuantityOnStock"],
+               "filter": "Valid eq 'tYES' and QuantityOnStock gt 10", "orderBy": "ItemCode desc", "top": 7}  # fmt: skip
+    columns, rows = read_all(make(url, state, page_size="5"), request)
+    assert columns == [
+        {"name": "ItemCode", "type": "string"},
+        {"name": "QuantityOnStock", "type": "decimal"},
+    ]
+    assert [r[0] for r in rows] == ["A0095", "A0094", "A0092", "A0091", "A0089", "A0088", "A0086"]
+    first = gets(state)[0]["raw"]
+    assert first.startswith(
+        "/b1s/v2/Items?$select=ItemCode,QuantityOnStock&$filter=Valid%20eq%20'tYES'"
+    )
+    assert "$orderby=ItemCode%20desc" in first and first.endswith("$top=7")
+    assert len(gets(state)) == 2
+
+
+def test_decimals_stay_exact_strings_dates_iso_and_nested_lines_json(sap):
+    """Amounts come back as exact decimal strings, dates as ISO text, document lines as JSON."""
+    url, state = sap
+    columns, rows = read_all(make(url, state), {"entity": "Orders", "top": 1})
+    types = {c["name"]: c["type"] for c in columns}
+    assert types == {"DocEntry": "integer", "DocNum": "integer", "CardCode": "string",
+                     "DocDate": "date", "DocTotal": "decimal", "DocumentLines": "json"}  # fmt: skip
+    assert rows == [[1, 1001, "C00001", "2024-03-01", "12346.67",
+                     [{"LineNum": 0, "ItemCode": "A0001", "Quantity": "2.0", "Price": "9.99"}]]]  # fmt: skip
+
+
+def test_v1_follows_odata_nextlink_and_reports_v1_error_text(sap):
+    """/b1s/v1 pages with odata.nextLink; its {"message": {"lang", "value"}} error reaches the job."""
+    url, state = sap
+    source = make(url, state, version="v1", page_size="40")
+    _, rows = read_all(source, {"entity": "Items", "select": "ItemCode"})
+    assert len(rows) == 95 and all(e["version"] == "v1" for e in state.log)
+    with pytest.raises(JobError) as err:
+        source.query({"entity": "Items", "select": ["Nope"]})
+    assert err.value.code == "QUERY_FAILED"
+    assert "Property 'Nope' of 'Item' is invalid" in err.value.message
+
+
+def test_v2_error_body_and_unknown_entity_are_query_failed(sap):
+    """A v2 error body (message as a string) becomes QUERY_FAILED with SAP's words."""
+    url, state = sap
+    source = make(url, state)
+    with pytest.raises(JobError) as err:
+        source.query({"entity": "NoSuchThings"})
+    assert err.value.code == "QUERY_FAILED" and "Unrecognized resource path" in err.value.message
+    with pytest.raises(JobError) as err:
+        source.query({"entity": "Items", "filter": "ItemCode ~ 'x'"})
+    assert "Invalid filter expression" in err.value.message
+    assert state.logouts == state.logins == 2  # failed queries still log out
+
+
+def test_expired_session_mid_stream_logs_in_once_more_and_continues(sap):
+    """A 401 (session timeout) on page 3 triggers one re-login; no row is lost or repeated."""
+    url, state = sap
+    state.expire_after_pages = 2
+    _, rows = read_all(make(url, state, page_size="20"), {"entity": "Items", "select": "ItemCode"})
+    assert [r[0] for r in rows] == [f"A{i:04d}" for i in range(1, 96)]
+    assert state.logins == 2
+
+
+def test_session_refused_after_relogin_is_auth_failed(sap):
+    """If the fresh session is refused too, the job fails AUTH_FAILED after exactly one retry."""
+    url, state = sap
+    state.reject_sessions = True
+    with pytest.raises(JobError) as err:
+        make(url, state).query({"entity": "Items"})
+    assert err.value.code == "AUTH_FAILED" and "Invalid session" in err.value.message
+    assert state.logins == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "password", "text"),
+    [
+        ({}, "wrong", "Login failed"),
+        ({"company_db": "NOPE"}, "s3cret!", "Fail to get DB Credentials"),
+    ],
+)
+def test_bad_credentials_are_auth_failed_with_sap_message(sap, options, password, text):
+    """Login refusals map to AUTH_FAILED carrying SAP's message and code."""
+    url, _ = sap
+    opts = {"company_db": COMPANY, "username": USER, **options}
+    source = SapB1Source("erp", "sap_b1", url, password=password, options=opts)
+    with pytest.raises(JobError) as err:
+        source.test()
+    assert err.value.code == "AUTH_FAILED" and text in err.value.message
+    assert "SAP code" in err.value.message
+
+
+def test_missing_login_options_fail_before_any_request(sap):
+    url, state = sap
+    with pytest.raises(JobError) as err:
+        SapB1Source("erp", "sap_b1", url, password="x", options={}).query({"entity": "Items"})
+    assert err.value.code == "AUTH_FAILED" and "company_db" in err.value.message
+    assert state.log == []
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"entity": "Items/../Login"},
+        {"entity": "Items?$top=1"},
+        {"entity": "Items", "select": ["ItemCode,ItemName"]},
+        {"entity": "Items", "select": "ItemCode&$expand=x"},
+        {"entity": "Items", "orderBy": "ItemCode; drop"},
+        {"entity": "Items", "top": -1},
+        {"entity": "Items", "filter": "a\r\nHost: evil"},
+        {"entity": "Items", "sql": "select 1"},
+        {"entity": ""},
+    ],
+)
+def test_injection_attempts_are_refused_before_any_request(sap, request_):
+    """Entity and property names must be identifiers; nothing odd reaches the Service Layer."""
+    url, state = sap
+    with pytest.raises(JobError) as err:
+        make(url, state).query(request_)
+    assert err.value.code == "QUERY_FAILED"
+    assert state.log == []
+
+
+def test_next_links_leaving_the_service_are_refused():
+    """A next link may not point at another host or outside /b1s/<version>."""
+    endpoint = Endpoint("erp", "https://sl.example:50000", default_port=50000)
+    root = "/b1s/v2"
+    assert resolve_next("Items?$skip=20&$filter=A eq 'b c'", root, endpoint) == (
+        "/b1s/v2/Items?$skip=20&$filter=A%20eq%20'b%20c'"
+    )
+    for link in ("https://evil.example/b1s/v2/Items", "/b1s/v2/../v1/Login", "/other/Items"):
+        with pytest.raises(JobError):
+            resolve_next(link, root, endpoint)
+
+
+def test_discover_reads_metadata_entity_sets_properties_and_keys(sap):
+    """Discovery lists entity sets from $metadata (v4 and v3 CSDL) with types and keys."""
+    url, state = sap
+    for version in ("v2", "v1"):
+        tables = make(url, state, version=version).discover()
+        by_name = {t["name"]: t for t in tables}
+        assert set(by_name) == {"Items", "BusinessPartners", "Orders"}
+        orders = by_name["Orders"]
+        assert orders["primaryKey"] == ["DocEntry"] and orders["schema"] == COMPANY
+        assert {"name": "DocEntry", "type": "Edm.Int32", "nullable": False} in orders["columns"]
+        assert orders["kind"] == "entity_set"
+
+
+def test_hostile_metadata_is_refused(sap):
+    """A $metadata carrying a DTD with entity declarations (billion laughs) is not expanded."""
+    url, state = sap
+    state.hostile_metadata = "billion_laughs"
+    with pytest.raises(JobError) as err:
+        make(url, state).discover()
+    assert err.value.code == "QUERY_FAILED" and "forbidden XML" in err.value.message
+
+
+def test_test_reports_version_latency_and_entity_sets(sap):
+    url, state = sap
+    result = make(url, state).test()
+    assert result["connected"] is True and result["serverVersion"] == "1000200"
+    assert result["tablesFound"] == 3 and isinstance(result["latencyMs"], int)
+    assert state.logouts == 1
+
+
+def test_https_with_ca_file_self_signed_refusal_and_logged_opt_out(tls_files: TlsFiles, caplog):
+    """A self-signed Service Layer works with its CA file, fails without it, and works with
+    verify=false, which is logged as a warning."""
+    server, state = start_fake_sap_b1(tls_context=tls_files.server_context())
+    try:
+        assert make(server.url, state, ca_file=str(tls_files.cert)).test()["connected"]
+        with pytest.raises(JobError) as err:
+            make(server.url, state).test()
+        assert err.value.code == "SOURCE_UNAVAILABLE" and "ca_file" in err.value.message
+        with caplog.at_level(logging.WARNING, logger="agent.sources"):
+            assert make(server.url, state, verify="false").test()["connected"]
+        assert "verification is OFF" in caplog.text
+    finally:
+        server.stop()
+
+
+def test_cancel_stops_a_read_blocked_on_the_service_layer(sap):
+    """cancel() from another thread ends a read stuck mid-page with CANCELLED, and the
+    session is still logged out."""
+    url, state = sap
+    state.stall = True
+    source = make(url, state)
+    thread, out = run_in_thread(lambda: source.query({"entity": "Items"}))
+    assert state.stalled.wait(10)
+    source.cancel()
+    join(thread, 5)
+    assert isinstance(out.get("error"), JobError) and out["error"].code == "CANCELLED"
+    assert state.logouts == 1
+
+
+def test_timeout_ends_a_stalled_read_with_timeout(sap):
+    url, state = sap
+    state.stall = True
+    stream = make(url, state).prepare({"entity": "Items"}, timeout=0.5)
+    with pytest.raises(JobError) as err:
+        stream.start()
+    stream.close()
+    assert err.value.code == "TIMEOUT"
+
+
+def test_unreachable_service_layer_is_source_unavailable(closed_port):
+    with pytest.raises(JobError) as err:
+        make(f"https://127.0.0.1:{closed_port}").test()
+    assert err.value.code == "SOURCE_UNAVAILABLE" and err.value.retryable
+
+
+def test_password_and_session_cookies_never_logged(sap, caplog):
+    """Nothing the adapter logs (at DEBUG) holds the password or a session id."""
+    url, state = sap
+    state.expire_after_pages = 1
+    with caplog.at_level(logging.DEBUG):
+        read_all(make(url, state, page_size="50"), {"entity": "Items"})
+    assert state.logins == 2
+    assert state.password not in caplog.text
+    assert "B1SESSION=" not in caplog.text and "ROUTEID=" not in caplog.text
