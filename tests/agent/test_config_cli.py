@@ -103,8 +103,8 @@ def test_source_add_list_test_remove(tmp_path: Path, api_key: str, sample_db: Pa
     out = capsys.readouterr().out
     assert "connected: true" in out and "tablesFound: 2" in out
     assert cli.main(["source", "test", "absent", "--config", cfg]) == 3
-    assert cli.main(["source", "add", "erp", "--type", "sap_b1", "--url", "https://x", "--config", cfg]) == 5
-    assert "not supported yet" in capsys.readouterr().err
+    assert cli.main(["source", "add", "tl", "--type", "tally", "--url", "ftp://x", "--config", cfg]) != 0
+    assert "tally source needs a URL" in capsys.readouterr().err
     assert cli.main(["source", "remove", "pg", "--config", cfg]) == 0
     assert "pg" not in load_config(Path(cfg)).sources
     assert cli.main(["source", "remove", "pg", "--config", cfg]) == 3
