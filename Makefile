@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tests.demo
+	$(PY) scripts/demo.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

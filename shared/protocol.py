@@ -374,6 +374,9 @@ def decode_chunk(data: bytes) -> Chunk:
             payload = d.decompress(payload, MAX_DECOMPRESSED)
             if d.unconsumed_tail:
                 raise ProtocolError("chunk payload decompresses past the limit")
+            if not d.eof:
+                # A cut-off stream would otherwise yield a silently partial payload.
+                raise ProtocolError("chunk payload is a truncated zlib stream")
         except zlib.error as exc:
             raise ProtocolError("chunk payload is not valid zlib data") from exc
     return Chunk(h["jobId"], h["attempt"], h["seq"], h["rows"], bytes(payload))

@@ -23,8 +23,11 @@ _ORJSON_OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS
 
 def json_safe(value: Any) -> Any:
     """One value in its JSON-safe form (used where rows are not encoded by ``encode_rows``)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        # orjson encodes 64-bit integers only; larger ones stay exact as strings.
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, decimal.Decimal):

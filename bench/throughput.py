@@ -1,0 +1,137 @@
+"""Throughput: a 1,000,000-row x 6-column PostgreSQL table end to end, against a direct read.
+
+Creates the table in a fresh ``mc_bench_*`` schema, reads it as NDJSON through a real relay
+and agent (submit -> last byte of GET /jobs/{id}/results), then directly with a psycopg2
+server-side cursor in the same run, and prints rows/s for both and their ratio. The schema
+is dropped at the end. Needs MC_TEST_POSTGRES_URL (default the local test database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from _common import figure
+
+from tests.harness import HarnessError, Source, Stack, wait_until
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _connect(url: str):
+    import psycopg2
+
+    u = urlsplit(url)
+    return psycopg2.connect(host=u.hostname, port=u.port or 5432, user=u.username,
+                            password=u.password or None, dbname=u.path.lstrip("/"),
+                            connect_timeout=5)  # fmt: skip
+
+
+def create_table(url: str, schema: str, rows: int) -> None:
+    con = _connect(url)
+    with con, con.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+        cur.execute(
+            f"CREATE TABLE {schema}.t (id bigint PRIMARY KEY, name text, amount numeric(12,2),"
+            " created timestamp, flag boolean, score double precision)"
+        )
+        cur.execute(
+            f"INSERT INTO {schema}.t SELECT g, 'customer ' || g, (g %% 100000) / 100.0,"
+            " timestamp '2025-01-01' + g * interval '1 second', g %% 2 = 0, g / 7.0"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        cur.execute(f"ANALYZE {schema}.t")
+    con.close()
+
+
+def drop(url: str, schema: str) -> None:
+    con = _connect(url)
+    with con, con.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    con.close()
+
+
+def direct(url: str, sql: str) -> tuple[int, float]:
+    con = _connect(url)
+    t0 = time.monotonic()
+    n = 0
+    with con, con.cursor(name="bench") as cur:
+        cur.itersize = 10_000
+        cur.execute(sql)
+        while batch := cur.fetchmany(10_000):
+            n += len(batch)
+    secs = time.monotonic() - t0
+    con.close()
+    return n, secs
+
+
+def through_relay(url: str, sql: str, work: Path) -> tuple[int, float, int]:
+    import urllib.request
+
+    with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
+        stack.start_relay()
+        api = stack.api
+        assert api is not None
+        agent = stack.add_agent("bench", [Source("pg", "postgres", url)])
+        api.run_job(agent.connector_id, "pg", sql="SELECT 1")  # warm up imports and the pool
+        t0 = time.monotonic()
+        job_id = api.submit(agent.connector_id, "pg", sql=sql, options={"timeoutSeconds": 900})
+        # Read live as soon as the job is running: the response streams until the job ends.
+        wait_until(lambda: api.job(job_id)["status"] in
+                   {"running", "succeeded", "failed", "cancelled", "timed_out"}, 60, interval=0.01)  # fmt: skip
+        req = urllib.request.Request(
+            f"{api.base_url}/api/v1/jobs/{job_id}/results",
+            headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
+        )
+        rows = size = 0
+        with urllib.request.urlopen(req, timeout=900) as resp:
+            while block := resp.read(1 << 20):
+                rows += block.count(b"\n")
+                size += len(block)
+        secs = time.monotonic() - t0
+        job = api.job(job_id)
+        if job["status"] != "succeeded":
+            raise HarnessError(f"job ended {job['status']}: {job.get('error')}")
+    return rows, secs, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
+    print(f"throughput: {args.rows:,} rows x 6 columns from PostgreSQL")
+    try:
+        _connect(url).close()
+    except Exception as exc:
+        print(f"  skipped: PostgreSQL unreachable at {url}: {exc}".splitlines()[0])
+        return 0
+    schema = f"mc_bench_{secrets.token_hex(4)}"
+    sql = f"SELECT id, name, amount, created, flag, score FROM {schema}.t"
+    t0 = time.monotonic()
+    create_table(url, schema, args.rows)
+    print(f"  table {schema}.t created in {time.monotonic() - t0:.1f}s")
+    try:
+        with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
+            relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
+        direct_rows, direct_secs = direct(url, sql)
+    finally:
+        drop(url, schema)
+    if relay_rows != args.rows or direct_rows != args.rows:
+        print(f"  WARNING: row counts relay={relay_rows:,} direct={direct_rows:,}")
+    figure("relay + agent (NDJSON, end to end)", relay_rows / relay_secs, "rows/s")
+    figure("  bytes of NDJSON", size / relay_secs / 1e6, "MB/s")
+    figure("direct psycopg2 server-side cursor", direct_rows / direct_secs, "rows/s")
+    figure("ratio relay / direct", 100 * (relay_rows / relay_secs) / (direct_rows / direct_secs), "%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Queries, discovery and connection tests through a real relay and agent, checked value by value."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from tests.system import dataset
+from tests.system.conftest import SystemEnv
+
+pytestmark = pytest.mark.system
+
+SQL = f"SELECT {dataset.SELECT_COLUMNS} FROM items ORDER BY id"
+
+
+def _assert_same(columns: list[str], expected: list[tuple], rows: list[dict]) -> None:
+    problems = dataset.mismatches(columns, expected, rows)
+    assert not problems, "\n".join(problems)
+
+
+def test_sqlite_query_returns_exactly_the_source_rows(system: SystemEnv) -> None:
+    """Every row and value of a 3,000-row SQLite read matches a direct read."""
+    columns, expected = dataset.sqlite_read(system.sqlite_path, SQL)
+    job, rows = system.api.run_job(system.connector_id, "erp", sql=SQL)
+    assert job["rowCount"] == len(expected) == dataset.ROWS
+    assert [c["name"] for c in job["columns"]] == columns
+    _assert_same(columns, expected, rows)
+
+
+@pytest.mark.postgres
+def test_postgres_query_returns_exactly_the_source_rows(system: SystemEnv, pg_url: str) -> None:
+    """PostgreSQL numerics, dates, timestamps (with and without zone), bytea, uuid, jsonb."""
+    sql = f"SELECT {dataset.SELECT_COLUMNS}, created_tz, uid, doc FROM {system.pg_schema}.items ORDER BY id"
+    columns, expected = dataset.pg_read(pg_url, sql)
+    job, rows = system.api.run_job(system.connector_id, "pg", sql=sql)
+    assert job["rowCount"] == dataset.ROWS
+    _assert_same(columns, expected, rows)
+
+
+@pytest.mark.mysql
+def test_mariadb_query_returns_exactly_the_source_rows(system: SystemEnv, mysql_url: str) -> None:
+    """MariaDB decimals, dates, datetime(6), varbinary and utf8mb4 text."""
+    sql = f"SELECT {dataset.SELECT_COLUMNS} FROM {system.mysql_table} ORDER BY id"
+    columns, expected = dataset.mysql_read(mysql_url, sql)
+    job, rows = system.api.run_job(system.connector_id, "maria", sql=sql)
+    assert job["rowCount"] == dataset.ROWS
+    _assert_same(columns, expected, rows)
+
+
+def test_named_parameters_are_bound(system: SystemEnv) -> None:
+    """:name parameters reach the database as bound values, not text."""
+    sql = "SELECT id, name FROM items WHERE id > :min_id AND name LIKE :pat ORDER BY id"
+    _, rows = system.api.run_job(
+        system.connector_id, "erp", sql=sql, params={"min_id": 2990, "pat": "%'%"}
+    )
+    columns, expected = dataset.sqlite_read(
+        system.sqlite_path, "SELECT id, name FROM items WHERE id > 2990 AND name LIKE '%''%' ORDER BY id"
+    )
+    _assert_same(columns, expected, rows)
+
+
+def test_csv_matches_the_rows(system: SystemEnv) -> None:
+    """?format=csv has a header row and the same values as NDJSON, row for row."""
+    job_id = system.api.submit(system.connector_id, "erp", sql=SQL)
+    assert system.api.wait_job(job_id)["status"] == "succeeded"
+    rows = system.api.results(job_id)
+    text = system.api.results_csv(job_id)
+    table = list(csv.reader(io.StringIO(text, newline="")))
+    assert table[0] == dataset.SELECT_COLUMNS.split(", ")
+    assert len(table) - 1 == len(rows)
+    for i, (cells, row) in enumerate(zip(table[1:], rows, strict=True)):
+        for cell, (col, value) in zip(cells, row.items(), strict=True):
+            if value is None:
+                assert cell == "", f"row {i} {col}: NULL as {cell!r}"
+            elif isinstance(value, float):
+                assert float(cell) == value, f"row {i} {col}"
+            else:
+                assert cell == str(value), f"row {i} {col}: {cell!r} != {value!r}"
+
+
+def test_results_offset_starts_at_row_n(system: SystemEnv) -> None:
+    job_id = system.api.submit(system.connector_id, "erp", sql="SELECT id FROM items ORDER BY id")
+    system.api.wait_job(job_id)
+    rows = system.api.results(job_id, offset=2500)
+    assert [r["id"] for r in rows] == list(range(2501, dataset.ROWS + 1))
+
+
+def test_discover_lists_tables_and_columns(system: SystemEnv) -> None:
+    """discover returns one row per table with its columns and primary key, no row data."""
+    _job, rows = system.api.run_job(system.connector_id, "erp", "discover")
+    tables = {r["name"]: r for r in rows}
+    assert "items" in tables, rows
+    items = tables["items"]
+    names = [c["name"] if isinstance(c, dict) else c for c in items["columns"]]
+    assert names[:3] == ["id", "name", "amount"]
+    assert items["primaryKey"] in (["id"], "id")
+    assert "Zoë" not in str(rows)
+
+
+@pytest.mark.postgres
+def test_discover_on_postgres_sees_the_schema(system: SystemEnv, pg_url: str) -> None:
+    _, rows = system.api.run_job(system.connector_id, "pg", "discover", timeout=90)
+    assert any(r["name"] == "items" and r.get("schema") == system.pg_schema for r in rows)
+
+
+@pytest.mark.parametrize("source", ["erp", "pg", "maria"])
+def test_test_operation_reports_a_connection(system: SystemEnv, source: str, request) -> None:
+    """test returns one row: connected, latencyMs, serverVersion, tablesFound."""
+    if source == "pg":
+        request.getfixturevalue("pg_url")
+    if source == "maria":
+        request.getfixturevalue("mysql_url")
+    _, rows = system.api.run_job(system.connector_id, source, "test")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["connected"] is True
+    assert isinstance(row["latencyMs"], (int, float)) and row["latencyMs"] >= 0
+    assert row["serverVersion"]
+    assert row["tablesFound"] >= 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM items",
+        "UPDATE items SET name = 'x'",
+        "INSERT INTO items (id, name) VALUES (999999, 'x')",
+        "DROP TABLE items",
+        "SELECT 1; DELETE FROM items",
+        "WITH x AS (SELECT 1) DELETE FROM items",
+    ],
+)
+def test_write_statement_is_rejected_and_changes_nothing(system: SystemEnv, sql: str) -> None:
+    job_id = system.api.submit(system.connector_id, "erp", sql=sql)
+    job = system.api.wait_job(job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "WRITE_OPERATION_REJECTED", job["error"]
+    _, rows = dataset.sqlite_read(system.sqlite_path, "SELECT count(*), sum(length(name)) FROM items")
+    _, fresh = dataset.sqlite_read(system.sqlite_path, "SELECT count(*) FROM items WHERE name = 'x'")
+    assert rows[0][0] == dataset.ROWS and fresh[0][0] == 0
+
+
+@pytest.mark.postgres
+def test_write_disguised_in_a_function_fails_on_postgres(system: SystemEnv, pg_url: str) -> None:
+    """Even a write the statement check cannot see is stopped by the read-only transaction."""
+    fn = f"{system.pg_schema}.sneaky"
+    dataset.pg_read(pg_url, "SELECT 1")
+    con = dataset._pg_connect(pg_url)
+    try:
+        with con, con.cursor() as cur:
+            cur.execute(
+                f"CREATE FUNCTION {fn}() RETURNS int LANGUAGE sql AS "
+                f"$$ DELETE FROM {system.pg_schema}.items WHERE id = 1 RETURNING 1 $$"
+            )
+    finally:
+        con.close()
+    job = system.api.wait_job(system.api.submit(system.connector_id, "pg", sql=f"SELECT {fn}()"))
+    assert job["status"] == "failed"
+    assert job["error"]["code"] in ("WRITE_OPERATION_REJECTED", "QUERY_FAILED"), job["error"]
+    assert dataset.pg_scalar(pg_url, f"SELECT count(*) FROM {system.pg_schema}.items") == dataset.ROWS
+
+
+def test_unknown_source_fails_source_not_found(system: SystemEnv) -> None:
+    """A source the agent does not have fails SOURCE_NOT_FOUND (at submit or as a job)."""
+    body = {"connectorId": system.connector_id, "source": "nope", "operation": "query",
+            "query": {"sql": "SELECT 1", "params": {}}}  # fmt: skip
+    resp = system.api.call("POST", "/jobs", body)
+    if resp.status >= 400:
+        assert resp.json["error"]["code"] == "SOURCE_NOT_FOUND", resp.json
+        return
+    job = system.api.wait_job(resp.data["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "SOURCE_NOT_FOUND"
