@@ -10,7 +10,7 @@ from shared.errors import JobError
 
 from .base import Source
 
-SQL_TYPES = ("sqlite", "postgres", "mysql")
+SQL_TYPES = ("sqlite", "postgres", "mysql", "mssql", "odbc")
 
 
 def create_source(

@@ -82,6 +82,8 @@ def _code_for(orig: Any, message: str) -> str | None:
         args = getattr(orig, "args", ())
         num = args[0] if args and isinstance(args[0], int) else None
         return _MYSQL_CODES.get(num) if num is not None else None
+    if module.startswith("pyodbc"):
+        return _odbc_code(orig, message)
     if isinstance(orig, sqlite3.Error):
         low = message.lower()
         if "interrupted" in low:
@@ -92,3 +94,29 @@ def _code_for(orig: Any, message: str) -> str | None:
             return "SOURCE_UNAVAILABLE"
         return None
     return None
+
+
+_ODBC_STATES = {
+    "28000": "AUTH_FAILED", "28P01": "AUTH_FAILED", "08001": "SOURCE_UNAVAILABLE",
+    "08004": "SOURCE_UNAVAILABLE", "08S01": "SOURCE_UNAVAILABLE", "IM002": "SOURCE_UNAVAILABLE",
+    "HYT01": "SOURCE_UNAVAILABLE", "HY008": "CANCELLED", "HY018": "CANCELLED",
+    "HYT00": "TIMEOUT", "25006": "WRITE_OPERATION_REJECTED",
+}  # fmt: skip
+
+
+def _odbc_code(orig: Any, message: str) -> str | None:
+    """pyodbc says ``(SQLSTATE, text)``; the text carries the database's own error."""
+    args = getattr(orig, "args", ())
+    state = str(args[0]) if args else ""
+    low = message.lower()
+    if state == "57014":
+        return "TIMEOUT" if "statement timeout" in low else "CANCELLED"
+    if "(1969)" in low or "(3024)" in low or "max_statement_time" in low:
+        return "TIMEOUT"
+    if "(1317)" in low or "interrupted" in low:
+        return "CANCELLED"
+    if "read only" in low or "read-only" in low or "readonly" in low or "(1792)" in low:
+        return "WRITE_OPERATION_REJECTED"
+    if "access denied" in low or "authentication failed" in low or "login failed" in low:
+        return "AUTH_FAILED"
+    return _ODBC_STATES.get(state)

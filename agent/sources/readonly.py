@@ -1,11 +1,18 @@
 """The read-only statement guard: admit exactly one read statement, reject the rest.
 
-This is the first of two locks (the second is the read-only transaction at the database,
-in ``sql``). It works on ``sqltext`` tokens, so keywords inside literals, comments and
-quoted identifiers neither trigger nor hide anything. Admitted: one statement starting
-with SELECT, WITH (no data-modifying CTE), VALUES, TABLE, SHOW, EXPLAIN (without
-ANALYZE), DESCRIBE/DESC, optionally in parentheses and with one trailing semicolon.
-Everything else fails with ``WRITE_OPERATION_REJECTED`` and a sentence saying why.
+This is the first of the locks (the others are at the database: a read-only transaction
+or session, ``mode=ro`` for SQLite, the ODBC access mode, and a transaction that is
+always rolled back; see ``sql`` and ``sqlodbc``). It works on ``sqltext`` tokens, so
+keywords inside literals, comments and quoted identifiers neither trigger nor hide
+anything, and words inside identifiers (``update_date``, ``created_by``) are not keywords.
+
+Admitted: one statement starting with SELECT, WITH (no data-modifying CTE), VALUES,
+TABLE, SHOW, EXPLAIN (without ANALYZE), DESCRIBE/DESC, optionally in parentheses and with
+trailing semicolons. Everything else fails with ``WRITE_OPERATION_REJECTED`` and a
+sentence saying why. T-SQL runs several statements without any ``;`` between them, so
+for ``mssql`` the words that start a statement are refused anywhere. ``generic`` (an ODBC
+source whose database is not known) must pass the checks of every dialect, since the same
+text splits differently in each (``#``, ``--x``, backslashes, ``[...]``, ``$$``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from shared.errors import JobError
 from .sqltext import PUNCT, SEMI, WORD, Token, code_tokens, tokenize
 
 READ_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "DESCRIBE", "DESC"})
+CONCRETE_DIALECTS = ("postgres", "mysql", "sqlite", "mssql")
 
 # Words that make a statement write (or lock, or leave the transaction) wherever they occur.
 # (Statement-level commands such as COPY, CALL, SET, LOCK or PRAGMA are already refused by
@@ -24,15 +32,29 @@ WRITE_WORDS = frozenset({
     "GRANT", "REVOKE", "INTO", "OUTFILE", "DUMPFILE",
 })  # fmt: skip
 
-# Functions with side effects that a read-only transaction does not stop everywhere.
+# T-SQL: a new statement may follow a SELECT with no ';' (``SELECT 1 EXEC sp_x``), and
+# table hints may take update locks. None of these words belongs in a read.
+MSSQL_WORDS = frozenset({
+    "EXEC", "EXECUTE", "SET", "DECLARE", "BEGIN", "COMMIT", "ROLLBACK", "SAVE", "USE", "DBCC",
+    "BACKUP", "RESTORE", "KILL", "SHUTDOWN", "DENY", "BULK", "OPENROWSET", "OPENQUERY",
+    "OPENDATASOURCE", "RECONFIGURE", "CHECKPOINT", "CALL", "COPY", "ENABLE", "DISABLE",
+    "UPDLOCK", "XLOCK", "TABLOCKX", "HOLDLOCK", "GO",
+})  # fmt: skip
+
+# Functions with side effects that a read-only transaction does not stop everywhere
+# (or that read the server's files).
 WRITE_FUNCTIONS = frozenset({
     "NEXTVAL", "SETVAL", "SET_CONFIG", "PG_TERMINATE_BACKEND", "PG_CANCEL_BACKEND",
     "PG_RELOAD_CONF", "PG_ROTATE_LOGFILE", "PG_READ_FILE", "PG_READ_BINARY_FILE", "PG_LS_DIR",
-    "PG_STAT_FILE", "LO_IMPORT", "LO_EXPORT", "LO_UNLINK", "LO_CREATE", "LO_PUT",
-    "DBLINK", "DBLINK_EXEC", "PG_ADVISORY_LOCK", "PG_ADVISORY_XACT_LOCK", "PG_TRY_ADVISORY_LOCK",
-    "PG_NOTIFY", "LOAD_FILE", "GET_LOCK", "LOAD_EXTENSION", "WRITEFILE", "READFILE",
-    "QUERY_TO_XML", "PG_FILE_WRITE",
+    "PG_STAT_FILE", "PG_NOTIFY", "LOAD_FILE", "GET_LOCK", "RELEASE_LOCK", "RELEASE_ALL_LOCKS",
+    "LOAD_EXTENSION", "WRITEFILE", "READFILE", "EDIT", "FTS3_TOKENIZER", "QUERY_TO_XML",
+    "PG_FILE_WRITE", "PG_PROMOTE", "TXID_CURRENT", "PG_CURRENT_XACT_ID", "XP_CMDSHELL",
 })  # fmt: skip
+WRITE_FUNCTION_PREFIXES = (
+    "LO_", "DBLINK", "PG_ADVISORY", "PG_TRY_ADVISORY", "PG_CREATE_", "PG_DROP_",
+    "PG_REPLICATION_", "PG_LOGICAL_", "PG_SWITCH_", "PG_BACKUP_", "PG_START_BACKUP",
+    "PG_STOP_BACKUP", "PG_STAT_RESET", "PG_WAL_REPLAY_", "PG_IMPORT_",
+)  # fmt: skip
 
 
 def _reject(message: str) -> JobError:
@@ -43,6 +65,11 @@ def check_read_only(sql: str, dialect: str = "generic") -> None:
     """Raise ``JobError(WRITE_OPERATION_REJECTED)`` unless ``sql`` is one read statement."""
     if not isinstance(sql, str) or not sql.strip():
         raise JobError("QUERY_FAILED", "the query has no SQL text", retryable=False)
+    for each in CONCRETE_DIALECTS if dialect not in CONCRETE_DIALECTS else (dialect,):
+        _check(sql, each)
+
+
+def _check(sql: str, dialect: str) -> None:
     try:
         tokens = code_tokens(tokenize(sql, dialect))
     except JobError as exc:
@@ -60,10 +87,14 @@ def check_read_only(sql: str, dialect: str = "generic") -> None:
         if tok.kind != WORD:
             continue
         up = tok.upper
-        if up in WRITE_WORDS:
-            raise _reject(f"the statement contains {up}, which writes or changes the database")
         nxt = statement[idx + 1] if idx + 1 < len(statement) else None
-        if up in WRITE_FUNCTIONS and nxt is not None and nxt.text == "(":
+        call = nxt is not None and nxt.text == "("
+        if up in WRITE_WORDS and not (up == "INSERT" and call and dialect == "mysql"):
+            # (MySQL's INSERT(str, pos, len, new) is a string function, not a write.)
+            raise _reject(f"the statement contains {up}, which writes or changes the database")
+        if dialect == "mssql" and up in MSSQL_WORDS:
+            raise _reject(f"the statement contains {up}, which T-SQL runs as a statement or lock")
+        if call and (up in WRITE_FUNCTIONS or up.startswith(WRITE_FUNCTION_PREFIXES)):
             raise _reject(f"the function {tok.text}() has side effects and is not allowed")
         if up == "FOR" and _next_words(statement, idx, 1) in (["SHARE"], ["NO"], ["KEY"]):
             raise _reject("SELECT ... FOR SHARE takes row locks and is not allowed")
@@ -77,7 +108,7 @@ def _single_statement(tokens: list[Token]) -> list[Token]:
     semis = [i for i, t in enumerate(tokens) if t.kind == SEMI]
     if not semis:
         return tokens
-    if semis[0] == len(tokens) - 1 or all(t.kind == SEMI for t in tokens[semis[0] :]):
+    if all(t.kind == SEMI for t in tokens[semis[0] :]):
         return tokens[: semis[0]]
     raise _reject("only one statement is allowed per job (found more after a ';')")
 

@@ -1,19 +1,21 @@
-"""SQL sources: PostgreSQL (psycopg2), MySQL/MariaDB (PyMySQL) and SQLite.
+"""SQL sources: PostgreSQL (psycopg2), MySQL/MariaDB (PyMySQL, or mysqlclient when
+installed), SQLite, and SQL Server / any ODBC database through pyodbc (``sqlodbc``).
 
 SQLAlchemy makes the engine (URL parsing, dialect, pooling) and serves discovery
 (``sqlmeta``); the bulk fetch uses the raw DBAPI cursor, server-side where the driver has
-one (psycopg2 named cursor, PyMySQL ``SSCursor``, sqlite3's stepping cursor), because
-SQLAlchemy's row layer costs 40-50 % on bulk reads. Every query passes the statement
-guard and then runs read-only at the database too (Postgres ``SET TRANSACTION READ ONLY``,
-MySQL ``START TRANSACTION READ ONLY``, SQLite ``mode=ro`` + ``PRAGMA query_only``).
+one (psycopg2 named cursor, PyMySQL ``SSCursor``, sqlite3's stepping cursor, ODBC drivers
+told to stream), because SQLAlchemy's row layer costs 40-50 % on bulk reads. Every query
+passes the statement guard and the private-name check, then runs read-only at the
+database too (Postgres ``SET TRANSACTION READ ONLY``, MySQL ``START TRANSACTION READ
+ONLY``, SQLite ``mode=ro`` + ``PRAGMA query_only``, ODBC access mode + the real
+database's read-only session) in a transaction that is always rolled back.
 This module is imported on the first SQL job, so an idle agent never loads SQLAlchemy.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
-import secrets
 import sqlite3
 import threading
 from typing import Any
@@ -24,21 +26,28 @@ from sqlalchemy.engine import Engine, make_url
 
 from shared.errors import JobError
 
-from . import sqlmeta
-from .base import Column, QueryStream, Row, Source
+from . import sqlmeta, sqlodbc
+from .base import QueryStream, Source
 from .errors import map_db_error
+from .privacy import check_private, filter_discovery
 from .readonly import check_read_only
-from .sqltext import code_tokens, tokenize, translate_params
+from .sqloptions import OptionError, parse_sql_options
+from .sqlstream import SqlStream
+from .sqltext import COMMENT, SEMI, code_tokens, tokenize, translate_params
 
 log = logging.getLogger("agent.sources")
 
-DIALECT = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
+DIALECT = {"postgres": "postgres", "mysql": "mysql", "sqlite": "sqlite", "mssql": "mssql",
+           "odbc": "odbc"}  # fmt: skip
+ODBC_KINDS = ("mssql", "odbc")
 MAX_SQL_CHARS = 1 << 20
 _STREAMABLE_PG = ("SELECT", "WITH", "VALUES", "TABLE", "(")  # what DECLARE CURSOR accepts
 
 
+
 def engine_url(kind: str, url: str) -> str:
-    """Normalise the admin's URL to the driver we ship (PyMySQL unless named otherwise)."""
+    """Normalise the admin's URL to the driver we ship: psycopg2; for MySQL mysqlclient
+    when it is installed, else PyMySQL (unless the URL names a driver itself)."""
     low = url.lower()
     if kind == "postgres":
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
@@ -46,14 +55,21 @@ def engine_url(kind: str, url: str) -> str:
             if low.startswith(prefix):
                 return "postgresql+psycopg2://" + url[len(prefix) :]
     if kind == "mysql":
-        for prefix in ("mysql://", "mariadb://", "mariadb+pymysql://"):
+        if low.startswith("mariadb+pymysql://"):
+            return "mysql+pymysql://" + url[len("mariadb+pymysql://") :]
+        for prefix in ("mysql://", "mariadb://"):
             if low.startswith(prefix):
-                return "mysql+pymysql://" + url[len(prefix) :]
+                return f"mysql+{mysql_driver()}://" + url[len(prefix) :]
     return url
 
 
+def mysql_driver() -> str:
+    """``mysqldb`` (mysqlclient, 3-8x faster) when installed, else ``pymysql``."""
+    return "mysqldb" if importlib.util.find_spec("MySQLdb") is not None else "pymysql"
+
+
 class SqlSource(Source):
-    """One configured SQL database; engines are made on first use and reused."""
+    """One configured SQL database; engines (or ODBC pools) are made on first use."""
 
     def __init__(
         self,
@@ -68,22 +84,62 @@ class SqlSource(Source):
         if kind not in DIALECT:
             raise JobError("SOURCE_UNAVAILABLE", f"source type {kind!r} is not supported yet")
         super().__init__(name, kind)
-        self.dialect = DIALECT[kind]
+        try:
+            self.opts = parse_sql_options(options, pool_size=pool_size)
+        except OptionError as exc:
+            raise JobError("SOURCE_UNAVAILABLE", f"source {name!r}: {exc}", retryable=False) from exc
         self._url = engine_url(kind, url)
         self._password = password
-        self._options = dict(options or {})
-        self._pool_size = pool_size
         self._engine: Engine | None = None
+        self._pool: Any = None
+        self._flavour: str | None = {"mssql": "mssql"}.get(kind) if kind in ODBC_KINDS else kind
         self._engine_lock = threading.Lock()
+
+    # ------------------------------------------------------------ what it is
+
+    @property
+    def odbc(self) -> bool:
+        return self.type in ODBC_KINDS
+
+    @property
+    def flavour(self) -> str:
+        """The database really behind the source (for ODBC: known after the first connect)."""
+        return self._flavour or "generic"
+
+    def note_flavour(self, dbms_name: str) -> None:
+        if self._flavour is None:
+            self._flavour = sqlodbc.flavour_of(dbms_name)
+
+    @property
+    def dialect(self) -> str:
+        """The SQL rules the guard and the tokenizer apply."""
+        return "mssql" if self.type == "mssql" else self.flavour
+
+    def log_debug(self, message: str) -> None:
+        log.debug("source %s: %s", self.name, message)
 
     # ------------------------------------------------------------ engine
 
     @property
     def engine(self) -> Engine:
+        if self.odbc:
+            raise JobError("QUERY_FAILED", "ODBC sources have no SQLAlchemy engine", retryable=False)
         with self._engine_lock:
             if self._engine is None:
                 self._engine = self._make_engine()
             return self._engine
+
+    def _odbc_pool(self) -> Any:
+        with self._engine_lock:
+            if self._pool is None:
+                try:
+                    conn_str = sqlodbc.build_connection_string(self.type, self._url, self._password, self.opts)
+                except JobError:
+                    raise
+                except Exception as exc:
+                    raise JobError("SOURCE_UNAVAILABLE", f"source {self.name!r} has an unreadable URL") from exc
+                self._pool = sqlodbc.make_pool(self, conn_str, self.opts)
+            return self._pool
 
     def _make_engine(self) -> Engine:
         try:
@@ -94,33 +150,37 @@ class SqlSource(Source):
             ) from exc
         if self._password:
             url = url.set(password=self._password)
-        if self.dialect == "sqlite":
+        opts = self.opts
+        if self.type == "sqlite":
             path = url.database or ""
             if not path or path == ":memory:":
                 raise JobError("SOURCE_UNAVAILABLE", f"source {self.name!r} needs a file path")
             return sqlalchemy.create_engine(
                 "sqlite://", creator=lambda: _sqlite_connect(path), pool_pre_ping=False
             )
-        args: dict[str, Any] = {"connect_timeout": 10}
-        if self.dialect == "postgres":
+        args: dict[str, Any] = {"connect_timeout": opts.connect_timeout}
+        if self.type == "postgres":
             args["application_name"] = "mini-connector"
         else:
             args["charset"] = "utf8mb4"
-        for k, v in self._options.items():
+        for k, v in opts.driver_args.items():
             args[k] = int(v) if v.isdigit() else v
-        return sqlalchemy.create_engine(
+        engine = sqlalchemy.create_engine(
             url,
-            pool_size=self._pool_size,
-            max_overflow=2,
-            pool_pre_ping=True,
-            pool_recycle=3600,
+            pool_size=opts.pool_size,
+            max_overflow=opts.max_overflow,
+            pool_pre_ping=opts.pool_pre_ping,
+            pool_recycle=opts.pool_recycle,
+            pool_timeout=opts.pool_timeout,
             connect_args=args,
         )
+        sqlalchemy.event.listen(engine, "connect", _session_setup(self.type))
+        return engine
 
     def raw_connection(self) -> Any:
         """A pooled DBAPI connection (SQLAlchemy's proxy), errors translated."""
         try:
-            return self.engine.raw_connection()
+            return self._odbc_pool().connect() if self.odbc else self.engine.raw_connection()
         except JobError:
             raise
         except Exception as exc:
@@ -132,13 +192,21 @@ class SqlSource(Source):
         cargs, cparams = eng.dialect.create_connect_args(eng.url)
         return eng.dialect.loaded_dbapi.connect(*cargs, **cparams)
 
+    def _know_flavour(self) -> None:
+        if self._flavour is None:
+            self.raw_connection().close()  # the pool's creator asks the driver what it is
+
     # ------------------------------------------------------------ operations
 
     def test(self) -> dict[str, Any]:
-        return sqlmeta.test(self)
+        return sqlodbc.test(self) if self.odbc else sqlmeta.test(self)
 
     def discover(self, request: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return sqlmeta.discover(self, request or {})
+        if self.odbc:
+            tables = sqlodbc.discover(self, request or {}, sqlmeta.MAX_TABLES)
+        else:
+            tables = sqlmeta.discover(self, request or {})
+        return filter_discovery(tables, self.opts)
 
     def _open(self, request: dict[str, Any], timeout: float | None) -> QueryStream:
         sql = request.get("sql")
@@ -149,10 +217,18 @@ class SqlSource(Source):
             raise JobError("QUERY_FAILED", "the SQL text is longer than 1 MiB", retryable=False)
         if not isinstance(params, dict):
             raise JobError("QUERY_FAILED", "'params' must be a JSON object", retryable=False)
-        check_read_only(sql, self.dialect)
-        style = "named" if self.dialect == "sqlite" else "pyformat"
-        text, values = translate_params(sql, params, style=style, dialect=self.dialect)
-        first = next(iter(code_tokens(tokenize(sql, self.dialect))), None)
+        if self.odbc:
+            self._know_flavour()
+        dialect = self.dialect
+        check_read_only(sql, dialect)
+        check_private(sql, dialect, self.opts)
+        sql = _without_trailing_semicolons(sql, dialect)
+        if self.odbc:
+            # Some ODBC drivers (SQLite's) split the text at any ';', even in a comment.
+            sql = "".join(" " if t.kind == COMMENT else t.text for t in tokenize(sql, dialect))
+        style = {"sqlite": "named", "postgres": "pyformat", "mysql": "pyformat"}.get(self.type, "qmark")
+        text, values = translate_params(sql, params, style=style, dialect=dialect)
+        first = next(iter(code_tokens(tokenize(sql, dialect))), None)
         streamable = first is not None and first.upper in _STREAMABLE_PG
         return SqlStream(self, text, values, timeout=timeout, server_side=streamable)
 
@@ -162,6 +238,15 @@ class SqlSource(Source):
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+            if self._pool is not None:
+                self._pool.dispose()
+                self._pool = None
+
+
+def _without_trailing_semicolons(sql: str, dialect: str) -> str:
+    # The guard admits "SELECT 1;"; some drivers (SQLite ODBC, DECLARE CURSOR) refuse it.
+    semis = [t for t in code_tokens(tokenize(sql, dialect)) if t.kind == SEMI]
+    return sql[: semis[0].pos] if semis else sql
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
@@ -174,175 +259,24 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqlStream(QueryStream):
-    """One read-only query on a raw DBAPI connection, streamed with a server-side cursor."""
+def _session_setup(kind: str) -> Any:
+    """Per new connection: the text rules the statement guard assumes hold at the server."""
 
-    def __init__(
-        self,
-        source: SqlSource,
-        sql: str,
-        params: dict[str, Any],
-        *,
-        timeout: float | None,
-        server_side: bool,
-    ) -> None:
-        self.source = source
-        self.sql, self.params = sql, params
-        self.timeout = timeout
-        self.server_side = server_side
-        self.columns: list[Column] = []
-        self._fairy: Any = None
-        self._cursor: Any = None
-        self._pending: list[Row] = []
-        self._exhausted = False
-        self._broken = False
-        self._cancelled = threading.Event()
-        self._thread_id: int | None = None
-        self._mutex = threading.Lock()
-
-    @property
-    def dbapi(self) -> Any:
-        return self._fairy.dbapi_connection if self._fairy is not None else None
-
-    def start(self) -> None:
-        if self._cancelled.is_set():
-            raise JobError("CANCELLED", "the job was cancelled", retryable=False)
-        fairy = self.source.raw_connection()
-        with self._mutex:
-            self._fairy = fairy
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
         try:
-            getattr(self, f"_start_{self.source.dialect}")()
-            first = self._fetch_raw(200)
-        except JobError:
-            self._broken = True
-            raise
-        except Exception as exc:
-            self._broken = True
-            raise self._translate(exc) from exc
-        self._pending = list(first)
-        if not first:
-            self._exhausted = True
-        self.columns = sqlmeta.columns_from_description(
-            self.source.dialect, self._cursor.description, self._pending
-        )
+            if kind == "postgres":
+                # With it off, backslashes escape quotes in plain '...' literals.
+                cur.execute("SET standard_conforming_strings = on")
+            elif kind == "mysql":
+                # ANSI_QUOTES and NO_BACKSLASH_ESCAPES change where literals end.
+                cur.execute("SELECT @@SESSION.sql_mode")
+                modes = str(cur.fetchone()[0] or "").split(",")
+                kept = [m for m in modes if m and m not in ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES", "ANSI")]
+                if kept != [m for m in modes if m]:
+                    cur.execute("SET SESSION sql_mode = %s", (",".join(kept),))
+        finally:
+            cur.close()
+        dbapi_connection.commit()
 
-    def _start_postgres(self) -> None:
-        conn = self.dbapi
-        with conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            if self.timeout:
-                cur.execute("SET LOCAL statement_timeout = %s", (max(1, int(self.timeout * 1000)),))
-        self._check_cancel()
-        if self.server_side:
-            self._cursor = conn.cursor(name="mc_" + secrets.token_hex(8))
-            self._cursor.itersize = 2000
-        else:
-            self._cursor = conn.cursor()
-        # Always pass the dict: the guard doubled every literal %, the driver undoes it.
-        self._cursor.execute(self.sql, self.params)
-
-    def _start_mysql(self) -> None:
-        conn = self.dbapi
-        self._thread_id = conn.thread_id()
-        with conn.cursor() as cur:
-            cur.execute("START TRANSACTION READ ONLY")
-        self._check_cancel()
-        self._cursor = conn.cursor(_ss_cursor_class(conn))
-        self._cursor.execute(self.sql, self.params)
-
-    def _start_sqlite(self) -> None:
-        self._check_cancel()
-        self._cursor = self.dbapi.cursor()
-        self._cursor.execute(self.sql, self.params)
-
-    def _check_cancel(self) -> None:
-        if self._cancelled.is_set():
-            raise JobError("CANCELLED", "the job was cancelled", retryable=False)
-
-    def _fetch_raw(self, n: int) -> list[Row]:
-        named = self.server_side and self.source.dialect == "postgres"
-        # A named cursor has no description until its first fetch; elsewhere None means
-        # the statement produced no result set.
-        if not named and self._cursor.description is None:
-            return []
-        return self._cursor.fetchmany(n)
-
-    def fetch(self, n: int) -> list[Row]:
-        if self._pending:
-            rows, self._pending = self._pending, []
-            return rows
-        if self._exhausted:
-            return []
-        self._check_cancel()
-        try:
-            rows = self._fetch_raw(n)
-        except Exception as exc:
-            self._broken = True
-            raise self._translate(exc) from exc
-        if not rows:
-            self._exhausted = True
-        return rows
-
-    def _translate(self, exc: BaseException) -> JobError:
-        if self._cancelled.is_set():
-            return JobError("CANCELLED", "the job was cancelled", retryable=False)
-        return map_db_error(exc)
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        with self._mutex:
-            conn = self.dbapi
-        if conn is None:
-            return
-        try:
-            if self.source.dialect == "postgres":
-                conn.cancel()
-            elif self.source.dialect == "sqlite":
-                conn.interrupt()
-            elif self.source.dialect == "mysql" and self._thread_id is not None:
-                killer = self.source.fresh_dbapi_connection()
-                try:
-                    with killer.cursor() as cur:
-                        cur.execute(f"KILL QUERY {int(self._thread_id)}")
-                finally:
-                    killer.close()
-        except Exception as exc:  # noqa: BLE001 - cancelling is best effort; the job ends either way
-            log.warning("could not cancel a query on source %s: %s", self.source.name, exc)
-
-    def close(self) -> None:
-        with self._mutex:
-            fairy, self._fairy = self._fairy, None
-        if fairy is None:
-            return
-        early = not self._exhausted
-        try:
-            if self.source.dialect == "mysql" and (early or self._broken):
-                # Closing an unbuffered cursor reads the rest of the result: drop the
-                # connection instead so an early stop stays cheap (and detach the cursor,
-                # or its finaliser would try to drain the closed socket).
-                if self._cursor is not None:
-                    result = getattr(self._cursor, "_result", None)
-                    if result is not None:
-                        result.unbuffered_active = False
-                    self._cursor.connection = None
-                fairy.invalidate()
-                return
-            if self._cursor is not None:
-                try:
-                    self._cursor.close()
-                except Exception:  # noqa: BLE001 - a broken cursor: drop the connection
-                    self._broken = True
-            if self.source.dialect != "sqlite":
-                fairy.dbapi_connection.rollback()
-            fairy.close()
-        except Exception:  # noqa: BLE001 - any failure here means "discard it"
-            try:
-                fairy.invalidate()
-            except Exception:  # the connection is beyond saving; the pool will replace it
-                log.debug("invalidate failed", exc_info=True)
-
-
-def _ss_cursor_class(conn: Any) -> Any:
-    """The unbuffered cursor of whichever MySQL driver made ``conn`` (PyMySQL or MySQLdb)."""
-    module = importlib.import_module(type(conn).__module__.split(".")[0] + ".cursors")
-    return module.SSCursor
+    return on_connect

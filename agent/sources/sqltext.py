@@ -19,7 +19,7 @@ from shared.errors import JobError
 WS, COMMENT, STRING, IDENT, WORD, NUMBER, PARAM, PUNCT, SEMI = (
     "ws", "comment", "string", "ident", "word", "number", "param", "punct", "semi",
 )  # fmt: skip
-DIALECTS = ("postgres", "mysql", "sqlite", "generic")
+DIALECTS = ("postgres", "mysql", "sqlite", "mssql", "generic")
 
 _WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -48,6 +48,7 @@ class Token:
 def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
     """Split ``sql`` into tokens; raise ``SqlTextError`` on anything unterminated."""
     mysql, pg = dialect == "mysql", dialect == "postgres"
+    nested = pg or dialect == "mssql"  # block comments nest in PostgreSQL and T-SQL
     out: list[Token] = []
     i, n = 0, len(sql)
     while i < n:
@@ -68,12 +69,12 @@ def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
             i = n if end < 0 else end + 1
             out.append(Token(COMMENT, sql[start:i], start))
         elif c == "/" and sql.startswith("/*", i):
-            if mysql and sql.startswith("/*!", i):
+            if mysql and (sql.startswith("/*!", i) or sql.startswith("/*M!", i)):
                 raise SqlTextError(
-                    "MySQL executable comments (/*! ... */) are not allowed",
+                    "MySQL/MariaDB executable comments (/*! ... */, /*M! ... */) are not allowed",
                     "WRITE_OPERATION_REJECTED",
                 )
-            i = _block_comment_end(sql, i, nested=pg)
+            i = _block_comment_end(sql, i, nested=nested)
             out.append(Token(COMMENT, sql[start:i], start))
         elif c == "'" or (c == '"' and mysql):
             i = _quoted_end(sql, i, c, backslash=mysql)
@@ -84,11 +85,8 @@ def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
         elif c == '"' or (c == "`" and dialect in ("mysql", "sqlite", "generic")):
             i = _quoted_end(sql, i, c, backslash=False)
             out.append(Token(IDENT, sql[start:i], start))
-        elif c == "[" and dialect in ("sqlite", "generic"):
-            end = sql.find("]", i + 1)
-            if end < 0:
-                raise SqlTextError("the statement has an unterminated [identifier]")
-            i = end + 1
+        elif c == "[" and dialect in ("sqlite", "mssql", "generic"):
+            i = _bracket_end(sql, i, doubled=dialect != "sqlite")
             out.append(Token(IDENT, sql[start:i], start))
         elif c == "$" and pg and (m := _DOLLAR.match(sql, i)) and not _after_word(out, i):
             tag = m.group(0)
@@ -121,6 +119,19 @@ def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
 def _after_word(tokens: list[Token], i: int) -> bool:
     # "a$b$" glued to a word is part of an identifier in PostgreSQL, not a dollar quote.
     return bool(tokens) and tokens[-1].kind == WORD and tokens[-1].pos + len(tokens[-1].text) == i
+
+
+def _bracket_end(sql: str, i: int, *, doubled: bool) -> int:
+    # T-SQL escapes "]" inside [brackets] by doubling it; SQLite has no escape at all.
+    j = i + 1
+    while True:
+        end = sql.find("]", j)
+        if end < 0:
+            raise SqlTextError("the statement has an unterminated [identifier]")
+        if doubled and sql.startswith("]]", end):
+            j = end + 2
+            continue
+        return end + 1
 
 
 def _block_comment_end(sql: str, i: int, *, nested: bool) -> int:
@@ -163,14 +174,17 @@ def code_tokens(tokens: list[Token]) -> list[Token]:
 
 def translate_params(
     sql: str, params: Mapping[str, Any] | None, *, style: str, dialect: str
-) -> tuple[str, dict[str, Any]]:
-    """Rewrite ``:name`` for the driver: ``pyformat`` (psycopg2, PyMySQL) or ``named`` (sqlite3).
+) -> tuple[str, Any]:
+    """Rewrite ``:name`` for the driver: ``pyformat`` (psycopg2, PyMySQL), ``named`` (sqlite3)
+    or ``qmark`` (pyodbc; the values come back as a list in order of use).
 
     For ``pyformat`` every literal ``%`` is doubled, since those drivers interpolate the
-    whole text. A ``:name`` with no value is an error that names it.
+    whole text. For ``qmark`` a bare ``?`` in the text is refused: ODBC drivers would read
+    it as a parameter marker. A ``:name`` with no value is an error that names it.
     """
     params = dict(params or {})
     used: dict[str, Any] = {}
+    ordered: list[Any] = []
     parts: list[str] = []
     for tok in tokenize(sql, dialect):
         if tok.kind == PARAM:
@@ -178,9 +192,18 @@ def translate_params(
             if name not in params:
                 raise SqlTextError(f"the query uses :{name} but no value was given for it")
             used[name] = params[name]
-            parts.append(f"%({name})s" if style == "pyformat" else tok.text)
+            if style == "qmark":
+                ordered.append(params[name])
+                parts.append("?")
+            else:
+                parts.append(f"%({name})s" if style == "pyformat" else tok.text)
         elif style == "pyformat":
             parts.append(tok.text.replace("%", "%%"))
+        elif style == "qmark" and tok.kind == PUNCT and tok.text == "?":
+            raise SqlTextError(
+                "a bare '?' is read as a parameter marker by ODBC drivers; "
+                "use :name parameters (and another operator than ?)"
+            )
         else:
             parts.append(tok.text)
-    return "".join(parts), used
+    return "".join(parts), (ordered if style == "qmark" else used)

@@ -1,0 +1,254 @@
+"""One running SQL query: a raw DBAPI cursor streamed in batches, stoppable from anywhere.
+
+``SqlStream`` is what ``SqlSource.prepare`` returns. ``start`` opens the read-only
+transaction (and the database's statement timeout) and executes; ``fetch`` reads at most
+the source's ``batch_size`` rows at a time from a server-side or unbuffered cursor;
+``cancel`` stops the statement at the database: psycopg2's backend cancel, MySQL's
+``KILL QUERY`` from a second connection, sqlite3's ``interrupt()``, pyodbc's
+``cursor.cancel()`` (SQLCancel). A deadline timer cancels the statement shortly after
+the job's timeout in case the database has no timeout of its own (SQLite, some ODBC
+drivers), and the job then ends ``TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import secrets
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import JobError
+
+from . import sqlmeta, sqlodbc
+from .base import Column, QueryStream, Row
+from .errors import map_db_error
+
+if TYPE_CHECKING:
+    from .sql import SqlSource
+
+log = logging.getLogger("agent.sources")
+
+DEADLINE_GRACE = 0.5  # seconds after the job's timeout: the database's own timeout fires first
+
+
+class SqlStream(QueryStream):
+    """One read-only query on a raw DBAPI connection, streamed with a server-side cursor."""
+
+    def __init__(
+        self,
+        source: SqlSource,
+        sql: str,
+        params: Any,
+        *,
+        timeout: float | None,
+        server_side: bool,
+    ) -> None:
+        self.source = source
+        self.kind = "odbc" if source.odbc else source.type
+        self.sql, self.params = sql, params
+        self.timeout = timeout
+        self.server_side = server_side and self.kind == "postgres"
+        self.batch_size = source.opts.batch_size
+        self.columns: list[Column] = []
+        self._fairy: Any = None
+        self._cursor: Any = None
+        self._pending: list[Row] = []
+        self._exhausted = False
+        self._broken = False
+        self._cancelled = threading.Event()
+        self._timed_out = threading.Event()
+        self._deadline: threading.Timer | None = None
+        self._thread_id: int | None = None
+        self._mutex = threading.Lock()
+
+    @property
+    def dbapi(self) -> Any:
+        return self._fairy.dbapi_connection if self._fairy is not None else None
+
+    def start(self) -> None:
+        self._check_cancel()
+        fairy = self.source.raw_connection()
+        with self._mutex:
+            self._fairy = fairy
+        if self.timeout:
+            self._deadline = threading.Timer(self.timeout + DEADLINE_GRACE, self._expire)
+            self._deadline.daemon = True
+            self._deadline.start()
+        try:
+            getattr(self, f"_start_{self.kind}")()
+            first = self._fetch_raw(min(200, self.batch_size))
+        except JobError:
+            self._broken = True
+            raise
+        except Exception as exc:
+            self._broken = True
+            raise self._translate(exc) from exc
+        self._pending = list(first)
+        if not first:
+            self._exhausted = True
+        if self.kind == "odbc":
+            self.columns = sqlodbc.columns(self._cursor.description)
+        else:
+            self.columns = sqlmeta.columns_from_description(
+                self.kind, self._cursor.description, self._pending
+            )
+
+    def _start_postgres(self) -> None:
+        conn = self.dbapi
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            if self.timeout:
+                cur.execute("SET LOCAL statement_timeout = %s", (max(1, int(self.timeout * 1000)),))
+        self._check_cancel()
+        if self.server_side:
+            cursor = conn.cursor(name="mc_" + secrets.token_hex(8))
+            cursor.itersize = self.batch_size
+        else:
+            cursor = conn.cursor()
+        with self._mutex:
+            self._cursor = cursor
+        # Always pass the dict: the guard doubled every literal %, the driver undoes it.
+        cursor.execute(self.sql, self.params)
+
+    def _start_mysql(self) -> None:
+        conn = self.dbapi
+        self._thread_id = conn.thread_id()
+        with conn.cursor() as cur:
+            # Always set (0 = none): the pooled session keeps what the last job left.
+            # MariaDB: max_statement_time in seconds; MySQL 5.7+: max_execution_time in ms.
+            try:
+                cur.execute("SET SESSION max_statement_time = %s", (float(self.timeout or 0),))
+            except Exception:  # noqa: BLE001 - MySQL has the other variable
+                cur.execute("SET SESSION max_execution_time = %s", (int((self.timeout or 0) * 1000),))
+            cur.execute("START TRANSACTION READ ONLY")
+        self._check_cancel()
+        cursor = conn.cursor(_ss_cursor_class(conn))
+        with self._mutex:
+            self._cursor = cursor
+        cursor.execute(self.sql, self.params)
+
+    def _start_sqlite(self) -> None:
+        self._check_cancel()
+        cursor = self.dbapi.cursor()
+        with self._mutex:
+            self._cursor = cursor
+        cursor.execute(self.sql, self.params)
+
+    def _start_odbc(self) -> None:
+        conn = self.dbapi
+        sqlodbc.begin_job(self.source, conn, self.timeout)
+        self._check_cancel()
+        cursor = conn.cursor()
+        with self._mutex:
+            self._cursor = cursor
+        cursor.execute(self.sql, *([self.params] if self.params else []))
+
+    def _check_cancel(self) -> None:
+        if self._cancelled.is_set():
+            raise self._stopped()
+
+    def _stopped(self) -> JobError:
+        if self._timed_out.is_set():
+            return JobError("TIMEOUT", "the query ran past its time limit and was stopped at the database")
+        return JobError("CANCELLED", "the job was cancelled", retryable=False)
+
+    def _fetch_raw(self, n: int) -> list[Row]:
+        # A named cursor has no description until its first fetch; elsewhere None means
+        # the statement produced no result set.
+        if not self.server_side and self._cursor.description is None:
+            return []
+        rows = self._cursor.fetchmany(n)
+        if self.kind == "odbc":
+            return [tuple(r) for r in rows]  # pyodbc.Row is not a sequence orjson knows
+        return rows
+
+    def fetch(self, n: int) -> list[Row]:
+        if self._pending:
+            rows, self._pending = self._pending, []
+            return rows
+        if self._exhausted:
+            return []
+        self._check_cancel()
+        try:
+            rows = self._fetch_raw(max(1, min(n, self.batch_size)))
+        except Exception as exc:
+            self._broken = True
+            raise self._translate(exc) from exc
+        if not rows:
+            self._exhausted = True
+        return rows
+
+    def _translate(self, exc: BaseException) -> JobError:
+        if self._cancelled.is_set():
+            return self._stopped()
+        return map_db_error(exc)
+
+    def _expire(self) -> None:
+        self._timed_out.set()
+        self.cancel()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._mutex:
+            conn, cursor = self.dbapi, self._cursor
+        if conn is None:
+            return
+        try:
+            if self.kind == "postgres":
+                conn.cancel()
+            elif self.kind == "sqlite":
+                conn.interrupt()
+            elif self.kind == "odbc" and cursor is not None:
+                cursor.cancel()
+            elif self.kind == "mysql" and self._thread_id is not None:
+                killer = self.source.fresh_dbapi_connection()
+                try:
+                    with killer.cursor() as cur:
+                        cur.execute(f"KILL QUERY {int(self._thread_id)}")
+                finally:
+                    killer.close()
+        except Exception as exc:  # noqa: BLE001 - cancelling is best effort; the job ends either way
+            log.warning("could not cancel a query on source %s: %s", self.source.name, exc)
+
+    def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        with self._mutex:
+            fairy, self._fairy = self._fairy, None
+        if fairy is None:
+            return
+        early = not self._exhausted
+        try:
+            if self.kind == "mysql" and (early or self._broken):
+                # Closing an unbuffered cursor reads the rest of the result: drop the
+                # connection instead so an early stop stays cheap (and detach the cursor,
+                # or its finaliser would try to drain the closed socket).
+                if self._cursor is not None:
+                    result = getattr(self._cursor, "_result", None)
+                    if result is not None:
+                        result.unbuffered_active = False
+                    self._cursor.connection = None
+                fairy.invalidate()
+                return
+            if self.kind == "odbc" and early and self._cursor is not None:
+                self._cursor.cancel()  # a streaming driver would otherwise drain the rest
+            if self._cursor is not None:
+                try:
+                    self._cursor.close()
+                except Exception:  # noqa: BLE001 - a broken cursor: drop the connection
+                    self._broken = True
+            if self.kind != "sqlite":
+                fairy.dbapi_connection.rollback()
+            fairy.close()
+        except Exception:  # noqa: BLE001 - any failure here means "discard it"
+            try:
+                fairy.invalidate()
+            except Exception:  # the connection is beyond saving; the pool will replace it
+                log.debug("invalidate failed", exc_info=True)
+
+
+def _ss_cursor_class(conn: Any) -> Any:
+    """The unbuffered cursor of whichever MySQL driver made ``conn`` (PyMySQL or MySQLdb)."""
+    module = importlib.import_module(type(conn).__module__.split(".")[0] + ".cursors")
+    return module.SSCursor
