@@ -4,40 +4,33 @@ The runner owns every job from ``job.assign.v1`` until the relay's ``job.done.ac
 Each job runs as one asyncio task; its rows are read by a ``Producer`` in a worker thread.
 Chunks go out numbered from 0, never more than ``window`` unacknowledged; what the relay
 has not acknowledged stays here and is resent (with ``job.done.v1``) when the session
-reattaches after a reconnect. Cancel and timeout stop the query at the database through
-the source's stream. The runner never touches the socket: the session hands it a ``Link``.
+reattaches after a reconnect. Every started/chunk/done/ack also goes to the spool
+(``agent.spool``), so a finished job survives an agent restart (``restore``); a redelivered
+finished job is answered or handed over, never run twice. Cancel and timeout stop the
+query at the database through the source's stream. The runner never touches the socket:
+the session hands it a ``Link``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextvars
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from shared.crypto import open_job
-from shared.errors import DecryptionFailed, JobError
+from shared.errors import JobError
 from shared.protocol import Message, make
 
+from .held import Job, from_spool, rekey_frames
+from .jobwork import open_request, reader
 from .logs import current_job
 from .producer import ChunkItem, Producer
-from .sources.base import (
-    DISCOVER_COLUMNS,
-    TEST_COLUMNS,
-    Batches,
-    Column,
-    Source,
-    discover_rows,
-    test_row,
-)
+from .sources.base import Source
+from .spool import FINISHED_KEEP_COUNT, AsyncSpool, Spool, SpooledJob
 
 log = logging.getLogger("agent.runner")
 
@@ -55,39 +48,6 @@ class Link(Protocol):
     async def send_binary(self, data: bytes) -> None: ...
 
 
-@dataclass
-class Job:
-    job_id: str
-    attempt: int
-    source: str
-    operation: str
-    options: dict[str, Any]
-    started_at: float = field(default_factory=time.time)
-    started_msg: Message | None = None
-    unacked: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
-    next_seq: int = 0
-    sent_through: int = -1
-    any_acked: bool = False
-    rows: int = 0
-    bytes: int = 0
-    done_msg: Message | None = None
-    done_sent: bool = False
-    stop_reason: str | None = None  # "cancelled" | "timed_out" | "shutdown"
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    acked: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    producer: Producer | None = None
-    stream: Any = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.job_id, self.attempt)
-
-    @property
-    def running(self) -> bool:
-        return self.done_msg is None
-
-
 class Runner:
     def __init__(
         self,
@@ -96,8 +56,11 @@ class Runner:
         private_key: X25519PrivateKey,
         capacity: int = 4,
         compress: bool = True,
+        spool: AsyncSpool | None = None,
     ) -> None:
         self.get_source = get_source
+        self.spool = spool
+        self.finished: dict[str, None] = {}  # ids of jobs the relay acknowledged, oldest first
         self.private_key = private_key
         self.capacity = capacity
         self.compress = compress
@@ -133,6 +96,15 @@ class Runner:
             for j in self.jobs.values()
         ]
 
+    def restore(self, spooled: list[SpooledJob], finished: list[str]) -> None:
+        """After a restart: hold the finished jobs the relay has not acknowledged (they go
+        out again on attach) and remember the ids of the acknowledged ones."""
+        self.finished = dict.fromkeys(finished)
+        for sj in spooled:
+            self.jobs[sj.job_id] = from_spool(sj)
+        if spooled:
+            log.info("holding %d finished jobs from before the restart until the relay has them", len(spooled))
+
     async def attach(
         self, link: Link, *, connector_id: str, window: int, max_chunk_bytes: int
     ) -> None:
@@ -162,13 +134,18 @@ class Runner:
         if msg.type == "job.assign.v1":
             self.assign(msg)
         elif msg.type == "job.cancel.v1":
-            self.cancel(msg["jobId"], msg["attempt"], reason="cancelled")
+            if msg.get("reason") == "SUPERSEDED":
+                self._supersede(msg["jobId"], msg["attempt"])
+            else:
+                self.cancel(msg["jobId"], msg["attempt"], reason="cancelled")
         elif msg.type == "job.chunk.ack.v1":
             self._chunk_ack(msg["jobId"], msg["attempt"], msg["seq"])
         elif msg.type == "job.done.ack.v1":
             job = self.jobs.get(msg["jobId"])
             if job is not None and job.attempt == msg["attempt"] and job.done_msg is not None:
                 del self.jobs[job.job_id]
+                self._remember_finished(job.job_id)
+                self._spool(Spool.finish, job.job_id, job.attempt)
                 log.debug("job %s acknowledged", job.job_id, extra={"jobId": job.job_id})
 
     # ------------------------------------------------------------ job lifecycle
@@ -178,12 +155,23 @@ class Runner:
         held = self.jobs.get(job_id)
         if held is not None and held.attempt == attempt:
             return  # a duplicate delivery: the held job answers for itself on attach
+        if held is not None and not held.running and not held.any_acked and held.done_msg["status"] == "succeeded":
+            # Finished, and the relay has none of its chunks: hand the same result over
+            # as the new attempt instead of running the job twice.
+            self._spawn(self._rebind(held, attempt))
+            return
         if held is not None:
             # A newer attempt supersedes ours: its data must not mix with the old one's.
             self._abandon(held)
         job = Job(job_id, attempt, msg["source"], msg["operation"], dict(msg.get("options") or {}))
         self.jobs[job_id] = job
-        if self.draining:
+        if job_id in self.finished:
+            # The relay already acknowledged this job's result: never run it twice.
+            self._finish_now(job, JobError(
+                "JOB_ALREADY_FINISHED", "this agent already ran the job and the relay acknowledged its result",
+                retryable=False,
+            ))  # fmt: skip
+        elif self.draining:
             self._finish_now(job, JobError("AGENT_SHUTDOWN", "the agent is shutting down"))
         elif self.active_jobs > self.capacity:
             self._finish_now(
@@ -212,9 +200,53 @@ class Runner:
         job.stop_reason = job.stop_reason or "cancelled"
         job.stop.set()
         self.jobs.pop(job.job_id, None)
+        self._spool(Spool.drop, job.job_id, job.attempt)
+
+    def _supersede(self, job_id: str, attempt: int) -> None:
+        """The relay gave this attempt back (a newer one exists or will): drop it."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.attempt == attempt:
+            log.info("job %s attempt %d was superseded; dropping it", job_id, attempt, extra={"jobId": job_id})
+            self._abandon(job)
+
+    async def _rebind(self, job: Job, attempt: int) -> None:
+        old = job.attempt
+        frames = await asyncio.to_thread(rekey_frames, job.unacked, attempt, self.compress)
+        async with self._send_lock:
+            if self.jobs.get(job.job_id) is not job or job.attempt != old:
+                return
+            job.attempt, job.unacked, job.sent_through = attempt, frames, -1
+            job.done_msg = make("job.done.v1", **{**job.done_msg.data, "attempt": attempt})
+            if job.started_msg is not None:
+                job.started_msg = make("job.started.v1", **{**job.started_msg.data, "attempt": attempt})
+            job.done_sent = False
+            spooled = SpooledJob(job.job_id, attempt, job.source, job.operation,
+                                 job.started_msg.data if job.started_msg else None,
+                                 job.done_msg.data, dict(frames))  # fmt: skip
+            self._spool(Spool.rebind, spooled, attempt)
+            log.info("job %s redelivered as attempt %d: resending its result, not rerunning it",
+                     job.job_id, attempt, extra={"jobId": job.job_id})  # fmt: skip
+            if self._link is not None:
+                if job.started_msg is not None:
+                    await self._link.send_message(job.started_msg)
+                for seq, frame in list(job.unacked.items()):
+                    await self._link.send_binary(frame)
+                    job.sent_through = seq
+                await self._link.send_message(job.done_msg)
+                job.done_sent = True
+
+    def _remember_finished(self, job_id: str) -> None:
+        self.finished[job_id] = None
+        while len(self.finished) > FINISHED_KEEP_COUNT:
+            del self.finished[next(iter(self.finished))]
+
+    def _spool(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.spool is not None:
+            self.spool.submit(fn, *args)
 
     def _finish_now(self, job: Job, error: JobError) -> None:
         job.done_msg = self._done(job, "failed", error)
+        self._spool(Spool.set_done, job.job_id, job.attempt, job.source, job.operation, job.done_msg.data)
         self._spawn(self._send_done(job))
 
     def _spawn(self, coro: Any) -> None:
@@ -241,6 +273,8 @@ class Runner:
         if self.jobs.get(job.job_id) is not job:
             return  # abandoned for a newer attempt: say nothing about this one
         job.done_msg = self._done(job, status, error)
+        # Spooled after its chunks (one ordered writer): a spooled done has its data.
+        self._spool(Spool.set_done, job.job_id, job.attempt, job.source, job.operation, job.done_msg.data)
         if error is None:
             log.info("job %s succeeded: %d rows in %d chunks", job.job_id, job.rows, job.next_seq, extra=extra)
         else:
@@ -260,11 +294,11 @@ class Runner:
         )
 
     async def _execute(self, job: Job, sealed: str | None) -> tuple[str, JobError | None]:
-        request = self._open(job, sealed)
+        request = open_request(job, sealed, self.private_key, self.connector_id)
         timeout = _positive(job.options.get("timeoutSeconds"))
         max_rows = job.options.get("maxRows")
         max_rows = max_rows if isinstance(max_rows, int) and not isinstance(max_rows, bool) else None
-        read = self._reader(job, request, timeout)
+        read = reader(job, request, timeout, self.get_source)
         producer = Producer(
             loop=asyncio.get_running_loop(),
             job_id=job.job_id,
@@ -296,44 +330,6 @@ class Runner:
             return "failed", JobError("AGENT_SHUTDOWN", "the agent stopped before the job finished")
         return "cancelled", JobError("CANCELLED", "the job was cancelled")
 
-    def _open(self, job: Job, sealed: str | None) -> Any:
-        if sealed is None:
-            if job.operation == "query":
-                raise JobError("QUERY_FAILED", "the job carries no query", retryable=False)
-            return {}
-        try:
-            blob = base64.b64decode(sealed, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise DecryptionFailed("the sealed query is not valid base64") from exc
-        return open_job(blob, self.private_key, self.connector_id, job.job_id)
-
-    def _reader(
-        self, job: Job, request: Any, timeout: float | None
-    ) -> Callable[[], tuple[list[Column], Iterator[Sequence[Any]]]]:
-        """The blocking part of a job, run in its worker thread (the first SQL job's
-        imports, the statement guard, the connection and the statement all block)."""
-
-        def read() -> tuple[list[Column], Iterator[Sequence[Any]]]:
-            source = self.get_source(job.source)
-            if job.operation == "test":
-                return TEST_COLUMNS, iter([[test_row(source.test())]])
-            if job.operation == "discover":
-                req = request if isinstance(request, dict) else {}
-                return DISCOVER_COLUMNS, iter([discover_rows(source.discover(req))])
-            stream = source.prepare(request, timeout=timeout)
-            job.stream = stream
-            if job.stop.is_set():
-                stream.close()
-                raise JobError("CANCELLED", "the job was cancelled")
-            try:
-                stream.start()
-            except BaseException:
-                stream.close()
-                raise
-            return stream.columns, Batches(stream, 200)
-
-        return read
-
     async def _consume(self, job: Job, producer: Producer) -> None:
         while True:
             kind, value = await producer.queue.get()
@@ -341,6 +337,9 @@ class Runner:
                 job.started_msg = make(
                     "job.started.v1", jobId=job.job_id, attempt=job.attempt, columns=value
                 )
+                if self.jobs.get(job.job_id) is job:
+                    self._spool(Spool.begin, job.job_id, job.attempt, job.source, job.operation,
+                                job.started_msg.data)  # fmt: skip
                 async with self._send_lock:
                     if self._link is not None:
                         await self._link.send_message(job.started_msg)
@@ -356,6 +355,8 @@ class Runner:
             job.acked.clear()
             await job.acked.wait()
         job.unacked[item.seq] = item.frame
+        if self.jobs.get(job.job_id) is job:
+            self._spool(Spool.put_chunk, job.job_id, job.attempt, item.seq, item.frame)
         job.next_seq = item.seq + 1
         job.rows += item.rows
         job.bytes += item.payload_bytes
@@ -368,9 +369,10 @@ class Runner:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt:
             return
-        # Acks are cumulative: the relay writes a job's chunks in order.
+        # Acks are cumulative: the relay acknowledges only a gap-free prefix.
         for s in [s for s in job.unacked if s <= seq]:
             del job.unacked[s]
+        self._spool(Spool.ack, job_id, attempt, seq)
         job.any_acked = True
         job.acked.set()
 

@@ -8,6 +8,7 @@ it is acknowledged; a job becomes final only when every chunk 0..chunks-1 is sto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from typing import Any
@@ -47,12 +48,13 @@ def _assign_fields(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _claim(conn: Any, connector_id: str, limit: int, at: float) -> list[dict[str, Any]]:
-    """Move up to ``limit`` queued jobs to dispatched, in one transaction."""
+def _claim(conn: Any, connector_id: str, limit: int, at: float, lease: float) -> list[dict[str, Any]]:
+    """Move up to ``limit`` due queued jobs to dispatched, leased to the connector."""
     claimed = []
-    for job in job_store.next_queued(conn, connector_id, limit):
+    for job in job_store.next_queued(conn, connector_id, limit, at):
+        values = {"dispatched_at": at, "lease_expires_at": at + lease, "not_before": None}
         try:
-            queue.apply(conn, job["id"], "dispatch", {"dispatched_at": at}, expect=queue.QUEUED)
+            queue.apply(conn, job["id"], "dispatch", values, expect=queue.QUEUED)
         except queue.IllegalTransition:
             continue
         claimed.append(job)
@@ -62,17 +64,24 @@ def _claim(conn: Any, connector_id: str, limit: int, at: float) -> list[dict[str
 async def dispatch(relay: Relay, session: AgentSession) -> None:
     """Hand queued jobs to the agent, highest priority first, never past its capacity."""
     async with session.dispatch_lock:
-        if session.dead or session.free_slots <= 0:
+        if session.dead or session.draining or session.free_slots <= 0:
             return
-        jobs = await relay.store.run(_claim, session.connector_id, session.free_slots, now())
+        jobs = await relay.store.run(
+            _claim, session.connector_id, session.free_slots, now(), relay.config.offline_after
+        )
         for job in jobs:
             session.in_flight[job["id"]] = job["attempt"]
             # A failed send leaves the job dispatched; the agent's next hello (without it
-            # in heldJobs) puts it back in the queue.
+            # in heldJobs) or its lapsing lease puts it back in the queue.
             await session.send("job.assign.v1", **_assign_fields(job))
 
 
 # ---------------------------------------------------------------- job messages
+
+
+class StaleAttempt(Exception):
+    """A frame about an attempt that was abandoned: not a protocol violation (the agent
+    may well resend what it held), just ignored once the agent has been told to drop it."""
 
 
 async def _owned_job(relay: Relay, session: AgentSession, job_id: str, attempt: int) -> dict[str, Any]:
@@ -80,9 +89,11 @@ async def _owned_job(relay: Relay, session: AgentSession, job_id: str, attempt: 
     if job is None or job["connector_id"] != session.connector_id:
         raise ProtocolError(f"job {job_id[:64]} is not assigned to this connector")
     if job["attempt"] != attempt:
-        # An abandoned attempt: tell the agent to drop it; its data is never used.
-        await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
-        raise ProtocolError(f"attempt {attempt} of job {job_id} is no longer current")
+        # An abandoned attempt: tell the agent (once) to drop it; its data is never used.
+        if (job_id, attempt) not in session.superseded:
+            session.superseded.add((job_id, attempt))
+            await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
+        raise StaleAttempt(f"attempt {attempt} of job {job_id} is no longer current")
     return job
 
 
@@ -116,14 +127,22 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
         raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {len(rows)}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
     key_id, blob = relay.cipher.encrypt(chunk.payload, aad)
-    await relay.store.run(
-        chunk_store.insert, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
+    through = await relay.store.run(
+        _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
     )
-    await session.send("job.chunk.ack.v1", jobId=chunk.job_id, attempt=chunk.attempt, seq=chunk.seq)
+    # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
+    # gap-free prefix is ever acknowledged; a chunk past a gap waits for the resend.
+    if through >= 0:
+        await session.send("job.chunk.ack.v1", jobId=chunk.job_id, attempt=chunk.attempt, seq=through)
     relay.notifier.notify(chunk.job_id)
     pending = session.pending_done.get(chunk.job_id)
     if pending is not None:
         await _try_finish(relay, session, pending)
+
+
+def _store_chunk(conn: Any, job_id: str, attempt: int, seq: int, rows: int, key_id: str, blob: bytes) -> int:
+    chunk_store.insert(conn, job_id, attempt, seq, rows, key_id, blob)
+    return chunk_store.acked_through(conn, job_id, attempt)
 
 
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
@@ -134,31 +153,42 @@ async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) ->
 
 def _finish(
     conn: Any, msg: protocol.Message, ttl: float, at: float
-) -> tuple[bool, dict[str, Any]] | None:
-    """Record the final status if every chunk is stored; None if some are still missing."""
+) -> tuple[str, dict[str, Any]] | None:
+    """Record how the attempt ended, once every chunk is stored (None while some are
+    missing). Returns (outcome, job): ``final`` (the job ended now), ``retry`` (a
+    retryable failure sent it back to the queue) or ``kept`` (it had ended already)."""
     job_id, attempt = msg["jobId"], msg["attempt"]
     stored = [seq for seq, _ in chunk_store.seqs(conn, job_id, attempt)]
     if stored[: msg["chunks"]] != list(range(msg["chunks"])):
         return None
+    error = msg.get("error")
+    job = job_store.get(conn, None, job_id) or {}
+    if msg["status"] == queue.FAILED and error and error.get("retryable") and job.get("status") in queue.IN_FLIGHT:
+        delay = queue.retry_delay(job["options"])
+        if queue.give_back(conn, job, "retry", error, at, delay=delay) == queue.QUEUED:
+            return "retry", job_store.get(conn, None, job_id) or job
+        return "final", job_store.get(conn, None, job_id) or job
     values = {
         "completed_at": at,
         "row_count": msg["rowCount"],
         "byte_count": msg["byteCount"],
         "chunks": msg["chunks"],
-        "error": orjson.dumps(msg.get("error")).decode() if msg.get("error") else None,
+        "error": orjson.dumps(error).decode() if error else None,
         "result_expires_at": at + ttl,
+        "lease_expires_at": None,
     }
     event = queue.DONE_EVENTS[msg["status"]]
-    changed = True
+    outcome = "final"
     try:
-        queue.apply(conn, job_id, event, values)
+        queue.apply(conn, job_id, event, values, attempt=attempt)
     except queue.IllegalTransition:
-        # Cancelled by the platform meanwhile: keep that status, record the counts.
-        changed = False
+        # Cancelled by the platform meanwhile (or a resent done): keep that status,
+        # record the counts.
+        outcome = "kept"
         values.pop("error")
         values.pop("completed_at")
         job_store.set_fields(conn, job_id, values)
-    return changed, job_store.get(conn, None, job_id) or {}
+    return outcome, job_store.get(conn, None, job_id) or {}
 
 
 async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
@@ -166,14 +196,27 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
     result = await relay.store.run(_finish, msg, relay.config.result_ttl_seconds, now())
     if result is None:
         return  # wait for the missing chunks; the agent resends what was never acked
-    changed, job = result
+    outcome, job = result
     session.pending_done.pop(job_id, None)
     session.in_flight.pop(job_id, None)
+    error = msg.get("error") or {}
+    if error.get("code") == "AGENT_SHUTDOWN":
+        session.draining = True  # it takes no new work; leave its retries to the next agent
     await session.send("job.done.ack.v1", jobId=job_id, attempt=msg["attempt"])
     relay.notifier.notify(job_id)
-    if changed:  # a platform cancel already announced its own completion
+    if outcome == "final":  # a platform cancel already announced its own completion
         publish_completed(relay, session.tenant_id, job)
+    elif outcome == "retry":
+        schedule_kick(relay, job)
     await dispatch(relay, session)
+
+
+def schedule_kick(relay: Relay, job: dict[str, Any]) -> None:
+    """Dispatch to the job's connector when its retry delay has passed (the maintenance
+    sweep is the safety net if this node is gone by then)."""
+    delay = max(0.0, (job.get("not_before") or now()) - now())
+    loop = asyncio.get_running_loop()
+    loop.call_later(delay + 0.01, lambda: relay.hub.spawn(relay.hub.kick(relay, job["connector_id"])))
 
 
 def publish_completed(relay: Relay, tenant_id: str, job: dict[str, Any]) -> None:
@@ -218,14 +261,18 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
         "connector_id": session.connector_id, "timestamp": at, "cpu_usage": session.cpu_usage,
         "memory_usage": session.memory_usage, "active_jobs": session.active_jobs,
     }  # fmt: skip
-    await relay.store.run(_heartbeat_write, session.connector_id, fields, sample)
+    lease_until = at + relay.config.offline_after
+    await relay.store.run(_heartbeat_write, session.connector_id, fields, sample, lease_until)
     if grew:
         await dispatch(relay, session)
 
 
-def _heartbeat_write(conn: Any, connector_id: str, fields: dict[str, Any], sample: dict[str, Any]) -> None:
+def _heartbeat_write(
+    conn: Any, connector_id: str, fields: dict[str, Any], sample: dict[str, Any], lease_until: float
+) -> None:
     con_store.set_fields(conn, connector_id, fields)
     log_store.add_sample(conn, sample)
+    queue.renew_leases(conn, connector_id, lease_until)  # its traffic keeps its jobs leased
 
 
 async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:

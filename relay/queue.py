@@ -5,16 +5,26 @@ transaction), which looks the (status, event) pair up in ``TRANSITIONS`` and upd
 row only if it is still in the status it was read in (compare-and-set), so two racing
 changes cannot both win. A pair with no entry raises ``IllegalTransition``, never a
 surprise. Like h11's ``_state.py``: the whole machine can be read here at a glance.
+
+Around the table sit the two policies that decide *which* event a lost or failed attempt
+takes, each a pure function over the job's options: ``should_retry`` (attempts left under
+``retryLimit``) and the lease rules. A dispatched job is leased to its connector until
+``lease_expires_at``; the agent's traffic renews the lease (``renew_leases``), a lapsed
+lease or an agent that no longer holds the job abandons the attempt (``abandon``): the job
+goes back to the queue as attempt + 1 with the old attempt's chunks discarded, or, past
+its ``retryLimit``, fails with the last error.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+import orjson
 from sqlalchemy import Connection, select, update
 
 from shared.errors import Conflict
 
+from .store import chunks as chunk_store
 from .store.schema import jobs
 
 QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
@@ -26,7 +36,9 @@ FINAL: Final = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED, TIMED_OUT})
 IN_FLIGHT: Final = (DISPATCHED, RUNNING)
 
 # (status, event) -> next status. An agent may finish a job it never reported as started
-# (e.g. it could not open the seal), hence the dispatched -> final entries.
+# (e.g. it could not open the seal), hence the dispatched -> final entries. ``requeue`` is
+# an attempt that was lost (lease lapsed, agent no longer holds it): back at once;
+# ``retry`` is an attempt that failed with a retryable error: back after the delay.
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (QUEUED, "dispatch"): DISPATCHED,
     (QUEUED, "cancel"): CANCELLED,
@@ -38,17 +50,26 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (DISPATCHED, "cancel"): CANCELLED,
     (DISPATCHED, "time_out"): TIMED_OUT,
     (DISPATCHED, "requeue"): QUEUED,
+    (DISPATCHED, "retry"): QUEUED,
     (RUNNING, "succeed"): SUCCEEDED,
     (RUNNING, "fail"): FAILED,
     (RUNNING, "cancel"): CANCELLED,
     (RUNNING, "time_out"): TIMED_OUT,
     (RUNNING, "requeue"): QUEUED,
+    (RUNNING, "retry"): QUEUED,
 }
 
 # What an agent's job.done.v1 status means as an event.
 DONE_EVENTS: Final = {
     SUCCEEDED: "succeed", FAILED: "fail", CANCELLED: "cancel", TIMED_OUT: "time_out",
 }  # fmt: skip
+
+DEFAULT_RETRY_LIMIT: Final = 2
+LOST_ERROR: Final = {
+    "code": "AGENT_LOST",
+    "message": "the agent stopped holding the job (it restarted or went silent) too many times",
+    "retryable": True,
+}
 
 
 class IllegalTransition(Conflict):
@@ -68,25 +89,106 @@ def next_status(status: str, event: str) -> str | None:
 
 def apply(
     conn: Connection, job_id: str, event: str, values: dict[str, Any] | None = None,
-    *, expect: str | None = None,
+    *, expect: str | None = None, attempt: int | None = None,
 ) -> str:  # fmt: skip
     """Move ``job_id`` by ``event``; set ``values`` too. Returns the new status.
 
-    ``expect`` pins the status the caller believes the job is in (e.g. the attempt it
-    dispatched); a mismatch is an ``IllegalTransition`` like any other.
+    ``expect`` pins the status the caller believes the job is in, ``attempt`` the attempt
+    (e.g. the one a lease was read for); a mismatch is an ``IllegalTransition`` like any
+    other.
     """
-    row = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+    row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
     if row is None:
         raise IllegalTransition(job_id, "unknown", event)
     status = row.status
     target = next_status(status, event)
-    if target is None or (expect is not None and status != expect):
+    stale = (expect is not None and status != expect) or (attempt is not None and row.attempt != attempt)
+    if target is None or stale:
         raise IllegalTransition(job_id, status, event)
     done = conn.execute(
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == status)
+        .where(jobs.c.id == job_id, jobs.c.status == status, jobs.c.attempt == row.attempt)
         .values(status=target, **(values or {}))
     )
     if done.rowcount != 1:  # someone else moved it between our read and write
         raise IllegalTransition(job_id, status, event)
     return target
+
+
+# ---------------------------------------------------------------- retry policy
+
+
+def retry_limit(options: str | dict[str, Any] | None) -> int:
+    opts = orjson.loads(options) if isinstance(options, str) else (options or {})
+    value = opts.get("retryLimit")
+    return DEFAULT_RETRY_LIMIT if not isinstance(value, int) or isinstance(value, bool) else value
+
+
+def retry_delay(options: str | dict[str, Any] | None) -> float:
+    opts = orjson.loads(options) if isinstance(options, str) else (options or {})
+    value = opts.get("retryDelaySeconds")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 5.0
+
+
+def should_retry(attempt: int, limit: int) -> bool:
+    """Attempt ``attempt`` ended without a result: is there another? (``retryLimit``
+    counts retries after the first attempt, so attempts run at most ``limit + 1`` times.)"""
+    return attempt <= limit
+
+
+def give_back(
+    conn: Connection, job: dict[str, Any], event: str, error: dict[str, Any], at: float,
+    *, delay: float = 0.0,
+) -> str:  # fmt: skip
+    """End the job's current attempt without a result: requeue it as the next attempt
+    (``event`` is ``requeue`` or ``retry``) while retries remain, else fail it with
+    ``error``. The ended attempt's chunks are discarded either way. Returns the status."""
+    attempt = job["attempt"]
+    if should_retry(attempt, retry_limit(job["options"])):
+        values = {
+            "attempt": attempt + 1, "dispatched_at": None, "started_at": None, "columns": None,
+            "lease_expires_at": None, "not_before": at + delay if delay > 0 else None,
+        }  # fmt: skip
+        status = apply(conn, job["id"], event, values, attempt=attempt)
+    else:
+        values = {"error": orjson.dumps(error).decode(), "completed_at": at, "lease_expires_at": None}
+        status = apply(conn, job["id"], "fail", values, attempt=attempt)
+    chunk_store.delete_for_job(conn, job["id"], attempt)
+    return status
+
+
+def abandon(conn: Connection, job: dict[str, Any], at: float) -> str:
+    """The attempt was lost (lease lapsed, or the agent no longer holds it)."""
+    return give_back(conn, job, "requeue", LOST_ERROR, at)
+
+
+# ---------------------------------------------------------------- leases
+
+
+def renew_leases(conn: Connection, connector_id: str, until: float) -> None:
+    """The connector's agent is alive: every job it holds is leased until ``until``."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.connector_id == connector_id, jobs.c.status.in_(IN_FLIGHT))
+        .values(lease_expires_at=until)
+    )
+
+
+def extend_all_leases(conn: Connection, until: float) -> int:
+    """At startup: the relay was not there to see agents' traffic, so it cannot say they
+    went silent; every in-flight lease runs at least until ``until``."""
+    done = conn.execute(
+        update(jobs)
+        .where(jobs.c.status.in_(IN_FLIGHT))
+        .where((jobs.c.lease_expires_at.is_(None)) | (jobs.c.lease_expires_at < until))
+        .values(lease_expires_at=until)
+    )
+    return done.rowcount or 0
+
+
+def lapsed(conn: Connection, at: float) -> list[dict[str, Any]]:
+    """In-flight jobs whose lease ran out before ``at``."""
+    rows = conn.execute(
+        select(jobs).where(jobs.c.status.in_(IN_FLIGHT), jobs.c.lease_expires_at < at)
+    ).all()
+    return [dict(r._mapping) for r in rows]

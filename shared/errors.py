@@ -38,6 +38,7 @@ _CODES: dict[str, tuple[int, bool]] = {
     "CANCELLED": (409, False),
     "CONNECTOR_REVOKED": (409, False),
     "AGENT_SHUTDOWN": (409, True),
+    "AGENT_LOST": (409, True),  # the agent lost the job (lease lapsed) more than retryLimit times
     "EXPIRED": (409, False),
     "DECRYPTION_FAILED": (409, False),
     "RESULT_TOO_LARGE": (409, False),

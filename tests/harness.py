@@ -11,6 +11,7 @@ No pytest import: the demo uses this module too.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import json
@@ -18,6 +19,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -392,6 +394,33 @@ class Stack:
         wait_until(lambda: self._healthy(), 15, what="relay /health")
         return self.relay
 
+    def start_relay_on(self, port: int | None = None, timeout: float = 30) -> Relay:
+        """Start the relay on a fixed port (a free one picked once if None) with a fixed JWT
+        secret and data key, so a restart on the same store (``relay.db``) serves what the
+        previous process stored, and agents reconnect to the same address."""
+        self.extra_env.setdefault("MC_RELAY_JWT_SECRET", secrets.token_hex(32))
+        self.extra_env.setdefault("MC_RELAY_DATA_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+        port = port or (self.relay.port if self.relay is not None else free_port())
+        env = self._env()
+        env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
+        env.setdefault("MC_RELAY_RATE_LIMIT", "1000000")
+        db = self.workdir / "relay.db"
+        argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
+                "--database-url", f"sqlite:///{db}"]  # fmt: skip
+        n = sum(1 for p in self.procs if p.name.startswith("mini-relay"))
+        proc = Proc(f"mini-relay#{n + 1}", argv, env, self.workdir / "relay.log")
+        self.procs.append(proc)
+        m = proc.wait_for_line(_LISTENING, timeout)  # SO_REUSEADDR: the port is free at once
+        self.relay = Relay(proc, m.group(1), int(m.group(2)), env)
+        self.api = self.relay.api(self.tenant, "admin")
+        wait_until(lambda: self._healthy(), 15, what="relay /health")
+        return self.relay
+
+    def kill_relay(self) -> None:
+        """``kill -9`` the relay (its port and store stay for ``start_relay_on``)."""
+        assert self.relay is not None
+        self.relay.proc.kill()
+
     def _healthy(self) -> bool:
         assert self.api is not None
         try:
@@ -400,8 +429,10 @@ class Stack:
             return False
 
     def add_agent(self, name: str, sources: list[Source], *, start: bool = True,
-                  wait_online: bool = True, timeout: float = 30) -> Agent:  # fmt: skip
-        """Register a connector, configure an agent for it with ``sources``, start it."""
+                  wait_online: bool = True, timeout: float = 30,
+                  relay_url: str | None = None) -> Agent:  # fmt: skip
+        """Register a connector, configure an agent for it with ``sources``, start it.
+        ``relay_url`` points the agent elsewhere (a fault proxy) than the relay itself."""
         assert self.relay is not None and self.api is not None, "start the relay first"
         created = self.api.create_connector(name)
         home = self.workdir / f"agent-{len(self.agents) + 1}"
@@ -409,7 +440,7 @@ class Stack:
         env = self._env()
         env["HOME"] = str(home)  # keeps any per-user default paths inside the temp folder
         agent = Agent(None, home / "agent.toml", created["id"], created["apiKey"], env)
-        agent.cli("configure", "--relay-url", self.relay.ws_url, "--api-key", created["apiKey"],
+        agent.cli("configure", "--relay-url", relay_url or self.relay.ws_url, "--api-key", created["apiKey"],
                   "--name", name)  # fmt: skip
         for src in sources:
             args = ["source", "add", src.name, "--type", src.type, "--url", src.url]
@@ -455,6 +486,13 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -32,6 +32,26 @@ def insert(
     return True
 
 
+def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
+    """The highest ``n`` such that chunks 0..n of the attempt are all stored (-1: none).
+
+    The relay acknowledges cumulatively (the agent drops everything up to an ack), so it
+    only ever acknowledges a gap-free prefix.
+    """
+    where = (t.c.job_id == job_id, t.c.attempt == attempt)
+    top, count = conn.execute(select(func.max(t.c.seq), func.count()).where(*where)).one()
+    if top is None:
+        return -1
+    if count == top + 1:
+        return int(top)
+    expected = 0
+    for (seq,) in conn.execute(select(t.c.seq).where(*where).order_by(t.c.seq)):
+        if seq != expected:
+            break
+        expected += 1
+    return expected - 1
+
+
 def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
     """(seq, rows) of every stored chunk of an attempt, in order."""
     return [

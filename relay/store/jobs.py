@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, select, update
+from sqlalchemy import Connection, exists, func, or_, select, update
 
 from .schema import jobs as t
 from .schema import result_chunks
@@ -44,13 +44,26 @@ def list_page(
     return [dict(r._mapping) for r in rows], int(total)
 
 
-def next_queued(conn: Connection, connector_id: str, limit: int) -> list[dict[str, Any]]:
-    """Queued jobs for a connector, highest priority first, then first come first served."""
-    rows = conn.execute(
-        select(t).where(t.c.connector_id == connector_id, t.c.status == "queued")
-        .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)
-    ).all()  # fmt: skip
+def next_queued(
+    conn: Connection, connector_id: str, limit: int, at: float | None = None
+) -> list[dict[str, Any]]:
+    """Queued jobs for a connector that are due (no retry delay pending at ``at``),
+    highest priority first, then first come first served."""
+    q = select(t).where(t.c.connector_id == connector_id, t.c.status == "queued")
+    if at is not None:
+        q = q.where(or_(t.c.not_before.is_(None), t.c.not_before <= at))
+    rows = conn.execute(q.order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)).all()
     return [dict(r._mapping) for r in rows]
+
+
+def connectors_with_due_jobs(conn: Connection, at: float) -> list[str]:
+    """Connectors with a queued job whose retry delay has passed (the dispatch safety net)."""
+    rows = conn.execute(
+        select(t.c.connector_id).distinct().where(
+            t.c.status == "queued", or_(t.c.not_before.is_(None), t.c.not_before <= at)
+        )
+    )
+    return [r.connector_id for r in rows]
 
 
 def with_status(conn: Connection, connector_id: str, statuses: tuple[str, ...]) -> list[dict[str, Any]]:

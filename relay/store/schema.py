@@ -25,7 +25,9 @@ from sqlalchemy import (
     Text,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 
 metadata = MetaData()
@@ -94,9 +96,12 @@ jobs = Table(
     Column("columns", Text),
     Column("error", Text),
     Column("result_expires_at", Float),
+    Column("lease_expires_at", Float),  # in flight: leased to its connector until then
+    Column("not_before", Float),  # queued for a retry: not dispatched before then
     Index("ix_jobs_tenant_queued", "tenant_id", "queued_at"),
     Index("ix_jobs_connector_status", "connector_id", "status"),
     Index("ux_jobs_tenant_key", "tenant_id", "job_key", unique=True),
+    Index("ix_jobs_status_lease", "status", "lease_expires_at"),
 )
 
 result_chunks = Table(
@@ -146,9 +151,22 @@ def _v1_initial(conn: Connection) -> None:
     )
 
 
+def _v2_leases(conn: Connection) -> None:
+    # A store made by v1 before these columns existed gets them now; one made fresh by
+    # v1 (which creates the tables as defined above) already has them.
+    have = {c["name"] for c in inspect(conn).get_columns("jobs")}
+    for name in ("lease_expires_at", "not_before"):
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} FLOAT"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
+    if "ix_jobs_status_lease" not in indexes:
+        conn.execute(text("CREATE INDEX ix_jobs_status_lease ON jobs (status, lease_expires_at)"))
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
+    (2, "job leases and retry times", _v2_leases),
 ]
 
 

@@ -1,0 +1,226 @@
+"""The agent's spool: a small SQLite file beside the config that outlives the process.
+
+It holds what the relay has not acknowledged yet, so an agent restart loses nothing the
+relay still needs: each job's ``job.started.v1`` and ``job.done.v1`` messages and its
+unacknowledged chunk frames, keyed (job, attempt, seq). A job the agent *finished*
+(its done message is spooled) is restored on start, named in the hello's ``heldJobs``
+and resent; the leftovers of a job that was still *running* when the process died are
+discarded on start (the relay gives that attempt back and redelivers the job). It also
+remembers the ids of jobs whose result the relay acknowledged, so a redelivered finished
+job is never run twice.
+
+``Spool`` is the synchronous core (one connection, used from one thread); ``AsyncSpool``
+runs it on a single worker thread so writes keep their order and never block the event
+loop. Writes are fire-and-forget in submission order: a done message is only ever
+written after the chunks before it, so a spooled done always has its chunks with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+T = TypeVar("T")
+log = logging.getLogger("agent.spool")
+
+FINISHED_KEEP_SECONDS = 7 * 86400.0
+FINISHED_KEEP_COUNT = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, source TEXT NOT NULL,
+    operation TEXT NOT NULL, started TEXT, done TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL,
+    PRIMARY KEY (job_id, attempt, seq));
+CREATE TABLE IF NOT EXISTS finished (
+    job_id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, finished_at REAL NOT NULL);
+"""
+
+
+@dataclass
+class SpooledJob:
+    """A finished job whose result the relay has not acknowledged, as restored on start."""
+
+    job_id: str
+    attempt: int
+    source: str
+    operation: str
+    started: dict[str, Any] | None
+    done: dict[str, Any]
+    chunks: dict[int, bytes] = field(default_factory=dict)  # seq -> frame, in order
+
+
+class Spool:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.clock = clock
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed write survives the process being killed, which
+        # is the failure the spool is for (a power cut may lose the last writes, and the
+        # relay then simply redelivers the job).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        path.chmod(0o600)
+
+    # ------------------------------------------------------------ writes
+
+    def begin(self, job_id: str, attempt: int, source: str, operation: str,
+              started: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """A job started (its columns are known); replaces any older attempt's row."""
+        with self.db:
+            self._clear(job_id)
+            self.db.execute(
+                "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
+                " VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (job_id, attempt, source, operation, _dumps(started), self.clock()),
+            )
+
+    def put_chunk(self, job_id: str, attempt: int, seq: int, frame: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO chunks (job_id, attempt, seq, frame) VALUES (?, ?, ?, ?)",
+            (job_id, attempt, seq, frame),
+        )
+
+    def ack(self, job_id: str, attempt: int, seq: int) -> None:
+        """The relay stored every chunk up to ``seq`` (acks are cumulative)."""
+        self.db.execute(
+            "DELETE FROM chunks WHERE job_id = ? AND attempt = ? AND seq <= ?", (job_id, attempt, seq)
+        )
+
+    def set_done(self, job_id: str, attempt: int, source: str, operation: str,
+                 done: dict[str, Any]) -> None:  # fmt: skip
+        with self.db:
+            row = self.db.execute("SELECT attempt FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or row[0] != attempt:
+                self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+                self.db.execute("DELETE FROM chunks WHERE job_id = ? AND attempt <> ?", (job_id, attempt))
+                self.db.execute(
+                    "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
+                    " VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                    (job_id, attempt, source, operation, _dumps(done), self.clock()),
+                )
+            else:
+                self.db.execute("UPDATE jobs SET done = ? WHERE job_id = ?", (_dumps(done), job_id))
+
+    def finish(self, job_id: str, attempt: int) -> None:
+        """The relay acknowledged the job's result: forget its data, remember its id."""
+        with self.db:
+            self._clear(job_id)
+            self.db.execute(
+                "INSERT OR REPLACE INTO finished (job_id, attempt, finished_at) VALUES (?, ?, ?)",
+                (job_id, attempt, self.clock()),
+            )
+
+    def drop(self, job_id: str, attempt: int | None = None) -> None:
+        """An abandoned attempt: its data is never used."""
+        with self.db:
+            if attempt is None:
+                self._clear(job_id)
+                return
+            self.db.execute("DELETE FROM jobs WHERE job_id = ? AND attempt = ?", (job_id, attempt))
+            self.db.execute("DELETE FROM chunks WHERE job_id = ? AND attempt = ?", (job_id, attempt))
+
+    def rebind(self, old: SpooledJob, attempt: int) -> None:
+        """Store ``old`` (already rewritten for ``attempt``) in place of its old attempt."""
+        with self.db:
+            self._clear(old.job_id)
+            self.db.execute(
+                "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (old.job_id, attempt, old.source, old.operation, _dumps(old.started),
+                 _dumps(old.done), self.clock()),
+            )  # fmt: skip
+            self.db.executemany(
+                "INSERT INTO chunks (job_id, attempt, seq, frame) VALUES (?, ?, ?, ?)",
+                [(old.job_id, attempt, seq, frame) for seq, frame in old.chunks.items()],
+            )
+
+    def _clear(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        self.db.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+
+    # ------------------------------------------------------------ reads
+
+    def load(self) -> list[SpooledJob]:
+        """On start: the finished, unacknowledged jobs; the leftovers of unfinished ones go."""
+        with self.db:
+            self.db.execute("DELETE FROM jobs WHERE done IS NULL")
+            self.db.execute(
+                "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE"
+                " j.job_id = chunks.job_id AND j.attempt = chunks.attempt)"
+            )
+        out = []
+        for job_id, attempt, source, operation, started, done in self.db.execute(
+            "SELECT job_id, attempt, source, operation, started, done FROM jobs ORDER BY created_at"
+        ).fetchall():
+            job = SpooledJob(job_id, attempt, source, operation, _loads(started), _loads(done) or {})
+            for seq, frame in self.db.execute(
+                "SELECT seq, frame FROM chunks WHERE job_id = ? AND attempt = ? ORDER BY seq",
+                (job_id, attempt),
+            ):
+                job.chunks[seq] = bytes(frame)
+            out.append(job)
+        return out
+
+    def finished_ids(self) -> list[str]:
+        """Ids of jobs whose result the relay acknowledged, oldest first (pruned first)."""
+        cutoff = self.clock() - FINISHED_KEEP_SECONDS
+        with self.db:
+            self.db.execute("DELETE FROM finished WHERE finished_at < ?", (cutoff,))
+            self.db.execute(
+                "DELETE FROM finished WHERE job_id NOT IN (SELECT job_id FROM finished"
+                " ORDER BY finished_at DESC LIMIT ?)",
+                (FINISHED_KEEP_COUNT,),
+            )
+        rows = self.db.execute("SELECT job_id FROM finished ORDER BY finished_at").fetchall()
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class AsyncSpool:
+    """``Spool`` on one worker thread. ``submit(Spool.method, *args)`` keeps order without
+    waiting; ``call`` waits for the answer; ``close`` waits for every earlier write."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-spool")
+
+    def submit(self, method: Callable[..., Any], *args: Any) -> None:
+        self._pool.submit(_logged, method, self.spool, *args)
+
+    async def call(self, method: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._pool.submit(method, self.spool, *args))
+
+    async def close(self) -> None:
+        await self.call(Spool.close)
+        self._pool.shutdown(wait=False)
+
+
+def _logged(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:  # a full disk must not take the agent down; the relay redelivers
+        log.exception("writing the spool failed")
+        return None
+
+
+def _dumps(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _loads(value: str | None) -> dict[str, Any] | None:
+    return None if value is None else orjson.loads(value)

@@ -1,0 +1,151 @@
+"""The agent's spool: what the relay has not acknowledged survives a restart, and the
+runner resends it (not reruns it) after reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from agent.runner import Runner
+from agent.spool import AsyncSpool, Spool
+from shared.crypto import generate_private_key
+from shared.protocol import Chunk, Message, decode_chunk, encode_chunk, make
+
+
+def _frame(job_id: str, attempt: int, seq: int) -> bytes:
+    return encode_chunk(Chunk(job_id, attempt, seq, 1, f"[[{seq}]]".encode()))
+
+
+def _done(job_id: str, attempt: int, chunks: int) -> dict[str, Any]:
+    return make("job.done.v1", jobId=job_id, attempt=attempt, status="succeeded", chunks=chunks,
+                rowCount=chunks, byteCount=chunks * 5, error=None).data  # fmt: skip
+
+
+def test_finished_job_survives_a_restart_with_only_its_unacknowledged_chunks(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    started = make("job.started.v1", jobId="job_a", attempt=1, columns=[{"name": "n", "type": "integer"}])
+    spool.begin("job_a", 1, "pg", "query", started.data)
+    for seq in range(4):
+        spool.put_chunk("job_a", 1, seq, _frame("job_a", 1, seq))
+    spool.ack("job_a", 1, 1)  # cumulative: 0 and 1 are stored at the relay
+    spool.set_done("job_a", 1, "pg", "query", _done("job_a", 1, 4))
+    spool.close()
+
+    again = Spool(tmp_path / "spool.db")  # the agent restarted
+    [job] = again.load()
+    assert (job.job_id, job.attempt, job.source, job.operation) == ("job_a", 1, "pg", "query")
+    assert sorted(job.chunks) == [2, 3] and decode_chunk(job.chunks[2]).seq == 2
+    assert job.done["chunks"] == 4 and job.started == started.data
+    assert (tmp_path / "spool.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_job_still_running_at_the_crash_is_discarded_on_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.begin("job_r", 1, "pg", "query")
+    spool.put_chunk("job_r", 1, 0, _frame("job_r", 1, 0))
+    spool.put_chunk("job_old", 3, 0, _frame("job_old", 3, 0))  # an abandoned attempt's leftover
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    assert again.load() == []
+    assert again.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+
+
+def test_acknowledged_jobs_are_forgotten_but_their_ids_remembered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", clock=lambda: 1000.0)
+    spool.set_done("job_f", 2, "pg", "query", _done("job_f", 2, 0))
+    spool.finish("job_f", 2)
+    spool.set_done("job_g", 1, "pg", "query", _done("job_g", 1, 0))
+    spool.drop("job_g", 1)
+    assert spool.load() == []
+    assert spool.finished_ids() == ["job_f"]
+    late = Spool(tmp_path / "spool.db", clock=lambda: 1000.0 + 8 * 86400)
+    assert late.finished_ids() == []  # remembered for a week
+
+
+async def test_async_spool_keeps_the_order_of_writes(tmp_path: Path) -> None:
+    spool = AsyncSpool(Spool(tmp_path / "spool.db"))
+    for seq in range(50):
+        spool.submit(Spool.put_chunk, "job_o", 1, seq, _frame("job_o", 1, seq))
+        if seq % 10 == 9:
+            spool.submit(Spool.ack, "job_o", 1, seq)
+    spool.submit(Spool.set_done, "job_o", 1, "pg", "query", _done("job_o", 1, 50))
+    [job] = await spool.call(Spool.load)
+    assert job.chunks == {}  # every chunk was acknowledged before the done
+    await spool.close()
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.frames: list[bytes] = []
+
+    async def send_message(self, msg: Message) -> None:
+        self.messages.append(msg)
+
+    async def send_binary(self, data: bytes) -> None:
+        self.frames.append(data)
+
+
+def _runner(spool: AsyncSpool) -> Runner:
+    def no_source(name: str) -> Any:
+        raise AssertionError("a held or finished job must not run again")
+
+    return Runner(get_source=no_source, private_key=generate_private_key(), spool=spool)
+
+
+async def test_restarted_runner_holds_and_resends_what_the_relay_lacks(tmp_path: Path) -> None:
+    """After a restart the runner names the spooled job in heldJobs, resends its
+    unacknowledged chunks and done on attach, and forgets it once acknowledged."""
+    core = Spool(tmp_path / "spool.db")
+    for seq in range(3):
+        core.put_chunk("job_h", 1, seq, _frame("job_h", 1, seq))
+    core.ack("job_h", 1, 0)
+    core.set_done("job_h", 1, "pg", "query", _done("job_h", 1, 3))
+    spool = AsyncSpool(core)
+    runner = _runner(spool)
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
+    assert runner.held_jobs() == [{"jobId": "job_h", "attempt": 1}]
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
+    assert [decode_chunk(f).seq for f in link.frames] == [1, 2]
+    assert [m.type for m in link.messages] == ["job.done.v1"]
+    await runner.on_message(make("job.done.ack.v1", jobId="job_h", attempt=1))
+    assert runner.held_jobs() == []
+    assert await spool.call(Spool.load) == []
+    assert await spool.call(Spool.finished_ids) == ["job_h"]
+    await spool.close()
+
+
+async def test_redelivered_finished_job_is_not_run_twice(tmp_path: Path) -> None:
+    """A job whose result the relay acknowledged is answered, not rerun; one finished but
+    unacknowledged is handed over as the new attempt with the same rows."""
+    core = Spool(tmp_path / "spool.db")
+    core.set_done("job_done", 1, "pg", "query", _done("job_done", 1, 0))
+    core.finish("job_done", 1)
+    for seq in range(2):
+        core.put_chunk("job_held", 1, seq, _frame("job_held", 1, seq))
+    core.set_done("job_held", 1, "pg", "query", _done("job_held", 1, 2))
+    spool = AsyncSpool(core)
+    runner = _runner(spool)
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
+    link.messages.clear()
+    link.frames.clear()
+
+    assign = {"source": "pg", "operation": "query", "sealed": None, "options": {}}
+    await runner.on_message(make("job.assign.v1", jobId="job_done", attempt=2, **assign))
+    await runner.on_message(make("job.assign.v1", jobId="job_held", attempt=2, **assign))
+    for _ in range(100):
+        if len(link.messages) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    dones = {m["jobId"]: m for m in link.messages if m.type == "job.done.v1"}
+    assert dones["job_done"]["status"] == "failed"
+    assert dones["job_done"]["error"]["code"] == "JOB_ALREADY_FINISHED"
+    assert dones["job_held"]["attempt"] == 2 and dones["job_held"]["status"] == "succeeded"
+    assert [(decode_chunk(f).attempt, decode_chunk(f).seq) for f in link.frames] == [(2, 0), (2, 1)]
+    [spooled] = [j for j in await spool.call(Spool.load) if j.job_id == "job_held"]
+    assert spooled.attempt == 2 and sorted(spooled.chunks) == [0, 1]
+    await spool.close()

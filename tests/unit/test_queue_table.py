@@ -1,0 +1,144 @@
+"""The job state machine, walked entry by entry against a real (SQLite) store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Connection, create_engine, select
+
+from relay import queue
+from relay.store import chunks as chunk_store
+from relay.store import jobs as job_store
+from relay.store.schema import jobs, migrate
+
+EVENTS = sorted({e for _, e in queue.TRANSITIONS})
+
+
+@pytest.fixture
+def conn() -> Iterator[Connection]:
+    engine = create_engine("sqlite://")
+    migrate(engine)
+    with engine.begin() as c:
+        yield c
+
+
+def _job(conn: Connection, status: str = queue.QUEUED, attempt: int = 1, **options: Any) -> dict[str, Any]:
+    job_id = f"job_{len(conn.execute(select(jobs.c.id)).all()):032d}"
+    job_store.insert(conn, {
+        "id": job_id, "tenant_id": "t", "connector_id": "con_1", "source": "erp",
+        "operation": "query", "sealed": b"x", "seal_form": "relay",
+        "options": orjson.dumps(options).decode(), "priority": 0, "status": status,
+        "attempt": attempt, "queued_at": 1.0,
+    })  # fmt: skip
+    return job_store.get(conn, None, job_id) or {}
+
+
+@pytest.mark.parametrize("status", queue.STATUSES)
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_status_event_pair_moves_as_the_table_says_or_is_refused(
+    conn: Connection, status: str, event: str
+) -> None:
+    """Each (status, event) either lands exactly where the table says or raises
+    IllegalTransition and leaves the job untouched; final statuses never move."""
+    job = _job(conn, status)
+    target = queue.next_status(status, event)
+    if status in queue.FINAL:
+        assert target is None
+    if target is None:
+        with pytest.raises(queue.IllegalTransition) as err:
+            queue.apply(conn, job["id"], event)
+        assert err.value.code == "CONFLICT" and err.value.status_now == status
+        assert job_store.get(conn, None, job["id"])["status"] == status  # type: ignore[index]
+    else:
+        assert queue.apply(conn, job["id"], event) == target
+        assert job_store.get(conn, None, job["id"])["status"] == target  # type: ignore[index]
+
+
+def test_the_table_has_the_documented_shape() -> None:
+    """Lost or failed attempts go back to the queue from dispatched and running only;
+    only a queued job can expire; every live status has a way out."""
+    for status in queue.IN_FLIGHT:
+        assert queue.next_status(status, "requeue") == queue.QUEUED
+        assert queue.next_status(status, "retry") == queue.QUEUED
+    assert [s for (s, e) in queue.TRANSITIONS if e == "expire"] == [queue.QUEUED]
+    for status in set(queue.STATUSES) - queue.FINAL:
+        assert any(s == status for s, _ in queue.TRANSITIONS), status
+
+
+def test_a_pinned_status_or_attempt_that_no_longer_holds_is_refused(conn: Connection) -> None:
+    job = _job(conn, queue.RUNNING, attempt=2)
+    with pytest.raises(queue.IllegalTransition):
+        queue.apply(conn, job["id"], "requeue", attempt=1)
+    with pytest.raises(queue.IllegalTransition):
+        queue.apply(conn, job["id"], "cancel", expect=queue.DISPATCHED)
+    with pytest.raises(queue.IllegalTransition):
+        queue.apply(conn, "job_missing", "cancel")
+    assert queue.apply(conn, job["id"], "succeed", attempt=2) == queue.SUCCEEDED
+
+
+def test_retry_policy_counts_retries_after_the_first_attempt() -> None:
+    assert queue.should_retry(1, 2) and queue.should_retry(2, 2) and not queue.should_retry(3, 2)
+    assert not queue.should_retry(1, 0)
+    assert queue.retry_limit("{}") == queue.DEFAULT_RETRY_LIMIT
+    assert queue.retry_limit({"retryLimit": 0}) == 0
+    assert queue.retry_delay('{"retryDelaySeconds": 1.5}') == 1.5
+
+
+def test_lost_attempt_is_requeued_as_the_next_attempt_and_its_chunks_discarded(conn: Connection) -> None:
+    job = _job(conn, queue.RUNNING, retryLimit=1)
+    chunk_store.insert(conn, job["id"], 1, 0, 1, "k1", b"data")
+    assert queue.abandon(conn, job, at=10.0) == queue.QUEUED
+    again = job_store.get(conn, None, job["id"]) or {}
+    assert again["attempt"] == 2 and again["not_before"] is None and again["dispatched_at"] is None
+    assert chunk_store.seqs(conn, job["id"], 1) == []
+
+
+def test_retryable_failure_waits_its_delay_and_past_the_limit_fails_with_the_last_error(
+    conn: Connection,
+) -> None:
+    error = {"code": "SOURCE_UNAVAILABLE", "message": "db down", "retryable": True}
+    job = _job(conn, queue.RUNNING, retryLimit=1, retryDelaySeconds=7)
+    assert queue.give_back(conn, job, "retry", error, 100.0, delay=7) == queue.QUEUED
+    job = job_store.get(conn, None, job["id"]) or {}
+    assert job["attempt"] == 2 and job["not_before"] == 107.0
+    assert job_store.next_queued(conn, "con_1", 10, at=106.0) == []
+    assert [j["id"] for j in job_store.next_queued(conn, "con_1", 10, at=107.0)] == [job["id"]]
+    queue.apply(conn, job["id"], "dispatch")
+    job = job_store.get(conn, None, job["id"]) or {}
+    assert queue.give_back(conn, job, "retry", error, 200.0) == queue.FAILED
+    final = job_store.get(conn, None, job["id"]) or {}
+    assert orjson.loads(final["error"]) == error and final["completed_at"] == 200.0
+
+
+def test_leases_renew_lapse_and_are_extended_at_startup(conn: Connection) -> None:
+    job = _job(conn, queue.QUEUED)
+    queue.apply(conn, job["id"], "dispatch", {"lease_expires_at": 5.0})
+    assert [j["id"] for j in queue.lapsed(conn, 6.0)] == [job["id"]]
+    queue.renew_leases(conn, "con_1", 20.0)
+    assert queue.lapsed(conn, 6.0) == []
+    assert queue.extend_all_leases(conn, 50.0) == 1
+    assert queue.lapsed(conn, 49.0) == [] and len(queue.lapsed(conn, 51.0)) == 1
+
+
+def test_priority_first_then_first_come_first_served(conn: Connection) -> None:
+    ids = []
+    for i, prio in enumerate([0, 5, 0, 5]):
+        job = _job(conn)
+        conn.execute(jobs.update().where(jobs.c.id == job["id"]).values(priority=prio, queued_at=float(i)))
+        ids.append(job["id"])
+    order = [j["id"] for j in job_store.next_queued(conn, "con_1", 10)]
+    assert order == [ids[1], ids[3], ids[0], ids[2]]
+
+
+def test_chunk_acks_cover_only_a_gap_free_prefix(conn: Connection) -> None:
+    assert chunk_store.acked_through(conn, "job_x", 1) == -1
+    chunk_store.insert(conn, "job_x", 1, 1, 1, "k1", b"b")
+    assert chunk_store.acked_through(conn, "job_x", 1) == -1
+    chunk_store.insert(conn, "job_x", 1, 0, 1, "k1", b"a")
+    chunk_store.insert(conn, "job_x", 1, 3, 1, "k1", b"d")
+    assert chunk_store.acked_through(conn, "job_x", 1) == 1
+    chunk_store.insert(conn, "job_x", 1, 2, 1, "k1", b"c")
+    assert chunk_store.acked_through(conn, "job_x", 1) == 3
