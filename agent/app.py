@@ -1,7 +1,9 @@
 """``mini-connector run``: wire config, logging, sources, runner and session together.
 
 Runs in the foreground until SIGTERM/SIGINT: the first signal drains (running jobs
-finish, no new ones start), a second one stops at once. While it runs it writes the
+finish within the grace period, no new ones start, the rest end as AGENT_SHUTDOWN), a
+second one stops at once. The spool (``spool.db`` beside the config) is loaded first, so
+finished jobs the relay has not acknowledged are held and resent. While it runs it writes the
 status file about once a second for ``mini-connector status``.
 """
 
@@ -17,15 +19,17 @@ import time
 from typing import Any
 
 from shared import __version__
-from shared.crypto import load_or_create_private_key, public_key_b64
 
 from .config import AgentConfig, SecretBox, agent_endpoint, api_key
+from .keyring import load_keyring
 from .logs import ShipBuffer
 from .paths import StatePaths
 from .runner import Runner
 from .session import Session, SessionConfig
 from .sourceset import SourceSet
+from .spool import AsyncSpool, Spool
 from .status import write_status
+from .transport import Transport, checked_relay_url, connect_options
 
 log = logging.getLogger("agent")
 
@@ -46,19 +50,27 @@ async def run_agent(
     """Run until stopped; returns why the session ended ("stopped", "SESSION_REPLACED")."""
     box = SecretBox(paths.secret_key)
     key = api_key(cfg, box)
-    private_key = load_or_create_private_key(paths.private_key)
+    url = agent_endpoint(checked_relay_url(cfg))  # plain ws:// off localhost: refused here too
+    keyring = load_keyring(paths)  # current, hybrid and (after rotate-keys) previous keys
+    private_key = keyring.opening_keys()
     sources = SourceSet(cfg.sources, box, pool_size=cfg.capacity)
-    runner = Runner(get_source=sources.get, private_key=private_key, capacity=cfg.capacity)
+    spool = AsyncSpool(await asyncio.to_thread(Spool, paths.spool))
+    runner = Runner(
+        get_source=sources.get, private_key=private_key, capacity=cfg.capacity, spool=spool
+    )
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
     session = Session(
         SessionConfig(
-            url=agent_endpoint(cfg.relay_url),
+            url=url,
             api_key=key,
-            public_key=public_key_b64(private_key),
+            public_key=keyring.public_key,
             hostname=socket.gethostname(),
             os_name=os_name(),
             capacity=cfg.capacity,
             sources=sources.public(),
             backoff_min=backoff_min,
+            hello_extra=keyring.hello_fields(),
+            connect_options=connect_options(url, Transport.from_config(cfg), box),
         ),
         runner=runner,
         ship=ship,
@@ -80,6 +92,7 @@ async def run_agent(
         with contextlib.suppress(asyncio.CancelledError):
             await status_task
         _write(session, cfg, paths, started)
+        await spool.close()  # every write submitted so far is on disk
         await asyncio.to_thread(sources.close)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 import orjson
 
 from shared import __version__
-from shared.crypto import load_or_create_private_key
 from shared.errors import JobError, KeyFormatError
 from shared.keys import validate_key
 
@@ -35,9 +34,19 @@ from .config import (
     load_config,
     normalise_relay_url,
     save_config,
+    split_odbc_password,
     split_url_password,
 )
+from .keyring import ensure_keys
+from .opscli import OPS_COMMANDS, add_ops_commands, run_ops_command
 from .paths import StatePaths, resolve_config_path
+from .seccli import (
+    SECURITY_COMMANDS,
+    add_security_commands,
+    add_transport_options,
+    apply_transport_options,
+    run_security_command,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected
@@ -78,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--capacity", type=int)
     p.add_argument("--allow-insecure", action="store_true", help="allow plain ws:// off localhost")
+    add_transport_options(p)  # --ca-file, --pin-sha256, --proxy (agent/seccli.py)
 
     p = sub.add_parser("source", help="manage local sources")
     _config_option(p)
@@ -106,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the running agent's state")
     _config_option(p)
     p.add_argument("--json", action="store_true")
+    add_ops_commands(sub, _config_option)  # diagnose, logs, service (agent/opscli.py)
+    add_security_commands(sub, _config_option)  # rotate-keys (agent/seccli.py)
     return parser
 
 
@@ -147,6 +159,10 @@ def _dispatch(args: argparse.Namespace, paths: StatePaths) -> int:
                 "remove": cmd_source_remove}[args.source_command](args, paths)  # fmt: skip
     if args.command == "run":
         return cmd_run(args, paths)
+    if args.command in SECURITY_COMMANDS:
+        return run_security_command(args, paths)
+    if args.command in OPS_COMMANDS:
+        return run_ops_command(args, paths)
     return cmd_status(args, paths)
 
 
@@ -168,9 +184,9 @@ def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
         cfg.capacity = args.capacity
     box = SecretBox(paths.secret_key)
     cfg.api_key_enc = box.encrypt(key, "api_key")
+    apply_transport_options(args, cfg, box)
     save_config(paths.config, cfg)
-    created = not paths.private_key.exists()
-    load_or_create_private_key(paths.private_key)
+    created = ensure_keys(paths)  # X25519 (+ the post-quantum hybrid pair), 0600
     print(f"configured: relay {cfg.relay_url}, config {paths.config}")
     print(f"agent key pair {'created' if created else 'kept'}: {paths.private_key}")
     return EXIT_OK
@@ -190,6 +206,9 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
     cfg = load_config(paths.config)
     check_source_url(args.type, args.url)
     url, password = split_url_password(args.url)
+    if args.type in ("odbc", "mssql"):
+        url, odbc_password = split_odbc_password(url)
+        password = password or odbc_password
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
@@ -202,6 +221,13 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
         if k.strip().lower() in ("password", "passwd", "pwd"):
             raise InvalidInput("give the password with --password-stdin, not --option")
         options[k.strip()] = v
+    if args.type in ("postgres", "mysql", "mssql", "odbc", "sqlite"):
+        from .sources.sqloptions import OptionError, parse_sql_options
+
+        try:
+            parse_sql_options(options)
+        except OptionError as exc:
+            raise InvalidInput(str(exc)) from exc
     box = SecretBox(paths.secret_key)
     enc = box.encrypt(password, f"source:{name}") if password else None
     replaced = name in cfg.sources

@@ -29,7 +29,7 @@ from shared.crypto import write_secret_file
 
 from . import platform_win
 
-SUPPORTED_TYPES = ("sqlite", "postgres", "mysql", "sap_b1", "tally")
+SUPPORTED_TYPES = ("sqlite", "postgres", "mysql", "mssql", "odbc", "sap_b1", "tally")
 KNOWN_TYPES = ("postgres", "mysql", "mssql", "odbc", "sqlite", "sap_b1", "tally")
 DEFAULT_CAPACITY = 4
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -67,6 +67,7 @@ class AgentConfig:
     capacity: int = DEFAULT_CAPACITY
     allow_insecure: bool = False
     sources: dict[str, SourceConfig] = field(default_factory=dict)
+    transport: dict[str, Any] = field(default_factory=dict)  # agent/transport.py reads it
 
 
 # ---------------------------------------------------------------- file
@@ -96,6 +97,8 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
         capacity=_int(agent.get("capacity", DEFAULT_CAPACITY), "capacity", path),
         allow_insecure=bool(agent.get("allow_insecure", False)),
     )
+    transport = data.get("transport", {})
+    cfg.transport = dict(transport) if isinstance(transport, dict) else {}
     sources = data.get("sources", {})
     if not isinstance(sources, dict):
         raise ConfigError(f"the agent config {path} has a malformed [sources] table")
@@ -134,7 +137,10 @@ def save_config(path: Path, cfg: AgentConfig) -> None:
         if s.options:
             entry["options"] = dict(s.options)
         sources[s.name] = entry
-    text = tomli_w.dumps({"agent": agent, "sources": sources})
+    doc: dict[str, Any] = {"agent": agent, "sources": sources}
+    if cfg.transport:
+        doc["transport"] = dict(cfg.transport)
+    text = tomli_w.dumps(doc)
     ensure_state_folder(path.parent)
     write_secret_file(path, text.encode("utf-8"))
     platform_win.restrict_to_owner(path)
@@ -262,7 +268,15 @@ def check_source_url(kind: str, url: str) -> None:
         "mysql": ("mysql:", "mysql+pymysql:", "mysql+mysqldb:", "mariadb:", "mariadb+pymysql:"),
         "sap_b1": ("https:", "http:"),
         "tally": ("http:", "https:"),
+        "mssql": ("mssql+pyodbc:", "mssql:"),
     }
+    if kind == "odbc":
+        if not (url.lower().startswith("odbc://") or _looks_like_odbc_string(url)):
+            raise InvalidInput(
+                "an odbc source needs odbc://DSN or an ODBC connection string such as "
+                "'DRIVER={PostgreSQL Unicode};SERVER=host;DATABASE=db;UID=user'"
+            )
+        return
     if kind in prefixes and not url.lower().startswith(prefixes[kind]):
         raise InvalidInput(
             f"a {kind} source needs a URL starting with {' or '.join(prefixes[kind])}//, "
@@ -271,7 +285,39 @@ def check_source_url(kind: str, url: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    return split_url_password(url)[0]
+    return split_odbc_password(split_url_password(url)[0])[0]
+
+
+def _looks_like_odbc_string(url: str) -> bool:
+    head = url.split(";", 1)[0]
+    return "://" not in head and "=" in head
+
+
+_ODBC_PWD = re.compile(r"(?i)(?:^|;)\s*(?:pwd|password)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
+
+
+def split_odbc_password(url: str) -> tuple[str, str | None]:
+    """Take ``PWD=...`` / ``Password=...`` out of an ODBC connection string (also one
+    inside a URL's ``odbc_connect=``); return (string without it, password)."""
+    if _looks_like_odbc_string(url):
+        m = _ODBC_PWD.search(url)
+        if not m:
+            return url, None
+        value = m.group(1)
+        if value.startswith("{"):
+            value = value[1:-1].replace("}}", "}")
+        return (url[: m.start()] + url[m.end() :]).strip(";"), value
+    head, sep, query = url.partition("?")
+    if not sep or "odbc_connect=" not in query.lower():
+        return url, None
+    parts, password = [], None
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if key.lower() == "odbc_connect":
+            inner, password = split_odbc_password(unquote(value.replace("+", " ")))
+            value = quote(inner, safe="")
+        parts.append(f"{key}{eq}{value}")
+    return head + "?" + "&".join(parts), password
 
 
 def normalise_relay_url(url: str, *, allow_insecure: bool) -> str:

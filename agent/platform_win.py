@@ -22,15 +22,21 @@ def restrict_to_owner(path: Path) -> bool:
     """
     if not IS_WINDOWS:
         return False
-    user = os.environ.get("USERNAME", "")
-    grants = ["*S-1-5-18:F", "*S-1-5-32-544:F"]  # SYSTEM, Administrators (by SID: locale-proof)
-    if user:
-        grants.append(f"{user}:F")
-    cmd = ["icacls", str(path), "/inheritance:r"]
-    for g in grants:
-        cmd += ["/grant:r", g]
+    cmd = icacls_argv(path, os.environ.get("USERNAME", ""))
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=30)  # noqa: S603
     except (OSError, subprocess.SubprocessError):
         return False
     return True
+
+
+def icacls_argv(path: Path, user: str) -> list[str]:
+    """The ``icacls`` command: inheritance removed, full control to SYSTEM, Administrators
+    (by SID: locale-proof) and ``user`` (the account the agent runs as) only."""
+    grants = ["*S-1-5-18:F", "*S-1-5-32-544:F"]
+    if user:
+        grants.append(f"{user}:F")
+    cmd = ["icacls", str(path), "/inheritance:r"]
+    for g in grants:
+        cmd += ["/grant:r", g]
+    return cmd

@@ -61,6 +61,8 @@ class SessionConfig:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     drain_grace: float = 30.0
+    hello_extra: dict[str, Any] = field(default_factory=dict)  # optional hello fields (kems)
+    connect_options: dict[str, Any] = field(default_factory=dict)  # agent/transport.py
 
 
 class _WsLink:
@@ -164,6 +166,7 @@ class Session:
                 max_size=2 * MAX_TEXT_FRAME,
                 open_timeout=self.cfg.open_timeout,
                 user_agent_header=f"mini-connector/{self.cfg.agent_version}",
+                **self.cfg.connect_options,
             ) as ws:
                 self._ws = ws
                 try:
@@ -210,6 +213,7 @@ class Session:
             capacity=self.cfg.capacity,
             sources=self.cfg.sources,
             heldJobs=self.runner.held_jobs(),
+            **self.cfg.hello_extra,
         )
         await ws.send(encode(hello))
         if self.state.state == ls.CONNECTING:

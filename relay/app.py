@@ -2,7 +2,8 @@
 
 Routes are registered with names; those names key the role table (``auth.ROUTE_ROLES``)
 and the middleware's public list. Startup opens the store and applies migrations, marks
-connectors left ``online`` by a previous run as offline, and starts the sweeper;
+connectors left ``online`` by a previous run as offline, extends the leases of jobs in
+flight by a grace period (their agents reconnect and name them), and starts the sweeper;
 shutdown closes agent sockets with 1001, then the store.
 """
 
@@ -15,13 +16,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import services
+from . import queue, services
 from .api import connectors, events, health, jobs, openapi, results, telemetry
 from .auth import TokenVerifier
 from .config import RelayConfig
 from .context import RELAY, Relay
 from .events import EventBus
 from .formats import now
+from .handshake_limit import HandshakeGuard, guarded
 from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
@@ -56,13 +58,17 @@ def _routes(app: web.Application, hub: Hub) -> None:
     r.add_post(f"{API}/jobs/{{id}}/cancel", jobs.cancel, name="jobs.cancel")
     r.add_get(f"{API}/jobs/{{id}}/results", results.get, name="jobs.results")
     r.add_get(f"{API}/events", events.stream, name="events")
-    r.add_get(f"{API}/agent/connect", hub.handle, name="agent.connect")
+    r.add_get(f"{API}/agent/connect", guarded(hub.handle), name="agent.connect")
 
 
 async def _maintain(relay: Relay) -> None:
-    """Expire queued jobs past their TTL, drop old samples and expired results."""
+    """Expire queued jobs past their TTL, drop old samples and expired results, and
+    dispatch jobs whose retry delay has passed to agents connected here."""
     await services.expire_jobs(relay)
     at = now()
+    for connector_id in await relay.store.run(job_store.connectors_with_due_jobs, at):
+        if connector_id in relay.hub.sessions:
+            await relay.hub.kick(relay, connector_id)
     await relay.store.run(log_store.prune_samples, at - relay.config.metrics_retention_seconds)
     for job_id in await relay.store.run(job_store.expired_results, at):
         await relay.store.run(chunk_store.delete_for_job, job_id, None)
@@ -96,6 +102,7 @@ def create_app(config: RelayConfig) -> web.Application:
         limiter=RateLimiter(config.rate_limit_per_minute),
         verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key),
         hub=hub,
+        handshakes=HandshakeGuard(config.handshake_failure_limit),
     )
     app[RELAY] = relay
     _routes(app, hub)
@@ -104,6 +111,9 @@ def create_app(config: RelayConfig) -> web.Application:
         await relay.store.open()
         # This node holds no agent yet: any "online" left by a previous run is stale.
         await relay.store.run(con_store.mark_stale_online_offline, [])
+        # Nobody watched the agents while the relay was down: give them time to come back
+        # (their reconnect backoff tops out at 60 s) before any lease may lapse.
+        await relay.store.run(queue.extend_all_leases, now() + config.restart_lease_grace)
         sweeper = asyncio.create_task(_sweeper(relay), name="relay-sweeper")
         yield
         sweeper.cancel()

@@ -3,7 +3,8 @@
 ``serve`` prints exactly one line once it is listening (with the real port, even for
 ``--port 0``) and stops cleanly on SIGTERM/SIGINT with exit code 0. Configuration errors
 are one sentence on stderr and exit code 2. Logs go to stderr as JSON lines and never
-carry keys, tokens or passwords (the relay never logs them in the first place).
+carry keys, tokens or passwords (the relay never logs them in the first place, and the
+formatter redacts anything shaped like one: ``shared.redact``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
+from shared.redact import redact
+
 from .auth import ROLES, make_token
-from .config import DEV_JWT_SECRET, ConfigError, RelayConfig
+from .config import DEV_JWT_SECRET, ConfigError, RelayConfig, tls_context
 
 VERSION = "0.1.0"
 
@@ -29,12 +32,12 @@ VERSION = "0.1.0"
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}  # fmt: skip
+               "logger": record.name, "message": redact(record.getMessage())}  # fmt: skip
         for key in ("connector_id", "job_id"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(out).decode()
 
 
@@ -55,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--database-url", default=None, help="also MC_RELAY_DATABASE_URL")
+    s.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve https/wss itself "
+                   "(also MC_RELAY_TLS_CERT; default: plain HTTP behind a TLS-terminating proxy)")
+    s.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert (also MC_RELAY_TLS_KEY)")
     s.add_argument("--dev", action="store_true", default=None,
                    help="local trial: a fixed documented JWT secret, a per-process data key")  # fmt: skip
     t = sub.add_parser("token", help="print a signed platform token")
@@ -74,7 +80,8 @@ async def _serve(config: RelayConfig) -> None:
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
-    site = web.SockSite(runner, sock)
+    ssl_context = tls_context(config.tls_cert, config.tls_key)
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +90,8 @@ async def _serve(config: RelayConfig) -> None:
         await site.start()
         port = sock.getsockname()[1]
         host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"mini-relay {VERSION} listening on http://{host}:{port}", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        print(f"mini-relay {VERSION} listening on {scheme}://{host}:{port}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -104,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         config = RelayConfig.from_env(
-            host=args.host, port=args.port, database_url=args.database_url, dev=args.dev
+            host=args.host, port=args.port, database_url=args.database_url, dev=args.dev,
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
         )
+        tls_context(config.tls_cert, config.tls_key)  # a bad cert or key fails here, clearly
         config.check()
         config.cipher()
     except ConfigError as exc:

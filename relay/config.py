@@ -4,7 +4,8 @@
 explicit overrides (CLI flags, tests) win. Nothing else in the relay reads the
 environment. The data key that encrypts result chunks at rest comes from
 ``MC_RELAY_DATA_KEY`` / ``MC_RELAY_DATA_KEY_FILE``; failing those it is generated once and
-kept in a 0600 file beside a SQLite database (or per process with ``--dev``).
+kept in a 0600 file beside a SQLite database (or per process with ``--dev``); several
+ids (``MC_RELAY_DATA_KEYS``) allow rotation, see ``cipher_from_env``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,14 @@ class RelayConfig:
     max_chunk_bytes: int = 4 << 20
     max_body_bytes: int = 1 << 20
     max_violations: int = 10
+    handshake_failure_limit: int = 20  # failed agent handshakes per address per minute
     sweep_interval: float | None = None  # default: a fraction of the heartbeat interval
     result_poll_interval: float = 1.0
     maintenance_interval: float = 5.0  # job TTL expiry, sample and result pruning
+    restart_lease_grace: float = 75.0  # at startup, in-flight leases last at least this
     downloads_url_base: str = "/downloads"
+    tls_cert: str | None = None  # PEM chain: the relay serves TLS itself (else behind a proxy)
+    tls_key: str | None = None
     data_cipher: DataCipher | None = field(default=None, repr=False)
     version: str = "0.1.0"
 
@@ -103,6 +109,12 @@ class RelayConfig:
                 raise TypeError(f"unknown relay setting {k!r}")
             if v is not None:
                 values[k] = v
+        if "jwt_public_key" not in values and env.get("MC_RELAY_JWT_PUBLIC_KEY_FILE"):
+            path = env["MC_RELAY_JWT_PUBLIC_KEY_FILE"]
+            try:
+                values["jwt_public_key"] = Path(path).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"MC_RELAY_JWT_PUBLIC_KEY_FILE {path} cannot be read") from exc
         cfg = cls(**values)
         if cfg.data_cipher is None:
             cfg.data_cipher = cipher_from_env(env)
@@ -123,9 +135,13 @@ _ENV: list[tuple[str, str, Any]] = [
     ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", float),
     ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", int),
     ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
+    ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", int),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
+    ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", int),
     ("downloads_url_base", "MC_RELAY_DOWNLOADS_URL", str),
+    ("tls_cert", "MC_RELAY_TLS_CERT", str),
+    ("tls_key", "MC_RELAY_TLS_KEY", str),
 ]
 
 
@@ -139,18 +155,68 @@ def _decode_key(raw: str, where: str) -> bytes:
     return key
 
 
+def _parse_key_list(raw: str, where: str) -> dict[str, bytes]:
+    """``id:base64`` entries separated by commas or new lines (blank lines ignored)."""
+    keys: dict[str, bytes] = {}
+    for entry in raw.replace("\n", ",").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        kid, sep, b64 = entry.partition(":")
+        if not sep or not kid.strip() or len(kid.strip()) > 32:
+            raise ConfigError(f"{where} entries must look like <id>:<base64 32-byte key>")
+        keys[kid.strip()] = _decode_key(b64, f"{where} key {kid.strip()!r}")
+    if not keys:
+        raise ConfigError(f"{where} holds no key")
+    return keys
+
+
 def cipher_from_env(env: dict[str, str]) -> DataCipher | None:
-    key_id = env.get("MC_RELAY_DATA_KEY_ID") or "k1"
-    if env.get("MC_RELAY_DATA_KEY"):
-        return DataCipher({key_id: _decode_key(env["MC_RELAY_DATA_KEY"], "MC_RELAY_DATA_KEY")}, key_id)
-    path = env.get("MC_RELAY_DATA_KEY_FILE")
-    if path:
+    """The data key(s) from the environment, or None (then a key file beside SQLite).
+
+    ``MC_RELAY_DATA_KEYS`` (or a ``MC_RELAY_DATA_KEY_FILE`` of ``id:base64`` lines) holds
+    every key still needed to read stored chunks; ``MC_RELAY_DATA_KEY_ID`` names the one new
+    chunks are written with (default: the last listed). Rotation (docs/SECURITY.md): add a
+    new key, make it current, restart; old chunks stay readable while their id is listed.
+    ``MC_RELAY_DATA_KEY`` (one base64 key, id ``MC_RELAY_DATA_KEY_ID`` or ``k1``) still works.
+    """
+    key_id = env.get("MC_RELAY_DATA_KEY_ID") or ""
+    keys: dict[str, bytes] = {}
+    if env.get("MC_RELAY_DATA_KEYS"):
+        keys = _parse_key_list(env["MC_RELAY_DATA_KEYS"], "MC_RELAY_DATA_KEYS")
+    elif env.get("MC_RELAY_DATA_KEY"):
+        keys = {key_id or "k1": _decode_key(env["MC_RELAY_DATA_KEY"], "MC_RELAY_DATA_KEY")}
+    elif env.get("MC_RELAY_DATA_KEY_FILE"):
+        path = env["MC_RELAY_DATA_KEY_FILE"]
         try:
-            raw = Path(path).read_text(encoding="ascii")
+            raw = Path(path).read_text(encoding="ascii").strip()
         except OSError as exc:
             raise ConfigError(f"MC_RELAY_DATA_KEY_FILE {path} cannot be read") from exc
-        return DataCipher({key_id: _decode_key(raw, "MC_RELAY_DATA_KEY_FILE")}, key_id)
-    return None
+        if ":" in raw:
+            keys = _parse_key_list(raw, "MC_RELAY_DATA_KEY_FILE")
+        else:
+            keys = {key_id or "k1": _decode_key(raw, "MC_RELAY_DATA_KEY_FILE")}
+    if not keys:
+        return None
+    current = key_id or list(keys)[-1]
+    if current not in keys:
+        raise ConfigError(f"MC_RELAY_DATA_KEY_ID {current!r} is not among the configured data keys")
+    return DataCipher(keys, current)
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server TLS context for ``--tls-cert``/``--tls-key`` (TLS 1.2+), or None."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("--tls-cert and --tls-key go together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert} and key {key}: {exc}") from exc
+    return ctx
 
 
 def sqlite_path(database_url: str) -> Path | None:

@@ -5,7 +5,7 @@ One object per app, built by ``create_app``; nothing here is module-level state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,6 +15,8 @@ from shared.crypto import DataCipher
 from .auth import Principal, TokenVerifier
 from .config import RelayConfig
 from .events import EventBus
+from .handshake_limit import HandshakeGuard
+from .kems import KemDirectory
 from .notify import JobNotifier
 from .ratelimit import RateLimiter
 from .store import Store
@@ -33,6 +35,8 @@ class Relay:
     limiter: RateLimiter
     verifier: TokenVerifier
     hub: Hub
+    kems: KemDirectory = field(default_factory=KemDirectory)
+    handshakes: HandshakeGuard = field(default_factory=HandshakeGuard)
 
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)

@@ -27,12 +27,13 @@ from . import intake, queue
 from .context import RELAY, Relay
 from .formats import now
 from .session import AgentSession
-from .store import chunks as chunk_store
 from .store import connectors as con_store
 from .store import jobs as job_store
 
 log = logging.getLogger("relay.hub")
 CLOSE = protocol.CLOSE_CODES
+DUPLICATE_MESSAGE = ("another agent (another machine or key pair) is already connected with this "
+                     "API key; stop it, or register a connector of its own")  # fmt: skip
 
 
 def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
@@ -46,32 +47,51 @@ def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
 
 
 def _reconcile(
-    conn: Any, connector_id: str, held: set[tuple[str, int]]
-) -> tuple[dict[str, int], list[str], list[tuple[str, int]]]:
-    """Keep in-flight jobs the agent still holds; requeue the rest as a new attempt.
+    conn: Any, connector_id: str, held: set[tuple[str, int]], at: float, lease: float
+) -> tuple[dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Keep in-flight jobs the agent still holds; give back the rest at once.
 
-    Returns (kept job -> attempt, requeued ids, held jobs cancelled meanwhile).
+    Returns (kept job -> attempt, jobs given back (requeued or, past their retryLimit,
+    failed), held jobs cancelled meanwhile, held attempts that are no longer current).
     """
     kept: dict[str, int] = {}
-    requeued: list[str] = []
+    given_back: list[dict[str, Any]] = []
     for job in job_store.with_status(conn, connector_id, queue.IN_FLIGHT):
         if (job["id"], job["attempt"]) in held:
             kept[job["id"]] = job["attempt"]
             continue
-        values = {"attempt": job["attempt"] + 1, "dispatched_at": None, "started_at": None,
-                  "columns": None}  # fmt: skip
-        queue.apply(conn, job["id"], "requeue", values)
         # The abandoned attempt's rows are discarded: the next attempt starts from scratch.
-        chunk_store.delete_for_job(conn, job["id"], job["attempt"])
-        requeued.append(job["id"])
-    cancelled = []
+        queue.abandon(conn, job, at)
+        given_back.append(job_store.get(conn, None, job["id"]) or job)
+    queue.renew_leases(conn, connector_id, at + lease)
+    cancelled, stale = [], []
     for job_id, attempt in held:
         if job_id in kept:
             continue
         job = job_store.get(conn, None, job_id)
-        if job and job["connector_id"] == connector_id and job["status"] == queue.CANCELLED:
+        if not job or job["connector_id"] != connector_id:
+            continue
+        if job["attempt"] != attempt:
+            stale.append((job_id, attempt))
+        elif job["status"] == queue.CANCELLED:
             cancelled.append((job_id, attempt))
-    return kept, requeued, cancelled
+    return kept, given_back, cancelled, stale
+
+
+def _lapse(
+    conn: Any, lost: list[dict[str, Any]], renew: set[str], at: float, until: float
+) -> list[dict[str, Any]]:
+    """Give back the jobs whose lease lapsed; renew the leases of live connectors."""
+    for connector_id in renew:
+        queue.renew_leases(conn, connector_id, until)
+    moved = []
+    for job in lost:
+        try:
+            queue.abandon(conn, job, at)
+        except queue.IllegalTransition:
+            continue  # it moved meanwhile (finished, cancelled, renewed by another node)
+        moved.append(job_store.get(conn, None, job["id"]) or job)
+    return moved
 
 
 class Hub:
@@ -137,17 +157,18 @@ class Hub:
         live = self.sessions.get(cid)
         if live is not None and not live.dead:
             if live.public_key != hello["publicKey"]:
-                await _refuse(ws, "another agent is already connected with this key",
+                await _refuse(ws, DUPLICATE_MESSAGE,
                               CLOSE["DUPLICATE_CONNECTION"], code="DUPLICATE_CONNECTION")  # fmt: skip
                 return
             del self.sessions[cid]
             await live.close(CLOSE["SESSION_REPLACED"], "SESSION_REPLACED")
+        relay.kems.note_hello(cid, hello)  # which KEM its jobs are sealed with (relay/kems.py)
         at = now()
         session = AgentSession(
             connector_id=cid, tenant_id=connector["tenant_id"], ws=ws,
             public_key=hello["publicKey"], capacity=hello["capacity"],
             hostname=hello["hostname"], version=hello["agentVersion"],
-            connected_since=at, last_heartbeat=at,
+            connected_since=at, last_heartbeat=at, last_traffic=at,
         )  # fmt: skip
         self.sessions[cid] = session
         try:
@@ -171,12 +192,11 @@ class Hub:
             "last_seen": session.connected_since, "active_jobs": 0, "cpu_usage": None, "memory_usage": None,
         }  # fmt: skip
         held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
-        kept, requeued, cancelled = await relay.store.run(
-            _welcome_write, session.connector_id, fields, held
+        kept, given_back, cancelled, stale = await relay.store.run(
+            _welcome_write, session.connector_id, fields, held, relay.config.offline_after
         )
         session.in_flight.update(kept)
-        for job_id in requeued:
-            relay.notifier.notify(job_id)  # a live reader of the abandoned attempt ends
+        self._given_back(relay, given_back)
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
             intake.connector_status_data(session.connector_id, "online", session.connected_since),
@@ -188,6 +208,9 @@ class Hub:
         )  # fmt: skip
         for job_id, attempt in cancelled:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
+        for job_id, attempt in stale:
+            session.superseded.add((job_id, attempt))
+            await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
         log.info("agent connected", extra={"connector_id": session.connector_id})
         await intake.dispatch(relay, session)
 
@@ -197,9 +220,12 @@ class Hub:
         async for raw in session.ws:
             if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
+            session.last_traffic = now()
             try:
                 frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
                 await self._route(relay, session, frame)
+            except intake.StaleAttempt:
+                pass  # the agent was told to drop that attempt; its frames are ignored
             except ProtocolError as exc:
                 await self._violation(session, exc.message, relay.config.max_violations)
             except MCError as exc:
@@ -263,6 +289,10 @@ class Hub:
         if session is not None:
             self._spawn(session.close(code, reason))
 
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the hub keeps (and waits for at shutdown)."""
+        return self._spawn(coro)
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -272,14 +302,50 @@ class Hub:
     # ------------------------------------------------------------ liveness
 
     async def sweep(self, relay: Relay) -> None:
-        """Drop sessions that missed ``offline_after_missed`` heartbeats (close 4011)."""
+        """Drop sessions silent for ``offline_after_missed`` heartbeat intervals (close
+        4011), then give back the jobs whose lease lapsed."""
         deadline = now() - relay.config.offline_after
         for cid, session in list(self.sessions.items()):
-            if session.last_heartbeat < deadline and not session.dead:
+            if max(session.last_heartbeat, session.last_traffic) < deadline and not session.dead:
                 del self.sessions[cid]
                 session.dead = True
                 await self._mark_offline(relay, session)
                 self._spawn(session.close(CLOSE["HEARTBEAT_TIMEOUT"], "HEARTBEAT_TIMEOUT"))
+        await self.lapse_leases(relay)
+
+    async def lapse_leases(self, relay: Relay) -> None:
+        """In-flight jobs whose lease ran out go back to the queue (or fail past their
+        retryLimit). A connector still talking to this node keeps its jobs: its heartbeat
+        may just be late behind a stream of chunks, so its leases are renewed instead."""
+        at = now()
+        lapsed = await relay.store.run(queue.lapsed, at)
+        if not lapsed:
+            return
+        lease = relay.config.offline_after
+        renew, lost = set(), []
+        for job in lapsed:
+            s = self.sessions.get(job["connector_id"])
+            alive = s is not None and not s.dead and s.last_traffic >= at - lease
+            if alive and s is not None and s.in_flight.get(job["id"]) == job["attempt"]:
+                renew.add(job["connector_id"])
+            else:
+                lost.append(job)
+        moved = await relay.store.run(_lapse, lost, renew, at, at + lease)
+        for job in moved:
+            log.info("lease of job %s lapsed", job["id"], extra={"job_id": job["id"]})
+        self._given_back(relay, moved)
+
+    def _given_back(self, relay: Relay, jobs: list[dict[str, Any]]) -> None:
+        """Jobs that left their agent: readers of the old attempt end, the queue moves on."""
+        for job in jobs:
+            relay.notifier.notify(job["id"])  # a live reader of the abandoned attempt ends
+            session = self.sessions.get(job["connector_id"])
+            if session is not None:
+                session.in_flight.pop(job["id"], None)
+            if job["status"] in queue.FINAL:
+                intake.publish_completed(relay, job["tenant_id"], job)
+            elif session is not None:
+                self._spawn(self.kick(relay, job["connector_id"]))
 
     async def close_all(self) -> None:
         sessions = list(self.sessions.values())
@@ -295,10 +361,10 @@ class Hub:
 
 
 def _welcome_write(
-    conn: Any, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]]
-) -> tuple[dict[str, int], list[str], list[tuple[str, int]]]:
+    conn: Any, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]], lease: float
+) -> tuple[dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
     con_store.set_fields(conn, connector_id, fields)
-    return _reconcile(conn, connector_id, held)
+    return _reconcile(conn, connector_id, held, fields["connected_since"], lease)
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, code: str = "PROTOCOL_ERROR") -> None:

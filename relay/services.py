@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 
 from shared import keys
-from shared.crypto import relay_info, seal_query
+from shared.crypto import relay_info
 from shared.errors import Conflict, MCError, NotFound
 
 from . import queue
@@ -125,8 +125,8 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
         sealed, form = spec["sealedQuery"], "platform"
     else:
         # Sealed on receipt: the clear query exists only in this request's memory.
-        sealed = seal_query(spec.get("query") or {}, connector["public_key"],
-                            relay_info(connector["id"], job_id))  # fmt: skip
+        sealed = relay.kems.seal_for(connector, spec.get("query") or {},
+                                     relay_info(connector["id"], job_id))  # fmt: skip
         form = "relay"
     row = {
         "id": job_id, "tenant_id": tenant_id, "connector_id": connector["id"],

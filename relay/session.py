@@ -35,8 +35,11 @@ class AgentSession:
     active_jobs: int = 0
     violations: int = 0
     dead: bool = False  # closed or being closed by the relay; the loop is ending
+    draining: bool = False  # the agent reported AGENT_SHUTDOWN: it takes no new jobs
+    last_traffic: float = 0.0  # any frame at all; what keeps the session (and leases) alive
     in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
+    superseded: set[tuple[str, int]] = field(default_factory=set)  # told to drop these
     closing: bool = False
     close_done: asyncio.Event = field(default_factory=asyncio.Event)
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -4,6 +4,12 @@ Contract §4: base mode, DHKEM-X25519 / HKDF-SHA256 / AES-256-GCM. A platform th
 query itself uses ``info = b"mini-connector/job/v1:" + connector_id``; the relay binds the
 job id too (``...:<connector_id>:<job_id>``), so a sealed job cannot be replayed as
 another job. Agents accept both (``open_job`` tries the relay form first when told which).
+
+Post-quantum hybrid: an agent that advertises ``KEM_HYBRID`` in its hello's ``kems`` and
+sends ``pqPublicKey`` (base64 of ML-KEM-768 public key || X25519 public key, 1216 bytes)
+gets its jobs sealed with ``SUITE_HYBRID`` (KEM.MLKEM768_X25519, same KDF and AEAD). The
+agent tells the suites apart by trying its keys: ``open_job`` takes one private key or a
+sequence of them (current, previous after ``rotate-keys``, hybrid), each with its suite.
 """
 
 from __future__ import annotations
@@ -13,19 +19,35 @@ import binascii
 import os
 import secrets
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
+from cryptography.hazmat.primitives.hpke import (
+    AEAD,
+    KDF,
+    KEM,
+    MLKEM768X25519PrivateKey,
+    MLKEM768X25519PublicKey,
+    Suite,
+)
 
 from .errors import DecryptionFailed, ValidationError
 
 SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+SUITE_HYBRID = Suite(KEM.MLKEM768_X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+KEM_X25519 = "DHKEM_X25519"
+KEM_HYBRID = "MLKEM768_X25519"
+_MLKEM_PUB_LEN, _MLKEM_SEED_LEN, _X25519_LEN = 1184, 64, 32
+HYBRID_PUBLIC_LEN = _MLKEM_PUB_LEN + _X25519_LEN
+PrivateKey = X25519PrivateKey | MLKEM768X25519PrivateKey
 INFO_PREFIX = "mini-connector/job/v1:"
 
 SEAL_PLATFORM = "platform"
@@ -103,38 +125,120 @@ def load_or_create_private_key(path: Path) -> X25519PrivateKey:
     return key
 
 
+# ---------------------------------------------------------------- hybrid (post-quantum) keys
+
+
+@dataclass(frozen=True)
+class HybridKeyPair:
+    """An ML-KEM-768 + X25519 key pair, kept as its seeds (64 + 32 bytes)."""
+
+    mlkem_seed: bytes
+    x25519_raw: bytes
+
+    @classmethod
+    def generate(cls) -> HybridKeyPair:
+        x = X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+        return cls(MLKEM768PrivateKey.generate().private_bytes_raw(), x)
+
+    def private_key(self) -> MLKEM768X25519PrivateKey:
+        return MLKEM768X25519PrivateKey(
+            MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed),
+            X25519PrivateKey.from_private_bytes(self.x25519_raw),
+        )
+
+    def public_b64(self) -> str:
+        mlkem = MLKEM768PrivateKey.from_seed_bytes(self.mlkem_seed).public_key().public_bytes_raw()
+        x = X25519PrivateKey.from_private_bytes(self.x25519_raw).public_key()
+        raw = x.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return base64.b64encode(mlkem + raw).decode("ascii")
+
+    def save(self, path: Path) -> None:
+        write_secret_file(path, base64.b64encode(self.mlkem_seed + self.x25519_raw) + b"\n")
+
+    @classmethod
+    def load(cls, path: Path) -> HybridKeyPair:
+        raw = base64.b64decode(path.read_bytes().strip(), validate=True)
+        if len(raw) != _MLKEM_SEED_LEN + _X25519_LEN:
+            raise ValueError(f"{path} does not hold an ML-KEM-768 + X25519 key pair")
+        return cls(raw[:_MLKEM_SEED_LEN], raw[_MLKEM_SEED_LEN:])
+
+
+def load_hybrid_public_key(b64: str) -> MLKEM768X25519PublicKey:
+    """Parse a ``pqPublicKey``: base64 of ML-KEM-768 public key (1184) || X25519 (32)."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValidationError("pqPublicKey is not valid base64", field="pqPublicKey") from exc
+    if len(raw) != HYBRID_PUBLIC_LEN:
+        raise ValidationError(f"pqPublicKey must be {HYBRID_PUBLIC_LEN} bytes", field="pqPublicKey")
+    try:
+        return MLKEM768X25519PublicKey(
+            MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM_PUB_LEN]),
+            X25519PublicKey.from_public_bytes(raw[_MLKEM_PUB_LEN:]),
+        )
+    except ValueError as exc:
+        raise ValidationError("pqPublicKey is not a valid ML-KEM-768 key", field="pqPublicKey") from exc
+
+
 # ---------------------------------------------------------------- sealing
 
 
-def seal(plaintext: bytes, public_key: X25519PublicKey | str, info: bytes) -> bytes:
+def seal(
+    plaintext: bytes, public_key: X25519PublicKey | MLKEM768X25519PublicKey | str, info: bytes
+) -> bytes:
     if isinstance(public_key, str):
         public_key = load_public_key(public_key)
+    if isinstance(public_key, MLKEM768X25519PublicKey):
+        return SUITE_HYBRID.encrypt(plaintext, public_key, info)
     return SUITE.encrypt(plaintext, public_key, info)
 
 
-def seal_query(query: Any, public_key: X25519PublicKey | str, info: bytes) -> bytes:
+def seal_query(
+    query: Any, public_key: X25519PublicKey | MLKEM768X25519PublicKey | str, info: bytes
+) -> bytes:
     """Seal a query object as UTF-8 JSON (what a platform sends as ``sealedQuery``, decoded)."""
     return seal(orjson.dumps(query), public_key, info)
 
 
-def seal_query_for_platform(query: Any, public_key_b64_: str, connector_id: str) -> str:
-    """The helper a platform uses: returns the base64 ``sealedQuery`` field."""
-    sealed = seal_query(query, public_key_b64_, platform_info(connector_id))
+def seal_query_for_platform(
+    query: Any, public_key_b64_: str, connector_id: str, *, pq_public_key_b64: str | None = None
+) -> str:
+    """The helper a platform uses: returns the base64 ``sealedQuery`` field.
+
+    ``public_key_b64_`` is the connector's ``publicKey``; pass ``pq_public_key_b64`` (the
+    agent's hybrid key) instead to seal with ML-KEM-768 + X25519.
+    """
+    key: X25519PublicKey | MLKEM768X25519PublicKey = (
+        load_hybrid_public_key(pq_public_key_b64) if pq_public_key_b64
+        else load_public_key(public_key_b64_)
+    )  # fmt: skip
+    sealed = seal_query(query, key, platform_info(connector_id))
     return base64.b64encode(sealed).decode("ascii")
 
 
-def open_sealed(sealed: bytes, private_key: X25519PrivateKey, infos: list[bytes]) -> bytes:
-    """Open with the first ``info`` that works; ``DecryptionFailed`` if none does."""
-    for info in infos:
-        try:
-            return SUITE.decrypt(sealed, private_key, info)
-        except (InvalidTag, ValueError):
-            continue
+def open_sealed(
+    sealed: bytes, private_key: PrivateKey | Sequence[PrivateKey], infos: list[bytes]
+) -> bytes:
+    """Open with the first key and ``info`` that work; ``DecryptionFailed`` if none does."""
+    keys_ = [private_key] if not isinstance(private_key, Sequence) else list(private_key)
+    for key in keys_:
+        suite = SUITE_HYBRID if isinstance(key, MLKEM768X25519PrivateKey) else SUITE
+        for info in infos:
+            try:
+                return suite.decrypt(sealed, key, info)
+            except (InvalidTag, ValueError):
+                continue
     raise DecryptionFailed()
 
 
 def open_job(
-    sealed: bytes, private_key: X25519PrivateKey, connector_id: str, job_id: str
+    sealed: bytes,
+    private_key: PrivateKey | Sequence[PrivateKey],
+    connector_id: str,
+    job_id: str,
 ) -> Any:
     """Open a job's sealed query (relay or platform form) and parse its JSON."""
     plain = open_sealed(

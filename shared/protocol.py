@@ -155,6 +155,12 @@ _JOB_ERROR = {
     "message": F("str", max_len=8000),
     "retryable": F("bool"),
 }
+
+
+def _kem_name(value: Any, where: str) -> str:
+    return _check(value, F("str", max_len=50), where)
+
+
 _HELD_JOB = _obj({"jobId": ID, "attempt": ATTEMPT})
 _LOG_LINE = _obj(
     {
@@ -180,7 +186,10 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             "capacity": F("int", lo=1, hi=256),
             "sources": F("list", max_len=1000, item=_SOURCE),
             "heldJobs": F("list", required=False, max_len=1000, item=_HELD_JOB),
-            "kems": F("list", required=False, max_len=10),
+            # Optional, backwards compatible: KEMs the agent can open (shared.crypto.KEM_*)
+            # and, for the post-quantum hybrid, its ML-KEM-768 + X25519 public key.
+            "kems": F("list", required=False, max_len=10, item=_kem_name),
+            "pqPublicKey": F("str", required=False, max_len=2000),
         },
     ),
     "agent.heartbeat.v1": (
