@@ -29,3 +29,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+package: $(STAMP)  ## dist/mini-connector (PyInstaller one-file) and dist/mini-connector_*.deb
+	$(PY) -m pip install -q -e '.[package]'
+	installers/linux/build_binary.sh $(PY) && installers/linux/build_deb.sh $(PY)

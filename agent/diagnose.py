@@ -1,0 +1,148 @@
+"""``mini-connector diagnose``: run the checks in order, one line each, fix included.
+
+Order: config, DNS, proxy, TCP, TLS, API key, clock. A check that cannot mean anything
+after an earlier failure is shown as ``skip`` with the reason, so the first ``FAIL`` is
+the one to fix. Any ``fail`` makes the exit code ``EXIT_CHECK_FAILED``. Lines are printed
+as each check finishes (the network ones can take up to ``--timeout`` each).
+``--bundle FILE.zip`` also writes a support bundle (``agent.bundle``) with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from shared.errors import KeyFormatError
+from shared.keys import key_prefix, validate_key
+
+from .config import ConfigError, SecretBox, agent_endpoint, api_key, load_config
+from .netchecks import (
+    FAIL,
+    OK,
+    SKIP,
+    Check,
+    Target,
+    check_auth,
+    check_clock,
+    check_dns,
+    check_proxy,
+    check_tcp,
+    check_tls,
+    proxy_for,
+)
+from .opscli import EXIT_CHECK_FAILED
+from .paths import StatePaths
+from .transport import Transport, connect_options
+
+Report = Callable[[Check], None]
+
+
+def run_checks(
+    paths: StatePaths, *, timeout: float, env: Mapping[str, str] | None = None,
+    report: Report | None = None,
+) -> list[Check]:  # fmt: skip
+    """Every check, in order; ``report`` sees each one as soon as it is done."""
+    env = os.environ if env is None else env
+    out: list[Check] = []
+
+    def add(check: Check) -> Check:
+        out.append(check)
+        if report is not None:
+            report(check)
+        return check
+
+    def skip_rest(names: tuple[str, ...], why: str) -> list[Check]:
+        for name in names:
+            add(Check(name, SKIP, why))
+        return out
+
+    try:
+        cfg = load_config(paths.config)
+        if not cfg.relay_url:
+            raise ConfigError("the agent config has no relay URL")
+        box = SecretBox(paths.secret_key)
+        key = validate_key(api_key(cfg, box, env))
+        transport = Transport.from_config(cfg)
+        explicit_proxy = transport.proxy_url(box)
+        options = connect_options(agent_endpoint(cfg.relay_url), transport, box)
+    except (ConfigError, KeyFormatError) as exc:
+        msg = exc.message if isinstance(exc, KeyFormatError) else str(exc)
+        add(Check("config", FAIL, f"{msg.rstrip('.')}",
+                  "run 'mini-connector configure --relay-url URL --api-key KEY' "
+                  f"(config {paths.config})"))  # fmt: skip
+        return skip_rest(("dns", "proxy", "tcp", "tls", "auth", "clock"), "needs a readable config")
+    shown = key_prefix(key) + "…"
+    target = Target.parse(agent_endpoint(cfg.relay_url))
+    add(Check("config", OK, f"relay {cfg.relay_url}, API key {shown}, config {paths.config}"))
+
+    proxy, explained = proxy_for(target, env, explicit_proxy)
+    if explicit_proxy and proxy is None:
+        options["proxy"] = None  # bypassed by NO_PROXY, as the agent does
+    if proxy is None:
+        dns, _ = check_dns(target.host, target.port, timeout)
+    else:
+        p = urlsplit(proxy)
+        dns, _ = check_dns(p.hostname or "", p.port or 8080, timeout, what="the proxy")
+        if dns.status == OK:
+            dns.detail += f" (the proxy resolves {target.host})"
+    if add(dns).status == FAIL:
+        return skip_rest(("proxy", "tcp", "tls", "auth", "clock"), "needs DNS")
+    if add(check_proxy(proxy, explained, target, timeout)).status == FAIL:
+        return skip_rest(("tcp", "tls", "auth", "clock"), "needs the proxy")
+    if proxy is None:
+        tcp = check_tcp(target.host, target.port, timeout)
+    else:
+        p = urlsplit(proxy)
+        tcp = check_tcp(p.hostname or "", p.port or 8080, timeout, what="the proxy")
+    if add(tcp).status == FAIL:
+        return skip_rest(("tls", "auth", "clock"), "needs a TCP connection")
+    tls = check_tls(target, proxy, timeout, ca_file=transport.ca_file, pins=transport.pins)
+    if add(tls).status == FAIL:
+        return skip_rest(("auth", "clock"), "needs a trusted TLS connection")
+    add(check_auth(target.url, key, shown, timeout, options))
+    add(check_clock(target, timeout, proxy=proxy, ca_file=transport.ca_file))
+    return out
+
+
+def format_check(check: Check) -> str:
+    line = f"{check.status.upper():<5} {check.name:<7} {check.detail}"
+    if check.fix and check.status != OK:
+        line += f". Fix: {check.fix}"
+    return line
+
+
+def summary(checks: list[Check]) -> str:
+    failed = [c.name for c in checks if c.status == FAIL]
+    if failed:
+        return f"{len(failed)} check{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)}"
+    return f"all checks passed ({sum(c.status == OK for c in checks)} ok)"
+
+
+def cmd_diagnose(args: argparse.Namespace, paths: StatePaths) -> int:
+    timeout = max(0.5, min(float(args.timeout), 120.0))
+
+    def show(check: Check) -> None:
+        print(format_check(check), flush=True)
+
+    checks = run_checks(paths, timeout=timeout, report=None if args.json else show)
+    failed = any(c.status == FAIL for c in checks)
+    result: dict[str, Any] = {"ok": not failed, "checks": [c.as_dict() for c in checks]}
+    if args.bundle:
+        from .bundle import write_bundle
+
+        written = write_bundle(args.bundle, paths, checks)
+        result["bundle"] = str(written)
+        if not args.json:
+            print(f"support bundle written to {written}: logs, config without secrets, "
+                  "versions and system facts; it holds no API key, password or key file")  # fmt: skip
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(summary(checks))
+    return EXIT_CHECK_FAILED if failed else 0

@@ -1,0 +1,176 @@
+"""``mini-connector logs [--follow] [--level L] [-n N] [--json]``: read the local log.
+
+The agent writes JSON lines (``agent.logs``) to ``logs/agent.log`` beside its config,
+rotated to ``agent.log.1`` .. ``agent.log.N`` (1 is the newest rotation). This shows the
+newest ``N`` lines at or above ``--level`` across the rotations, in time order, in a human
+form (``--json``: the stored lines), then with ``--follow`` keeps printing new lines,
+reopening the file when the agent rotates it. Reading works while the agent runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .opscli import EXIT_NO_LOG, LEVELS, OpsError
+from .paths import StatePaths
+
+FOLLOW_POLL = 0.25
+_RANK = {name: i for i, name in enumerate(LEVELS)}
+_BLOCK = 64 * 1024
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """One stored line as a dict, or None when it is not one of ours."""
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) and "message" in rec else None
+
+
+def level_ok(rec: dict[str, Any] | None, minimum: str | None) -> bool:
+    if minimum is None:
+        return True
+    if rec is None:
+        return False
+    return _RANK.get(str(rec.get("level", "INFO")).upper(), 1) >= _RANK[minimum]
+
+
+def human(rec: dict[str, Any] | None, raw: str) -> str:
+    """``2026-11-24 10:00:00.123 INFO    agent.session: message [job_…]``."""
+    if rec is None:
+        return raw
+    stamp = str(rec.get("timestamp", "")).replace("T", " ").rstrip("Z")
+    text = f"{stamp} {rec.get('level', '')!s:<7} {rec.get('logger', '')}: {rec.get('message', '')}"
+    if rec.get("jobId"):
+        text += f" [{rec['jobId']}]"
+    if rec.get("exception"):
+        text += "\n    " + str(rec["exception"]).replace("\n", "\n    ")
+    return text
+
+
+def log_files(log_file: Path) -> list[Path]:
+    """The log and its rotations, oldest first."""
+    rotated = []
+    for i in range(1, 100):
+        p = log_file.with_name(f"{log_file.name}.{i}")
+        if not p.exists():
+            break
+        rotated.append(p)
+    return [*reversed(rotated), *([log_file] if log_file.exists() else [])]
+
+
+def _reverse_lines(path: Path) -> Iterator[str]:
+    """The file's lines, last first, reading blocks from the end."""
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        pos, tail = fh.tell(), b""
+        while pos > 0:
+            step = min(_BLOCK, pos)
+            pos -= step
+            fh.seek(pos)
+            chunk = fh.read(step) + tail
+            lines = chunk.split(b"\n")
+            tail = lines.pop(0)
+            for raw in reversed(lines):
+                if raw.strip():
+                    yield raw.decode("utf-8", "replace")
+        if tail.strip():
+            yield tail.decode("utf-8", "replace")
+
+
+def newest(files: list[Path], count: int, minimum: str | None) -> list[str]:
+    """The newest ``count`` lines at or above ``minimum`` (all when 0), oldest first."""
+    if count <= 0:
+        out = []
+        for f in files:
+            with f.open("r", encoding="utf-8", errors="replace") as fh:
+                out += [ln.rstrip("\n") for ln in fh if ln.strip() and level_ok(parse(ln), minimum)]
+        return out
+    picked: deque[str] = deque()
+    for f in reversed(files):
+        for line in _reverse_lines(f):
+            if level_ok(parse(line), minimum):
+                picked.appendleft(line)
+                if len(picked) >= count:
+                    return list(picked)
+    return list(picked)
+
+
+def follow(
+    path: Path, emit: Callable[[str], None], *, start_at_end: bool = True,
+    should_stop: Callable[[], bool] = lambda: False, poll: float = FOLLOW_POLL,
+) -> None:  # fmt: skip
+    """Print lines appended to ``path`` until ``should_stop``; survives rotation."""
+    fh: IO[bytes] | None = None
+    inode: int | None = None
+    partial = b""
+    first = True
+    while not should_stop():
+        if fh is None:
+            try:
+                fh = path.open("rb")
+            except FileNotFoundError:
+                time.sleep(poll)
+                continue
+            inode = os.fstat(fh.fileno()).st_ino
+            if first and start_at_end:
+                fh.seek(0, os.SEEK_END)
+            first = False
+        data = fh.read()
+        if data:
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            for raw in lines:
+                if raw.strip():
+                    emit(raw.decode("utf-8", "replace"))
+            continue
+        try:
+            st = path.stat()
+            rotated = st.st_ino != inode or st.st_size < fh.tell()
+        except FileNotFoundError:
+            rotated = True
+        if rotated:  # the agent rotated the file: what was left has been read above
+            fh.close()
+            fh, partial = None, b""
+            continue
+        time.sleep(poll)
+    if fh is not None:
+        fh.close()
+
+
+def cmd_logs(args: argparse.Namespace, paths: StatePaths) -> int:
+    minimum: str | None = args.level
+
+    def show(line: str) -> None:
+        rec = parse(line)
+        if level_ok(rec, minimum):
+            sys.stdout.write((line if args.json else human(rec, line)) + "\n")
+            sys.stdout.flush()
+
+    files = log_files(paths.log_file)
+    if not files and not args.follow:
+        raise OpsError(
+            f"there is no local log at {paths.log_file} yet: the agent has not run with the "
+            f"config {paths.config} (check --config, or start the agent).",
+            EXIT_NO_LOG,
+        )
+    for line in newest(files, args.lines, minimum):
+        show(line)
+    if args.follow:
+        if not files:
+            print(f"waiting for {paths.log_file} to appear…", file=sys.stderr, flush=True)
+        try:
+            follow(paths.log_file, show, start_at_end=bool(files))
+        except KeyboardInterrupt:
+            pass
+    return 0
