@@ -14,7 +14,6 @@ import contextvars
 import datetime as dt
 import logging
 import logging.handlers
-import re
 import sys
 import threading
 from pathlib import Path
@@ -22,30 +21,9 @@ from typing import Any
 
 import orjson
 
+from shared.redact import redact
+
 current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mc_job", default=None)
-
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"vmc_[A-Za-z0-9]{4,}"), "vmc_****"),
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1****"),
-    # scheme://user:password@host -> scheme://user:****@host
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@"), r"\1:****@"),
-    # key=value secrets in connection strings and query strings
-    (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s;&,]+)"),
-        r"\1\2****",
-    ),
-    (
-        re.compile(r"(?i)(\"(?:password|passwd|pwd|secret|token|apiKey|api_key)\"\s*:\s*)\"[^\"]*\""),
-        r'\1"****"',
-    ),
-]
-
-
-def redact(text: str) -> str:
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
-    return text
-
 
 class RedactFilter(logging.Filter):
     """Rewrites a record's message (and exception text) with secrets removed."""
