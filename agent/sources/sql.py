@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import sqlalchemy
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import QueuePool
 
 from shared.errors import JobError
 
@@ -155,9 +156,14 @@ class SqlSource(Source):
             path = url.database or ""
             if not path or path == ":memory:":
                 raise JobError("SOURCE_UNAVAILABLE", f"source {self.name!r} needs a file path")
+            # A real pool, sized like the others: on the bare "sqlite://" URL SQLAlchemy
+            # assumes :memory: and picks a SingletonThreadPool of five, whose sixth
+            # thread closes another thread's connection in mid-query.
             return sqlalchemy.create_engine(
-                "sqlite://", creator=lambda: _sqlite_connect(path), pool_pre_ping=False
-            )
+                "sqlite://", creator=lambda: _sqlite_connect(path), poolclass=QueuePool,
+                pool_size=opts.pool_size, max_overflow=opts.max_overflow,
+                pool_timeout=opts.pool_timeout, pool_pre_ping=False,
+            )  # fmt: skip
         args: dict[str, Any] = {"connect_timeout": opts.connect_timeout}
         if self.type == "postgres":
             args["application_name"] = "mini-connector"

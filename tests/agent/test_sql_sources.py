@@ -280,3 +280,32 @@ def test_mysql_discover_and_test(mysql_db: str) -> None:
     assert result["connected"] is True and result["tablesFound"] == 2
     assert "MariaDB" in result["serverVersion"] or result["serverVersion"][0].isdigit()
     src.close()
+
+
+def test_sqlite_serves_as_many_concurrent_queries_as_the_pool(tmp_path: Path) -> None:
+    # Regression (small-jobs bench, 14 of 1,500 jobs failed "Cannot operate on a closed
+    # database"): the engine for a SQLite source was made on the URL "sqlite://", which
+    # SQLAlchemy takes for :memory: and gives a SingletonThreadPool of five: a sixth
+    # thread's connection closed another thread's connection in mid-query.
+    db = make_sample_db(tmp_path / "s.db", rows=10)
+    threads = 12
+    src = create_source("s", "sqlite", f"sqlite:///{db}", pool_size=threads)
+    all_open = threading.Barrier(threads, timeout=scaled(30))
+    results: list[Any] = [None] * threads
+
+    def one(i: int) -> None:
+        try:
+            _cols, batches = src.query({"sql": "SELECT id FROM items ORDER BY id"}, 100)
+            all_open.wait()  # every thread holds its own connection, mid-query
+            results[i] = sum(len(b) for b in batches)
+        except BaseException as exc:  # reported below
+            all_open.abort()
+            results[i] = exc
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    src.close()
+    assert results == [10] * threads
