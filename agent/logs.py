@@ -4,7 +4,11 @@ Every handler the agent installs carries ``RedactFilter``, so API keys, password
 and URL credentials are removed before a line is written anywhere or shipped. Job log
 lines carry ``jobId``: from ``extra={"jobId": ...}`` or the ``current_job`` context
 variable the runner sets. ``ShipBuffer`` is a bounded buffer of lines waiting to go to the
-relay as ``agent.logs.v1``; when it is full the oldest lines are dropped and counted.
+relay as ``agent.logs.v1``; when it is full the oldest lines are dropped and counted (the
+local file still has them: ``agent/logship`` catches up from it). Every line carries a
+stable ``id`` (``logship.StampFilter``), in the file and in the buffer alike. The relay may
+raise the shipped level for a while (``agent.config.v1``): ``ShipBuffer.setLevel`` then
+lowers the root logger's level too, while the file and stderr keep theirs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import orjson
 
 from shared.redact import redact
+
+from .logship import LineIds, StampFilter, newest_id
 
 current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mc_job", default=None)
 
@@ -58,6 +64,8 @@ class JsonFormatter(logging.Formatter):
         job = getattr(record, "jobId", None)
         if job:
             line["jobId"] = job
+        if getattr(record, "lineId", None) is not None:
+            line["id"] = record.lineId
         if record.exc_text:
             line["exception"] = record.exc_text
         return orjson.dumps(line).decode("utf-8")
@@ -76,22 +84,45 @@ class HumanFormatter(logging.Formatter):
 class ShipBuffer(logging.Handler):
     """Keeps log lines for the relay in a bounded deque (thread-safe, never blocks)."""
 
-    def __init__(self, capacity: int = 5000, level: int = logging.INFO) -> None:
+    def __init__(
+        self, capacity: int = 5000, level: int = logging.INFO, *,
+        log_file: Path | None = None, ids: LineIds | None = None, base_level: int | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(level)
         self._lines: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
         self._mutex = threading.Lock()
         self.dropped = 0
+        self.log_file = log_file  # where catch-up reads from (None: no local file)
+        self.base_level = base_level  # the root level when nothing is raised
+        self.ids = ids or LineIds()
+        self.addFilter(StampFilter(self.ids))
         self.addFilter(RedactFilter())
+
+    def setLevel(self, level: int | str) -> None:
+        """The shipped level; the root logger follows it down (and back) so a raised
+        level's records exist at all."""
+        old = self.level
+        super().setLevel(level)
+        base = getattr(self, "base_level", None)
+        if base is None or self.level == old:
+            return
+        logging.getLogger().setLevel(min(base, self.level))
+        logging.getLogger("agent.logs").info(
+            "shipping %s and above to the relay", logging.getLevelName(self.level)
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("websockets"):
             return  # the transport's own chatter is not the connector's log
+        if record.levelno < logging.INFO and not record.name.startswith(("agent", "shared")):
+            return  # a raised level is for our own debug lines, not every library's
         line = {
             "timestamp": _timestamp(record.created),
             "level": record.levelname if record.levelname in _LEVELS else "INFO",
             "message": record.getMessage()[:16_000],
             "logger": record.name[:200],
             "jobId": getattr(record, "jobId", None),
+            "id": getattr(record, "lineId", None),
         }
         with self._mutex:
             if len(self._lines) == self._lines.maxlen:
@@ -126,21 +157,28 @@ def setup_logging(
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(level)
+    ids = LineIds()
+    stamp = StampFilter(ids)  # first on every handler: one id per line, wherever it goes
     redactor = RedactFilter()
     if stderr:
         err = logging.StreamHandler(sys.stderr)
+        err.setLevel(level)  # a raised shipped level lowers the root, not this
         err.setFormatter(HumanFormatter())
+        err.addFilter(stamp)
         err.addFilter(redactor)
         root.addHandler(err)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ids.seed(newest_id(log_file))  # ids keep growing across restarts
         fh = logging.handlers.RotatingFileHandler(
             log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8"
         )
+        fh.setLevel(level)
         fh.setFormatter(JsonFormatter())
+        fh.addFilter(stamp)
         fh.addFilter(redactor)
         root.addHandler(fh)
-    ship = ShipBuffer()
+    ship = ShipBuffer(log_file=log_file, ids=ids, base_level=level)
     root.addHandler(ship)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     return ship

@@ -27,10 +27,11 @@ from .formats import new_request_id
 
 log = logging.getLogger("relay.http")
 
+# /metrics checks its own token (relay/metrics.py); /downloads serves public builds.
 PUBLIC_ROUTES: Final = frozenset(
-    {"health", "health.root", "openapi", "openapi.root", "agent.connect"}
+    {"health", "health.root", "openapi", "openapi.root", "agent.connect", "metrics", "downloads"}
 )
-UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root"})
+UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root", "metrics"})
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 410: "GONE",

@@ -5,8 +5,9 @@
 #        [--deb FILE | --binary FILE] [--user NAME] [--allow-insecure] [--dry-run]
 #
 # Installs the .deb (dpkg -i) when one is given or lies beside this script or in dist/,
-# else the one-file binary to /usr/local/bin; creates the service user and a 0700
-# /etc/mini-connector; runs 'mini-connector configure' AS the service user (so the
+# else the one-file binary to /usr/local/bin (with neither, it downloads one from the
+# relay's /downloads and checks its SHA-256: exit 5 on a mismatch); creates the service
+# user and a 0700 /etc/mini-connector; runs 'mini-connector configure' AS the service user (so the
 # config, secret.key and the key pair belong to it); then 'mini-connector service
 # install', which writes the hardened systemd unit and starts the agent. --dry-run prints
 # every step and changes nothing. The API key is never printed.
@@ -18,7 +19,7 @@ STATE=/etc/mini-connector
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
 die() { echo "install.sh: $*" >&2; exit "${2:-1}"; }
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,6 +46,27 @@ if [ -z "$DEB" ] && [ -z "$BINARY" ]; then
     if [ -n "$f" ] && command -v dpkg >/dev/null 2>&1; then DEB="$f"; break; fi
     if [ -x "$d/mini-connector" ] && [ -f "$d/mini-connector" ]; then BINARY="$d/mini-connector"; break; fi
   done
+fi
+# Nothing local: download from the relay's /downloads (the .deb for this architecture if
+# dpkg is here, else the binary) and check it against the relay's SHA256SUMS.
+if [ -z "$DEB" ] && [ -z "$BINARY" ]; then
+  base="$(printf '%s' "$RELAY_URL" | sed -e 's#^wss://#https://#' -e 's#^ws://#http://#' -e 's#/*$##')"
+  fetch() {
+    if command -v curl >/dev/null 2>&1; then curl -fsSL --proto '=https,http' -o "$2" "$1"
+    else wget -q -O "$2" "$1"; fi
+  }
+  TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
+  fetch "$base/downloads/SHA256SUMS" "$TMP/SHA256SUMS" || die "no mini-connector .deb or binary found here, and $base/downloads/SHA256SUMS cannot be fetched: pass --deb FILE or --binary FILE" 3
+  name="" arch="$(dpkg --print-architecture 2>/dev/null || true)"
+  [ -n "$arch" ] && name="$(awk -v a="_${arch}.deb" '$2 ~ /^mini-connector_/ && substr($2, length($2) - length(a) + 1) == a {print $2}' "$TMP/SHA256SUMS" | sort -V | tail -1)"
+  [ -n "$name" ] || name="$(awk '$2 == "mini-connector-linux" {print $2}' "$TMP/SHA256SUMS")"
+  [ -n "$name" ] || die "the relay at $base offers no Linux build of mini-connector (see its /downloads/SHA256SUMS)" 3
+  echo "downloading $base/downloads/$name"
+  fetch "$base/downloads/$name" "$TMP/$name" || die "cannot download $base/downloads/$name" 3
+  (cd "$TMP" && awk -v n="$name" '$2 == n' SHA256SUMS | sha256sum -c --status -) || \
+    die "the SHA-256 of the downloaded $name does not match the relay's SHA256SUMS: not installing it" 5
+  echo "checksum OK: $name"
+  case "$name" in *.deb) DEB="$TMP/$name" ;; *) chmod 0755 "$TMP/$name"; BINARY="$TMP/$name" ;; esac
 fi
 [ -n "$DEB" ] || [ -n "$BINARY" ] || die "no mini-connector .deb or binary found: pass --deb FILE or --binary FILE" 3
 

@@ -9,8 +9,9 @@ from aiohttp import web
 from shared.errors import ValidationError
 from shared.keys import key_prefix
 
-from .. import services
-from ..formats import iso
+from .. import loglevel, services
+from ..auth import check_fields
+from ..formats import iso, now
 from ..store import connectors as con_store
 from .common import (
     not_found,
@@ -85,15 +86,32 @@ async def get(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    relay = relay_of(request)
+    """Rename (admin), or raise the shipped log level for a while (admin or support:
+    the one write support may make, so it can debug an agent; relay/loglevel.py)."""
+    relay, who = relay_of(request), principal(request)
     body = await read_json(request)
-    unknown = set(body) - {"name"}
+    check_fields(who, "connectors.update", set(body))
+    unknown = set(body) - {"name"} - loglevel.FIELDS
     if unknown:
         raise ValidationError(f"{sorted(unknown)[0]} cannot be changed", field=sorted(unknown)[0])
-    name = string_field(body, "name", hi=100)
+    if not body:
+        raise ValidationError("nothing to change: send name, or logLevel and logLevelMinutes", field="name")
+    name = string_field(body, "name", hi=100) if "name" in body else None
+    raise_to = loglevel.parse_patch(body)
     row = await _load(request)
-    await relay.store.run(con_store.set_fields, row["id"], {"name": (name or "").strip()})
+    fields: dict[str, Any] = {}
+    if "name" in body:
+        fields["name"] = (name or "").strip()
+    if raise_to is not None:
+        fields.update(loglevel.store_fields(*raise_to, now()))
+    await relay.store.run(con_store.set_fields, row["id"], fields)
     row = await _load(request)
+    if raise_to is not None:
+        level, until = loglevel.effective(row, now())
+        relay.log_levels.note(row["id"], level, until)
+        session = relay.hub.sessions.get(row["id"])
+        if session is not None and not session.dead:
+            await session.send("agent.config.v1", logLevel=level)
     return ok(connector_view(row, relay.hub.sessions.get(row["id"])))
 
 

@@ -65,8 +65,21 @@ SCHEMAS: dict[str, S] = {
             "createdAt": {"type": "string", "format": "date-time"},
         },
     },
-    "ConnectorPatch": {"type": "object", "required": ["name"], "additionalProperties": False,
-                       "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100}}},
+    "ConnectorPatch": {
+        "type": "object", "additionalProperties": False, "minProperties": 1,
+        "description": "Rename (admin), and/or raise the agent's shipped log level for a while "
+                       "(admin or support: support may send only logLevel and logLevelMinutes). "
+                       "The level reaches a connected agent at once (agent.config.v1), is re-sent "
+                       "on every reconnect while it lasts, and goes back to INFO afterwards; "
+                       "logLevel INFO ends a raise.",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+            "logLevelMinutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 30,
+                                "description": "how long the level lasts; fractions allowed"},
+        },
+        "dependentRequired": {"logLevelMinutes": ["logLevel"]},
+    },
     "RotateKeyRequest": {"type": "object", "properties": {
         "gracePeriodSeconds": {"type": "number", "minimum": 0}}},
     "RotatedKey": {"type": "object", "properties": {
@@ -189,7 +202,7 @@ PATHS: dict[str, S] = {
     },
     "/api/v1/connectors/{id}": {
         "get": _op("getConnector", "A connector", {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID]),
-        "patch": _op("updateConnector", "Rename a connector",
+        "patch": _op("updateConnector", "Rename a connector, or raise its shipped log level for a while",
                      {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID], body="ConnectorPatch"),
         "delete": _op("deleteConnector", "Revoke a connector and disconnect its agent",
                       {"204": {"description": "revoked"}}, params=[ID]),
@@ -239,7 +252,29 @@ PATHS: dict[str, S] = {
     },
     "/api/v1/agent/connect": {
         "get": _op("agentConnect", "Agent WebSocket (Authorization: Bearer <API key>)",
-                   {**WS_UPGRADE, "401": ERR}, public=True, tags="agent"),
+                   {**WS_UPGRADE, "401": ERR, "429": ERR,
+                    "503": {**ERR, "description": "the relay is shutting down (Retry-After)"}},
+                   public=True, tags="agent"),
+    },
+    "/metrics": {
+        "get": {**_op("getMetrics", "Prometheus metrics (text format): connected agents, jobs by state, "
+                      "dispatch latency, result bytes, failed handshakes. Needs Authorization: Bearer "
+                      "<MC_RELAY_METRICS_TOKEN> when that is set, else open",
+                      {"200": {"description": "Prometheus text exposition format",
+                               "content": {"text/plain": {"schema": {"type": "string"}}}},
+                       "401": ERR}, public=True, tags="operations"),
+                "security": [{}, {"metricsToken": []}]},
+    },
+    "/downloads/{name}": {
+        "get": _op("getDownload", "An agent build from the relay's downloads folder (X-Checksum-SHA256 "
+                   "header); <name>.sha256 is its checksum line, SHA256SUMS lists them all",
+                   {"200": {"description": "the file, or a checksum text",
+                            "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}}},
+                            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                                        "text/plain": {"schema": {"type": "string"}}}},
+                    "404": ERR},
+                   params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                   public=True, tags="operations"),
     },
 }  # fmt: skip
 
@@ -254,7 +289,9 @@ def document(version: str) -> S:
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                                "metricsToken": {"type": "http", "scheme": "bearer",
+                                                 "description": "MC_RELAY_METRICS_TOKEN"}},
             "parameters": {"TenantId": {"name": "X-Tenant-ID", "in": "header", "required": True,
                                         "schema": {"type": "string"}}},
             "responses": {"Error": _json(_ref("Error"), "an error, in the envelope")},

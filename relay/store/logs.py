@@ -1,19 +1,46 @@
-"""Agent log lines and heartbeat samples: append, page through, trim."""
+"""Agent log lines and heartbeat samples: append (deduplicated), page through, trim."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 
 from .schema import agent_logs, metrics_samples
 
 
-def add_logs(conn: Connection, rows: list[dict[str, Any]], keep: int) -> None:
+def _new_lines(conn: Connection, connector_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop lines this connector already sent (same agent line id): an agent catching up
+    after a disconnection may resend what the relay stored before the cut."""
+    ids = [r["line_id"] for r in rows if r.get("line_id") is not None]
+    seen: set[int] = set()
+    if ids:
+        c = agent_logs.c
+        seen = set(
+            conn.execute(
+                select(c.line_id).where(c.connector_id == connector_id, c.line_id.in_(ids))
+            ).scalars()
+        )
+    out, batch = [], set()
+    for r in rows:
+        lid = r.get("line_id")
+        if lid is not None and (lid in seen or lid in batch):
+            continue
+        if lid is not None:
+            batch.add(lid)
+        out.append(r)
+    return out
+
+
+def add_logs(conn: Connection, rows: list[dict[str, Any]], keep: int) -> int:
+    """Append the lines not stored yet; keep the newest ``keep``. Returns how many were new."""
     if not rows:
-        return
-    conn.execute(agent_logs.insert(), rows)
+        return 0
     connector_id = rows[0]["connector_id"]
+    rows = _new_lines(conn, connector_id, rows)
+    if not rows:
+        return 0
+    conn.execute(agent_logs.insert(), [{"line_id": None, **r} for r in rows])
     # Keep the newest ``keep`` lines: find the id of the oldest one kept, drop the rest.
     cutoff = conn.execute(
         select(agent_logs.c.id)
@@ -28,6 +55,13 @@ def add_logs(conn: Connection, rows: list[dict[str, Any]], keep: int) -> None:
                 agent_logs.c.connector_id == connector_id, agent_logs.c.id <= cutoff
             )
         )
+    return len(rows)
+
+
+def last_line_id(conn: Connection, connector_id: str) -> int | None:
+    """The newest agent line id stored for the connector: where its catch-up resumes."""
+    c = agent_logs.c
+    return conn.execute(select(func.max(c.line_id)).where(c.connector_id == connector_id)).scalar()
 
 
 def page_logs(

@@ -1,0 +1,114 @@
+"""``GET /metrics``: the relay's Prometheus metrics (prometheus-client), one registry per app.
+
+Each app owns a ``CollectorRegistry`` (never the global one), so several apps in one test
+process keep separate numbers. Counters and the histogram are fed where things happen
+(dispatch, job completion, refused handshakes); gauges that mirror state (connected
+agents, jobs by state) are read at scrape time. The route lives outside ``/api/v1`` and
+skips the platform's JWT: when ``MC_RELAY_METRICS_TOKEN`` is set it needs
+``Authorization: Bearer <that token>``, otherwise it is open (serve it on an internal
+network, or block it at the reverse proxy).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from shared.errors import MCError, Unauthorized
+
+from .store import jobs as job_store
+
+JOB_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled", "expired", "timed_out")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RelayMetrics:
+    """The relay's metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connected_agents = Gauge(
+            "mini_relay_connected_agents", "Agents connected to this relay node", registry=r
+        )
+        self.jobs = Gauge("mini_relay_jobs", "Jobs in the store by state", ["state"], registry=r)
+        self.dispatch_latency = Histogram(
+            "mini_relay_dispatch_latency_seconds",
+            "Time from submission (or a retry's due time) to dispatch to an agent",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.result_bytes = Counter(
+            "mini_relay_result_bytes", "Result bytes of jobs that ended on this node", registry=r
+        )
+        self.jobs_finished = Counter(
+            "mini_relay_jobs_finished", "Jobs that ended on this node, by status", ["status"], registry=r
+        )
+        self.failed_handshakes = Counter(
+            "mini_relay_failed_handshakes", "Agent handshakes refused, by reason", ["reason"], registry=r
+        )
+        self.log_lines = Counter(
+            "mini_relay_agent_log_lines", "Agent log lines stored (duplicates excluded)", registry=r
+        )
+
+    def dispatched(self, jobs: Iterable[dict[str, Any]], at: float) -> None:
+        for job in jobs:
+            start = job.get("not_before") or job.get("queued_at")
+            if start is not None:
+                self.dispatch_latency.observe(max(0.0, at - start))
+
+    def finished(self, status: str, byte_count: int | None) -> None:
+        self.jobs_finished.labels(status=status).inc()
+        if byte_count:
+            self.result_bytes.inc(byte_count)
+
+    def render(self, connected: int, by_state: dict[str, int]) -> bytes:
+        self.connected_agents.set(connected)
+        for state in (*JOB_STATES, *(s for s in by_state if s not in JOB_STATES)):
+            self.jobs.labels(state=state).set(by_state.get(state, 0))
+        return generate_latest(self.registry)
+
+
+def _check_token(request: web.Request, token: str | None) -> None:
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("GET /metrics needs Authorization: Bearer <MC_RELAY_METRICS_TOKEN>")
+
+
+async def get(request: web.Request) -> web.Response:
+    from .context import RELAY  # here: context imports this module
+
+    relay = request.app[RELAY]
+    _check_token(request, relay.config.metrics_token)
+    by_state = await relay.store.run(job_store.count_by_status)
+    connected = sum(1 for s in relay.hub.sessions.values() if not s.dead)
+    body = relay.metrics.render(connected, by_state)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def counting(handler: Handler) -> Handler:
+    """``handler`` (the agent socket) with refused handshakes counted by reason."""
+    reasons = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        from .context import RELAY
+
+        metrics = request.app[RELAY].metrics
+        try:
+            response = await handler(request)
+        except MCError as exc:
+            metrics.failed_handshakes.labels(reason=reasons.get(exc.status, "bad_request")).inc()
+            raise
+        if response.status in reasons:
+            metrics.failed_handshakes.labels(reason=reasons[response.status]).inc()
+        return response
+
+    return handle
