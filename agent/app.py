@@ -20,16 +20,18 @@ from typing import Any
 
 from shared import __version__
 
-from .config import AgentConfig, SecretBox, agent_endpoint, api_key
+from .config import AgentConfig, SecretBox, agent_endpoint, api_key, normalise_relay_url
 from .keyring import load_keyring
 from .logs import ShipBuffer
 from .paths import StatePaths
+from .producer import compression_pays
+from .relays import Endpoint, RelayChoice
 from .runner import Runner
 from .session import Session, SessionConfig
 from .sourceset import SourceSet
 from .spool import AsyncSpool, Spool
 from .status import write_status
-from .transport import Transport, checked_relay_url, connect_options
+from .transport import Transport, connect_options
 
 log = logging.getLogger("agent")
 
@@ -50,13 +52,20 @@ async def run_agent(
     """Run until stopped; returns why the session ended ("stopped", "SESSION_REPLACED")."""
     box = SecretBox(paths.secret_key)
     key = api_key(cfg, box)
-    url = agent_endpoint(checked_relay_url(cfg))  # plain ws:// off localhost: refused here too
+    # Plain ws:// off localhost is refused here too; several relay nodes: agent/relays.py.
+    transport = Transport.from_config(cfg)
+    endpoints = []
+    for shown in cfg.all_relay_urls():
+        dial = agent_endpoint(normalise_relay_url(shown, allow_insecure=cfg.allow_insecure))
+        endpoints.append(Endpoint(shown, dial, connect_options(dial, transport, box)))
+    url = endpoints[0].url
     keyring = load_keyring(paths)  # current, hybrid and (after rotate-keys) previous keys
     private_key = keyring.opening_keys()
     sources = SourceSet(cfg.sources, box, pool_size=cfg.capacity)
     spool = AsyncSpool(await asyncio.to_thread(Spool, paths.spool))
     runner = Runner(
-        get_source=sources.get, private_key=private_key, capacity=cfg.capacity, spool=spool
+        get_source=sources.get, private_key=private_key, capacity=cfg.capacity, spool=spool,
+        compress=compression_pays(url),  # zlib only where the link is slower than zlib
     )
     runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
     session = Session(
@@ -70,7 +79,8 @@ async def run_agent(
             sources=sources.public(),
             backoff_min=backoff_min,
             hello_extra=keyring.hello_fields(),
-            connect_options=connect_options(url, Transport.from_config(cfg), box),
+            connect_options=endpoints[0].options,
+            relays=RelayChoice(endpoints),
         ),
         runner=runner,
         ship=ship,
@@ -102,8 +112,8 @@ async def run_agent(
 
 def _write(session: Session, cfg: AgentConfig, paths: StatePaths, started: float) -> None:
     data: dict[str, Any] = {
-        **session.status(),
-        "relayUrl": cfg.relay_url,
+        **session.status(),  # relayUrl: the relay in use now
+        "relayUrls": cfg.all_relay_urls(),
         "name": cfg.name,
         "version": __version__,
         "startedAt": started,

@@ -40,6 +40,7 @@ from .config import (
 from .keyring import ensure_keys
 from .opscli import OPS_COMMANDS, add_ops_commands, run_ops_command
 from .paths import StatePaths, resolve_config_path
+from .relays import split_urls
 from .seccli import (
     SECURITY_COMMANDS,
     add_security_commands,
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configure", help="set the relay URL and API key")
     _config_option(p)
-    p.add_argument("--relay-url", required=True)
+    p.add_argument("--relay-url", required=True, action="append",
+                   help="the relay's URL; repeat it (or separate with commas) for several relay nodes")
     p.add_argument("--api-key", required=True)
     p.add_argument("--name")
     p.add_argument("--capacity", type=int)
@@ -172,7 +174,8 @@ def _dispatch(args: argparse.Namespace, paths: StatePaths) -> int:
 def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
     key = validate_key(args.api_key)  # first: a typo must not half-write a config
     cfg = load_config(paths.config, missing_ok=True)
-    cfg.relay_url = normalise_relay_url(args.relay_url, allow_insecure=bool(args.allow_insecure))
+    urls = [normalise_relay_url(u, allow_insecure=bool(args.allow_insecure)) for u in split_urls(args.relay_url)]
+    cfg.relay_url, cfg.relay_urls = urls[0], urls
     cfg.allow_insecure = bool(args.allow_insecure)
     if args.name is not None:
         if not 1 <= len(args.name.strip()) <= 100:
@@ -187,7 +190,7 @@ def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
     apply_transport_options(args, cfg, box)
     save_config(paths.config, cfg)
     created = ensure_keys(paths)  # X25519 (+ the post-quantum hybrid pair), 0600
-    print(f"configured: relay {cfg.relay_url}, config {paths.config}")
+    print(f"configured: relay {', '.join(urls)}, config {paths.config}")
     print(f"agent key pair {'created' if created else 'kept'}: {paths.private_key}")
     return EXIT_OK
 
@@ -298,9 +301,12 @@ def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
 def cmd_run(args: argparse.Namespace, paths: StatePaths) -> int:
     import logging
 
+    from shared.fdlimit import raise_nofile
+
     from .app import run_agent
     from .logs import setup_logging
 
+    raise_nofile()  # jobs, sources and sockets: never short of descriptors
     cfg = load_config(paths.config)
     if not cfg.relay_url:
         raise ConfigError("the agent config has no relay URL: run 'mini-connector configure'")
@@ -328,6 +334,7 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
             "running": st["running"],
             "state": st["state"] if st["running"] else "not running",
             "relayUrl": st.get("relayUrl", cfg.relay_url),
+            "relayUrls": cfg.all_relay_urls(),
             "connectorId": st.get("connectorId"),
             "lastHeartbeat": st.get("lastHeartbeat"),
             "activeJobs": st.get("activeJobs", []) if st["running"] else [],
@@ -341,6 +348,8 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
         return EXIT_NOT_RUNNING
     print(f"state:          {st.get('state')}")
     print(f"relay:          {st.get('relayUrl', cfg.relay_url)}")
+    if len(cfg.all_relay_urls()) > 1:
+        print(f"relays:         {', '.join(cfg.all_relay_urls())} (tried in turn)")
     print(f"connector id:   {st.get('connectorId') or 'unknown (not welcomed yet)'}")
     print(f"last heartbeat: {_when(st.get('lastHeartbeat'))}")
     jobs = st.get("activeJobs") or []

@@ -61,13 +61,17 @@ class SourceConfig:
 
 @dataclass
 class AgentConfig:
-    relay_url: str = ""
+    relay_url: str = ""  # the first of ``relay_urls`` (what single-URL code reads)
     api_key_enc: str | None = None
     name: str | None = None
     capacity: int = DEFAULT_CAPACITY
     allow_insecure: bool = False
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     transport: dict[str, Any] = field(default_factory=dict)  # agent/transport.py reads it
+    relay_urls: list[str] = field(default_factory=list)  # several relay nodes (agent/relays.py)
+
+    def all_relay_urls(self) -> list[str]:
+        return list(self.relay_urls) or ([self.relay_url] if self.relay_url else [])
 
 
 # ---------------------------------------------------------------- file
@@ -97,6 +101,10 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
         capacity=_int(agent.get("capacity", DEFAULT_CAPACITY), "capacity", path),
         allow_insecure=bool(agent.get("allow_insecure", False)),
     )
+    urls = agent.get("relay_urls")
+    if isinstance(urls, list) and urls and all(isinstance(u, str) for u in urls):
+        cfg.relay_urls = list(urls)
+        cfg.relay_url = cfg.relay_url or urls[0]
     transport = data.get("transport", {})
     cfg.transport = dict(transport) if isinstance(transport, dict) else {}
     sources = data.get("sources", {})
@@ -123,6 +131,8 @@ def _int(value: Any, what: str, path: Path) -> int:
 
 def save_config(path: Path, cfg: AgentConfig) -> None:
     agent: dict[str, Any] = {"relay_url": cfg.relay_url, "capacity": cfg.capacity}
+    if len(cfg.relay_urls) > 1:  # one URL stays the plain relay_url older agents read
+        agent["relay_urls"] = list(cfg.relay_urls)
     if cfg.api_key_enc:
         agent["api_key_enc"] = cfg.api_key_enc
     if cfg.name:

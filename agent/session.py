@@ -38,6 +38,8 @@ from shared.protocol import (
 
 from . import linkstate as ls
 from .logs import ShipBuffer
+from .logship import ship_forever
+from .relays import Endpoint, RelayChoice
 from .runner import Runner
 from .telemetry import Telemetry
 
@@ -63,6 +65,7 @@ class SessionConfig:
     drain_grace: float = 30.0
     hello_extra: dict[str, Any] = field(default_factory=dict)  # optional hello fields (kems)
     connect_options: dict[str, Any] = field(default_factory=dict)  # agent/transport.py
+    relays: RelayChoice | None = None  # several relay URLs (agent/relays.py); else ``url``
 
 
 class _WsLink:
@@ -96,6 +99,7 @@ class Session:
         self.telemetry = telemetry or Telemetry()
         self.rand = rand
         self.state = ls.LinkState(self._on_change)
+        self.relays = cfg.relays or RelayChoice([Endpoint(cfg.url, cfg.url, cfg.connect_options)])
         self.connector_id: str | None = None
         self.last_heartbeat: float | None = None
         self.connected_since: float | None = None
@@ -106,12 +110,14 @@ class Session:
         self._stop_requests = 0
         self._welcomed = False
         self._failure = ""  # the last failure reason logged, to avoid repeating it
+        self._asked_delay: float | None = None  # from relay.reconnect.v1
 
     # ------------------------------------------------------------ public
 
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state.public,
+            "relayUrl": self.relays.current.shown,
             "linkState": self.state.state,
             "connectorId": self.connector_id,
             "lastHeartbeat": self.last_heartbeat,
@@ -136,13 +142,17 @@ class Session:
         attempt = 0
         while self.state.state != ls.CLOSED:
             min_delay, welcomed = await self._one_connection()
+            if self._asked_delay is not None:  # relay.reconnect.v1 said when to come back
+                min_delay, self._asked_delay = max(min_delay, self._asked_delay), None
             if self.state.state == ls.CLOSED:
                 break
             if self.state.state == ls.DRAINING:
                 self.state.fire("lost")
                 break
             self.state.fire("lost")
-            attempt = 0 if welcomed else attempt + 1
+            # Next relay URL; the backoff grows only when a whole round of them failed.
+            new_round = self.relays.advance()
+            attempt = 0 if welcomed else attempt + (1 if new_round else 0)
             cap = min(self.cfg.backoff_max, self.cfg.backoff_min * (2 ** min(attempt, 16)))
             delay = max(min_delay, self.rand(self.cfg.backoff_min, max(self.cfg.backoff_min, cap)))
             self.last_delay = delay
@@ -159,14 +169,15 @@ class Session:
         headers = {"Authorization": f"Bearer {self.cfg.api_key}"}
         welcomed = self._welcomed = False
         try:
+            relay = self.relays.current
             async with connect(
-                self.cfg.url,
+                relay.url,
                 additional_headers=headers,
                 compression=None,  # permessage-deflate is too costly for bulk links
                 max_size=2 * MAX_TEXT_FRAME,
                 open_timeout=self.cfg.open_timeout,
                 user_agent_header=f"mini-connector/{self.cfg.agent_version}",
-                **self.cfg.connect_options,
+                **relay.options,
             ) as ws:
                 self._ws = ws
                 try:
@@ -236,7 +247,7 @@ class Session:
         )
         tasks = [
             asyncio.create_task(self._heartbeats(ws, float(welcome["heartbeatInterval"]))),
-            asyncio.create_task(self._ship_logs(ws)),
+            asyncio.create_task(self._ship_logs(ws, welcome.get("logsThrough"))),
         ]
         try:
             async for frame in ws:
@@ -275,7 +286,11 @@ class Session:
             if self.ship is not None:
                 self.ship.setLevel(msg["logLevel"])
         elif msg.type == "relay.reconnect.v1":
-            log.info("the relay asked the agent to reconnect")
+            # The relay spreads its agents' delays; a little jitter of our own on top.
+            asked = float(msg.get("delaySeconds") or 0.0)
+            self._asked_delay = asked + self.rand(0.0, max(1.0, 0.1 * asked))
+            log.info("the relay asked the agent to reconnect after %.1f s; reconnecting in %.1f s",
+                     asked, self._asked_delay)  # fmt: skip
             await ws.close(1000, "reconnect requested")
 
     async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
@@ -294,22 +309,20 @@ class Session:
             self.last_heartbeat = time.time()
             await asyncio.sleep(interval)
 
-    async def _ship_logs(self, ws: ClientConnection) -> None:
+    async def _ship_logs(self, ws: ClientConnection, through: int | None) -> None:
+        """Catch up from the local log after ``through``, then ship live (agent/logship)."""
         if self.ship is None:
             return
-        while True:
-            lines = self.ship.take(1000)
-            if lines:
-                try:
-                    await ws.send(encode(make("agent.logs.v1", lines=lines)))
-                except ConnectionClosed:
-                    self.ship.put_back(lines)
-                    return
-                except ProtocolError:
-                    pass  # a line the protocol refuses is dropped, never retried forever
-                if len(self.ship):
-                    continue
-            await asyncio.sleep(SHIP_EVERY)
+
+        async def send(lines: list[dict[str, Any]]) -> None:
+            try:
+                text = encode(make("agent.logs.v1", lines=lines))
+            except ProtocolError:
+                return  # a line the protocol refuses is dropped, never retried forever
+            await ws.send(text)
+
+        with contextlib.suppress(ConnectionClosed):
+            await ship_forever(send, self.ship, through)
 
     # ------------------------------------------------------------ stopping
 
@@ -350,7 +363,7 @@ class Session:
     def _on_change(self, old: str, event: str, new: str) -> None:
         if new == ls.READY:
             self._failure = ""
-            log.info("connected to the relay as connector %s", self.connector_id)
+            log.info("connected to the relay %s as connector %s", self.relays.current.shown, self.connector_id)
         elif new == ls.DRAINING:
             log.info("stopping: finishing %d running jobs, taking no new ones", self.runner.active_jobs)
         elif new == ls.CLOSED:

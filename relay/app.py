@@ -2,9 +2,13 @@
 
 Routes are registered with names; those names key the role table (``auth.ROUTE_ROLES``)
 and the middleware's public list. Startup opens the store and applies migrations, marks
-connectors left ``online`` by a previous run as offline, extends the leases of jobs in
+connectors left ``online`` by a previous run as offline (only those this node held or
+whose owner node stopped renewing its lease, when several nodes share PostgreSQL:
+``relay/cluster.py``), extends the leases of jobs in
 flight by a grace period (their agents reconnect and name them), and starts the sweeper;
-shutdown closes agent sockets with 1001, then the store.
+shutdown closes agent sockets with 1001, then the store (``mini-relay serve`` first runs
+``shutdown.drain`` on SIGTERM: agents are sent away with jittered reconnect delays).
+Besides ``/api/v1`` it serves ``/metrics`` (``relay/metrics.py``) and ``/downloads``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import queue, services
-from .api import connectors, events, health, jobs, openapi, results, telemetry
+from . import loglevel, metrics, queue, services, shutdown
+from .api import connectors, downloads, events, health, jobs, openapi, results, telemetry
 from .auth import TokenVerifier
+from .cluster import Cluster
 from .config import RelayConfig
 from .context import RELAY, Relay
 from .events import EventBus
@@ -28,9 +33,8 @@ from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
 from .ratelimit import RateLimiter
-from .store import Store
+from .store import Store, owners
 from .store import chunks as chunk_store
-from .store import connectors as con_store
 from .store import jobs as job_store
 from .store import logs as log_store
 
@@ -58,7 +62,10 @@ def _routes(app: web.Application, hub: Hub) -> None:
     r.add_post(f"{API}/jobs/{{id}}/cancel", jobs.cancel, name="jobs.cancel")
     r.add_get(f"{API}/jobs/{{id}}/results", results.get, name="jobs.results")
     r.add_get(f"{API}/events", events.stream, name="events")
-    r.add_get(f"{API}/agent/connect", guarded(hub.handle), name="agent.connect")
+    agent_route = metrics.counting(shutdown.refusing(guarded(hub.handle)))
+    r.add_get(f"{API}/agent/connect", agent_route, name="agent.connect")
+    r.add_get("/metrics", metrics.get, name="metrics")
+    r.add_get("/downloads/{name}", downloads.get, name="downloads")
 
 
 async def _maintain(relay: Relay) -> None:
@@ -74,12 +81,21 @@ async def _maintain(relay: Relay) -> None:
         await relay.store.run(chunk_store.delete_for_job, job_id, None)
 
 
+async def _expire_log_levels(relay: Relay) -> None:
+    """Agents here whose raised log level ran out go back to INFO."""
+    for connector_id in relay.log_levels.expired(now()):
+        session = relay.hub.sessions.get(connector_id)
+        if session is not None and not session.dead:
+            await session.send("agent.config.v1", logLevel=loglevel.DEFAULT_LEVEL)
+
+
 async def _sweeper(relay: Relay) -> None:
     last_maintenance = 0.0
     while True:
         await asyncio.sleep(relay.config.sweep_every)
         try:
             await relay.hub.sweep(relay)
+            await _expire_log_levels(relay)
             if now() - last_maintenance >= relay.config.maintenance_interval:
                 last_maintenance = now()
                 await _maintain(relay)
@@ -103,22 +119,28 @@ def create_app(config: RelayConfig) -> web.Application:
         verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key),
         hub=hub,
         handshakes=HandshakeGuard(config.handshake_failure_limit),
+        cluster=Cluster(config.node_id),
     )
     app[RELAY] = relay
     _routes(app, hub)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await relay.store.open()
-        # This node holds no agent yet: any "online" left by a previous run is stale.
-        await relay.store.run(con_store.mark_stale_online_offline, [])
+        # This node holds no agent yet: an "online" it (or a dead node) left is stale.
+        await relay.store.run(owners.startup_offline, relay.cluster.node_id, now(),
+                              single_node=relay.store.is_sqlite)  # fmt: skip
         # Nobody watched the agents while the relay was down: give them time to come back
         # (their reconnect backoff tops out at 60 s) before any lease may lapse.
         await relay.store.run(queue.extend_all_leases, now() + config.restart_lease_grace)
+        await relay.cluster.start(relay)
         sweeper = asyncio.create_task(_sweeper(relay), name="relay-sweeper")
+        if not config.metrics_token:
+            log.info("GET /metrics is open: set MC_RELAY_METRICS_TOKEN to require a bearer token")
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await relay.cluster.stop()
         await relay.store.close()
 
     async def on_shutdown(_app: web.Application) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
+from shared.fdlimit import raise_nofile
 from shared.redact import redact
 
 from .auth import ROLES, make_token
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve https/wss itself "
                    "(also MC_RELAY_TLS_CERT; default: plain HTTP behind a TLS-terminating proxy)")
     s.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert (also MC_RELAY_TLS_KEY)")
+    s.add_argument("--downloads-dir", default=None, help="folder of agent builds served at /downloads "
+                   "(also MC_RELAY_DOWNLOADS_DIR)")
     s.add_argument("--dev", action="store_true", default=None,
                    help="local trial: a fixed documented JWT secret, a per-process data key")  # fmt: skip
     t = sub.add_parser("token", help="print a signed platform token")
@@ -73,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(config: RelayConfig) -> None:
     from .app import create_app
+    from .context import RELAY
+    from .shutdown import drain
 
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -93,6 +98,7 @@ async def _serve(config: RelayConfig) -> None:
         scheme = "https" if ssl_context is not None else "http"
         print(f"mini-relay {VERSION} listening on {scheme}://{host}:{port}", flush=True)
         await stop.wait()
+        await drain(app[RELAY])  # agents sent away with jittered delays; writes finish
     finally:
         await runner.cleanup()
 
@@ -110,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(make_token(secret, args.tenant, args.role, args.ttl))
         return 0
     _setup_logging()
+    raise_nofile()  # one descriptor per agent socket
     try:
         config = RelayConfig.from_env(
             host=args.host, port=args.port, database_url=args.database_url, dev=args.dev,
-            tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, downloads_dir=args.downloads_dir,
         )
         tls_context(config.tls_cert, config.tls_key)  # a bad cert or key fails here, clearly
         config.check()

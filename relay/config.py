@@ -56,7 +56,13 @@ class RelayConfig:
     result_poll_interval: float = 1.0
     maintenance_interval: float = 5.0  # job TTL expiry, sample and result pruning
     restart_lease_grace: float = 75.0  # at startup, in-flight leases last at least this
+    node_id: str | None = None  # this relay node among several (relay/cluster.py); default random
     downloads_url_base: str = "/downloads"
+    downloads_dir: str | None = None  # the folder GET /downloads/<name> serves (relay/api/downloads.py)
+    metrics_token: str | None = field(default=None, repr=False)  # GET /metrics needs it when set
+    reconnect_delay_min: float = 1.0  # shutdown: agents are told to come back after
+    reconnect_delay_spread: float = 10.0  # min + uniform(0, spread) seconds, each its own
+    shutdown_grace: float = 10.0  # shutdown: how long agents get to disconnect
     tls_cert: str | None = None  # PEM chain: the relay serves TLS itself (else behind a proxy)
     tls_key: str | None = None
     data_cipher: DataCipher | None = field(default=None, repr=False)
@@ -136,10 +142,16 @@ _ENV: list[tuple[str, str, Any]] = [
     ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", int),
     ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
     ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
+    ("node_id", "MC_RELAY_NODE_ID", str),
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", int),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
     ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", int),
     ("downloads_url_base", "MC_RELAY_DOWNLOADS_URL", str),
+    ("downloads_dir", "MC_RELAY_DOWNLOADS_DIR", str),
+    ("metrics_token", "MC_RELAY_METRICS_TOKEN", str),
+    ("reconnect_delay_min", "MC_RELAY_RECONNECT_DELAY_MIN", float),
+    ("reconnect_delay_spread", "MC_RELAY_RECONNECT_DELAY_SPREAD", float),
+    ("shutdown_grace", "MC_RELAY_SHUTDOWN_GRACE", float),
     ("tls_cert", "MC_RELAY_TLS_CERT", str),
     ("tls_key", "MC_RELAY_TLS_KEY", str),
 ]

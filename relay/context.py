@@ -13,10 +13,13 @@ from aiohttp import web
 from shared.crypto import DataCipher
 
 from .auth import Principal, TokenVerifier
+from .cluster import Cluster
 from .config import RelayConfig
 from .events import EventBus
 from .handshake_limit import HandshakeGuard
 from .kems import KemDirectory
+from .loglevel import LogLevels
+from .metrics import RelayMetrics
 from .notify import JobNotifier
 from .ratelimit import RateLimiter
 from .store import Store
@@ -37,6 +40,11 @@ class Relay:
     hub: Hub
     kems: KemDirectory = field(default_factory=KemDirectory)
     handshakes: HandshakeGuard = field(default_factory=HandshakeGuard)
+    cluster: Cluster = field(default_factory=Cluster)  # this node among several (relay/cluster.py)
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    log_levels: LogLevels = field(default_factory=LogLevels)
+    stopping: bool = False  # SIGTERM received: agents are refused (503) and sent away
+    download_sums: dict[tuple[str, int, int], str] = field(default_factory=dict)
 
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)

@@ -23,12 +23,13 @@ from shared import keys, protocol
 from shared.crypto import load_public_key
 from shared.errors import MCError, ProtocolError, Unauthorized
 
-from . import intake, queue
+from . import intake, loglevel, queue
 from .context import RELAY, Relay
 from .formats import now
 from .session import AgentSession
 from .store import connectors as con_store
 from .store import jobs as job_store
+from .store import owners
 
 log = logging.getLogger("relay.hub")
 CLOSE = protocol.CLOSE_CODES
@@ -154,7 +155,13 @@ class Hub:
             return
         if hello is None:
             return
+        held_elsewhere = await relay.store.run(
+            owners.held_elsewhere, cid, relay.cluster.node_id, hello["publicKey"], now()
+        )  # another relay node holds another agent with this key (relay/cluster.py)
         live = self.sessions.get(cid)
+        if held_elsewhere:
+            await _refuse(ws, DUPLICATE_MESSAGE, CLOSE["DUPLICATE_CONNECTION"], code="DUPLICATE_CONNECTION")
+            return
         if live is not None and not live.dead:
             if live.public_key != hello["publicKey"]:
                 await _refuse(ws, DUPLICATE_MESSAGE,
@@ -190,6 +197,7 @@ class Hub:
             "capacity": hello["capacity"], "public_key": hello["publicKey"],
             "sources": orjson.dumps(hello["sources"]).decode(), "connected_since": session.connected_since,
             "last_seen": session.connected_since, "active_jobs": 0, "cpu_usage": None, "memory_usage": None,
+            **owners.owner_fields(relay.cluster.node_id, session.connected_since + relay.config.offline_after),
         }  # fmt: skip
         held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
         kept, given_back, cancelled, stale = await relay.store.run(
@@ -204,7 +212,8 @@ class Hub:
         await session.send(
             "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
             connectorId=session.connector_id, heartbeatInterval=relay.config.heartbeat_interval,
-            window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes, logLevel="INFO",
+            window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes,
+            **await loglevel.welcome_fields(relay, connector, session.connected_since),
         )  # fmt: skip
         for job_id, attempt in cancelled:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
@@ -263,8 +272,12 @@ class Hub:
 
     async def _mark_offline(self, relay: Relay, session: AgentSession) -> None:
         at = now()
+        released = False
         with contextlib.suppress(Exception):  # the store may be closing at shutdown
-            await relay.store.run(con_store.set_offline_unless_revoked, session.connector_id, at)
+            # Offline unless another relay node holds the agent now (relay/cluster.py).
+            released = await relay.store.run(owners.release, session.connector_id, relay.cluster.node_id, at)
+        if not released:
+            return
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
             intake.connector_status_data(session.connector_id, "offline", at),
@@ -318,7 +331,7 @@ class Hub:
         retryLimit). A connector still talking to this node keeps its jobs: its heartbeat
         may just be late behind a stream of chunks, so its leases are renewed instead."""
         at = now()
-        lapsed = await relay.store.run(queue.lapsed, at)
+        lapsed = await relay.store.run(queue.lapsed, at, relay.cluster.node_id)
         if not lapsed:
             return
         lease = relay.config.offline_after

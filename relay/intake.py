@@ -17,9 +17,9 @@ import orjson
 
 from shared import protocol
 from shared.errors import ProtocolError
-from shared.rows import decode_rows
+from shared.rows import row_count
 
-from . import queue
+from . import heartbeats, queue
 from .context import Relay
 from .formats import iso, now, parse_iso
 from .session import AgentSession
@@ -27,6 +27,7 @@ from .store import chunks as chunk_store
 from .store import connectors as con_store
 from .store import jobs as job_store
 from .store import logs as log_store
+from .store import owners
 
 log = logging.getLogger("relay.hub")
 
@@ -48,8 +49,13 @@ def _assign_fields(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _claim(conn: Any, connector_id: str, limit: int, at: float, lease: float) -> list[dict[str, Any]]:
-    """Move up to ``limit`` due queued jobs to dispatched, leased to the connector."""
+def _claim(
+    conn: Any, connector_id: str, limit: int, at: float, lease: float, node: str | None = None
+) -> list[dict[str, Any]]:
+    """Move up to ``limit`` due queued jobs to dispatched, leased to the connector (none
+    when another relay node holds its agent now: this node's session is stale)."""
+    if node is not None and not owners.owns(conn, connector_id, node):
+        return []
     claimed = []
     for job in job_store.next_queued(conn, connector_id, limit, at):
         values = {"dispatched_at": at, "lease_expires_at": at + lease, "not_before": None}
@@ -67,8 +73,10 @@ async def dispatch(relay: Relay, session: AgentSession) -> None:
         if session.dead or session.draining or session.free_slots <= 0:
             return
         jobs = await relay.store.run(
-            _claim, session.connector_id, session.free_slots, now(), relay.config.offline_after
+            _claim, session.connector_id, session.free_slots, now(), relay.config.offline_after,
+            relay.cluster.node_id,
         )
+        relay.metrics.dispatched(jobs, now())
         for job in jobs:
             session.in_flight[job["id"]] = job["attempt"]
             # A failed send leaves the job dispatched; the agent's next hello (without it
@@ -119,12 +127,11 @@ async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message)
 
 async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:
     await _owned_job(relay, session, chunk.job_id, chunk.attempt)
-    try:
-        rows = decode_rows(chunk.payload)
-    except ValueError as exc:
-        raise ProtocolError("chunk payload is not a JSON array of rows") from exc
-    if len(rows) != chunk.rows or not all(isinstance(r, list) for r in rows):
-        raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {len(rows)}")
+    held = row_count(chunk.payload, chunk.rows)  # cheap: the payload stays opaque bytes
+    if held is None:
+        raise ProtocolError("chunk payload is not a JSON array of rows")
+    if held != chunk.rows:
+        raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
     key_id, blob = relay.cipher.encrypt(chunk.payload, aad)
     through = await relay.store.run(
@@ -206,6 +213,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
     relay.notifier.notify(job_id)
     if outcome == "final":  # a platform cancel already announced its own completion
         publish_completed(relay, session.tenant_id, job)
+        relay.metrics.finished(job.get("status") or msg["status"], msg["byteCount"])
     elif outcome == "retry":
         schedule_kick(relay, job)
     await dispatch(relay, session)
@@ -262,7 +270,8 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
         "memory_usage": session.memory_usage, "active_jobs": session.active_jobs,
     }  # fmt: skip
     lease_until = at + relay.config.offline_after
-    await relay.store.run(_heartbeat_write, session.connector_id, fields, sample, lease_until)
+    # Coalesced with other agents' heartbeats into one transaction (relay/heartbeats.py).
+    await heartbeats.writer_for(relay.store).write(_heartbeat_write, session.connector_id, fields, sample, lease_until)
     if grew:
         await dispatch(relay, session)
 
@@ -291,9 +300,11 @@ async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) ->
                 "message": line["message"],
                 "logger": line.get("logger"),
                 "job_id": line.get("jobId"),
+                "line_id": line.get("id"),  # the agent's id: a resent line is stored once
             }
         )
-    await relay.store.run(log_store.add_logs, rows, relay.config.log_retention_lines)
+    added = await relay.store.run(log_store.add_logs, rows, relay.config.log_retention_lines)
+    relay.metrics.log_lines.inc(added)
 
 
 def connector_status_data(connector_id: str, status: str, last_seen: float | None) -> dict[str, Any]:

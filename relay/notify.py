@@ -2,14 +2,16 @@
 
 A reader takes a ``watch(job_id)`` *before* reading the store, so a chunk stored between
 its read and its wait still wakes it (the watch is armed the whole time). Readers also
-wake on a timeout and re-check the store: the safety net, and what a multi-node
-deployment leans on until it has LISTEN/NOTIFY.
+wake on a timeout and re-check the store: the safety net. With several relay nodes,
+``forward`` (set by ``relay.cluster``) passes each notification on to the other nodes,
+which wake their own readers with ``notify_local``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class Watch:
@@ -32,11 +34,17 @@ class Watch:
 class JobNotifier:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.forward: Callable[[str], None] | None = None
 
     def watch(self, job_id: str) -> Watch:
         return Watch(self, job_id)
 
     def notify(self, job_id: str) -> None:
+        self.notify_local(job_id)
+        if self.forward is not None:
+            self.forward(job_id)
+
+    def notify_local(self, job_id: str) -> None:
         for fut in self._waiters.pop(job_id, ()):
             if not fut.done():
                 fut.set_result(None)
@@ -54,3 +62,7 @@ class JobNotifier:
                 del self._waiters[job_id]
         if not fut.done():
             fut.cancel()
+
+    def watched(self) -> list[str]:
+        """Jobs someone is waiting on here (woken after missed cluster notifications)."""
+        return list(self._waiters)

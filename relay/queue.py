@@ -25,6 +25,7 @@ from sqlalchemy import Connection, select, update
 from shared.errors import Conflict
 
 from .store import chunks as chunk_store
+from .store import owners, pg
 from .store.schema import jobs
 
 QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
@@ -186,9 +187,12 @@ def extend_all_leases(conn: Connection, until: float) -> int:
     return done.rowcount or 0
 
 
-def lapsed(conn: Connection, at: float) -> list[dict[str, Any]]:
-    """In-flight jobs whose lease ran out before ``at``."""
-    rows = conn.execute(
-        select(jobs).where(jobs.c.status.in_(IN_FLIGHT), jobs.c.lease_expires_at < at)
-    ).all()
+def lapsed(conn: Connection, at: float, node: str | None = None) -> list[dict[str, Any]]:
+    """In-flight jobs whose lease ran out before ``at``. Given this relay ``node``, jobs
+    of connectors another live node holds are left to that node (it may renew them);
+    rows another node is giving back right now are skipped (PostgreSQL)."""
+    q = select(jobs).where(jobs.c.status.in_(IN_FLIGHT), jobs.c.lease_expires_at < at)
+    if node is not None:
+        q = q.where(jobs.c.connector_id.not_in(owners.owned_elsewhere(node, at)))
+    rows = conn.execute(pg.skip_locked(conn, q)).all()
     return [dict(r._mapping) for r in rows]

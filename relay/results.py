@@ -117,18 +117,38 @@ async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int) -> list
     if stored is None:
         raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
     aad = f"{job_id}:{attempt}:{seq}".encode()
-    return decode_rows(relay.cipher.decrypt(stored["key_id"], stored["data"], aad))
+    try:
+        batch = decode_rows(relay.cipher.decrypt(stored["key_id"], stored["data"], aad))
+    except ValueError as exc:  # intake checks the frame only; rows are parsed here, once
+        raise StreamAborted(f"chunk {seq} does not hold a JSON array of rows") from exc
+    if len(batch) != stored["rows"]:
+        raise StreamAborted(f"chunk {seq} declared {stored['rows']} rows but holds {len(batch)}")
+    return batch
 
 
 # ---------------------------------------------------------------- formats
 
 
 def ndjson(names: list[str], batch: list[list[Any]]) -> bytes:
-    out = bytearray()
-    for row in batch:
-        out += orjson.dumps(dict(zip(names, row, strict=False)))
-        out += b"\n"
-    return bytes(out)
+    """One JSON object per row, newline-terminated.
+
+    Fast path: one ``orjson.dumps`` over the whole batch of dicts, then the separators
+    between objects, ``},{"<first column>":``, become newlines. That byte sequence cannot
+    occur inside a string (orjson writes ``"`` there as ``\\"``); a nested value can hold
+    it (a JSON column of objects keyed like the first column), which the count catches:
+    exactly ``len(batch) - 1`` separators, or the batch is encoded row by row instead.
+    """
+    if not batch:
+        return b""
+    rows = [dict(zip(names, row, strict=False)) for row in batch]
+    if names:
+        key = orjson.dumps(names[0]) + b":"
+        sep = b"},{" + key
+        body = orjson.dumps(rows)[1:-1]
+        if body.count(sep) == len(rows) - 1:
+            return body.replace(sep, b"}\n{" + key) + b"\n"
+    dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    return b"".join([dumps(row, option=opt) for row in rows])
 
 
 def _csv_value(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """What the API's write operations do, apart from HTTP: register, rotate, revoke, submit,
 cancel, expire. Each runs its store work in one transaction, then tells the hub, the
-event bus and any result readers.
+event bus and any result readers, and the other relay nodes (``relay/cluster.py``).
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> N
     at = now()
     failed = await relay.store.run(_revoke, tenant_id, connector_id, at)
     await relay.hub.disconnect(connector_id, CLOSE_REVOKED, "REVOKED")
+    relay.cluster.revoke(connector_id)  # its agent may be on another relay node
     relay.events.publish(
         tenant_id, "connector_status_changed", connector_status_data(connector_id, "revoked", at)
     )
@@ -143,6 +144,7 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
             raise
         return existing, False
     await relay.hub.kick(relay, connector["id"])
+    relay.cluster.kick(connector["id"])  # the node holding the agent, if not this one
     return row, True
 
 
@@ -170,6 +172,7 @@ async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any
     job, was = await relay.store.run(_cancel, tenant_id, job_id, now())
     if was in queue.IN_FLIGHT:
         await relay.hub.cancel(job["connector_id"], job_id, job["attempt"])
+        relay.cluster.cancel(job["connector_id"], job_id, job["attempt"])
     relay.notifier.notify(job_id)
     publish_completed(relay, tenant_id, job)
     return job

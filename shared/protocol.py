@@ -169,6 +169,9 @@ _LOG_LINE = _obj(
         "message": F("str", max_len=16_000),
         "logger": F("str", required=False, nullable=True, max_len=200),
         "jobId": F("str", required=False, nullable=True, max_len=MAX_ID_LEN),
+        # Optional: the agent's stable, increasing id for the line; the relay stores a
+        # line once per id, so an agent catching up after a cut may resend safely.
+        "id": F("int", required=False, nullable=True, lo=0, hi=2**63 - 1),
     }
 )
 
@@ -230,6 +233,9 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             "window": F("int", lo=1, hi=1024),
             "maxChunkBytes": F("int", lo=1024, hi=MAX_BINARY_FRAME),
             "logLevel": F("str", required=False, choices=LOG_LEVELS),
+            # Optional: the newest agent log line id the relay holds for this connector;
+            # the agent catches up from its local log with the lines after it.
+            "logsThrough": F("int", required=False, nullable=True, lo=0, hi=2**63 - 1),
         },
     ),
     "job.assign.v1": (

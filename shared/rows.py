@@ -96,6 +96,29 @@ def decode_rows(data: bytes) -> list[list[Any]]:
     return rows
 
 
+def row_count(payload: bytes, expected: int) -> int | None:
+    """How many rows a chunk payload holds; None if it is not a JSON array of arrays.
+
+    Cheap when the payload is what an agent's orjson makes: if the number of ``],[``
+    separators says ``expected``, no parse is needed (0.3 ms instead of 3 ms for 500 KB).
+    Otherwise (strings or nested arrays holding ``],[``, or a wrong count) the payload is
+    parsed and counted exactly. A payload crafted to fool the cheap count is still caught
+    when a reader parses it (``relay.results`` checks every chunk's row count).
+    """
+    body = payload.strip(b" \t\r\n")
+    if body[:1] != b"[" or body[-1:] != b"]":
+        return None
+    if body[1:-1].strip(b" \t\r\n") == b"":
+        return 0
+    if expected > 0 and body[:2] == b"[[" and body[-2:] == b"]]" and body.count(b"],[") + 1 == expected:
+        return expected
+    try:
+        rows = decode_rows(payload)
+    except ValueError:
+        return None
+    return len(rows) if all(isinstance(r, list) for r in rows) else None
+
+
 def batched(rows: Iterable[Sequence[Any]], size: int) -> Iterable[list[Sequence[Any]]]:
     batch: list[Sequence[Any]] = []
     for row in rows:

@@ -416,6 +416,28 @@ class Stack:
         wait_until(lambda: self._healthy(), 15, what="relay /health")
         return self.relay
 
+    def start_relay_node(self, database_url: str, timeout: float = 30) -> Relay:
+        """Start one more relay node on a shared store (``postgresql://``), with the stack's
+        JWT secret and data key, so any node verifies the same tokens and reads the chunks
+        another stored. The first node started becomes ``self.relay`` / ``self.api``."""
+        self.extra_env.setdefault("MC_RELAY_JWT_SECRET", secrets.token_hex(32))
+        self.extra_env.setdefault("MC_RELAY_DATA_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+        env = self._env()
+        env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
+        env.setdefault("MC_RELAY_RATE_LIMIT", "1000000")
+        n = sum(1 for p in self.procs if p.name.startswith("mini-relay")) + 1
+        argv = [*command("mini-relay"), "serve", "--host", "127.0.0.1", "--port", "0",
+                "--database-url", database_url]  # fmt: skip
+        proc = Proc(f"mini-relay#{n}", argv, env, self.workdir / f"relay-{n}.log")
+        self.procs.append(proc)
+        m = proc.wait_for_line(_LISTENING, timeout)
+        relay = Relay(proc, m.group(1), int(m.group(2)), env)
+        api = relay.api(self.tenant, "admin")
+        wait_until(lambda: _healthy(api), 15, what=f"relay node {n} /health")
+        if self.relay is None:
+            self.relay, self.api = relay, api
+        return relay
+
     def kill_relay(self) -> None:
         """``kill -9`` the relay (its port and store stay for ``start_relay_on``)."""
         assert self.relay is not None
@@ -486,6 +508,13 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _healthy(api: Api) -> bool:
+    try:
+        return api.health().get("status") == "healthy"
+    except OSError:
+        return False
 
 
 def free_port() -> int:

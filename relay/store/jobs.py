@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, func, or_, select, update
 
+from .pg import skip_locked
 from .schema import jobs as t
 from .schema import result_chunks
 
@@ -52,7 +53,8 @@ def next_queued(
     q = select(t).where(t.c.connector_id == connector_id, t.c.status == "queued")
     if at is not None:
         q = q.where(or_(t.c.not_before.is_(None), t.c.not_before <= at))
-    rows = conn.execute(q.order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)).all()
+    q = q.order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)
+    rows = conn.execute(skip_locked(conn, q)).all()  # PostgreSQL: FOR UPDATE SKIP LOCKED
     return [dict(r._mapping) for r in rows]
 
 
@@ -95,3 +97,9 @@ def set_fields(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
     if "status" in values:
         raise ValueError("status changes go through relay.queue.apply")
     conn.execute(update(t).where(t.c.id == job_id).values(**values))
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    """How many jobs are in each status, across tenants (for ``GET /metrics``)."""
+    rows = conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all()
+    return {status: int(n) for status, n in rows}

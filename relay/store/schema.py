@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Engine,
@@ -65,6 +66,10 @@ connectors = Table(
     Column("public_key", String(200)),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("log_level", String(10)),  # a raised shipped log level (support), until ...
+    Column("log_level_until", Float),
+    Column("owner_node", String(40)),  # the relay node holding its agent (relay/cluster.py) ...
+    Column("owner_expires_at", Float),  # ... until this lease lapses unless renewed
     Index("ix_connectors_tenant", "tenant_id", "created_at"),
     Index("ix_connectors_key_prefix", "api_key_prefix"),
     Index("ix_connectors_prev_prefix", "prev_key_prefix"),
@@ -127,7 +132,9 @@ agent_logs = Table(
     Column("message", Text, nullable=False),
     Column("logger", String(200)),
     Column("job_id", String(64)),
+    Column("line_id", BigInteger),  # the agent's stable id for the line (dedupe on resend)
     Index("ix_agent_logs_connector", "connector_id", "id"),
+    Index("ux_agent_logs_line", "connector_id", "line_id", unique=True),
 )
 
 metrics_samples = Table(
@@ -163,10 +170,35 @@ def _v2_leases(conn: Connection) -> None:
         conn.execute(text("CREATE INDEX ix_jobs_status_lease ON jobs (status, lease_expires_at)"))
 
 
+def _v3_log_shipping(conn: Connection) -> None:
+    # Agent line ids (catch-up without duplicates) and the support-raised log level.
+    logs_have = {c["name"] for c in inspect(conn).get_columns("agent_logs")}
+    if "line_id" not in logs_have:
+        conn.execute(text("ALTER TABLE agent_logs ADD COLUMN line_id BIGINT"))
+    if "ux_agent_logs_line" not in {i["name"] for i in inspect(conn).get_indexes("agent_logs")}:
+        conn.execute(text("CREATE UNIQUE INDEX ux_agent_logs_line ON agent_logs (connector_id, line_id)"))
+    con_have = {c["name"] for c in inspect(conn).get_columns("connectors")}
+    if "log_level" not in con_have:
+        conn.execute(text("ALTER TABLE connectors ADD COLUMN log_level VARCHAR(10)"))
+    if "log_level_until" not in con_have:
+        conn.execute(text("ALTER TABLE connectors ADD COLUMN log_level_until FLOAT"))
+
+
+def _v4_owner_leases(conn: Connection) -> None:
+    # Several relay nodes: which node holds each connector's agent, and until when.
+    have = {c["name"] for c in inspect(conn).get_columns("connectors")}
+    if "owner_node" not in have:
+        conn.execute(text("ALTER TABLE connectors ADD COLUMN owner_node VARCHAR(40)"))
+    if "owner_expires_at" not in have:
+        conn.execute(text("ALTER TABLE connectors ADD COLUMN owner_expires_at FLOAT"))
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
     (2, "job leases and retry times", _v2_leases),
+    (3, "agent log line ids and raised log levels", _v3_log_shipping),
+    (4, "connector owner-node leases", _v4_owner_leases),
 ]
 
 

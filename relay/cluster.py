@@ -1,0 +1,232 @@
+"""Several relay nodes on one PostgreSQL store: node identity, owner leases, wake-ups.
+
+Each relay process is a node with its own id (``MC_RELAY_NODE_ID``, else random per
+process). The node that welcomes an agent owns the connector (``store/owners.py``) and
+renews that lease every third of ``offline_after``; a connector taken over by another
+node meanwhile has its stale session here closed, and connectors whose owner stopped
+renewing (a dead node) are marked offline by whichever node notices first.
+
+What happens on one node and matters to another travels as ``NOTIFY`` on one channel
+(JSON payloads, ``n`` = the sending node, which ignores its own): ``kick`` (a job was
+queued for a connector held elsewhere: dispatch), ``cancel`` (stop a job on the agent),
+``revoke`` (close the revoked agent's socket), ``job`` (result readers of these jobs:
+re-read the store), ``event`` (a tenant event for this node's subscribers). Sends are
+batched by one task, so a stream of chunks costs one ``NOTIFY`` per batch, not per chunk.
+A ``LISTEN`` that reconnects, the maintenance sweep (due jobs), the readers' poll and a
+periodic check for cancelled jobs are the safety nets for anything missed. With SQLite
+there is one node: nothing is sent, the leases are still kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, select
+
+from shared.protocol import CLOSE_CODES
+
+from .formats import now
+from .store import owners, pg
+from .store.schema import jobs
+
+if TYPE_CHECKING:
+    from .context import Relay
+
+log = logging.getLogger("relay.cluster")
+CHANNEL = "mini_connector"
+CLOSE_REVOKED = 4003
+JOB_IDS_PER_MESSAGE = 100
+
+
+def new_node_id() -> str:
+    return "node_" + secrets.token_hex(8)
+
+
+class Cluster:
+    def __init__(self, node_id: str | None = None) -> None:
+        self.node_id = node_id or new_node_id()
+        self._relay: Relay | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: pg.Listener | None = None
+        self._outbox: list[dict[str, Any]] = []
+        self._jobs: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cancel_sent: set[tuple[str, int]] = set()
+
+    @property
+    def shared(self) -> bool:
+        """True when other nodes may share the store (PostgreSQL): messages are sent."""
+        return self._listener is not None
+
+    # ------------------------------------------------------------ life
+
+    async def start(self, relay: Relay) -> None:
+        self._relay, self._loop = relay, asyncio.get_running_loop()
+        if not relay.store.is_sqlite:
+            self._listener = pg.Listener(relay.store.engine, CHANNEL, self._from_thread, self._resync_from_thread)
+            self._listener.start()
+            await asyncio.to_thread(self._listener.ready.wait, 10.0)
+            relay.notifier.forward = self._forward_job
+            relay.events.forward = self._forward_event
+            self._tasks.append(asyncio.create_task(self._send_loop(), name="relay-cluster-send"))
+        self._tasks.append(asyncio.create_task(self._lease_loop(), name="relay-cluster-leases"))
+        log.info("relay node %s started (%s)", self.node_id, "shared store" if self.shared else "single node")
+
+    async def stop(self) -> None:
+        if self.shared:
+            with contextlib.suppress(Exception):
+                await self._flush()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+            self._listener = None
+
+    # ------------------------------------------------------------ sending
+
+    def kick(self, connector_id: str) -> None:
+        """A job was queued: the node holding the connector's agent dispatches it."""
+        if self._relay is not None and connector_id not in self._relay.hub.sessions:
+            self._post({"k": "kick", "c": connector_id})
+
+    def cancel(self, connector_id: str, job_id: str, attempt: int) -> None:
+        if self._relay is not None and connector_id not in self._relay.hub.sessions:
+            self._post({"k": "cancel", "c": connector_id, "j": job_id, "a": attempt})
+
+    def revoke(self, connector_id: str) -> None:
+        self._post({"k": "revoke", "c": connector_id})
+
+    def _forward_job(self, job_id: str) -> None:
+        self._jobs.add(job_id)
+        self._wake.set()
+
+    def _forward_event(self, tenant_id: str, event: dict[str, Any]) -> None:
+        self._post({"k": "event", "t": tenant_id, "e": event})
+
+    def _post(self, msg: dict[str, Any]) -> None:
+        if self.shared:
+            self._outbox.append(msg)
+            self._wake.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the sweeps and the readers' polls cover a lost one
+                log.warning("cannot notify the other relay nodes: %s", type(exc).__name__)
+
+    async def _flush(self) -> None:
+        assert self._relay is not None
+        self._wake.clear()
+        msgs, self._outbox = self._outbox, []
+        ids, self._jobs = sorted(self._jobs), set()
+        for i in range(0, len(ids), JOB_IDS_PER_MESSAGE):
+            msgs.append({"k": "job", "j": ids[i : i + JOB_IDS_PER_MESSAGE]})
+        if msgs:
+            payloads = [orjson.dumps({**m, "n": self.node_id}).decode() for m in msgs]
+            await self._relay.store.run(pg.notify, CHANNEL, payloads)
+
+    # ------------------------------------------------------------ receiving
+
+    def _from_thread(self, payload: str) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.receive, payload)
+
+    def _resync_from_thread(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._resync)
+
+    def receive(self, payload: str) -> None:
+        """One message from another node (on the event loop)."""
+        relay = self._relay
+        try:
+            msg = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if relay is None or not isinstance(msg, dict) or msg.get("n") == self.node_id:
+            return
+        hub, kind = relay.hub, msg.get("k")
+        if kind == "job":
+            for job_id in msg.get("j") or ():
+                relay.notifier.notify_local(job_id)
+        elif kind == "event":
+            relay.events.deliver(msg["t"], msg["e"])
+        elif kind == "kick" and msg["c"] in hub.sessions:
+            hub.spawn(hub.kick(relay, msg["c"]))
+        elif kind == "cancel" and msg["c"] in hub.sessions:
+            hub.spawn(hub.cancel(msg["c"], msg["j"], msg["a"]))
+        elif kind == "revoke" and msg["c"] in hub.sessions:
+            hub.spawn(hub.disconnect(msg["c"], CLOSE_REVOKED, "REVOKED"))
+
+    def _resync(self) -> None:
+        """The LISTEN connection was re-made: wake everything that may have missed news."""
+        relay = self._relay
+        if relay is None:
+            return
+        for connector_id in list(relay.hub.sessions):
+            relay.hub.spawn(relay.hub.kick(relay, connector_id))
+        for job_id in relay.notifier.watched():
+            relay.notifier.notify_local(job_id)
+
+    # ------------------------------------------------------------ owner leases
+
+    async def _lease_loop(self) -> None:
+        assert self._relay is not None
+        while True:
+            await asyncio.sleep(max(0.05, self._relay.config.offline_after / 3))
+            try:
+                await self.renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing connector leases failed; retrying next round")
+
+    async def renew(self) -> None:
+        """Renew this node's connector leases, close sessions another node took over, mark
+        connectors of dead nodes offline, and re-send cancels that may have been missed."""
+        from .intake import connector_status_data  # here: intake imports the context
+
+        relay = self._relay
+        assert relay is not None
+        hub, at = relay.hub, now()
+        here = [cid for cid, s in hub.sessions.items() if not s.dead]
+        taken = await relay.store.run(owners.renew, self.node_id, here, at + relay.config.offline_after)
+        for connector_id in taken:
+            log.info("connector %s moved to another relay node", connector_id, extra={"connector_id": connector_id})
+            await hub.disconnect(connector_id, CLOSE_CODES["SESSION_REPLACED"], "SESSION_REPLACED")
+        for row in await relay.store.run(owners.lapsed_online, at, here):
+            relay.events.publish(row["tenant_id"], "connector_status_changed",
+                                 connector_status_data(row["id"], "offline", at))  # fmt: skip
+        if self.shared:
+            await self._recancel()
+
+    async def _recancel(self) -> None:
+        relay = self._relay
+        assert relay is not None
+        held = {job_id: (cid, attempt) for cid, s in relay.hub.sessions.items() for job_id, attempt in s.in_flight.items()}
+        if not held:
+            self._cancel_sent.clear()
+            return
+        for job_id, attempt in await relay.store.run(_cancelled, list(held)):
+            if (job_id, attempt) in self._cancel_sent:
+                continue
+            self._cancel_sent.add((job_id, attempt))
+            await relay.hub.cancel(held[job_id][0], job_id, attempt)
+        self._cancel_sent &= {(j, a) for j, (_, a) in held.items()}
+
+
+def _cancelled(conn: Connection, job_ids: list[str]) -> list[tuple[str, int]]:
+    rows = conn.execute(select(jobs.c.id, jobs.c.attempt).where(jobs.c.id.in_(job_ids), jobs.c.status == "cancelled"))
+    return [(r.id, r.attempt) for r in rows]

@@ -1,0 +1,38 @@
+"""Two relay apps in one process on one PostgreSQL store: owner leases and NOTIFY wake-ups."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.app import create_app
+
+from .conftest import Api, FakeAgent, wait_until
+from .test_store_postgres import pg_database  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_a_second_node_keeps_the_first_nodes_agents_online_and_wakes_them(
+    aiohttp_client: object, make_config: object, pg_database: str  # noqa: F811
+) -> None:
+    """Node B starting leaves node A's connector online; a job submitted and cancelled on
+    B reaches the agent on A; a disconnection on A marks it offline for B too."""
+    node_a = await aiohttp_client(create_app(make_config(database_url=pg_database)))  # type: ignore[operator]
+    api_a = Api(node_a)
+    con = await api_a.new_connector()
+    agent = await FakeAgent(node_a, con["apiKey"]).connect()
+    node_b = await aiohttp_client(create_app(make_config(database_url=pg_database)))  # type: ignore[operator]
+    api_b = Api(node_b)
+    assert (await api_b.connector(con["id"]))["status"] == "online"
+    job_id = await api_b.submit(con["id"], "SELECT 1")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["n"])
+    await api_b.call("POST", f"/jobs/{job_id}/cancel", expect=200)
+    cancel = await agent.expect("job.cancel.v1", jobId=job_id)
+    assert cancel["reason"] == "CANCELLED"
+    await agent.close()
+
+    async def offline() -> bool:
+        return (await api_b.connector(con["id"]))["status"] == "offline"
+
+    await wait_until(offline, what="offline on node B")
