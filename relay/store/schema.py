@@ -193,12 +193,22 @@ def _v4_owner_leases(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE connectors ADD COLUMN owner_expires_at FLOAT"))
 
 
+def _v5_claim_index(conn: Connection) -> None:
+    # Dispatch claims "the connector's queued jobs, highest priority first, then oldest":
+    # without an index in that order every claim sorts all of the connector's queued jobs.
+    conn.execute(text(
+        "CREATE INDEX IF NOT EXISTS ix_jobs_claim "
+        "ON jobs (connector_id, status, priority DESC, queued_at, id)"
+    ))
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
     (2, "job leases and retry times", _v2_leases),
     (3, "agent log line ids and raised log levels", _v3_log_shipping),
     (4, "connector owner-node leases", _v4_owner_leases),
+    (5, "index for dispatch claims in priority order", _v5_claim_index),
 ]
 
 

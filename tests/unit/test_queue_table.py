@@ -142,3 +142,18 @@ def test_chunk_acks_cover_only_a_gap_free_prefix(conn: Connection) -> None:
     assert chunk_store.acked_through(conn, "job_x", 1) == 1
     chunk_store.insert(conn, "job_x", 1, 2, 1, "k1", b"c")
     assert chunk_store.acked_through(conn, "job_x", 1) == 3
+
+
+def test_dispatch_claim_reads_the_claim_index_without_sorting(conn: Connection) -> None:
+    """Claiming the next jobs walks ix_jobs_claim in priority-then-age order: no sort of
+    every queued job per claim (the cost that capped small jobs per second)."""
+    for _ in range(3):
+        _job(conn)
+    query = select(jobs.c.id).where(jobs.c.connector_id == "con_1", jobs.c.status == "queued")
+    query = query.order_by(jobs.c.priority.desc(), jobs.c.queued_at, jobs.c.id).limit(1)
+    compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+    plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+    assert "ix_jobs_claim" in plan and "TEMP B-TREE" not in plan, plan
+    assert [j["id"] for j in job_store.next_queued(conn, "con_1", 2)] == [
+        f"job_{0:032d}", f"job_{1:032d}"
+    ]
