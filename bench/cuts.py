@@ -12,8 +12,6 @@ Prints rows/s for both, the number of cuts, and the ratio. Needs MC_TEST_POSTGRE
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from _common import figure
-from throughput import DEFAULT_PG, _connect, create_table, drop
+from throughput import bench_table
 
 from tests.harness import HarnessError, Source, Stack, wait_until
 from tests.system.faultproxy import FaultProxy
@@ -73,22 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--period", type=float, default=2.0, help="seconds between cuts")
     args = ap.parse_args(argv)
-    url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
     print(f"cuts: {args.rows:,} rows x 6 columns from PostgreSQL, cut every {args.period:g} s vs never")
-    try:
-        _connect(url).close()
-    except Exception as exc:
-        print(f"  skipped: PostgreSQL unreachable at {url}: {exc}".splitlines()[0])
-        return 0
-    schema = f"mc_bench_{secrets.token_hex(4)}"
-    sql = f"SELECT id, name, amount, created, flag, score FROM {schema}.t"
-    create_table(url, schema, args.rows)
-    try:
+    with bench_table(args.rows) as table:
+        if table is None:
+            return 0
+        url, sql = table
         with tempfile.TemporaryDirectory(prefix="mc-bench-cuts-") as tmp:
             clean = run(url, sql, Path(tmp) / "clean", None)
             cut = run(url, sql, Path(tmp) / "cut", args.period)
-    finally:
-        drop(url, schema)
     for name, (rows, secs, cuts, attempts) in (("no cuts", clean), (f"cut every {args.period:g} s", cut)):
         if rows != args.rows:
             print(f"  WARNING: {name}: {rows:,} rows, wanted {args.rows:,}")

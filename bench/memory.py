@@ -11,8 +11,6 @@ local test database).
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import tempfile
 import threading
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import psutil
 from _common import figure
-from throughput import DEFAULT_PG, _connect, create_table, drop
+from throughput import bench_table
 
 from tests.harness import HarnessError, Source, Stack, wait_until
 
@@ -34,22 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--interval", type=float, default=0.5)
     args = ap.parse_args(argv)
-    url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
     print(f"memory: {args.rows:,} rows x 6 columns from PostgreSQL through a real agent")
-    try:
-        _connect(url).close()
-    except Exception as exc:
-        print(f"  skipped: PostgreSQL unreachable at {url}: {exc}".splitlines()[0])
-        return 0
-    schema = f"mc_bench_{secrets.token_hex(4)}"
-    t0 = time.monotonic()
-    create_table(url, schema, args.rows)
-    print(f"  table {schema}.t created in {time.monotonic() - t0:.1f}s")
-    try:
+    with bench_table(args.rows) as table:
+        if table is None:
+            return 0
+        url, sql = table
         with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
-            run(url, f"SELECT id, name, amount, created, flag, score FROM {schema}.t", Path(tmp), args)
-    finally:
-        drop(url, schema)
+            run(url, sql, Path(tmp), args)
     return 0
 
 

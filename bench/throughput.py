@@ -9,11 +9,13 @@ is dropped at the end. Needs MC_TEST_POSTGRES_URL (default the local test databa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +58,28 @@ def drop(url: str, schema: str) -> None:
     with con, con.cursor() as cur:
         cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     con.close()
+
+
+@contextlib.contextmanager
+def bench_table(rows: int) -> Iterator[tuple[str, str] | None]:
+    """A fresh ``rows`` x 6-column table in its own schema, dropped afterwards; yields
+    (database URL, the SELECT that reads it), or None (with a line saying why) when
+    PostgreSQL is unreachable."""
+    url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
+    try:
+        _connect(url).close()
+    except Exception as exc:
+        print(f"  skipped: PostgreSQL unreachable at {url}: {exc}".splitlines()[0])
+        yield None
+        return
+    schema = f"mc_bench_{secrets.token_hex(4)}"
+    t0 = time.monotonic()
+    create_table(url, schema, rows)
+    print(f"  table {schema}.t created in {time.monotonic() - t0:.1f}s")
+    try:
+        yield url, f"SELECT id, name, amount, created, flag, score FROM {schema}.t"
+    finally:
+        drop(url, schema)
 
 
 def direct(url: str, sql: str) -> tuple[int, float]:
@@ -106,24 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     args = ap.parse_args(argv)
-    url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
     print(f"throughput: {args.rows:,} rows x 6 columns from PostgreSQL")
-    try:
-        _connect(url).close()
-    except Exception as exc:
-        print(f"  skipped: PostgreSQL unreachable at {url}: {exc}".splitlines()[0])
-        return 0
-    schema = f"mc_bench_{secrets.token_hex(4)}"
-    sql = f"SELECT id, name, amount, created, flag, score FROM {schema}.t"
-    t0 = time.monotonic()
-    create_table(url, schema, args.rows)
-    print(f"  table {schema}.t created in {time.monotonic() - t0:.1f}s")
-    try:
+    with bench_table(args.rows) as table:
+        if table is None:
+            return 0
+        url, sql = table
         with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
             relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
         direct_rows, direct_secs = direct(url, sql)
-    finally:
-        drop(url, schema)
     if relay_rows != args.rows or direct_rows != args.rows:
         print(f"  WARNING: row counts relay={relay_rows:,} direct={direct_rows:,}")
     figure("relay + agent (NDJSON, end to end)", relay_rows / relay_secs, "rows/s")
