@@ -29,7 +29,8 @@ class Job:
     operation: str
     options: dict[str, Any]
     started_at: float = field(default_factory=time.time)
-    started_msg: Message | None = None
+    started_msg: Message | None = None  # the job.started.v1 with the columns
+    begun: bool = False  # the job began (its source was found): the relay may show it running
     unacked: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     next_seq: int = 0
     sent_through: int = -1

@@ -43,13 +43,17 @@ def open_request(job: Job, sealed: str | None, private_key: X25519PrivateKey, co
 
 
 def reader(
-    job: Job, request: Any, timeout: float | None, get_source: Callable[[str], Source]
+    job: Job, request: Any, timeout: float | None, get_source: Callable[[str], Source],
+    begun: Callable[[], None] | None = None,
 ) -> Callable[[], tuple[list[Column], Iterator[Sequence[Any]]]]:
     """The blocking part of a job, run in its worker thread (the first SQL job's
-    imports, the statement guard, the connection and the statement all block)."""
+    imports, the statement guard, the connection and the statement all block).
+    ``begun`` is called once the source is found, before the work itself."""
 
     def read() -> tuple[list[Column], Iterator[Sequence[Any]]]:
         source = get_source(job.source)
+        if begun is not None:
+            begun()
         if job.operation == "test":
             return TEST_COLUMNS, iter([[test_row(source.test())]])
         if job.operation == "discover":

@@ -62,8 +62,8 @@ class ChunkItem:
     frame: bytes
 
 
-# What the thread puts on the queue: ("columns", list) | ("chunk", ChunkItem) |
-# ("end", None) | ("error", JobError).
+# What the thread puts on the queue: ("begun", None) | ("columns", list) |
+# ("chunk", ChunkItem) | ("end", None) | ("error", JobError).
 Item = tuple[str, Any]
 
 
@@ -110,6 +110,10 @@ class Producer:
         return self.thread is not None and self.thread.is_alive()
 
     # ------------------------------------------------------------ thread side
+
+    def begun(self) -> None:
+        """From ``read``: the work has begun (its columns are not known yet)."""
+        self._put(("begun", None))
 
     def _put(self, item: Item) -> None:
         if self.aborted.is_set():

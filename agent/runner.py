@@ -68,6 +68,7 @@ class Runner:
         self.window = DEFAULT_WINDOW
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK
         self.draining = False
+        self.started_without_columns = False  # the relay takes job.started.v1 without columns
         self.jobs: dict[str, Job] = {}
         self._link: Link | None = None
         self._send_lock = asyncio.Lock()
@@ -106,7 +107,8 @@ class Runner:
             log.info("holding %d finished jobs from before the restart until the relay has them", len(spooled))
 
     async def attach(
-        self, link: Link, *, connector_id: str, window: int, max_chunk_bytes: int
+        self, link: Link, *, connector_id: str, window: int, max_chunk_bytes: int,
+        started_without_columns: bool = False,
     ) -> None:
         """A session is ready: resend everything the relay has not acknowledged."""
         async with self._send_lock:
@@ -114,11 +116,16 @@ class Runner:
             self.connector_id = connector_id
             self.window = window
             self.max_chunk_bytes = max_chunk_bytes
+            self.started_without_columns = started_without_columns
             for job in list(self.jobs.values()):
                 job.sent_through = -1
                 job.done_sent = False
+                # The columns go out again before any chunk unless the relay acked one
+                # (then it has them); a job still waiting for its columns says it began.
                 if job.started_msg is not None and not job.any_acked:
                     await link.send_message(job.started_msg)
+                elif job.started_msg is None and job.begun and job.running and started_without_columns:
+                    await link.send_message(self._begun_msg(job))
                 for seq, frame in list(job.unacked.items()):
                     await link.send_binary(frame)
                     job.sent_through = seq
@@ -298,7 +305,8 @@ class Runner:
         timeout = _positive(job.options.get("timeoutSeconds"))
         max_rows = job.options.get("maxRows")
         max_rows = max_rows if isinstance(max_rows, int) and not isinstance(max_rows, bool) else None
-        read = reader(job, request, timeout, self.get_source)
+        # ``begun`` runs in the worker thread, after ``producer`` below exists.
+        read = reader(job, request, timeout, self.get_source, begun=lambda: producer.begun())
         producer = Producer(
             loop=asyncio.get_running_loop(),
             job_id=job.job_id,
@@ -333,7 +341,14 @@ class Runner:
     async def _consume(self, job: Job, producer: Producer) -> None:
         while True:
             kind, value = await producer.queue.get()
-            if kind == "columns":
+            if kind == "begun":
+                # Running as far as the relay can tell (status, startedAt) while the query
+                # executes; the columns follow in a second job.started.v1.
+                job.begun = True
+                async with self._send_lock:
+                    if self._link is not None and self.started_without_columns and self.jobs.get(job.job_id) is job:
+                        await self._link.send_message(self._begun_msg(job))
+            elif kind == "columns":
                 job.started_msg = make(
                     "job.started.v1", jobId=job.job_id, attempt=job.attempt, columns=value
                 )
@@ -349,6 +364,10 @@ class Runner:
                 return
             elif kind == "error":
                 raise value
+
+    @staticmethod
+    def _begun_msg(job: Job) -> Message:
+        return make("job.started.v1", jobId=job.job_id, attempt=job.attempt)
 
     async def _add_chunk(self, job: Job, item: ChunkItem) -> None:
         while len(job.unacked) >= self.window:

@@ -244,6 +244,7 @@ class Session:
             connector_id=welcome["connectorId"],
             window=welcome["window"],
             max_chunk_bytes=welcome["maxChunkBytes"],
+            started_without_columns=bool(welcome.get("startedWithoutColumns")),
         )
         tasks = [
             asyncio.create_task(self._heartbeats(ws, float(welcome["heartbeatInterval"]))),

@@ -109,9 +109,10 @@ async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message)
     job_id, attempt = msg["jobId"], msg["attempt"]
     job = await _owned_job(relay, session, job_id, attempt)
     session.in_flight[job_id] = attempt
-    values = {"started_at": now(), "columns": orjson.dumps(msg["columns"]).decode()}
+    columns = msg.get("columns")
+    encoded = None if columns is None else orjson.dumps(columns).decode()
     try:
-        await relay.store.run(queue.apply, job_id, "start", values)
+        started_now = await relay.store.run(_start, job_id, attempt, encoded, now())
     except queue.IllegalTransition as exc:
         if exc.status_now == queue.CANCELLED:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
@@ -119,10 +120,30 @@ async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message)
         if exc.status_now != queue.RUNNING:
             return
     else:
-        relay.events.publish(
-            session.tenant_id, "job_started", {"jobId": job_id, "connectorId": job["connector_id"]}
-        )
+        if started_now:  # once per attempt, on its first started
+            relay.events.publish(
+                session.tenant_id, "job_started", {"jobId": job_id, "connectorId": job["connector_id"]}
+            )
     relay.notifier.notify(job_id)
+
+
+def _start(conn: Any, job_id: str, attempt: int, columns: str | None, at: float) -> bool:
+    """The attempt's first job.started.v1 moves the job dispatched -> running (startedAt
+    now); the columns come from whichever started carries them (an agent sends one when
+    it begins and one with the columns once the query has them; an older agent only the
+    latter). A started for a running job records its columns and keeps the first start;
+    anything else is an ``IllegalTransition``. True when the job started now."""
+    values: dict[str, Any] = {"started_at": at}
+    if columns is not None:
+        values["columns"] = columns
+    try:
+        queue.apply(conn, job_id, "start", values, attempt=attempt)
+        return True
+    except queue.IllegalTransition as exc:
+        if exc.status_now != queue.RUNNING or columns is None:
+            raise
+    queue.apply(conn, job_id, "record_columns", {"columns": columns}, attempt=attempt)
+    return False
 
 
 async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:

@@ -40,6 +40,8 @@ IN_FLIGHT: Final = (DISPATCHED, RUNNING)
 # (e.g. it could not open the seal), hence the dispatched -> final entries. ``requeue`` is
 # an attempt that was lost (lease lapsed, agent no longer holds it): back at once;
 # ``retry`` is an attempt that failed with a retryable error: back after the delay.
+# ``record_columns`` changes no status: a running job (started without columns) learns
+# its result's columns.
 TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (QUEUED, "dispatch"): DISPATCHED,
     (QUEUED, "cancel"): CANCELLED,
@@ -52,6 +54,7 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
     (DISPATCHED, "time_out"): TIMED_OUT,
     (DISPATCHED, "requeue"): QUEUED,
     (DISPATCHED, "retry"): QUEUED,
+    (RUNNING, "record_columns"): RUNNING,
     (RUNNING, "succeed"): SUCCEEDED,
     (RUNNING, "fail"): FAILED,
     (RUNNING, "cancel"): CANCELLED,

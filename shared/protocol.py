@@ -206,9 +206,17 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             "version": F("str", max_len=50),
         },
     ),
+    # Sent when the agent begins the job and again, with ``columns``, once the query has
+    # produced them (before any chunk). Optional ``columns``, backwards compatible: an
+    # agent may send only the one with columns; without a relay's ``startedWithoutColumns``
+    # in the welcome, it must.
     "job.started.v1": (
         AGENT,
-        {"jobId": ID, "attempt": ATTEMPT, "columns": F("list", max_len=10_000, item=_COLUMN)},
+        {
+            "jobId": ID,
+            "attempt": ATTEMPT,
+            "columns": F("list", required=False, max_len=10_000, item=_COLUMN),
+        },
     ),
     "job.done.v1": (
         AGENT,
@@ -236,6 +244,9 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             # Optional: the newest agent log line id the relay holds for this connector;
             # the agent catches up from its local log with the lines after it.
             "logsThrough": F("int", required=False, nullable=True, lo=0, hi=2**63 - 1),
+            # Optional: the relay accepts job.started.v1 without columns (an older relay
+            # does not; the agent then sends only the one with columns).
+            "startedWithoutColumns": F("bool", required=False),
         },
     ),
     "job.assign.v1": (

@@ -271,6 +271,26 @@ def test_done_without_error_for_failed_status_is_rejected() -> None:
         p.decode_text(orjson.dumps(done), sender=p.AGENT)
 
 
+def test_started_may_come_without_columns_and_old_started_with_columns_still_decodes() -> None:
+    """job.started.v1 without columns (the job began) and with them (as older agents send
+    it, and as the agent sends it once the query has its columns) both decode; columns, when
+    present, are still checked."""
+    began = p.decode_text(orjson.dumps({"type": "job.started.v1", "jobId": "j", "attempt": 1}), sender=p.AGENT)
+    assert began.get("columns") is None and "columns" not in began.data
+    old = {"type": "job.started.v1", "jobId": "j", "attempt": 1, "columns": [{"name": "a", "type": "int"}]}
+    assert p.decode_text(orjson.dumps(old), sender=p.AGENT)["columns"] == [{"name": "a", "type": "int"}]
+    for bad in (None, [{"name": "a"}], "a"):
+        with pytest.raises(ProtocolError, match="columns"):
+            p.decode_text(orjson.dumps({**old, "columns": bad}), sender=p.AGENT)
+    welcome = {"type": "relay.welcome.v1", "protocolVersion": 1, "connectorId": "c",
+               "heartbeatInterval": 15, "window": 8, "maxChunkBytes": 1 << 20}  # fmt: skip
+    assert p.decode_text(orjson.dumps(welcome), sender=p.RELAY).get("startedWithoutColumns") is None
+    both = p.decode_text(orjson.dumps({**welcome, "startedWithoutColumns": True}), sender=p.RELAY)
+    assert both["startedWithoutColumns"] is True
+    with pytest.raises(ProtocolError, match="startedWithoutColumns"):
+        p.decode_text(orjson.dumps({**welcome, "startedWithoutColumns": "yes"}), sender=p.RELAY)
+
+
 def test_unknown_fields_are_dropped() -> None:
     """Forward compatibility: extra fields are ignored, not kept."""
     msg = p.decode_text(orjson.dumps(_hello(futureField=1)), sender=p.AGENT)

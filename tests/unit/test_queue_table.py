@@ -68,6 +68,19 @@ def test_the_table_has_the_documented_shape() -> None:
         assert any(s == status for s, _ in queue.TRANSITIONS), status
 
 
+def test_columns_are_recorded_on_a_running_job_without_a_status_change(conn: Connection) -> None:
+    """A job started without columns learns them later by ``record_columns``: running
+    stays running, startedAt is kept; no other status takes the event."""
+    job = _job(conn, queue.DISPATCHED)
+    assert queue.apply(conn, job["id"], "start", {"started_at": 5.0}) == queue.RUNNING
+    assert queue.apply(conn, job["id"], "record_columns", {"columns": '[{"name":"a","type":"int"}]'}) == queue.RUNNING
+    got = job_store.get(conn, None, job["id"]) or {}
+    assert got["status"] == queue.RUNNING and got["started_at"] == 5.0 and got["columns"]
+    assert [s for (s, e) in queue.TRANSITIONS if e == "record_columns"] == [queue.RUNNING]
+    with pytest.raises(queue.IllegalTransition):
+        queue.apply(conn, job["id"], "start", {"started_at": 9.0})  # a second start stays refused
+
+
 def test_a_pinned_status_or_attempt_that_no_longer_holds_is_refused(conn: Connection) -> None:
     job = _job(conn, queue.RUNNING, attempt=2)
     with pytest.raises(queue.IllegalTransition):

@@ -1,0 +1,103 @@
+"""The runner says a job began (job.started.v1 without columns) as soon as it has found the
+source, before the work returns its columns; the started with columns still comes before
+any chunk, on every connection, and an older relay gets only that one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from agent.runner import Runner
+from shared.crypto import generate_private_key
+from shared.protocol import Message, make
+
+TIMEOUT = 10.0
+
+
+class _Link:
+    """Everything sent, in order: ("msg", Message) or ("bin", bytes)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    async def send_message(self, msg: Message) -> None:
+        self.sent.append(("msg", msg))
+
+    async def send_binary(self, data: bytes) -> None:
+        self.sent.append(("bin", data))
+
+    def kinds(self) -> list[str]:
+        out = []
+        for kind, value in self.sent:
+            if kind == "bin":
+                out.append("chunk")
+            elif value.type == "job.started.v1":
+                out.append("started+columns" if "columns" in value.data else "started")
+            else:
+                out.append(value.type)
+        return out
+
+
+class _SlowSource:
+    """A source whose connection test blocks until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def test(self) -> dict[str, Any]:
+        if not self.release.wait(TIMEOUT):
+            raise AssertionError("never released")
+        return {"ok": True}
+
+
+async def _until(cond: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def _assign(job_id: str) -> Message:
+    return make("job.assign.v1", jobId=job_id, attempt=1, source="erp", operation="test", sealed=None, options={})
+
+
+async def test_started_without_columns_goes_out_first_and_again_after_a_reconnect() -> None:
+    source = _SlowSource()
+    runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
+    first = _Link()
+    await runner.attach(first, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
+                        started_without_columns=True)  # fmt: skip
+    await runner.on_message(_assign("job_s"))
+    await _until(lambda: first.kinds() == ["started"], "the started without columns")
+    started = first.sent[0][1]
+    assert started.data == {"jobId": "job_s", "attempt": 1}
+    # A reconnect while the work still runs: the relay hears again that the job began.
+    runner.detach()
+    second = _Link()
+    await runner.attach(second, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
+                        started_without_columns=True)  # fmt: skip
+    assert second.kinds() == ["started"]
+    source.release.set()
+    await _until(lambda: "job.done.v1" in second.kinds(), "the done")
+    assert second.kinds() == ["started", "started+columns", "chunk", "job.done.v1"]
+    assert first.kinds() == ["started"]
+    # Reconnecting before any chunk is acknowledged resends the columns before the chunk.
+    runner.detach()
+    third = _Link()
+    await runner.attach(third, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
+                        started_without_columns=True)  # fmt: skip
+    assert third.kinds() == ["started+columns", "chunk", "job.done.v1"]
+
+
+async def test_a_relay_that_does_not_take_started_without_columns_gets_only_the_one_with_columns() -> None:
+    source = _SlowSource()
+    source.release.set()
+    runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
+    await runner.on_message(_assign("job_o"))
+    await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+    assert link.kinds() == ["started+columns", "chunk", "job.done.v1"]
