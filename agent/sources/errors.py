@@ -8,7 +8,9 @@ WRITE_OPERATION_REJECTED, QUERY_FAILED) with the driver's first line as the sent
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from shared.errors import JobError
@@ -120,3 +122,17 @@ def _odbc_code(orig: Any, message: str) -> str | None:
     if "access denied" in low or "authentication failed" in low or "login failed" in low:
         return "AUTH_FAILED"
     return _ODBC_STATES.get(state)
+
+
+@contextlib.contextmanager
+def invalidate_on_error(fairy: Any) -> Iterator[None]:
+    """Use a pooled connection; on any failure drop it from the pool (it may be half
+    broken) and surface the failure as a ``JobError`` with the contract's code."""
+    try:
+        yield
+    except JobError:
+        fairy.invalidate()
+        raise
+    except Exception as exc:
+        fairy.invalidate()
+        raise map_db_error(exc) from exc

@@ -16,7 +16,7 @@ from shared.errors import JobError
 from shared.rows import type_name_for_python
 
 from .base import Column, Row
-from .errors import map_db_error
+from .errors import invalidate_on_error, map_db_error
 
 if TYPE_CHECKING:
     from .sql import SqlSource
@@ -74,7 +74,7 @@ def test(source: SqlSource) -> dict[str, Any]:
     """Connect, run ``SELECT 1``, read the server version and count the tables."""
     started = time.perf_counter()
     fairy = source.raw_connection()
-    try:
+    with invalidate_on_error(fairy):
         cur = fairy.dbapi_connection.cursor()
         cur.execute("SELECT 1")
         cur.fetchall()
@@ -87,12 +87,6 @@ def test(source: SqlSource) -> dict[str, Any]:
         cur.execute(_TABLES_SQL[source.dialect])
         tables = int(cur.fetchone()[0])
         cur.close()
-    except JobError:
-        fairy.invalidate()
-        raise
-    except Exception as exc:
-        fairy.invalidate()
-        raise map_db_error(exc) from exc
     _release(fairy, source.dialect)
     return {"connected": True, "latencyMs": latency, "serverVersion": version, "tablesFound": tables}
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.errors import JobError
 
-from .errors import map_db_error
+from .errors import invalidate_on_error
 from .sqloptions import SqlOptions
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def test(source: SqlSource) -> dict[str, Any]:
 
     started = time.perf_counter()
     fairy = source.raw_connection()
-    try:
+    with invalidate_on_error(fairy):
         conn = fairy.dbapi_connection
         cur = conn.cursor()
         if source.flavour != "generic":
@@ -263,12 +263,6 @@ def test(source: SqlSource) -> dict[str, Any]:
         tables = len(_table_list(cur))
         cur.close()
         conn.rollback()
-    except JobError:
-        fairy.invalidate()
-        raise
-    except Exception as exc:
-        fairy.invalidate()
-        raise map_db_error(exc) from exc
     fairy.close()
     return {"connected": True, "latencyMs": latency, "serverVersion": version, "tablesFound": tables}
 
@@ -291,7 +285,7 @@ def _table_list(cur: Any, schema: str | None = None) -> list[tuple[Any, Any, str
 def discover(source: SqlSource, request: dict[str, Any], max_tables: int) -> list[dict[str, Any]]:
     wanted = request.get("schemas") or ([request["schema"]] if request.get("schema") else [None])
     fairy = source.raw_connection()
-    try:
+    with invalidate_on_error(fairy):
         cur = fairy.dbapi_connection.cursor()
         out: list[dict[str, Any]] = []
         for schema in wanted:
@@ -302,12 +296,6 @@ def discover(source: SqlSource, request: dict[str, Any], max_tables: int) -> lis
             t["rowEstimate"] = estimates.get((t["schema"], t["name"]))
         cur.close()
         fairy.dbapi_connection.rollback()
-    except JobError:
-        fairy.invalidate()
-        raise
-    except Exception as exc:
-        fairy.invalidate()
-        raise map_db_error(exc) from exc
     fairy.close()
     return out
 
