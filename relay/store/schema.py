@@ -158,39 +158,36 @@ def _v1_initial(conn: Connection) -> None:
     )
 
 
-def _v2_leases(conn: Connection) -> None:
-    # A store made by v1 before these columns existed gets them now; one made fresh by
-    # v1 (which creates the tables as defined above) already has them.
-    have = {c["name"] for c in inspect(conn).get_columns("jobs")}
-    for name in ("lease_expires_at", "not_before"):
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the columns a table lacks. A store that v1 made fresh (from the tables as defined
+    above) already has them; one made before they existed gets them now."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, sql_type in columns.items():
         if name not in have:
-            conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} FLOAT"))
-    indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
-    if "ix_jobs_status_lease" not in indexes:
-        conn.execute(text("CREATE INDEX ix_jobs_status_lease ON jobs (status, lease_expires_at)"))
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+
+def _add_index(conn: Connection, table: str, name: str, columns: str, *, unique: bool = False) -> None:
+    if name not in {i["name"] for i in inspect(conn).get_indexes(table)}:
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        conn.execute(text(f"CREATE {kind} {name} ON {table} ({columns})"))
+
+
+def _v2_leases(conn: Connection) -> None:
+    _add_columns(conn, "jobs", {"lease_expires_at": "FLOAT", "not_before": "FLOAT"})
+    _add_index(conn, "jobs", "ix_jobs_status_lease", "status, lease_expires_at")
 
 
 def _v3_log_shipping(conn: Connection) -> None:
     # Agent line ids (catch-up without duplicates) and the support-raised log level.
-    logs_have = {c["name"] for c in inspect(conn).get_columns("agent_logs")}
-    if "line_id" not in logs_have:
-        conn.execute(text("ALTER TABLE agent_logs ADD COLUMN line_id BIGINT"))
-    if "ux_agent_logs_line" not in {i["name"] for i in inspect(conn).get_indexes("agent_logs")}:
-        conn.execute(text("CREATE UNIQUE INDEX ux_agent_logs_line ON agent_logs (connector_id, line_id)"))
-    con_have = {c["name"] for c in inspect(conn).get_columns("connectors")}
-    if "log_level" not in con_have:
-        conn.execute(text("ALTER TABLE connectors ADD COLUMN log_level VARCHAR(10)"))
-    if "log_level_until" not in con_have:
-        conn.execute(text("ALTER TABLE connectors ADD COLUMN log_level_until FLOAT"))
+    _add_columns(conn, "agent_logs", {"line_id": "BIGINT"})
+    _add_index(conn, "agent_logs", "ux_agent_logs_line", "connector_id, line_id", unique=True)
+    _add_columns(conn, "connectors", {"log_level": "VARCHAR(10)", "log_level_until": "FLOAT"})
 
 
 def _v4_owner_leases(conn: Connection) -> None:
     # Several relay nodes: which node holds each connector's agent, and until when.
-    have = {c["name"] for c in inspect(conn).get_columns("connectors")}
-    if "owner_node" not in have:
-        conn.execute(text("ALTER TABLE connectors ADD COLUMN owner_node VARCHAR(40)"))
-    if "owner_expires_at" not in have:
-        conn.execute(text("ALTER TABLE connectors ADD COLUMN owner_expires_at FLOAT"))
+    _add_columns(conn, "connectors", {"owner_node": "VARCHAR(40)", "owner_expires_at": "FLOAT"})
 
 
 def _v5_claim_index(conn: Connection) -> None:

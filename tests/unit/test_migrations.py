@@ -1,0 +1,31 @@
+"""Migrations bring an older store up to date and are safe to run again."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, inspect, select, text
+
+from relay.store.schema import MIGRATIONS, migrate, schema_migrations
+
+
+def test_an_older_store_gains_the_later_columns_and_indexes(tmp_path) -> None:
+    """A store left at version 1 without the later columns gets them from 2..N."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'relay.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ux_agent_logs_line"))
+        conn.execute(text("DROP INDEX ix_jobs_status_lease"))
+        for table, column in (("agent_logs", "line_id"), ("connectors", "owner_node"),
+                              ("jobs", "not_before")):  # fmt: skip
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(schema_migrations.delete().where(schema_migrations.c.version > 1))
+    assert migrate(engine) == MIGRATIONS[-1][0]
+    insp = inspect(engine)
+    assert "line_id" in {c["name"] for c in insp.get_columns("agent_logs")}
+    assert "owner_node" in {c["name"] for c in insp.get_columns("connectors")}
+    assert "not_before" in {c["name"] for c in insp.get_columns("jobs")}
+    assert {"ix_jobs_status_lease", "ix_jobs_claim"} <= {i["name"] for i in insp.get_indexes("jobs")}
+    assert "ux_agent_logs_line" in {i["name"] for i in insp.get_indexes("agent_logs")}
+    assert migrate(engine) == MIGRATIONS[-1][0]  # nothing left to do, nothing breaks
+    with engine.connect() as conn:
+        versions = [r[0] for r in conn.execute(select(schema_migrations.c.version))]
+    assert versions == [v for v, _, _ in MIGRATIONS]
