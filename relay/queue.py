@@ -91,6 +91,9 @@ def next_status(status: str, event: str) -> str | None:
     return TRANSITIONS.get((status, event))
 
 
+_CAS_TRIES: Final = 3  # a job changes state a handful of times in its life
+
+
 def apply(
     conn: Connection, job_id: str, event: str, values: dict[str, Any] | None = None,
     *, expect: str | None = None, attempt: int | None = None,
@@ -101,22 +104,26 @@ def apply(
     (e.g. the one a lease was read for); a mismatch is an ``IllegalTransition`` like any
     other.
     """
-    row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
-    if row is None:
-        raise IllegalTransition(job_id, "unknown", event)
-    status = row.status
-    target = next_status(status, event)
-    stale = (expect is not None and status != expect) or (attempt is not None and row.attempt != attempt)
-    if target is None or stale:
-        raise IllegalTransition(job_id, status, event)
-    done = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == status, jobs.c.attempt == row.attempt)
-        .values(status=target, **(values or {}))
-    )
-    if done.rowcount != 1:  # someone else moved it between our read and write
-        raise IllegalTransition(job_id, status, event)
-    return target
+    for _ in range(_CAS_TRIES):
+        row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise IllegalTransition(job_id, "unknown", event)
+        status = row.status
+        target = next_status(status, event)
+        stale = (expect is not None and status != expect) or (attempt is not None and row.attempt != attempt)
+        if target is None or stale:
+            raise IllegalTransition(job_id, status, event)
+        done = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == status, jobs.c.attempt == row.attempt)
+            .values(status=target, **(values or {}))
+        )
+        if done.rowcount == 1:
+            return target
+        # Another transaction (another relay node) moved the job between our read and our
+        # write, e.g. dispatched -> running while we cancel: judge the event again from the
+        # status it is in now, instead of failing a step that is still legal.
+    raise IllegalTransition(job_id, status, event)
 
 
 # ---------------------------------------------------------------- retry policy
