@@ -112,6 +112,19 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
         watch.close()
 
 
+async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
+    """Refuse before any byte is sent when a stored chunk's data key is not configured
+    (removed from MC_RELAY_DATA_KEYS too early): a clear error, not a cut-off 200."""
+    stored = await relay.store.run(chunk_store.key_ids, job["id"], job["attempt"])
+    missing = sorted(k for k in stored if not relay.cipher.has(k))
+    if missing:
+        raise MCError(
+            f"this result is encrypted with data key {', '.join(map(repr, missing))}, which "
+            "this relay no longer has; add it back to its data keys (see docs/SECURITY.md)",
+            code="INTERNAL_ERROR", details={"missingKeyIds": missing}, retryable=False,
+        )
+
+
 async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int) -> list[list[Any]]:
     stored = await relay.store.run(chunk_store.read, job_id, attempt, seq)
     if stored is None:

@@ -277,6 +277,9 @@ class DataCipher:
         nonce = secrets.token_bytes(12)
         return self.current, nonce + self._aead[self.current].encrypt(nonce, data, aad)
 
+    def has(self, key_id: str) -> bool:
+        return key_id in self._aead
+
     def decrypt(self, key_id: str, blob: bytes, aad: bytes = b"") -> bytes:
         aead = self._aead.get(key_id)
         if aead is None:

@@ -32,6 +32,7 @@ async def get(request: web.Request) -> web.StreamResponse:
         job = await results.wait_for_columns(relay, job_id)
     except results.StreamAborted as exc:
         raise not_found("job", job_id) from exc
+    await results.check_readable(relay, job)
     names = [c["name"] for c in results.columns_of(job)]
     resp = web.StreamResponse(status=200)
     resp.content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"

@@ -64,6 +64,14 @@ def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
     ]
 
 
+def key_ids(conn: Connection, job_id: str, attempt: int) -> list[str]:
+    """The data keys a job attempt's stored chunks were encrypted with."""
+    rows = conn.execute(
+        select(t.c.key_id).distinct().where(t.c.job_id == job_id, t.c.attempt == attempt)
+    )
+    return [r.key_id for r in rows]
+
+
 def read(conn: Connection, job_id: str, attempt: int, seq: int) -> dict[str, Any] | None:
     r = conn.execute(
         select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(

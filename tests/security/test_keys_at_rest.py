@@ -183,3 +183,21 @@ def test_relay_log_formatter_redacts_secrets() -> None:
     line = JsonLines().format(record)
     for secret in (key, token, "hunter2", "pw123", token.split(".")[2]):
         assert secret not in line, secret
+
+
+async def test_a_result_whose_data_key_was_removed_gets_a_clear_error(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    """Reading chunks encrypted under a data key the relay no longer has answers 500 with a
+    sentence naming the key, before any row is sent, never a cut-off 200."""
+    first = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K1}, "k1"))))
+    api = Api(first)
+    con = await api.new_connector()
+    agent = await FakeAgent(first, con["apiKey"]).connect()
+    job_id = await _run_job(api, agent, [["row"]])
+    await agent.close()
+    await first.close()
+    second = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k2": K2}, "k2"))))
+    _, body, _ = await Api(second).call("GET", f"/jobs/{job_id}/results", expect=500)
+    assert body["error"]["code"] == "INTERNAL_ERROR" and "'k1'" in body["error"]["message"]
+    assert body["error"]["details"] == {"missingKeyIds": ["k1"]}
