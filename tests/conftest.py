@@ -9,8 +9,9 @@ missing service can never pass CI silently. ``TIMEOUT_FACTOR`` scales every wait
 from __future__ import annotations
 
 import os
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,28 @@ def _service_url(name: str, env: str, default: str) -> str:
 def pg_url() -> str:
     """A reachable PostgreSQL URL (SQLAlchemy form), or skip/fail with the reason."""
     return _service_url("PostgreSQL", "MC_TEST_POSTGRES_URL", DEFAULT_PG_URL)
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (a relay store), dropped afterwards; its
+    URL in the psycopg2 form SQLAlchemy and ``mini-relay --database-url`` both take."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from relay.store.engine import normalise_url
+
+    admin_url = normalise_url(pg_url)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = "mc_relay_" + secrets.token_hex(6)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ import pytest
 from relay.app import create_app
 
 from .conftest import Api, FakeAgent, wait_until
-from .test_store_postgres import pg_database  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.postgres
 
 
 async def test_a_second_node_keeps_the_first_nodes_agents_online_and_wakes_them(
-    aiohttp_client: object, make_config: object, pg_database: str  # noqa: F811
+    aiohttp_client: object, make_config: object, pg_database: str
 ) -> None:
     """Node B starting leaves node A's connector online; a job submitted and cancelled on
     B reaches the agent on A; a disconnection on A marks it offline for B too."""

@@ -10,12 +10,10 @@ from relay import queue
 from relay.store import jobs as job_store
 from relay.store.schema import jobs, migrate
 
-from .test_store_postgres import pg_database  # noqa: F401 - the fixture
-
 pytestmark = pytest.mark.postgres
 
 
-def test_cancel_that_loses_a_race_with_start_is_judged_again(pg_database: str) -> None:  # noqa: F811
+def test_cancel_that_loses_a_race_with_start_is_judged_again(pg_database: str) -> None:
     """Node B cancels a job that node A moves from dispatched to running between B's read
     and B's write: the cancel applies to the running job instead of failing as if the job
     had ended (the bug was 409 JOB_ALREADY_FINISHED '(dispatched)')."""

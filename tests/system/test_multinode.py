@@ -18,11 +18,8 @@ from typing import Any
 
 import psycopg2
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from websockets.sync.client import connect as ws_connect
 
-from relay.store.engine import normalise_url
 from tests import conftest as root
 from tests.harness import Agent, Relay, Source, Stack, scaled, wait_until
 from tests.system.test_durability import Table, assert_exactly_once
@@ -30,22 +27,6 @@ from tests.system.test_durability import Table, assert_exactly_once
 pytestmark = [pytest.mark.system, pytest.mark.postgres]
 
 LIMIT = 100_000
-
-
-@pytest.fixture
-def shared_db() -> Iterator[str]:
-    """A fresh PostgreSQL database for the relay nodes of this test, dropped afterwards."""
-    url = root._service_url("PostgreSQL", "MC_TEST_POSTGRES_URL", root.DEFAULT_PG_URL)
-    admin = create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
-    name = "mc_multi_" + secrets.token_hex(6)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -85,15 +66,15 @@ def _chunks_stored(db_url: str, job_id: str) -> int:
 
 
 def test_two_nodes_serve_one_agent_and_survive_losing_the_node_that_holds_it(
-    tmp_path: Path, shared_db: str, table: Table
+    tmp_path: Path, pg_database: str, table: Table
 ) -> None:
     """Jobs submitted and read on node B run on the agent held by node A (cancel and
     events too); node A killed mid-job, the agent moves to B and the job's rows arrive
     exactly once."""
     stack = Stack(tmp_path / "stack", tenant=f"multi-{secrets.token_hex(3)}", heartbeat=1.0)
     try:
-        node_a = stack.start_relay_node(shared_db)
-        node_b = stack.start_relay_node(shared_db)
+        node_a = stack.start_relay_node(pg_database)
+        node_b = stack.start_relay_node(pg_database)
         api_b = node_b.api(stack.tenant)
         agent = stack.add_agent("multi", [Source("pg", "postgres", table.url)],
                                 relay_url=f"{node_a.ws_url},{node_b.ws_url}")  # fmt: skip
@@ -129,7 +110,7 @@ def test_two_nodes_serve_one_agent_and_survive_losing_the_node_that_holds_it(
         # Node A dies mid-stream: the agent moves to B, the job completes exactly once.
         job_id = api_b.submit(agent.connector_id, "pg", sql=table.sql(LIMIT, pause_every=20_000, pause=0.5),
                               options={"timeoutSeconds": 300})  # fmt: skip
-        wait_until(lambda: _chunks_stored(shared_db, job_id) >= 2, 60, interval=0.05,
+        wait_until(lambda: _chunks_stored(pg_database, job_id) >= 2, 60, interval=0.05,
                    what="the job to be mid-stream on node A")  # fmt: skip
         node_a.proc.kill()
         wait_until(lambda: _on(agent, node_b), 15, interval=0.1, what="the agent to move to node B")
