@@ -91,38 +91,57 @@ class StaleAttempt(Exception):
     """A frame about an attempt that was abandoned: not a protocol violation (the agent
     may well resend what it held), just ignored once the agent has been told to drop it."""
 
+    def __init__(self, job_id: str, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} of job {job_id} is no longer current")
+        self.job_id, self.attempt = job_id, attempt
 
-async def _owned_job(relay: Relay, session: AgentSession, job_id: str, attempt: int) -> dict[str, Any]:
-    job = await relay.store.run(job_store.get, None, job_id)
-    if job is None or job["connector_id"] != session.connector_id:
+
+def _check_owned(conn: Any, connector_id: str, job_id: str, attempt: int) -> None:
+    """Inside the store call that records an agent's frame (one call per frame, not a
+    read and then a write): the job must be this connector's, in this attempt."""
+    held = job_store.owner(conn, job_id)
+    if held is None or held[0] != connector_id:
         raise ProtocolError(f"job {job_id[:64]} is not assigned to this connector")
-    if job["attempt"] != attempt:
+    if held[1] != attempt:
+        raise StaleAttempt(job_id, attempt)
+
+
+async def _recorded(relay: Relay, session: AgentSession, fn: Any, job_id: str, attempt: int, *args: Any) -> Any:
+    """Run ``fn(conn, job_id, attempt, *args)`` after ``_check_owned``, in one store call.
+    A stale attempt is refused there; the agent is told (once) to drop it."""
+    try:
+        return await relay.store.run(_owned_then, fn, session.connector_id, job_id, attempt, *args)
+    except StaleAttempt:
         # An abandoned attempt: tell the agent (once) to drop it; its data is never used.
         if (job_id, attempt) not in session.superseded:
             session.superseded.add((job_id, attempt))
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
-        raise StaleAttempt(f"attempt {attempt} of job {job_id} is no longer current")
-    return job
+        raise
+
+
+def _owned_then(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, *args: Any) -> Any:
+    _check_owned(conn, connector_id, job_id, attempt)
+    return fn(conn, job_id, attempt, *args)
 
 
 async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
     job_id, attempt = msg["jobId"], msg["attempt"]
-    job = await _owned_job(relay, session, job_id, attempt)
-    session.in_flight[job_id] = attempt
     columns = msg.get("columns")
     encoded = None if columns is None else orjson.dumps(columns).decode()
     try:
-        started_now = await relay.store.run(_start, job_id, attempt, encoded, now())
+        started_now = await _recorded(relay, session, _start, job_id, attempt, encoded, now())
     except queue.IllegalTransition as exc:
+        session.in_flight[job_id] = attempt  # the agent holds it (it is this connector's)
         if exc.status_now == queue.CANCELLED:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
         # Already running (a resumed attempt re-announcing itself): keep the first start.
         if exc.status_now != queue.RUNNING:
             return
     else:
+        session.in_flight[job_id] = attempt
         if started_now:  # once per attempt, on its first started
             relay.events.publish(
-                session.tenant_id, "job_started", {"jobId": job_id, "connectorId": job["connector_id"]}
+                session.tenant_id, "job_started", {"jobId": job_id, "connectorId": session.connector_id}
             )
     relay.notifier.notify(job_id)
 
@@ -147,7 +166,6 @@ def _start(conn: Any, job_id: str, attempt: int, columns: str | None, at: float)
 
 
 async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:
-    await _owned_job(relay, session, chunk.job_id, chunk.attempt)
     held = row_count(chunk.payload, chunk.rows)  # cheap: the payload stays opaque bytes
     if held is None:
         raise ProtocolError("chunk payload is not a JSON array of rows")
@@ -155,8 +173,8 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
         raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
     key_id, blob = relay.cipher.encrypt(chunk.payload, aad)
-    through = await relay.store.run(
-        _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
+    through = await _recorded(
+        relay, session, _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
     )
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
     # gap-free prefix is ever acknowledged; a chunk past a gap waits for the resend.
@@ -174,18 +192,15 @@ def _store_chunk(conn: Any, job_id: str, attempt: int, seq: int, rows: int, key_
 
 
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
-    await _owned_job(relay, session, msg["jobId"], msg["attempt"])
-    session.pending_done[msg["jobId"]] = msg
-    await _try_finish(relay, session, msg)
+    await _try_finish(relay, session, msg, first=True)
 
 
 def _finish(
-    conn: Any, msg: protocol.Message, ttl: float, at: float
+    conn: Any, job_id: str, attempt: int, msg: protocol.Message, ttl: float, at: float
 ) -> tuple[str, dict[str, Any]] | None:
     """Record how the attempt ended, once every chunk is stored (None while some are
     missing). Returns (outcome, job): ``final`` (the job ended now), ``retry`` (a
     retryable failure sent it back to the queue) or ``kept`` (it had ended already)."""
-    job_id, attempt = msg["jobId"], msg["attempt"]
     stored = [seq for seq, _ in chunk_store.seqs(conn, job_id, attempt)]
     if stored[: msg["chunks"]] != list(range(msg["chunks"])):
         return None
@@ -219,10 +234,14 @@ def _finish(
     return outcome, job_store.get(conn, None, job_id) or {}
 
 
-async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
+async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message, first: bool = False) -> None:
     job_id = msg["jobId"]
-    result = await relay.store.run(_finish, msg, relay.config.result_ttl_seconds, now())
+    result = await _recorded(
+        relay, session, _finish, job_id, msg["attempt"], msg, relay.config.result_ttl_seconds, now()
+    )
     if result is None:
+        if first:
+            session.pending_done[job_id] = msg
         return  # wait for the missing chunks; the agent resends what was never acked
     outcome, job = result
     session.pending_done.pop(job_id, None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from shared.errors import Conflict
 
@@ -93,6 +93,14 @@ def next_status(status: str, event: str) -> str | None:
 
 _CAS_TRIES: Final = 3  # a job changes state a handful of times in its life
 
+# Built once (the hot path): the read, and the compare-and-set whose SET clause is the
+# keys of the parameters it is executed with (``status`` plus the caller's ``values``).
+_READ = select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == bindparam("b_id"))
+_CAS = update(jobs).where(
+    jobs.c.id == bindparam("b_id"), jobs.c.status == bindparam("b_status"),
+    jobs.c.attempt == bindparam("b_attempt"),
+)  # fmt: skip
+
 
 def apply(
     conn: Connection, job_id: str, event: str, values: dict[str, Any] | None = None,
@@ -105,7 +113,7 @@ def apply(
     other.
     """
     for _ in range(_CAS_TRIES):
-        row = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
+        row = conn.execute(_READ, {"b_id": job_id}).first()
         if row is None:
             raise IllegalTransition(job_id, "unknown", event)
         status = row.status
@@ -113,11 +121,9 @@ def apply(
         stale = (expect is not None and status != expect) or (attempt is not None and row.attempt != attempt)
         if target is None or stale:
             raise IllegalTransition(job_id, status, event)
-        done = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == status, jobs.c.attempt == row.attempt)
-            .values(status=target, **(values or {}))
-        )
+        params = {**(values or {}), "status": target, "b_id": job_id, "b_status": status,
+                  "b_attempt": row.attempt}  # fmt: skip
+        done = conn.execute(_CAS, params)
         if done.rowcount == 1:
             return target
         # Another transaction (another relay node) moved the job between our read and our

@@ -4,31 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select
 
 from .schema import result_chunks as t
+
+# Built once: every chunk and every read runs these (see relay/store/jobs.py).
+_OF_ATTEMPT = (t.c.job_id == bindparam("b_job"), t.c.attempt == bindparam("b_attempt"))
+_SEQ = t.c.seq == bindparam("b_seq")
+_EXISTS = select(t.c.seq).where(*_OF_ATTEMPT, _SEQ)
+_ROWS_BEFORE = select(func.coalesce(func.sum(t.c.rows), 0)).where(
+    *_OF_ATTEMPT, t.c.seq < bindparam("b_seq")
+)
+_INSERT = t.insert()
+_TOP = select(func.max(t.c.seq), func.count()).where(*_OF_ATTEMPT)
+_SEQS = select(t.c.seq, t.c.rows).where(*_OF_ATTEMPT).order_by(t.c.seq)
+_READ = select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(*_OF_ATTEMPT, _SEQ)
 
 
 def insert(
     conn: Connection, job_id: str, attempt: int, seq: int, rows: int, key_id: str, data: bytes
 ) -> bool:
     """Store one chunk; an existing (job, attempt, seq) is left alone. True if new."""
-    exists = conn.execute(
-        select(t.c.seq).where(t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq == seq)
-    ).first()
-    if exists is not None:
+    key = {"b_job": job_id, "b_attempt": attempt, "b_seq": seq}
+    if conn.execute(_EXISTS, key).first() is not None:
         return False
-    row_start = conn.execute(
-        select(func.coalesce(func.sum(t.c.rows), 0)).where(
-            t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq < seq
-        )
-    ).scalar()
-    conn.execute(
-        t.insert().values(
-            job_id=job_id, attempt=attempt, seq=seq, row_start=int(row_start or 0),
-            rows=rows, key_id=key_id, data=data,
-        )
-    )  # fmt: skip
+    row_start = conn.execute(_ROWS_BEFORE, key).scalar() if seq else 0
+    conn.execute(_INSERT, {
+        "job_id": job_id, "attempt": attempt, "seq": seq, "row_start": int(row_start or 0),
+        "rows": rows, "key_id": key_id, "data": data,
+    })  # fmt: skip
     return True
 
 
@@ -39,7 +43,7 @@ def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
     only ever acknowledges a gap-free prefix.
     """
     where = (t.c.job_id == job_id, t.c.attempt == attempt)
-    top, count = conn.execute(select(func.max(t.c.seq), func.count()).where(*where)).one()
+    top, count = conn.execute(_TOP, {"b_job": job_id, "b_attempt": attempt}).one()
     if top is None:
         return -1
     if count == top + 1:
@@ -54,14 +58,7 @@ def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
 
 def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
     """(seq, rows) of every stored chunk of an attempt, in order."""
-    return [
-        (r.seq, r.rows)
-        for r in conn.execute(
-            select(t.c.seq, t.c.rows)
-            .where(t.c.job_id == job_id, t.c.attempt == attempt)
-            .order_by(t.c.seq)
-        )
-    ]
+    return [(r.seq, r.rows) for r in conn.execute(_SEQS, {"b_job": job_id, "b_attempt": attempt})]
 
 
 def key_ids(conn: Connection, job_id: str, attempt: int) -> list[str]:
@@ -73,11 +70,7 @@ def key_ids(conn: Connection, job_id: str, attempt: int) -> list[str]:
 
 
 def read(conn: Connection, job_id: str, attempt: int, seq: int) -> dict[str, Any] | None:
-    r = conn.execute(
-        select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(
-            t.c.job_id == job_id, t.c.attempt == attempt, t.c.seq == seq
-        )
-    ).first()
+    r = conn.execute(_READ, {"b_job": job_id, "b_attempt": attempt, "b_seq": seq}).first()
     return dict(r._mapping) if r is not None else None
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from .schema import connectors as t
+
+# Built once: every job submission reads the connector, every heartbeat updates it.
+_GET = select(t).where(t.c.id == bindparam("b_id"))
+_GET_IN_TENANT = _GET.where(t.c.tenant_id == bindparam("b_tenant"))
+_SET = update(t).where(t.c.id == bindparam("b_id"))  # SET: the keys of the parameters
 
 
 def _row(r: Any) -> dict[str, Any] | None:
@@ -18,10 +23,10 @@ def insert(conn: Connection, values: dict[str, Any]) -> None:
 
 
 def get(conn: Connection, tenant_id: str | None, connector_id: str) -> dict[str, Any] | None:
-    q = select(t).where(t.c.id == connector_id)
-    if tenant_id is not None:
-        q = q.where(t.c.tenant_id == tenant_id)
-    return _row(conn.execute(q).first())
+    if tenant_id is None:
+        return _row(conn.execute(_GET, {"b_id": connector_id}).first())
+    params = {"b_id": connector_id, "b_tenant": tenant_id}
+    return _row(conn.execute(_GET_IN_TENANT, params).first())
 
 
 def list_page(
@@ -49,7 +54,7 @@ def by_key_prefix(conn: Connection, prefix: str) -> list[dict[str, Any]]:
 
 
 def set_fields(conn: Connection, connector_id: str, values: dict[str, Any]) -> None:
-    conn.execute(update(t).where(t.c.id == connector_id).values(**values))
+    conn.execute(_SET, {"b_id": connector_id, **values})
 
 
 def set_offline_unless_revoked(conn: Connection, connector_id: str, last_seen: float) -> None:

@@ -4,23 +4,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, or_, select, update
+from sqlalchemy import Connection, bindparam, exists, func, or_, select, update
 
-from .pg import skip_locked
+from .pg import is_postgres
 from .schema import jobs as t
 from .schema import result_chunks
 
+# The hot path's statements, built once: a job's life runs each of them a few times, and
+# building a statement costs more than SQLite takes to run it (docs/BENCHMARKS.md).
+_INSERT = t.insert()
+_GET = select(t).where(t.c.id == bindparam("b_id"))
+_GET_IN_TENANT = _GET.where(t.c.tenant_id == bindparam("b_tenant"))
+_OWNER = select(t.c.connector_id, t.c.attempt, t.c.status).where(t.c.id == bindparam("b_id"))
+_SET = update(t).where(t.c.id == bindparam("b_id"))  # SET: the keys of the parameters
+_NEXT_QUEUED = (
+    select(t)
+    .where(t.c.connector_id == bindparam("b_connector"), t.c.status == "queued")
+    .where(or_(t.c.not_before.is_(None), t.c.not_before <= bindparam("b_at")))
+    .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id)
+    .limit(bindparam("b_limit"))
+)
+_NEXT_QUEUED_LOCKED = _NEXT_QUEUED.with_for_update(skip_locked=True)
+
 
 def insert(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(t.insert().values(**values))
+    conn.execute(_INSERT, values)
 
 
 def get(conn: Connection, tenant_id: str | None, job_id: str) -> dict[str, Any] | None:
-    q = select(t).where(t.c.id == job_id)
-    if tenant_id is not None:
-        q = q.where(t.c.tenant_id == tenant_id)
-    r = conn.execute(q).first()
+    if tenant_id is None:
+        r = conn.execute(_GET, {"b_id": job_id}).first()
+    else:
+        r = conn.execute(_GET_IN_TENANT, {"b_id": job_id, "b_tenant": tenant_id}).first()
     return dict(r._mapping) if r is not None else None
+
+
+def owner(conn: Connection, job_id: str) -> tuple[str, int, str] | None:
+    """(connector_id, attempt, status) of a job, or None: the check every agent frame
+    about a job needs, without reading the job's sealed query."""
+    r = conn.execute(_OWNER, {"b_id": job_id}).first()
+    return (r.connector_id, r.attempt, r.status) if r is not None else None
 
 
 def get_by_key(conn: Connection, tenant_id: str, job_key: str) -> dict[str, Any] | None:
@@ -50,11 +73,9 @@ def next_queued(
 ) -> list[dict[str, Any]]:
     """Queued jobs for a connector that are due (no retry delay pending at ``at``),
     highest priority first, then first come first served."""
-    q = select(t).where(t.c.connector_id == connector_id, t.c.status == "queued")
-    if at is not None:
-        q = q.where(or_(t.c.not_before.is_(None), t.c.not_before <= at))
-    q = q.order_by(t.c.priority.desc(), t.c.queued_at, t.c.id).limit(limit)
-    rows = conn.execute(skip_locked(conn, q)).all()  # PostgreSQL: FOR UPDATE SKIP LOCKED
+    q = _NEXT_QUEUED_LOCKED if is_postgres(conn) else _NEXT_QUEUED  # FOR UPDATE SKIP LOCKED
+    due = float("inf") if at is None else at
+    rows = conn.execute(q, {"b_connector": connector_id, "b_at": due, "b_limit": limit}).all()
     return [dict(r._mapping) for r in rows]
 
 
@@ -96,7 +117,7 @@ def set_fields(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
     """Update non-status fields (status changes go through ``relay.queue.apply``)."""
     if "status" in values:
         raise ValueError("status changes go through relay.queue.apply")
-    conn.execute(update(t).where(t.c.id == job_id).values(**values))
+    conn.execute(_SET, {"b_id": job_id, **values})
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:

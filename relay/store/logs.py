@@ -88,7 +88,7 @@ def page_logs(
 
 
 def add_sample(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(metrics_samples.insert().values(**values))
+    conn.execute(metrics_samples.insert(), values)
 
 
 def samples(conn: Connection, connector_id: str, since: float) -> list[dict[str, Any]]:
