@@ -28,7 +28,7 @@ from shared.protocol import Message, make
 from .held import Job, from_spool, rekey_frames
 from .jobwork import open_request, reader
 from .logs import current_job
-from .producer import ChunkItem, Producer
+from .producer import ChunkItem, Item, Producer
 from .sources.base import Source
 from .spool import FINISHED_KEEP_COUNT, AsyncSpool, Spool, SpooledJob
 
@@ -37,6 +37,7 @@ log = logging.getLogger("agent.runner")
 DEFAULT_WINDOW = 8
 DEFAULT_MAX_CHUNK = 1 << 20
 RECANCEL_EVERY = 1.0
+BEGUN_GRACE = 0.05  # s: a query whose columns come sooner announces itself once
 RECANCEL_FOR = 30.0
 
 
@@ -339,12 +340,24 @@ class Runner:
         return "cancelled", JobError("CANCELLED", "the job was cancelled")
 
     async def _consume(self, job: Job, producer: Producer) -> None:
+        ahead: Item | None = None
         while True:
-            kind, value = await producer.queue.get()
+            if ahead is not None:
+                (kind, value), ahead = ahead, None
+            else:
+                kind, value = await producer.queue.get()
             if kind == "begun":
                 # Running as far as the relay can tell (status, startedAt) while the query
-                # executes; the columns follow in a second job.started.v1.
+                # executes; the columns follow in a second job.started.v1. A query whose
+                # columns come within BEGUN_GRACE needs only that one: one frame and one
+                # store write fewer per small job.
                 job.begun = True
+                try:
+                    ahead = await asyncio.wait_for(producer.queue.get(), BEGUN_GRACE)
+                except TimeoutError:
+                    ahead = None
+                if ahead is not None:
+                    continue
                 async with self._send_lock:
                     if self._link is not None and self.started_without_columns and self.jobs.get(job.job_id) is job:
                         await self._link.send_message(self._begun_msg(job))

@@ -9,61 +9,66 @@ the last completion, and the submit rate the clients reached. Prints figures; no
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import re
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import figure
-from dispatch_latency import EventClock
+from _load import CpuMeter, EventClock, client_session, job_body, scrape, submit_all
 
-from tests.harness import Api, Source, Stack
+from tests.harness import Source, Stack
+
+STORE_METRICS = ("mini_relay_store_transactions", "mini_relay_store_ops")
 
 
-def run(jobs: int, threads: int, capacity: int, work: Path) -> tuple[float, float, dict[str, int]]:
+async def _drive(stack: Stack, connector_id: str, jobs: int, threads: int) -> dict[str, object]:
+    relay, api = stack.relay, stack.api
+    assert relay is not None and api is not None
+    agent_proc = stack.agents[-1].proc
+    assert agent_proc is not None
+    async with client_session(threads) as http:
+        clock = EventClock()
+        listener = asyncio.create_task(clock.run(http, relay.ws_url, api.token, "bench"))
+        await asyncio.wait_for(clock.ready.wait(), 15)
+        before = await scrape(http, api.base_url, STORE_METRICS)
+        meter = CpuMeter({"relay": relay.proc.pid, "agent": agent_proc.pid, "load generator": os.getpid()})
+        meter.start()
+        t0 = time.monotonic()
+        body = job_body(connector_id, "src", "SELECT 1 AS one")
+        submitted = await submit_all(http, api.base_url, api.token, "bench", body, jobs, concurrency=threads)
+        submit_secs = time.monotonic() - t0
+        await clock.wait_all(set(submitted), 300)
+        meter.stop()
+        after = await scrape(http, api.base_url, STORE_METRICS)
+        listener.cancel()
+    ends = [clock.done[j][0] for j in submitted if j in clock.done]
+    statuses: dict[str, int] = {}
+    for j in submitted:
+        status = clock.done.get(j, (0.0, "missing"))[1]
+        statuses[status] = statuses.get(status, 0) + 1
+    store = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in STORE_METRICS}
+    return {"rate": len(ends) / (max(ends) - t0) if ends else 0.0, "submit_rate": jobs / submit_secs,
+            "statuses": statuses, "meter": meter, "store": store}  # fmt: skip
+
+
+def run(jobs: int, threads: int, capacity: int, work: Path) -> dict[str, object]:
     db = work / "src.db"
     sqlite3.connect(db).close()
     with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
-        relay = stack.start_relay()
+        stack.start_relay()
         api = stack.api
         assert api is not None
         agent = stack.add_agent("bench", [Source("src", "sqlite", f"sqlite:///{db}")], start=False)
         text = agent.config.read_text()
         agent.config.write_text(re.sub(r"(?m)^capacity = \d+", f"capacity = {capacity}", text))
         stack.start_agent(agent)
-        api.run_job(agent.connector_id, "src", sql="SELECT 1")
-        clock = EventClock(relay.ws_url, relay.token("bench", "admin"), "bench")
-        ids: set[str] = set()
-        lock = threading.Lock()
-        local = threading.local()
-
-        def submit(_: int) -> None:
-            if not hasattr(local, "api"):
-                local.api = Api(api.base_url, api.token, api.tenant)
-            job_id = local.api.submit(agent.connector_id, "src", sql="SELECT 1 AS one")
-            with lock:
-                ids.add(job_id)
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(submit, range(jobs)))
-        submitted = time.monotonic() - t0
-        clock.wait_all(ids, 300)
-        ends = [clock.done[j][0] for j in ids if j in clock.done]
-        statuses: dict[str, int] = {}
-        for j in ids:
-            s = clock.done.get(j, (0.0, "missing"))[1]
-            statuses[s] = statuses.get(s, 0) + 1
-        for j in sorted(ids):
-            if clock.done.get(j, (0.0, "missing"))[1] != "succeeded":
-                job = api.job(j)
-                print(f"  not completed: {j} {job.get('status')} {job.get('error')}", flush=True)
-        clock.close()
-    return len(ends) / (max(ends) - t0), jobs / submitted, statuses
+        api.run_job(agent.connector_id, "src", sql="SELECT 1")  # warm up imports and the pool
+        return asyncio.run(_drive(stack, agent.connector_id, jobs, threads))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"small jobs: {args.jobs:,} SELECT 1 jobs, {args.threads} clients, agent capacity {args.capacity}")
     with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
-        rate, submit_rate, statuses = run(args.jobs, args.threads, args.capacity, Path(tmp))
-    print(f"  statuses: {statuses}")
-    figure("submit rate the clients reached", submit_rate, "jobs/s")
-    figure("completed jobs per second", rate, "jobs/s")
-    figure("ratio to the 500/s goal", rate / 500, "")
+        out = run(args.jobs, args.threads, args.capacity, Path(tmp))
+    print(f"  statuses: {out['statuses']}")
+    figure("submit rate the clients reached", out["submit_rate"], "jobs/s")  # type: ignore[arg-type]
+    figure("completed jobs per second", out["rate"], "jobs/s")  # type: ignore[arg-type]
+    figure("ratio to the 500/s goal", out["rate"] / 500, "")  # type: ignore[operator]
+    out["meter"].report(args.jobs, figure)  # type: ignore[attr-defined]
+    store = out["store"]
+    tx, ops = store["mini_relay_store_transactions"], store["mini_relay_store_ops"]  # type: ignore[index]
+    if tx:
+        figure("store calls per job", ops / args.jobs, "")
+        figure("store calls per commit", ops / tx, "")
     return 0
 
 

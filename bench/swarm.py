@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 from _common import ROOT, figure, percentile
-from dispatch_latency import EventClock
+from _load import SyncEventClock as EventClock
 
 from shared.fdlimit import raise_nofile
 from tests.harness import Api, Source, Stack

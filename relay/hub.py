@@ -37,6 +37,17 @@ DUPLICATE_MESSAGE = ("another agent (another machine or key pair) is already con
                      "API key; stop it, or register a connector of its own")  # fmt: skip
 
 
+FRAMES_IN_FLIGHT = 64  # per agent: frames being handled at once before the socket is not read
+FRAME_DRAIN_SECONDS = 5.0  # at a session's end, how long frames already read may take
+
+
+def _job_of(frame: protocol.Message | protocol.Chunk) -> str | None:
+    if isinstance(frame, protocol.Chunk):
+        return frame.job_id
+    job_id = frame.get("jobId")
+    return job_id if isinstance(job_id, str) else None
+
+
 def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
     for row in con_store.by_key_prefix(conn, keys.key_prefix(key)):
         if keys.key_matches(key, row["api_key_hash"]):
@@ -227,12 +238,60 @@ class Hub:
     # ------------------------------------------------------------ message loop
 
     async def _loop(self, relay: Relay, session: AgentSession) -> None:
-        async for raw in session.ws:
-            if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                break
-            session.last_traffic = now()
+        """Read frames and hand each to its own task, without waiting for the previous
+        frame's store write: the frames of many jobs (and a job's started, chunk and done)
+        then share one group commit instead of one commit each, one after the other.
+
+        Order is kept where it matters. On SQLite the store runs calls in the order they
+        were made (one writer thread, ``relay/store/batching.py``), and every frame's
+        first step is its store call, so frames are recorded in arrival order. On
+        PostgreSQL calls run in parallel on a pool, so a job's frames wait for the previous
+        frame of the same job (``tails``). At most ``FRAMES_IN_FLIGHT`` per agent: past
+        that the socket is not read, and TCP pushes back on the agent.
+        """
+        slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
+        ordered = relay.store.batcher is not None
+        tails: dict[str, asyncio.Task[None]] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for raw in session.ws:
+                if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break
+                session.last_traffic = now()
+                try:
+                    frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
+                except ProtocolError as exc:
+                    await self._violation(session, exc.message, relay.config.max_violations)
+                    if session.dead:
+                        break
+                    continue
+                await slots.acquire()
+                job_id = None if ordered else _job_of(frame)
+                after = tails.get(job_id) if job_id else None
+                task = asyncio.create_task(self._frame(relay, session, frame, slots, after))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if job_id:
+                    tails[job_id] = task
+                    task.add_done_callback(lambda t, j=job_id: tails.get(j) is t and tails.pop(j))
+                if session.dead:
+                    break
+        finally:
+            if tasks:  # let frames already read finish their bookkeeping
+                await asyncio.wait(set(tasks), timeout=FRAME_DRAIN_SECONDS)
+
+    async def _frame(
+        self, relay: Relay, session: AgentSession, frame: protocol.Message | protocol.Chunk,
+        slots: asyncio.Semaphore, after: asyncio.Task[None] | None,
+    ) -> None:  # fmt: skip
+        """Handle one frame; what goes wrong is answered on the socket, as one frame's
+        error, never ending the session (but for repeated protocol violations)."""
+        try:
+            if after is not None:
+                await asyncio.wait({after})
+            if session.dead:
+                return
             try:
-                frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
                 await self._route(relay, session, frame)
             except intake.StaleAttempt:
                 pass  # the agent was told to drop that attempt; its frames are ignored
@@ -244,8 +303,8 @@ class Hub:
                 log.exception("handling a frame from %s failed", session.connector_id)
                 await session.send("relay.error.v1", code="INTERNAL_ERROR",
                                    message="the relay could not process this message")  # fmt: skip
-            if session.dead:
-                break
+        finally:
+            slots.release()
 
     async def _route(self, relay: Relay, session: AgentSession, frame: protocol.Message | protocol.Chunk) -> None:
         if isinstance(frame, protocol.Chunk):

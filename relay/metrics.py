@@ -55,6 +55,15 @@ class RelayMetrics:
         self.log_lines = Counter(
             "mini_relay_agent_log_lines", "Agent log lines stored (duplicates excluded)", registry=r
         )
+        # SQLite's group commit (relay/store/batching.py), counted since the node started:
+        # ops / transactions is how many store calls share each commit.
+        self.store_transactions = Gauge(
+            "mini_relay_store_transactions", "Store transactions committed by group commit since start",
+            registry=r,
+        )  # fmt: skip
+        self.store_ops = Gauge(
+            "mini_relay_store_ops", "Store calls run in group-committed transactions since start", registry=r
+        )
 
     def dispatched(self, jobs: Iterable[dict[str, Any]], at: float) -> None:
         for job in jobs:
@@ -67,8 +76,11 @@ class RelayMetrics:
         if byte_count:
             self.result_bytes.inc(byte_count)
 
-    def render(self, connected: int, by_state: dict[str, int]) -> bytes:
+    def render(self, connected: int, by_state: dict[str, int], batcher: Any = None) -> bytes:
         self.connected_agents.set(connected)
+        if batcher is not None:
+            self.store_transactions.set(batcher.batches)
+            self.store_ops.set(batcher.ops)
         for state in (*JOB_STATES, *(s for s in by_state if s not in JOB_STATES)):
             self.jobs.labels(state=state).set(by_state.get(state, 0))
         return generate_latest(self.registry)
@@ -90,7 +102,7 @@ async def get(request: web.Request) -> web.Response:
     _check_token(request, relay.config.metrics_token)
     by_state = await relay.store.run(job_store.count_by_status)
     connected = sum(1 for s in relay.hub.sessions.values() if not s.dead)
-    body = relay.metrics.render(connected, by_state)
+    body = relay.metrics.render(connected, by_state, relay.store.batcher)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
