@@ -35,6 +35,9 @@ class RedactFilter(logging.Filter):
     """Rewrites a record's message (and exception text) with secrets removed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "mc_redacted", False):
+            return True  # every handler carries this filter; the first one did the work
+        record.mc_redacted = True
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not lose the line
@@ -53,10 +56,18 @@ def _timestamp(created: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
+def _record_timestamp(record: logging.LogRecord) -> str:
+    """The record's ISO timestamp, made once for the file and the shipping buffer."""
+    stamp = getattr(record, "mc_timestamp", None)
+    if stamp is None:
+        stamp = record.mc_timestamp = _timestamp(record.created)
+    return stamp
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "timestamp": _timestamp(record.created),
+            "timestamp": _record_timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -117,7 +128,7 @@ class ShipBuffer(logging.Handler):
         if record.levelno < logging.INFO and not record.name.startswith(("agent", "shared")):
             return  # a raised level is for our own debug lines, not every library's
         line = {
-            "timestamp": _timestamp(record.created),
+            "timestamp": _record_timestamp(record),
             "level": record.levelname if record.levelname in _LEVELS else "INFO",
             "message": record.getMessage()[:16_000],
             "logger": record.name[:200],

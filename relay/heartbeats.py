@@ -59,8 +59,19 @@ class HeartbeatWriter:
 
 
 def _write_all(conn: Any, items: list[tuple[ItemWriter, tuple[Any, ...]]]) -> None:
+    """Every item, in order; an item writer with a ``bulk(conn, [args, ...])`` attribute
+    gets all of its items at once (one executemany per statement instead of one
+    statement per heartbeat)."""
+    groups: dict[ItemWriter, list[tuple[Any, ...]]] = {}
     for fn, args in items:
-        fn(conn, *args)
+        groups.setdefault(fn, []).append(args)
+    for fn, arg_list in groups.items():
+        bulk = getattr(fn, "bulk", None)
+        if bulk is not None:
+            bulk(conn, arg_list)
+        else:
+            for args in arg_list:
+                fn(conn, *args)
 
 
 _WRITERS: weakref.WeakKeyDictionary[Any, HeartbeatWriter] = weakref.WeakKeyDictionary()

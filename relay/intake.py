@@ -309,7 +309,8 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
         "connector_id": session.connector_id, "timestamp": at, "cpu_usage": session.cpu_usage,
         "memory_usage": session.memory_usage, "active_jobs": session.active_jobs,
     }  # fmt: skip
-    lease_until = at + relay.config.offline_after
+    # Its traffic keeps its jobs leased; an agent holding none has no lease to renew.
+    lease_until = at + relay.config.offline_after if session.in_flight or session.active_jobs else None
     # Coalesced with other agents' heartbeats into one transaction (relay/heartbeats.py).
     await heartbeats.writer_for(relay.store).write(_heartbeat_write, session.connector_id, fields, sample, lease_until)
     if grew:
@@ -317,11 +318,22 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
 
 
 def _heartbeat_write(
-    conn: Any, connector_id: str, fields: dict[str, Any], sample: dict[str, Any], lease_until: float
+    conn: Any, connector_id: str, fields: dict[str, Any], sample: dict[str, Any], lease_until: float | None
 ) -> None:
-    con_store.set_fields(conn, connector_id, fields)
-    log_store.add_sample(conn, sample)
-    queue.renew_leases(conn, connector_id, lease_until)  # its traffic keeps its jobs leased
+    _heartbeats_bulk(conn, [(connector_id, fields, sample, lease_until)])
+
+
+def _heartbeats_bulk(conn: Any, items: list[tuple[Any, ...]]) -> None:
+    """Many agents' heartbeats: one executemany per statement. Leases are renewed only
+    for agents holding jobs (``lease_until`` None: nothing in flight to renew)."""
+    con_store.set_many(conn, [(cid, fields) for cid, fields, _, _ in items])
+    log_store.add_samples(conn, [sample for _, _, sample, _ in items])
+    for cid, _, _, until in items:
+        if until is not None:
+            queue.renew_leases(conn, cid, until)  # its traffic keeps its jobs leased
+
+
+_heartbeat_write.bulk = _heartbeats_bulk  # type: ignore[attr-defined]  # relay/heartbeats.py
 
 
 async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:

@@ -99,18 +99,39 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 def _write_batch(engine: Engine, batch: list[_Op]) -> None:
-    """One transaction; each op in a savepoint (a lone op needs none). Runs in the worker."""
-    with engine.connect() as conn, conn.begin():
-        if len(batch) == 1:
-            op = batch[0]
-            op.outcome = (True, op.fn(conn, *op.args, **op.kwargs))  # raises: nothing to keep
-            return
-        for op in batch:
+    """One transaction for the batch. Runs in the worker.
+
+    First without savepoints (they cost as much as the ops' own statements): when every
+    op succeeds, that is the whole story. When one raises, the transaction is rolled back
+    and the batch runs again with each op in its own savepoint, so only the failing op's
+    writes are undone. Ops are store functions of the connection alone, so running one
+    again on the rolled-back store gives the same outcome.
+    """
+    with engine.connect() as conn:
+        if len(batch) > 1:
             try:
-                with conn.begin_nested():
-                    op.outcome = (True, op.fn(conn, *op.args, **op.kwargs))
-            except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; the others stand
-                op.outcome = (False, exc)
+                with conn.begin():
+                    for op in batch:
+                        op.outcome = (True, op.fn(conn, *op.args, **op.kwargs))
+                return
+            except Exception:  # noqa: BLE001, S110 - an op failed: redo the batch the careful way
+                pass
+        with conn.begin():
+            _careful(conn, batch)
+
+
+def _careful(conn: Any, batch: list[_Op]) -> None:
+    """Each op in a savepoint (a lone op needs none)."""
+    if len(batch) == 1:
+        op = batch[0]
+        op.outcome = (True, op.fn(conn, *op.args, **op.kwargs))  # raises: nothing to keep
+        return
+    for op in batch:
+        try:
+            with conn.begin_nested():
+                op.outcome = (True, op.fn(conn, *op.args, **op.kwargs))
+        except Exception as exc:  # noqa: BLE001 - rolled back to its savepoint; the others stand
+            op.outcome = (False, exc)
 
 
 def sqlite_explicit_transactions(engine: Engine) -> None:

@@ -42,13 +42,13 @@ def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
     The relay acknowledges cumulatively (the agent drops everything up to an ack), so it
     only ever acknowledges a gap-free prefix.
     """
-    where = (t.c.job_id == job_id, t.c.attempt == attempt)
     top, count = conn.execute(_TOP, {"b_job": job_id, "b_attempt": attempt}).one()
     if top is None:
         return -1
     if count == top + 1:
         return int(top)
     expected = 0
+    where = (t.c.job_id == job_id, t.c.attempt == attempt)
     for (seq,) in conn.execute(select(t.c.seq).where(*where).order_by(t.c.seq)):
         if seq != expected:
             break

@@ -57,6 +57,15 @@ def set_fields(conn: Connection, connector_id: str, values: dict[str, Any]) -> N
     conn.execute(_SET, {"b_id": connector_id, **values})
 
 
+def set_many(conn: Connection, items: list[tuple[str, dict[str, Any]]]) -> None:
+    """``set_fields`` for many connectors: one executemany per set of field names."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for connector_id, values in items:
+        groups.setdefault(tuple(values), []).append({"b_id": connector_id, **values})
+    for params in groups.values():
+        conn.execute(_SET, params)
+
+
 def set_offline_unless_revoked(conn: Connection, connector_id: str, last_seen: float) -> None:
     conn.execute(
         update(t)

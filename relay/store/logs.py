@@ -91,6 +91,11 @@ def add_sample(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(metrics_samples.insert(), values)
 
 
+def add_samples(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(metrics_samples.insert(), rows)  # executemany
+
+
 def samples(conn: Connection, connector_id: str, since: float) -> list[dict[str, Any]]:
     c = metrics_samples.c
     rows = conn.execute(

@@ -112,6 +112,31 @@ def test_heartbeats_group_commit() -> None:
     asyncio.run(main())
 
 
+def test_heartbeat_writers_with_bulk_get_the_whole_batch_at_once() -> None:
+    calls: list[list[Any]] = []
+
+    def one(conn: list[Any], name: str) -> None:
+        conn.append(("one", name))
+
+    def bulk(conn: list[Any], arg_list: list[tuple[Any, ...]]) -> None:
+        calls.append([a[0] for a in arg_list])
+        conn.extend(("bulk", a[0]) for a in arg_list)
+
+    one.bulk = bulk  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        store = _SlowStore()
+        writer = HeartbeatWriter(store)
+        await writer.write(_item, "first")
+        await asyncio.gather(*(writer.write(one, f"a{i}") for i in range(20)), writer.write(_item, "plain"))
+        written = [x for t in store.transactions for x in t]
+        assert sorted(x for x in written if isinstance(x, tuple)) == sorted(("bulk", f"a{i}") for i in range(20))
+        assert "plain" in written and writer.written == 22
+        assert len(calls) <= 2 and sum(len(c) for c in calls) == 20  # one bulk call per batch
+
+    asyncio.run(main())
+
+
 def test_ndjson_fast_path_and_its_fallback_agree() -> None:
     names = ["id", "doc"]
     tricky = [[1, '},{"id":'], [2, [{"id": 3}, {"id": 4}]], [3, {"id": {"id": 5}}], [4, None]]
