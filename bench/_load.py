@@ -12,8 +12,6 @@ steady on a noisy machine, the second is not.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,48 +56,6 @@ class EventClock:
             except TimeoutError:
                 return False
         return True
-
-
-class SyncEventClock:
-    """``EventClock`` for threaded callers: a websockets client in a thread of its own."""
-
-    def __init__(self, url: str, token: str, tenant: str) -> None:
-        from websockets.sync.client import connect
-
-        self.done: dict[str, tuple[float, str]] = {}
-        self._cond = threading.Condition()
-        self._cm = connect(
-            f"{url}/api/v1/events?token={token}", additional_headers={"X-Tenant-ID": tenant},
-            open_timeout=10, compression=None,
-        )  # fmt: skip
-        self.ws = self._cm.__enter__()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for frame in self.ws:
-                now = time.monotonic()
-                msg = json.loads(frame)
-                if msg.get("type") == "job_completed":
-                    with self._cond:
-                        self.done[msg["data"]["jobId"]] = (now, msg["data"].get("status", "?"))
-                        self._cond.notify_all()
-        except Exception:  # the socket closing ends the clock
-            return
-
-    def wait_all(self, ids: set[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not ids <= self.done.keys():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self) -> None:
-        self._cm.__exit__(None, None, None)
 
 
 async def submit_all(

@@ -13,6 +13,7 @@ p50/p99; if not all N connect, prints how many did and why.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sqlite3
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import psutil
 from _common import ROOT, figure, percentile
-from _load import SyncEventClock as EventClock
+from _load import EventClock, client_session, job_body, submit_all
 
 from shared.fdlimit import raise_nofile
 from tests.harness import Api, Source, Stack
@@ -40,26 +41,24 @@ def create_connectors(api: Api, n: int) -> list[str]:
         return list(pool.map(one, range(n)))
 
 
-def dispatch(api: Api, clock: EventClock, connector_id: str, rate: float, seconds: float) -> list[float]:
-    submitted: dict[str, float] = {}
-    lock = threading.Lock()
-    n = int(rate * seconds)
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        def submit() -> None:
-            client = Api(api.base_url, api.token, api.tenant)
-            start = time.monotonic()
-            job_id = client.submit(connector_id, "src", sql="SELECT 1 AS one")
-            with lock:
-                submitted[job_id] = start
+def dispatch(api: Api, ws_url: str, connector_id: str, rate: float, seconds: float) -> list[float]:
+    """Submit ``SELECT 1`` jobs at ``rate`` a second (the async load generator of
+    ``bench/_load.py``) and return submit -> ``job_completed`` latencies in ms."""
 
-        for i in range(n):
-            delay = t0 + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the load
-            pool.submit(submit)
-    clock.wait_all(set(submitted), 120)
-    return [(clock.done[j][0] - s) * 1000 for j, s in submitted.items() if j in clock.done]
+    async def drive() -> list[float]:
+        async with client_session(32) as http:
+            clock = EventClock()
+            listener = asyncio.create_task(clock.run(http, ws_url, api.token, api.tenant or ""))
+            await asyncio.wait_for(clock.ready.wait(), 30)
+            body = job_body(connector_id, "src", "SELECT 1 AS one")
+            n = int(rate * seconds)
+            submitted = await submit_all(http, api.base_url, api.token, api.tenant or "", body, n,
+                                         concurrency=32, rate=rate)  # fmt: skip
+            await clock.wait_all(set(submitted), 120)
+            listener.cancel()
+        return [(clock.done[j][0] - s) * 1000 for j, s in submitted.items() if j in clock.done]
+
+    return asyncio.run(drive())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {reached:,} agents connected in {time.monotonic() - t0:.0f}s")
             time.sleep(min(args.heartbeat, 15) + 2)  # a full round of heartbeats
             rss1 = proc.memory_info().rss
-            clock = EventClock(relay.ws_url, relay.token("bench", "admin"), "bench")
-            lat = dispatch(api, clock, agent.connector_id, args.rate, args.seconds)
-            clock.close()
+            lat = dispatch(api, relay.ws_url, agent.connector_id, args.rate, args.seconds)
             rss2 = proc.memory_info().rss
             cpu = proc.cpu_percent(interval=2.0)
             for p in procs:
