@@ -18,10 +18,12 @@ written after the chunks before it, so a spooled done always has its chunks with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,14 +74,53 @@ class Spool:
         # relay then simply redelivers the job).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._in_batch = False
         path.chmod(0o600)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One method's writes as one transaction, or, inside ``batch``, as one savepoint
+        of the batch's transaction (undone alone if the method fails)."""
+        if not self._in_batch:
+            with self.db:
+                yield
+            return
+        self.db.execute("SAVEPOINT op")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO op")
+            self.db.execute("RELEASE op")
+            raise
+        self.db.execute("RELEASE op")
+
+    def batch(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+        """Run several methods' writes in one transaction (one WAL commit instead of one
+        each); a method that fails is undone alone and logged, as ``AsyncSpool`` does."""
+        self.db.execute("BEGIN")
+        self._in_batch = True
+        try:
+            for fn, args in ops:
+                _logged(self._one, fn, args)
+        finally:
+            self._in_batch = False
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def _one(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        with self._tx():  # a savepoint, also for methods without a transaction of their own
+            fn(self, *args)
 
     # ------------------------------------------------------------ writes
 
     def begin(self, job_id: str, attempt: int, source: str, operation: str,
               started: dict[str, Any] | None = None) -> None:  # fmt: skip
         """A job started (its columns are known); replaces any older attempt's row."""
-        with self.db:
+        with self._tx():
             self._clear(job_id)
             self.db.execute(
                 "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
@@ -101,7 +142,7 @@ class Spool:
 
     def set_done(self, job_id: str, attempt: int, source: str, operation: str,
                  done: dict[str, Any]) -> None:  # fmt: skip
-        with self.db:
+        with self._tx():
             row = self.db.execute("SELECT attempt FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row is None or row[0] != attempt:
                 self.db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
@@ -116,7 +157,7 @@ class Spool:
 
     def finish(self, job_id: str, attempt: int) -> None:
         """The relay acknowledged the job's result: forget its data, remember its id."""
-        with self.db:
+        with self._tx():
             self._clear(job_id)
             self.db.execute(
                 "INSERT OR REPLACE INTO finished (job_id, attempt, finished_at) VALUES (?, ?, ?)",
@@ -125,7 +166,7 @@ class Spool:
 
     def drop(self, job_id: str, attempt: int | None = None) -> None:
         """An abandoned attempt: its data is never used."""
-        with self.db:
+        with self._tx():
             if attempt is None:
                 self._clear(job_id)
                 return
@@ -134,7 +175,7 @@ class Spool:
 
     def rebind(self, old: SpooledJob, attempt: int) -> None:
         """Store ``old`` (already rewritten for ``attempt``) in place of its old attempt."""
-        with self.db:
+        with self._tx():
             self._clear(old.job_id)
             self.db.execute(
                 "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
@@ -155,7 +196,7 @@ class Spool:
 
     def load(self) -> list[SpooledJob]:
         """On start: the finished, unacknowledged jobs; the leftovers of unfinished ones go."""
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM jobs WHERE done IS NULL")
             self.db.execute(
                 "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE"
@@ -177,7 +218,7 @@ class Spool:
     def finished_ids(self) -> list[str]:
         """Ids of jobs whose result the relay acknowledged, oldest first (pruned first)."""
         cutoff = self.clock() - FINISHED_KEEP_SECONDS
-        with self.db:
+        with self._tx():
             self.db.execute("DELETE FROM finished WHERE finished_at < ?", (cutoff,))
             self.db.execute(
                 "DELETE FROM finished WHERE job_id NOT IN (SELECT job_id FROM finished"
@@ -198,9 +239,24 @@ class AsyncSpool:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-spool")
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._mutex = threading.Lock()
 
     def submit(self, method: Callable[..., Any], *args: Any) -> None:
-        self._pool.submit(_logged, method, self.spool, *args)
+        """Queue a write. Writes queued while the thread is busy go in one transaction."""
+        with self._mutex:
+            self._pending.append((method, args))
+            first = len(self._pending) == 1
+        if first:
+            self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        with self._mutex:
+            ops, self._pending = self._pending, []
+        if len(ops) == 1:
+            _logged(ops[0][0], self.spool, *ops[0][1])
+        elif ops:
+            _logged(self.spool.batch, ops)
 
     async def call(self, method: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._pool.submit(method, self.spool, *args))

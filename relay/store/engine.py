@@ -38,6 +38,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     # FULL: a chunk the relay has acknowledged survives a power cut, not just a crash.
     cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA wal_autocheckpoint=4000")
     cur.close()
 
 

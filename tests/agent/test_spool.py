@@ -4,6 +4,7 @@ runner resends it (not reruns it) after reconnecting."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,36 @@ async def test_async_spool_keeps_the_order_of_writes(tmp_path: Path) -> None:
     spool.submit(Spool.set_done, "job_o", 1, "pg", "query", _done("job_o", 1, 50))
     [job] = await spool.call(Spool.load)
     assert job.chunks == {}  # every chunk was acknowledged before the done
+    await spool.close()
+
+
+def _fail_after_write(spool: Spool, job_id: str) -> None:
+    spool.put_chunk(job_id, 1, 0, b"half")
+    raise OSError("disk full")  # after its write: the batch must undo it alone
+
+
+async def test_writes_queued_together_share_a_transaction_and_a_failure_is_undone_alone(
+    tmp_path: Path,
+) -> None:
+    inner = Spool(tmp_path / "spool.db")
+    begins: list[str] = []
+    inner.db.set_trace_callback(lambda sql: begins.append(sql) if sql.strip().upper() == "BEGIN" else None)
+    spool = AsyncSpool(inner)
+    gate = threading.Event()
+    spool.submit(lambda _spool: gate.wait(10))  # holds the spool thread while the rest queue up
+    for n in range(20):
+        spool.submit(Spool.begin, f"job_{n}", 1, "pg", "query", None)
+        spool.submit(Spool.put_chunk, f"job_{n}", 1, 0, _frame(f"job_{n}", 1, 0))
+        if n == 7:
+            spool.submit(_fail_after_write, "job_bad")
+        spool.submit(Spool.set_done, f"job_{n}", 1, "pg", "query", _done(f"job_{n}", 1, 1))
+    gate.set()
+    jobs = await spool.call(Spool.load)
+    assert sorted(j.job_id for j in jobs) == sorted(f"job_{n}" for n in range(20))
+    assert all(list(j.chunks) == [0] for j in jobs) and "job_bad" not in {j.job_id for j in jobs}
+    bad = inner.db.execute("SELECT count(*) FROM chunks WHERE job_id = 'job_bad'").fetchone()[0]
+    assert bad == 0
+    assert len(begins) == 1  # the 61 writes queued behind the gate: one transaction
     await spool.close()
 
 
