@@ -221,17 +221,16 @@ def _finish(
         "lease_expires_at": None,
     }
     event = queue.DONE_EVENTS[msg["status"]]
-    outcome = "final"
     try:
-        queue.apply(conn, job_id, event, values, attempt=attempt)
+        status = queue.apply(conn, job_id, event, values, attempt=attempt)
+        return "final", {**job, **values, "status": status}  # what the row now holds
     except queue.IllegalTransition:
         # Cancelled by the platform meanwhile (or a resent done): keep that status,
         # record the counts.
-        outcome = "kept"
         values.pop("error")
         values.pop("completed_at")
         job_store.set_fields(conn, job_id, values)
-    return outcome, job_store.get(conn, None, job_id) or {}
+    return "kept", job_store.get(conn, None, job_id) or {}
 
 
 async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message, first: bool = False) -> None:

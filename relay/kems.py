@@ -10,6 +10,7 @@ node). Agents that open both keep accepting both.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,6 +18,11 @@ from shared.crypto import KEM_HYBRID, load_hybrid_public_key, load_public_key, s
 from shared.errors import MCError
 
 log = logging.getLogger("relay.kems")
+
+# Parsed keys by their base64 (key objects are immutable): parsing an ML-KEM-768 key for
+# every job was a visible share of a small job's cost on the relay.
+_hybrid_key = functools.lru_cache(maxsize=16_384)(load_hybrid_public_key)
+_x25519_key = functools.lru_cache(maxsize=16_384)(load_public_key)
 
 
 class KemDirectory:
@@ -47,5 +53,5 @@ class KemDirectory:
     def seal_for(self, connector: dict[str, Any], query: Any, info: bytes) -> bytes:
         """Seal ``query`` to the connector: hybrid when its agent offered it, else X25519."""
         pq = self.hybrid_key(connector["id"], connector["public_key"])
-        key = load_hybrid_public_key(pq) if pq else load_public_key(connector["public_key"])
+        key = _hybrid_key(pq) if pq else _x25519_key(connector["public_key"])
         return seal_query(query, key, info)
