@@ -5,6 +5,12 @@ through a small bounded ``asyncio.Queue``: when the relay is slow the queue fill
 blocks the thread, and the database read slows down instead of memory growing. Fetch
 batches grow or shrink so each chunk's payload lands near a target size (a few hundred
 KiB, never past the relay's ``maxChunkBytes``). Frames are encoded here, off the loop.
+
+Rows travel as object lines keyed by the column names (``shared.rows.encode_objects``),
+which the relay serves verbatim, or as arrays when the names repeat. A source that makes
+the payloads itself (PostgreSQL's COPY fast path, ``agent.sources.pgcopy``) exposes a
+``payloads`` pump on its stream: it calls back with complete object lines, which are cut
+to ``max_rows`` and split on line boundaries to fit ``maxChunkBytes`` here.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import JobError
 from shared.protocol import Chunk, encode_chunk
-from shared.rows import encode_rows
+from shared.rows import encode_objects, encode_rows, unique_names
 
 from .sources.base import Column
 
@@ -95,6 +101,7 @@ class Producer:
         self.aborted = threading.Event()
         self.thread: threading.Thread | None = None
         self._seq = 0
+        self._names: list[str] | None = None  # unique column names: rows go as objects
 
     def start(self, runner: Callable[[Callable[[], None]], None] | None = None) -> None:
         """Start the thread. ``runner`` wraps the body (the caller passes ``ctx.run``)."""
@@ -137,8 +144,14 @@ class Producer:
         batches: Any = None
         try:
             columns, batches = self.read()
+            names = [str(c.get("name")) for c in columns]
+            self._names = names if unique_names(names) else None
             self._put(("columns", columns))
-            self._stream(batches)
+            pump = getattr(getattr(batches, "stream", None), "payloads", None)
+            if pump is not None and self._names is not None:
+                self._stream_payloads(pump)
+            else:
+                self._stream(batches)
             self._put(("end", None))
         except Aborted:
             pass
@@ -187,19 +200,63 @@ class Producer:
                 wanted = int(target / per_row)
                 batches.size = max(1, min(MAX_BATCH, current * 8, wanted))  # type: ignore[attr-defined]
 
+    def _stream_payloads(self, pump: Callable[..., None]) -> None:
+        """Let the source push ready payloads (object lines) until it ends or ``max_rows``."""
+        limit = self.max_rows
+        if limit is not None and limit <= 0:
+            return
+        target = max(1024, min(TARGET_CHUNK, self.max_chunk_bytes // 2))
+        total = 0
+
+        def emit(payload: bytes, rows: int) -> bool:
+            nonlocal total
+            if self.aborted.is_set():
+                raise Aborted
+            if limit is not None and total + rows > limit:
+                rows = limit - total
+                payload = payload[: _nth_newline(payload, rows) + 1]
+            for part, count in self._split_lines(payload, rows):
+                self._emit(part, count)
+            total += rows
+            return limit is None or total < limit
+
+        pump(emit, limit=limit, target=target)
+
+    def _split_lines(self, payload: bytes, rows: int) -> list[tuple[bytes, int]]:
+        """Object lines cut on line boundaries into parts of at most ``max_chunk_bytes``."""
+        if len(payload) <= self.max_chunk_bytes:
+            return [(payload, rows)] if rows else []
+        parts, start, end = [], 0, len(payload)
+        while start < end:
+            stop = start + self.max_chunk_bytes
+            cut = end - 1 if stop >= end else payload.rfind(b"\n", start, stop)
+            if cut < start:
+                line = payload.find(b"\n", start) + 1 - start
+                raise self._too_large(line)
+            part = payload[start : cut + 1]
+            parts.append((part, part.count(b"\n")))
+            start = cut + 1
+        return parts
+
+    def _too_large(self, size: int) -> JobError:
+        return JobError(
+            "RESULT_TOO_LARGE",
+            f"a single row encodes to {size} bytes, more than the relay's "
+            f"chunk limit of {self.max_chunk_bytes} bytes",
+        )
+
+    def _encode(self, rows: list[Sequence[Any]]) -> bytes:
+        return encode_rows(rows) if self._names is None else encode_objects(self._names, rows)
+
     def _fit(self, rows: list[Sequence[Any]]) -> list[tuple[bytes, int]]:
         """Encode ``rows`` as one payload, or split it until every part fits the limit."""
         if not rows:
             return []
-        payload = encode_rows(rows)
+        payload = self._encode(rows)
         if len(payload) <= self.max_chunk_bytes:
             return [(payload, len(rows))]
         if len(rows) == 1:
-            raise JobError(
-                "RESULT_TOO_LARGE",
-                f"a single row encodes to {len(payload)} bytes, more than the relay's "
-                f"chunk limit of {self.max_chunk_bytes} bytes",
-            )
+            raise self._too_large(len(payload))
         mid = len(rows) // 2
         return self._fit(rows[:mid]) + self._fit(rows[mid:])
 
@@ -208,3 +265,11 @@ class Producer:
         frame = encode_chunk(chunk, compress=self.compress)
         self._put(("chunk", ChunkItem(self._seq, count, len(payload), frame)))
         self._seq += 1
+
+
+def _nth_newline(payload: bytes, n: int) -> int:
+    """Where the ``n``-th line of ``payload`` ends (-1 for n = 0)."""
+    pos = -1
+    for _ in range(n):
+        pos = payload.index(b"\n", pos + 1)
+    return pos

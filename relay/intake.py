@@ -17,7 +17,7 @@ import orjson
 
 from shared import protocol
 from shared.errors import ProtocolError
-from shared.rows import row_count
+from shared.rows import payload_rows
 
 from . import heartbeats, queue
 from .context import Relay
@@ -166,9 +166,10 @@ def _start(conn: Any, job_id: str, attempt: int, columns: str | None, at: float)
 
 
 async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:
-    held = row_count(chunk.payload, chunk.rows)  # cheap: the payload stays opaque bytes
-    if held is None:
-        raise ProtocolError("chunk payload is not a JSON array of rows")
+    try:  # arrays: counted cheaply, the payload stays opaque; object lines: each line parsed
+        held = payload_rows(chunk.payload, chunk.rows)
+    except ValueError as exc:
+        raise ProtocolError(f"chunk {chunk.seq}: {exc}") from None
     if held != chunk.rows:
         raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()

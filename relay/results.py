@@ -7,6 +7,11 @@ fallback) for the next chunk. It ends when the job succeeds and every chunk is s
 it ends in error (the connection is cut, no terminating chunk) when the attempt being
 read is abandoned or the job ends without succeeding, so a reader never takes a partial
 or duplicated result for a whole one.
+
+A chunk holds arrays (``[[...],...]``, parsed here; NDJSON objects are built per batch) or
+object lines (``{...}\n`` per row, keyed by the column names: checked at intake, served
+as NDJSON verbatim, parsed only for CSV); ``shared.rows`` tells them apart by the first
+byte. Each chunk's row count is checked against what intake stored, for both forms.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any
 import orjson
 
 from shared.errors import Gone, MCError
-from shared.rows import decode_rows
+from shared.rows import (
+    decode_object_lines,
+    decode_rows,
+    drop_lines,
+    first_keys,
+    is_object_lines,
+    object_lines,
+)
 
 from . import queue
 from .context import Relay
@@ -30,6 +42,24 @@ from .store import jobs as job_store
 
 class StreamAborted(Exception):
     """The rows being served stopped being a valid result (abandoned or failed)."""
+
+
+class ObjectLines:
+    """A chunk's rows as object lines (``data``: ``rows`` lines keyed by ``names``)."""
+
+    __slots__ = ("data", "names", "rows")
+
+    def __init__(self, data: bytes, rows: int, names: list[str]) -> None:
+        self.data, self.rows, self.names = data, rows, names
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def skip(self, n: int) -> ObjectLines:
+        return ObjectLines(drop_lines(self.data, n), max(0, self.rows - n), self.names)
+
+
+Batch = list[list[Any]] | ObjectLines
 
 
 def columns_of(job: dict[str, Any]) -> list[dict[str, str]]:
@@ -73,9 +103,11 @@ async def wait_for_columns(relay: Relay, job_id: str) -> dict[str, Any]:
         watch.close()
 
 
-async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[list[list[Any]]]:
-    """Batches of rows from ``offset`` on, following the job until it ends."""
+async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[Batch]:
+    """Batches of rows from ``offset`` on, following the job until it ends: lists of rows
+    (array chunks) or ``ObjectLines`` (object-line chunks)."""
     job_id, attempt = job["id"], job["attempt"]
+    names = [c["name"] for c in columns_of(job)]
     next_seq, skip = 0, offset
     watch = relay.notifier.watch(job_id)
     try:
@@ -92,9 +124,10 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                 if skip >= count:
                     skip -= count
                     continue
-                batch = await _read_chunk(relay, job_id, attempt, seq)
+                batch = await _read_chunk(relay, job_id, attempt, seq, names)
                 if skip:
-                    batch, skip = batch[skip:], 0
+                    batch = batch.skip(skip) if isinstance(batch, ObjectLines) else batch[skip:]
+                    skip = 0
                 if batch:
                     yield batch
             if progressed:
@@ -125,13 +158,23 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
         )
 
 
-async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int) -> list[list[Any]]:
+async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:
     stored = await relay.store.run(chunk_store.read, job_id, attempt, seq)
     if stored is None:
         raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
     aad = f"{job_id}:{attempt}:{seq}".encode()
+    data = relay.cipher.decrypt(stored["key_id"], stored["data"], aad)
+    if is_object_lines(data):
+        # Intake parsed every line (each one is a JSON object); here the count and the
+        # first line's keys, then the bytes are served as they are (docs/ARCHITECTURE.md).
+        held = data.count(b"\n")
+        if held != stored["rows"]:
+            raise StreamAborted(f"chunk {seq} declared {stored['rows']} rows but holds {held}")
+        if first_keys(data) != names:
+            raise StreamAborted(f"chunk {seq}'s rows are not keyed by the job's column names")
+        return ObjectLines(data, held, names)
     try:
-        batch = decode_rows(relay.cipher.decrypt(stored["key_id"], stored["data"], aad))
+        batch = decode_rows(data) if data else []
     except ValueError as exc:  # intake checks the frame only; rows are parsed here, once
         raise StreamAborted(f"chunk {seq} does not hold a JSON array of rows") from exc
     if len(batch) != stored["rows"]:
@@ -142,26 +185,15 @@ async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int) -> list
 # ---------------------------------------------------------------- formats
 
 
-def ndjson(names: list[str], batch: list[list[Any]]) -> bytes:
-    """One JSON object per row, newline-terminated.
-
-    Fast path: one ``orjson.dumps`` over the whole batch of dicts, then the separators
-    between objects, ``},{"<first column>":``, become newlines. That byte sequence cannot
-    occur inside a string (orjson writes ``"`` there as ``\\"``); a nested value can hold
-    it (a JSON column of objects keyed like the first column), which the count catches:
-    exactly ``len(batch) - 1`` separators, or the batch is encoded row by row instead.
-    """
+def ndjson(names: list[str], batch: Batch) -> bytes:
+    """One JSON object per row, newline-terminated: object lines as stored; array rows
+    as dicts encoded a batch at a time (``shared.rows.object_lines``). Duplicate names
+    keep the last value under the first position, as ``dict(zip(...))`` does."""
+    if isinstance(batch, ObjectLines):
+        return batch.data
     if not batch:
         return b""
-    rows = [dict(zip(names, row, strict=False)) for row in batch]
-    if names:
-        key = orjson.dumps(names[0]) + b":"
-        sep = b"},{" + key
-        body = orjson.dumps(rows)[1:-1]
-        if body.count(sep) == len(rows) - 1:
-            return body.replace(sep, b"}\n{" + key) + b"\n"
-    dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    return b"".join([dumps(row, option=opt) for row in rows])
+    return object_lines(names, [dict(zip(names, row, strict=False)) for row in batch])
 
 
 def _csv_value(value: Any) -> Any:
@@ -174,7 +206,25 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def csv_rows(batch: list[list[Any]]) -> bytes:
+def _object_values(batch: ObjectLines) -> list[list[Any]]:
+    try:
+        objs = decode_object_lines(batch.data)
+    except ValueError as exc:
+        raise StreamAborted("a chunk does not hold JSON object lines") from exc
+    if len(objs) != batch.rows:
+        raise StreamAborted(f"a chunk declared {batch.rows} rows but holds {len(objs)}")
+    names = batch.names
+    out = []
+    for obj in objs:
+        if len(obj) != len(names) or list(obj) != names:
+            raise StreamAborted("an object line's keys are not the job's column names in order")
+        out.append(list(obj.values()))
+    return out
+
+
+def csv_rows(batch: Batch) -> bytes:
+    if isinstance(batch, ObjectLines):
+        batch = _object_values(batch)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     for row in batch:

@@ -1,9 +1,18 @@
 """How database values become JSON-safe, and how rows travel in chunks.
 
 Contract §2 (Jobs): decimals as strings (exact), dates and times ISO 8601, bytes base64,
-NULL as null. Rows travel as arrays (column names are sent once per job) and are encoded
-a batch at a time with orjson, which handles ints, floats, strings, datetimes and UUIDs
-natively; ``_default`` covers the rest.
+NULL as null. Rows are encoded a batch at a time with orjson, which handles ints, floats,
+strings, datetimes and UUIDs natively; ``_default`` covers the rest.
+
+A chunk payload takes one of two forms, told apart by its first byte:
+
+- ``[``: a JSON array of arrays, ``[[v1,v2],[v3,v4]]`` (``encode_rows``); the relay builds
+  the objects when it serves NDJSON. Used when the column names are not unique.
+- ``{``: object lines, one JSON object per row keyed by the column names in column order,
+  each line ending in ``\n`` (``encode_objects``, or PostgreSQL's COPY in the agent); the
+  relay serves these bytes verbatim as NDJSON.
+
+An empty payload holds no rows.
 """
 
 from __future__ import annotations
@@ -87,6 +96,122 @@ def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
     except TypeError:
         # NaN/Infinity floats or exotic nesting: fall back to the careful path.
         return orjson.dumps([[json_safe(v) for v in row] for row in rows])
+
+
+def object_lines(names: Sequence[str], dicts: Sequence[dict[str, Any]], *, default: Any = None,
+                 option: int | None = None) -> bytes:  # fmt: skip
+    """Dicts (keyed by ``names``, in order) as newline-terminated JSON object lines.
+
+    Fast path: one ``orjson.dumps`` over the whole list, then the separators between
+    objects, ``},{"<first name>":``, become newlines. That byte sequence cannot occur
+    inside a string (orjson writes ``"`` there as ``\\"``); a nested value can hold it (a
+    JSON column of objects keyed like the first column), which only adds to the count:
+    exactly ``len(dicts) - 1`` separators, or the dicts are encoded one by one instead.
+    orjson writes no whitespace, so no line holds a raw newline.
+    """
+    if not dicts:
+        return b""
+    dumps = orjson.dumps
+    if names:
+        key = dumps(names[0]) + b":"
+        sep = b"},{" + key
+        body = dumps(dicts, default=default, option=option)[1:-1]
+        if body.count(sep) == len(dicts) - 1:
+            return body.replace(sep, b"}\n{" + key) + b"\n"
+    opt = (option or 0) | orjson.OPT_APPEND_NEWLINE
+    return b"".join([dumps(d, default=default, option=opt) for d in dicts])
+
+
+def unique_names(names: Sequence[str]) -> bool:
+    """Whether rows can travel as objects keyed by ``names`` (some, none repeated)."""
+    return bool(names) and len(set(names)) == len(names)
+
+
+def encode_objects(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """A batch of rows as object lines keyed by ``names`` (which must be unique); every
+    value is encoded exactly as ``encode_rows`` encodes it."""
+    dicts = [dict(zip(names, row, strict=False)) for row in rows]
+    try:
+        return object_lines(names, dicts, default=_default, option=_ORJSON_OPTS)
+    except TypeError:
+        # NaN/Infinity floats or exotic nesting: fall back to the careful path.
+        return object_lines(names, [{k: json_safe(v) for k, v in d.items()} for d in dicts])
+
+
+def is_object_lines(payload: bytes) -> bool:
+    return payload[:1] == b"{"
+
+
+def object_lines_count(payload: bytes, names: Sequence[str] | None = None) -> int:
+    """How many rows an object-lines payload holds, after checking it exactly: every line
+    (``\n``-terminated, the last one too) is one JSON object, and the first line's keys
+    are ``names`` in order (when ``names`` is given). ``ValueError`` says what is wrong.
+
+    Each line is parsed on its own (~0.6 us a row): joining the lines with commas and
+    parsing once is no cheaper and can be fooled (a newline inside a value plus a comma
+    between two objects on one line keeps the count right).
+    """
+    if payload[-1:] != b"\n":
+        raise ValueError("the last object line does not end with a newline")
+    loads = orjson.loads
+    try:
+        objs = list(map(loads, payload[:-1].split(b"\n")))
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"an object line is not valid JSON ({exc})") from None
+    for i, obj in enumerate(objs):
+        if type(obj) is not dict:
+            raise ValueError(f"object line {i + 1} is not a JSON object")
+    if names is not None and list(objs[0]) != list(names):
+        raise ValueError("the first object line's keys are not the job's column names in order")
+    return len(objs)
+
+
+def first_keys(payload: bytes) -> list[str] | None:
+    """The keys of an object-lines payload's first line (None if it is not an object)."""
+    try:
+        obj = orjson.loads(payload[: payload.find(b"\n") + 1 or None])
+    except orjson.JSONDecodeError:
+        return None
+    return list(obj) if type(obj) is dict else None
+
+
+def drop_lines(payload: bytes, n: int) -> bytes:
+    """``payload`` (object lines) without its first ``n`` lines."""
+    if n <= 0:
+        return payload
+    parts = payload.split(b"\n", n)
+    return parts[n] if len(parts) > n else b""
+
+
+def decode_object_lines(payload: bytes) -> list[dict[str, Any]]:
+    """The objects of an object-lines payload that was checked already (intake did)."""
+    if not payload:
+        return []
+    objs = orjson.loads(b"[" + payload[:-1].replace(b"\n", b",") + b"]")
+    if not isinstance(objs, list) or not all(type(o) is dict for o in objs):
+        raise ValueError("a chunk must hold JSON object lines")
+    return objs
+
+
+def decode_payload(payload: bytes) -> list[list[Any]]:
+    """The rows of a payload of either form, as lists of values in column order."""
+    if is_object_lines(payload):
+        return [list(o.values()) for o in decode_object_lines(payload)]
+    return decode_rows(payload) if payload else []
+
+
+def payload_rows(payload: bytes, expected: int, names: Sequence[str] | None = None) -> int:
+    """How many rows a chunk payload holds, by its form (first byte); ``ValueError`` if it
+    is malformed. Arrays: ``row_count`` (cheap, opaque). Object lines: parsed and checked
+    (``object_lines_count``). Empty: none."""
+    if not payload:
+        return 0
+    if is_object_lines(payload):
+        return object_lines_count(payload, names)
+    held = row_count(payload, expected)
+    if held is None:
+        raise ValueError("chunk payload is not a JSON array of rows")
+    return held
 
 
 def decode_rows(data: bytes) -> list[list[Any]]:

@@ -30,6 +30,7 @@ from shared.errors import JobError
 from . import sqlmeta, sqlodbc
 from .base import QueryStream, Source
 from .errors import map_db_error
+from .pgcopy import wrappable
 from .privacy import check_private, filter_discovery
 from .readonly import check_read_only
 from .sqloptions import OptionError, parse_sql_options
@@ -236,7 +237,9 @@ class SqlSource(Source):
         text, values = translate_params(sql, params, style=style, dialect=dialect)
         first = next(iter(code_tokens(tokenize(sql, dialect))), None)
         streamable = first is not None and first.upper in _STREAMABLE_PG
-        return SqlStream(self, text, values, timeout=timeout, server_side=streamable)
+        # PostgreSQL's COPY fast path (pgcopy): a statement that fits inside FROM (...).
+        copy = self.type == "postgres" and self.opts.copy_fast_path and streamable and wrappable(sql)
+        return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy)
 
     def close(self) -> None:
         super().close()

@@ -1,7 +1,7 @@
 """The ``--option KEY=VALUE`` settings of a SQL source, parsed and checked in one place.
 
 The agent's own settings (fetch batch size, pool size/overflow/recycle/pre-ping/timeout,
-connect timeout, private tables and columns) are taken out; whatever is left goes to the
+connect timeout, private tables and columns, PostgreSQL's COPY fast path) are taken out; whatever is left goes to the
 driver (``sslmode=require`` for psycopg2, ``ssl_ca=...`` for PyMySQL, extra
 ``KEY=VALUE`` attributes of an ODBC connection string). Pure: ``source add`` checks the
 same rules before anything is saved, without importing SQLAlchemy.
@@ -28,6 +28,7 @@ class SqlOptions:
     pool_pre_ping: bool = True
     pool_timeout: int = 30
     connect_timeout: int = 10
+    copy_fast_path: bool = True  # PostgreSQL: COPY ... TO STDOUT when the types allow it
     private_tables: tuple[str, ...] = ()
     private_columns: tuple[tuple[str, str], ...] = ()  # (table, column), lower case
     driver_args: dict[str, str] = field(default_factory=dict)
@@ -43,7 +44,8 @@ _INTS = {
     "connect_timeout": (1, 600),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-AGENT_OPTIONS = frozenset({*_INTS, "pool_pre_ping", "private_tables", "private_columns"})
+_BOOLS = ("pool_pre_ping", "copy_fast_path")
+AGENT_OPTIONS = frozenset({*_INTS, *_BOOLS, "private_tables", "private_columns"})
 
 
 def parse_sql_options(options: Mapping[str, str] | None, *, pool_size: int = 4) -> SqlOptions:
@@ -54,7 +56,7 @@ def parse_sql_options(options: Mapping[str, str] | None, *, pool_size: int = 4) 
         key, value = raw_key.strip().lower(), str(raw_value).strip()
         if key in _INTS:
             values[key] = _int(key, value)
-        elif key == "pool_pre_ping":
+        elif key in _BOOLS:
             values[key] = _bool(key, value)
         elif key == "private_tables":
             values[key] = tuple(_names(value))

@@ -8,11 +8,20 @@ the source's ``batch_size`` rows at a time from a server-side or unbuffered curs
 ``cursor.cancel()`` (SQLCancel). A deadline timer cancels the statement shortly after
 the job's timeout in case the database has no timeout of its own (SQLite, some ODBC
 drivers), and the job then ends ``TIMEOUT``.
+
+PostgreSQL fast path (``pgcopy``): when the source allows it and the statement can be
+wrapped, ``start`` describes the query (``SELECT * FROM (<sql>) q LIMIT 0``, one round
+trip) instead of executing it; if every column type is on the COPY list, ``payloads``
+becomes a pump the producer calls, which runs the query as ``COPY ... TO STDOUT`` and
+emits object-line payloads. Otherwise (or if the wrap fails) the cursor path runs in the
+same read-only transaction. A reader that calls ``fetch`` instead gets the cursor path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import secrets
 import threading
@@ -20,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import JobError
 
-from . import sqlmeta, sqlodbc
+from . import pgcopy, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 
@@ -43,12 +52,18 @@ class SqlStream(QueryStream):
         *,
         timeout: float | None,
         server_side: bool,
+        copy: bool = False,
     ) -> None:
         self.source = source
         self.kind = "odbc" if source.odbc else source.type
         self.sql, self.params = sql, params
         self.timeout = timeout
         self.server_side = server_side and self.kind == "postgres"
+        self.copy_wanted = copy and self.server_side
+        self.copy: pgcopy.CopyPlan | None = None
+        # The producer's pump (set when the COPY fast path serves this query).
+        self.payloads: Any = None
+        self._copy_state = "idle"  # idle | running | done
         self.batch_size = source.opts.batch_size
         self.columns: list[Column] = []
         self._fairy: Any = None
@@ -77,6 +92,8 @@ class SqlStream(QueryStream):
             self._deadline.start()
         try:
             getattr(self, f"_start_{self.kind}")()
+            if self.copy is not None:
+                return  # columns from the describe; rows from ``payloads`` (or ``fetch``)
             first = self._fetch_raw(min(200, self.batch_size))
         except JobError:
             self._broken = True
@@ -94,13 +111,80 @@ class SqlStream(QueryStream):
                 self.kind, self._cursor.description, self._pending
             )
 
-    def _start_postgres(self) -> None:
-        conn = self.dbapi
+    def _begin_postgres(self, conn: Any) -> None:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
             if self.timeout:
                 cur.execute("SET LOCAL statement_timeout = %s", (max(1, int(self.timeout * 1000)),))
         self._check_cancel()
+
+    def _start_postgres(self) -> None:
+        conn = self.dbapi
+        self._begin_postgres(conn)
+        if self.copy_wanted and pgcopy.session_ok(conn):
+            if self._describe_for_copy(conn):
+                return
+        self._execute_postgres(conn)
+
+    def _describe_for_copy(self, conn: Any) -> bool:
+        """Describe the wrapped query; True if the COPY fast path will serve it. A wrap
+        PostgreSQL refuses (or any other error here) leaves the query to the cursor path,
+        which reports the query's own error if it has one."""
+        import psycopg2
+
+        with conn.cursor() as cur:
+            inner = cur.mogrify(self.sql, self.params).decode("utf-8")
+            try:
+                cur.execute(pgcopy.describe_sql(inner))
+                description = cur.description
+            except psycopg2.Error as exc:
+                if self._cancelled.is_set() or getattr(exc, "pgcode", None) == "57014":
+                    raise  # cancelled or timed out: the cursor path would be too
+                log.debug("COPY fast path not used (%s); cursor path", type(exc).__name__)
+                conn.rollback()
+                self._begin_postgres(conn)
+                return False
+        plan = pgcopy.plan_for(inner, description or [], conn.info.parameter_status("TimeZone"))
+        if plan is None:
+            return False
+        self.copy = plan
+        self.columns = sqlmeta.columns_from_description("postgres", description, [])
+        self.payloads = self._pump
+        return True
+
+    def _pump(
+        self, emit: Any, *, limit: int | None = None, target: int = 512 * 1024, max_line: int = 1 << 26
+    ) -> None:
+        """Run the COPY, calling ``emit(payload, rows)`` with complete object lines of about
+        ``target`` bytes; ``limit`` (maxRows) goes into the SQL so PostgreSQL stops there."""
+        import psycopg2
+
+        plan = self.copy
+        if plan is None or self._copy_state != "idle":
+            raise JobError("QUERY_FAILED", "the COPY fast path was not prepared for this query")
+        self._check_cancel()
+        sink = pgcopy.LineSink(emit, max_line)
+        buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
+        cursor = self.dbapi.cursor()
+        with self._mutex:
+            self._cursor = cursor
+        self._copy_state = "running"
+        try:
+            cursor.copy_expert(plan.sql(limit), buffered)
+            buffered.flush()
+            if sink.rest:
+                raise JobError("QUERY_FAILED", "the COPY output ended inside a row")
+        except psycopg2.Error as exc:
+            sink.dead = True
+            self._broken = True
+            raise self._translate(exc) from exc
+        except BaseException:
+            sink.dead = True
+            raise
+        self._copy_state = "done"
+        self._exhausted = True
+
+    def _execute_postgres(self, conn: Any) -> None:
         if self.server_side:
             cursor = conn.cursor(name="mc_" + secrets.token_hex(8))
             cursor.itersize = self.batch_size
@@ -164,6 +248,8 @@ class SqlStream(QueryStream):
         return rows
 
     def fetch(self, n: int) -> list[Row]:
+        if self.copy is not None:
+            self._fall_back_to_cursor()
         if self._pending:
             rows, self._pending = self._pending, []
             return rows
@@ -178,6 +264,24 @@ class SqlStream(QueryStream):
         if not rows:
             self._exhausted = True
         return rows
+
+    def _fall_back_to_cursor(self) -> None:
+        """A reader that fetches rows (not the producer's pump): run the cursor path now."""
+        if self._copy_state != "idle":
+            raise JobError("QUERY_FAILED", "rows were already read through the COPY fast path")
+        self.copy, self.payloads = None, None
+        self._check_cancel()
+        try:
+            self._execute_postgres(self.dbapi)
+            self._pending = list(self._fetch_raw(min(200, self.batch_size)))
+        except JobError:
+            self._broken = True
+            raise
+        except Exception as exc:
+            self._broken = True
+            raise self._translate(exc) from exc
+        if not self._pending:
+            self._exhausted = True
 
     def _translate(self, exc: BaseException) -> JobError:
         if self._cancelled.is_set():
@@ -220,6 +324,13 @@ class SqlStream(QueryStream):
             return
         early = not self._exhausted
         try:
+            if self._copy_state == "running":
+                # Stopped inside the COPY (max rows, abort, error): the connection is still
+                # in COPY OUT, and a rollback would read the rest of it. Stop it, drop it.
+                with contextlib.suppress(Exception):
+                    fairy.dbapi_connection.cancel()
+                fairy.invalidate()
+                return
             if self.kind == "mysql" and (early or self._broken):
                 # Closing an unbuffered cursor reads the rest of the result: drop the
                 # connection instead so an early stop stays cheap (and detach the cursor,

@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 
 from shared.crypto import relay_info, seal_query
 from shared.protocol import AGENT, Chunk, Message, decode_frame, encode, make
-from shared.rows import decode_rows
+from shared.rows import decode_payload
 
 
 @dataclass
@@ -151,7 +151,7 @@ class FakeRelay:
         by_seq = {c.seq: c for c in self.got.chunks if c.job_id == job_id}
         out: list[list[Any]] = []
         for seq in sorted(by_seq):
-            out.extend(decode_rows(by_seq[seq].payload))
+            out.extend(decode_payload(by_seq[seq].payload))
         return out
 
     async def wait_for(self, predicate: Any, timeout: float, what: str = "") -> Any:

@@ -7,7 +7,7 @@ import base64
 import logging
 
 from agent.logs import ShipBuffer
-from shared.rows import decode_rows
+from shared.rows import decode_payload
 
 from .conftest import ROWS
 from .fake_relay import FakeRelay
@@ -182,7 +182,7 @@ async def test_heartbeats_logs_and_bad_frames(start_agent, api_key):
             lines = lambda: [ln for m in relay.of_type("agent.logs.v1") for ln in m["lines"]]  # noqa: E731
             await relay.wait_for(lambda: any(ln.get("jobId") == "job_l" for ln in lines()), 5)
             assert all(api_key not in ln["message"] for ln in lines())
-            assert decode_rows(relay.got.chunks[-1].payload) == [[1]]
+            assert decode_payload(relay.got.chunks[-1].payload) == [[1]]
     finally:
         root.removeHandler(ship)
         root.setLevel(old)

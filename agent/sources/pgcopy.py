@@ -1,0 +1,259 @@
+"""PostgreSQL's COPY fast path: the database writes the object lines, the agent only cuts them.
+
+For a query whose every column has a type on ``EXPRESSIONS`` (and unique names), the
+agent runs::
+
+    COPY (SELECT '{"id":' || <json of q.c1> || ',"name":' || <json of q.c2> || '}'
+          FROM (<the user's SQL, parameters inlined>
+          ) AS q(c1, c2)) TO STDOUT
+
+and hands PostgreSQL's output to the producer as chunk payloads with no Python object per
+row (``LineSink``). The columns are aliased by position, so no user name is ever an
+identifier here; the names appear only as JSON keys inside escaped string literals.
+
+Exactness: each expression below writes the JSON the cursor path writes for the same
+value (psycopg2's Python value encoded by ``shared.rows.encode_rows``), compared after
+``orjson.loads`` as Python values, int vs float included
+(``tests/agent/test_pg_copy.py`` proves it per type on edge values). Out of the list
+(interval, timetz, json/jsonb, arrays, money, enums, domains, anything else): the cursor
+path. Values psycopg2 cannot read (dates before year 1 or after 9999) fail the job on
+both paths.
+
+COPY text format (PostgreSQL docs, "COPY" > "Text Format"): rows end with ``\\n``; a
+backslash, newline, carriage return or the delimiter (tab) inside a value is written as a
+backslash sequence, and "COPY TO will never emit an octal or hex-digits backslash
+sequence, but it does use the other sequences listed above for those control
+characters". Our one column is JSON text, which holds no raw control character (strings
+escape them), so the only escaping left is ``\\`` doubled: undone with one ``replace``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.errors import JobError
+
+from .sqltext import PUNCT, code_tokens, tokenize
+
+# Session settings that PostgreSQL reports to the client (no round trip to read them).
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
+                       "Zulu", "Etc/Zulu", "Universal", "Etc/Universal", "Greenwich", "Etc/Greenwich"})  # fmt: skip
+
+_OUT_OF_RANGE = "CAST('the value ' || {x}::text || ' is outside years 1-9999, which the agent cannot read' AS int)"
+
+
+def _int(x: str, _utc: bool) -> str:
+    return f"coalesce({x}::text, 'null')"
+
+
+def _bool(x: str, _utc: bool) -> str:
+    return f"CASE WHEN {x} THEN 'true' WHEN NOT {x} THEN 'false' ELSE 'null' END"
+
+
+def _numeric(x: str, _utc: bool) -> str:
+    # Decimal -> format(v, "f") == PostgreSQL's text (never an exponent); NaN -> null.
+    return f"""CASE WHEN {x} <> 'NaN' THEN '"' || {x}::text || '"' ELSE 'null' END"""
+
+
+def _float(x: str, _utc: bool) -> str:
+    # float(text) is what psycopg2 makes; the same text parses to the same double.
+    # NaN and +-Infinity become null (orjson); an integral text gets ".0" to stay a float.
+    t = f"{x}::text"
+    return (
+        f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
+        f"CASE WHEN strpos({t}, '.') + strpos({t}, 'e') = 0 THEN {t} || '.0' ELSE {t} END "
+        "ELSE 'null' END"
+    )
+
+
+def _text(x: str, _utc: bool) -> str:
+    return f"coalesce(to_json({x})::text, 'null')"
+
+
+def _quoted(x: str, _utc: bool) -> str:
+    return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || {x}::text || '"' END"""
+
+
+def _bytea(x: str, _utc: bool) -> str:
+    return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || translate(encode({x}, 'base64'), chr(10), '') || '"' END"""
+
+
+def _date(x: str, _utc: bool) -> str:
+    # ISO DateStyle: YYYY-MM-DD. psycopg2 reads +-infinity as date.max/min.
+    return (
+        f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN '"' || {x}::text || '"' """
+        f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31"' """
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+    )
+
+
+def _stamp(x: str, tail: int) -> str:
+    """``to_json`` of a timestamp is ``"YYYY-MM-DDTHH:MM:SS[.f]<offset>"`` (XSD style, any
+    DateStyle) with the fraction's trailing zeros cut; ``isoformat()`` writes no fraction
+    or all 6 digits. ``tail``: the characters after the seconds (offset and quote)."""
+    j = f"to_json({x})::text"
+    if tail == 1:
+        padded = f"rpad(left({j}, -1), 27, '0') || '\"'"
+    else:
+        padded = f"rpad(left({j}, -{tail}), 27, '0') || right({j}, {tail})"
+    return f"CASE WHEN {x} = date_trunc('second', {x}) THEN {j} ELSE {padded} END"
+
+
+def _timestamp(x: str, _utc: bool) -> str:
+    return (
+        f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN {_stamp(x, 1)} """
+        f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999"' """
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+    )
+
+
+def _timestamptz(x: str, utc: bool) -> str:
+    if utc:  # to_json writes the offset +00:00, as orjson does
+        value = _stamp(x, 7)
+    else:
+        # orjson writes the offset as +-HH:MM of its absolute value, the minutes rounded
+        # up from 30 seconds (LMT offsets such as +00:19:32 -> +00:20, even +00:60).
+        off = f"date_part('timezone', {x})::int"
+        value = (
+            f"""'"' || replace(to_char({x}, 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '') || """
+            f"CASE WHEN {off} < 0 THEN '-' ELSE '+' END || lpad((abs({off}) / 3600)::text, 2, '0') || ':' || "
+            f"lpad((abs({off}) % 3600 / 60 + CASE WHEN abs({off}) % 60 >= 30 THEN 1 ELSE 0 END)::text, 2, '0')"
+            """ || '"'"""
+        )
+    return (
+        f"""CASE WHEN {x} >= '0001-01-01 00:00:00' AND {x} < '10000-01-01 00:00:00' THEN {value} """
+        f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999+00:00"' """
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00+00:00"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+    )
+
+
+def _time(x: str, _utc: bool) -> str:
+    # psycopg2 reads 24:00:00 as 00:00:00.
+    t = f"{x}::text"
+    return (
+        f"""CASE WHEN {x} IS NULL THEN 'null' WHEN {x} = '24:00:00' THEN '"00:00:00"' """
+        f"""WHEN length({t}) = 8 THEN '"' || {t} || '"' ELSE '"' || rpad({t}, 15, '0') || '"' END"""
+    )
+
+
+# type OID -> SQL expression writing the JSON of one value (never NULL itself)
+EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
+    16: _bool,
+    20: _int, 21: _int, 23: _int, 26: _int,  # int8, int2, int4, oid
+    700: _float, 701: _float,
+    1700: _numeric,
+    25: _text, 1043: _text, 1042: _text, 19: _text,  # text, varchar, bpchar, name
+    1082: _date, 1114: _timestamp, 1184: _timestamptz, 1083: _time,
+    17: _bytea,
+    2950: _quoted,  # uuid
+}  # fmt: skip
+
+
+def wrappable(sql: str) -> bool:
+    """Whether ``sql`` can go inside ``FROM (...)``: its parentheses balance (it cannot
+    close ours early) and the tokenizer reads it to the end."""
+    depth = 0
+    try:
+        tokens = code_tokens(tokenize(sql, "postgres"))
+    except JobError:
+        return False
+    for tok in tokens:
+        if tok.kind == PUNCT and tok.text in "()":
+            depth += 1 if tok.text == "(" else -1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def session_ok(conn: Any) -> bool:
+    """UTF-8 client encoding and ISO dates, as the expressions assume (psycopg2 sets ISO)."""
+    datestyle = conn.info.parameter_status("DateStyle") or ""
+    return conn.encoding == "UTF8" and datestyle.upper().startswith("ISO")
+
+
+def describe_sql(inner: str) -> str:
+    return f"SELECT * FROM ({inner}\n) AS q LIMIT 0"
+
+
+def _literal(text: str) -> str:
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _concat(args: list[str]) -> str:
+    # || (every operand is text, never NULL) is ~20 % cheaper than concat() and has no
+    # 100-argument limit.
+    return " || ".join(f"({a})" for a in args)
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    inner: str  # the user's SQL, parameters inlined
+    names: list[str]
+    oids: list[int]
+    utc: bool
+
+    def sql(self, limit: int | None = None) -> str:
+        args: list[str] = []
+        for i, (name, oid) in enumerate(zip(self.names, self.oids, strict=True)):
+            key = ("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":"
+            args += [_literal(key), EXPRESSIONS[oid](f"q.c{i + 1}", self.utc)]
+        args.append("'}'")
+        aliases = ", ".join(f"c{i + 1}" for i in range(len(self.names)))
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
+        return (
+            f"COPY (SELECT {_concat(args)} FROM ({self.inner}\n) AS q({aliases}){tail}) TO STDOUT"
+        )
+
+
+def plan_for(inner: str, description: Sequence[Any], timezone: str | None) -> CopyPlan | None:
+    """A plan when every column's type is on the list and the names are unique."""
+    names = [str(d[0]) for d in description]
+    oids = [d[1] for d in description]
+    if not names or len(set(names)) != len(names) or not all(o in EXPRESSIONS for o in oids):
+        return None
+    return CopyPlan(inner, names, oids, utc=timezone in UTC_ZONES)
+
+
+class LineSink(io.RawIOBase):
+    """The raw end of the ``io.BufferedWriter`` psycopg2's COPY writes into: it receives
+    buffers of about ``target`` bytes, cuts them after their last newline (the rest waits
+    for the next buffer), undoes COPY's backslash doubling and calls ``emit(payload,
+    rows)``. ``emit`` blocks while the producer's queue is full (back-pressure reaches
+    PostgreSQL through the socket) and returns False when it wants no more rows."""
+
+    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int) -> None:
+        super().__init__()
+        self.emit = emit
+        self.max_line = max_line
+        self.rest = b""
+        self.dead = False  # after a failure: a late flush (GC) must emit nothing
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        n = len(b)
+        if self.dead:
+            return n
+        data = self.rest + bytes(b) if self.rest else bytes(b)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) > self.max_line:
+                raise JobError("RESULT_TOO_LARGE", f"a single row encodes to more than {self.max_line} bytes, "
+                               "more than the relay's chunk limit")  # fmt: skip
+            self.rest = data
+            return n
+        payload, self.rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
+        if b"\\" in payload:
+            payload = payload.replace(b"\\\\", b"\\")
+        if not self.emit(payload, payload.count(b"\n")):
+            # The producer has its rows (maxRows). The COPY carries the same LIMIT, so
+            # PostgreSQL ends it now; the rest is read and dropped, and the connection
+            # stays usable (raising here would leave it in COPY OUT).
+            self.dead = True
+        return n

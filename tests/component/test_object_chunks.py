@@ -1,0 +1,173 @@
+"""Object-line chunks through a real relay: served verbatim as NDJSON, parsed for CSV,
+offset inside a chunk, mixed with array chunks, malformed ones refused at intake."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.store import chunks as chunk_store
+from shared import protocol
+from shared.rows import encode_objects, encode_rows
+
+from .conftest import Api, FakeAgent, relay_of
+
+NAMES = ["id", "name", "amount", "meta", "score"]
+ROWS: list[list[Any]] = [
+    [1, "a,b", Decimal("1.50"), {"k": [1]}, 1.5],
+    [2, None, Decimal("12345678901234567890.000001"), [{"id": 9}, {"id": 10}], float("nan")],
+    [3, 'say "hi"\n\\ é 漢字 😀', Decimal("-0.10"), '},{"id":', float("inf")],
+    [4, "\t\r\x01", Decimal("NaN"), {"id": {"id": 1}}, 2.0],
+]
+# What a platform reader must see for ROWS: one object per row, keys in column order.
+EXPECTED = [
+    {"id": 1, "name": "a,b", "amount": "1.50", "meta": {"k": [1]}, "score": 1.5},
+    {
+        "id": 2,
+        "name": None,
+        "amount": "12345678901234567890.000001",
+        "meta": [{"id": 9}, {"id": 10}],
+        "score": None,
+    },
+    {
+        "id": 3,
+        "name": 'say "hi"\n\\ é 漢字 😀',
+        "amount": "-0.10",
+        "meta": '},{"id":',
+        "score": None,
+    },
+    {"id": 4, "name": "\t\r\x01", "amount": None, "meta": {"id": {"id": 1}}, "score": 2.0},
+]
+
+
+async def _send(agent: FakeAgent, assign: protocol.Message, seq: int, payload: bytes, rows: int, *,
+                ack: bool = True) -> None:  # fmt: skip
+    frame = protocol.encode_chunk(
+        protocol.Chunk(assign["jobId"], assign["attempt"], seq, rows, payload)
+    )
+    await agent.send_raw(frame)
+    if ack:
+        await agent.expect("job.chunk.ack.v1", jobId=assign["jobId"], seq=seq)
+
+
+async def _job(api: Api, agent: FakeAgent, names: list[str]) -> protocol.Message:
+    job_id = await api.submit(agent.connector_id or "")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, names)
+    return assign
+
+
+def _lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+async def test_object_lines_served_verbatim_and_as_csv(api: Api, agent: FakeAgent) -> None:
+    """Object-line chunks come back byte for byte as NDJSON; CSV parses them in column order."""
+    assign = await _job(api, agent, NAMES)
+    first, second = encode_objects(NAMES, ROWS[:3]), encode_objects(NAMES, ROWS[3:])
+    assert first.startswith(b'{"id":1,') and first.count(b"\n") == 3
+    await _send(agent, assign, 0, first, 3)
+    await _send(agent, assign, 1, second, 1)
+    await agent.done(assign, 2, 4)
+    job_id = assign["jobId"]
+    status, text, _ = await api.call("GET", f"/jobs/{job_id}/results")
+    assert status == 200 and text.encode() == first + second
+    got = _lines(text)
+    assert [list(r) for r in got] == [NAMES] * 4
+    assert got[:1] + got[2:] == EXPECTED[:1] + EXPECTED[2:]
+    assert got[1]["score"] is None and got[1]["amount"] == EXPECTED[1]["amount"]
+    _, text, _ = await api.call("GET", f"/jobs/{job_id}/results?offset=2")  # inside chunk 0
+    assert _lines(text) == EXPECTED[2:]
+    _, text, _ = await api.call("GET", f"/jobs/{job_id}/results?offset=3")  # chunk 1 exactly
+    assert _lines(text) == EXPECTED[3:]
+    _, text, _ = await api.call("GET", f"/jobs/{job_id}/results?offset=4")
+    assert text == ""
+    status, text, resp = await api.call("GET", f"/jobs/{job_id}/results?format=csv&offset=1")
+    assert status == 200 and resp.content_type == "text/csv"
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == NAMES
+    assert rows[1] == ["2", "", "12345678901234567890.000001", '[{"id":9},{"id":10}]', ""]
+    assert rows[2] == ["3", 'say "hi"\n\\ é 漢字 😀', "-0.10", '},{"id":', ""]
+    assert rows[3] == ["4", "\t\r\x01", "", '{"id":{"id":1}}', "2.0"]
+
+
+async def test_array_and_object_chunks_of_one_job_read_the_same(api: Api, agent: FakeAgent) -> None:
+    """An agent that sends arrays keeps working, even mixed with object lines in one job."""
+    assign = await _job(api, agent, NAMES)
+    await _send(agent, assign, 0, encode_rows(ROWS[:2]), 2)
+    await _send(agent, assign, 1, encode_objects(NAMES, ROWS[2:]), 2)
+    await _send(agent, assign, 2, b"", 0)  # an empty payload holds no rows
+    await agent.done(assign, 3, 4)
+    _, text, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results")
+    got = _lines(text)
+    assert got[0] == EXPECTED[0] and got[2:] == EXPECTED[2:] and got[1]["score"] is None
+    _, text, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results?offset=1")
+    assert [r["id"] for r in _lines(text)] == [2, 3, 4]
+    _, csv_text, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results?format=csv")
+    assert [r[0] for r in csv.reader(io.StringIO(csv_text))] == ["id", "1", "2", "3", "4"]
+
+
+async def test_duplicate_names_keep_arrays_and_todays_objects(api: Api, agent: FakeAgent) -> None:
+    """``SELECT 1 AS a, 2 AS a``: the agent keeps arrays; the relay's answer is unchanged."""
+    assign = await _job(api, agent, ["a", "a", "b"])
+    await _send(agent, assign, 0, encode_rows([[1, 2, 3]]), 1)
+    await agent.done(assign, 1, 1)
+    _, text, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results")
+    assert text == '{"a":2,"b":3}\n'
+
+
+@pytest.mark.parametrize(
+    ("payload", "rows"),
+    [
+        (b'{"id":1}', 1),  # no final newline
+        (b'{"id":1}\n{"id":2', 2),
+        (b'{"id":1}\n\n', 2),  # an empty line
+        (b'{"id":1}\n[2]\n', 2),  # a line that is not an object
+        (b'{"id":1}\n"x"\n', 2),
+        (b'{"id":1,}\n', 1),  # not JSON
+        (b'{"id":[1\n2]},{"id":3}\n', 2),  # a newline inside a value, two objects on a line
+        (b'{"id":1}{"id":2}\n', 1),
+        (b'{"id":"\xff"}\n', 1),  # not UTF-8
+        (b'{"id":1}\n', 2),  # the header lies about the count
+    ],
+)
+async def test_malformed_object_lines_are_refused_at_intake(api: Api, client: Any, agent: FakeAgent,
+                                                           payload: bytes, rows: int) -> None:  # fmt: skip
+    """Nothing that is not N JSON object lines reaches the store (or a platform reader)."""
+    assign = await _job(api, agent, ["id"])
+    await _send(agent, assign, 0, payload, rows, ack=False)
+    err = await agent.expect("relay.error.v1")
+    assert err["code"] == "PROTOCOL_ERROR" and err["message"].startswith("chunk 0")
+    stored = await relay_of(client).store.run(chunk_store.seqs, assign["jobId"], 1)
+    assert stored == []
+
+
+async def test_reader_refuses_object_lines_keyed_by_other_names(api: Api, agent: FakeAgent) -> None:
+    """Valid object lines whose keys are not the job's columns are never served as its rows."""
+    assign = await _job(api, agent, ["id"])
+    await _send(agent, assign, 0, b'{"id":1}\n', 1)
+    await _send(agent, assign, 1, b'{"nope":2}\n', 1)
+    await agent.done(assign, 2, 2)
+    import aiohttp
+
+    resp = await api.client.get(f"/api/v1/jobs/{assign['jobId']}/results", headers=api.headers())
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+def test_encode_objects_values_match_encode_rows() -> None:
+    """Per value, object lines carry exactly what the arrays carry (same default, fallback)."""
+    for batch in (ROWS, [[2**70, "big int: the careful path"]], [[math.nan, -0.0, b"\x00\xff"]]):
+        names = [f"c{i}" for i in range(len(batch[0]))]
+        objects = [
+            list(orjson.loads(line).values()) for line in encode_objects(names, batch).splitlines()
+        ]
+        assert objects == orjson.loads(encode_rows(batch))
