@@ -2,8 +2,10 @@
 
 Creates the table in a fresh ``mc_bench_*`` schema, reads it as NDJSON through a real relay
 and agent (submit -> last byte of GET /jobs/{id}/results), then directly with a psycopg2
-server-side cursor in the same run, and prints rows/s for both and their ratio. The schema
-is dropped at the end. Needs MC_TEST_POSTGRES_URL (default the local test database).
+server-side cursor in the same run, and prints rows/s for both and their ratio, once per
+relay store (``--store sqlite|postgresql|both``; the PostgreSQL store gets a fresh
+``mc_bench_relay_*`` database, dropped afterwards). The schema is dropped at the end.
+Needs MC_TEST_POSTGRES_URL (default the local test database).
 """
 
 from __future__ import annotations
@@ -96,11 +98,39 @@ def direct(url: str, sql: str) -> tuple[int, float]:
     return n, secs
 
 
-def through_relay(url: str, sql: str, work: Path) -> tuple[int, float, int]:
+@contextlib.contextmanager
+def relay_database(url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the relay's store, dropped afterwards; its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from relay.store.engine import normalise_url
+
+    admin_url = normalise_url(url)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = "mc_bench_relay_" + secrets.token_hex(4)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def through_relay(
+    url: str, sql: str, work: Path, store_url: str | None = None
+) -> tuple[int, float, int]:
+    """Rows, seconds and NDJSON bytes through a relay on SQLite (``store_url`` None) or on
+    the PostgreSQL store at ``store_url``."""
     import urllib.request
 
     with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
-        stack.start_relay()
+        if store_url is None:
+            stack.start_relay()
+        else:
+            stack.start_relay_node(store_url)
         api = stack.api
         assert api is not None
         agent = stack.add_agent("bench", [Source("pg", "postgres", url)])
@@ -129,21 +159,34 @@ def through_relay(url: str, sql: str, work: Path) -> tuple[int, float, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both",
+                    help="the relay's store (default both, one after the other)")  # fmt: skip
     args = ap.parse_args(argv)
+    stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     print(f"throughput: {args.rows:,} rows x 6 columns from PostgreSQL")
     with bench_table(args.rows) as table:
         if table is None:
             return 0
         url, sql = table
-        with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
-            relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
-        direct_rows, direct_secs = direct(url, sql)
-    if relay_rows != args.rows or direct_rows != args.rows:
-        print(f"  WARNING: row counts relay={relay_rows:,} direct={direct_rows:,}")
-    figure("relay + agent (NDJSON, end to end)", relay_rows / relay_secs, "rows/s")
-    figure("  bytes of NDJSON", size / relay_secs / 1e6, "MB/s")
-    figure("direct psycopg2 server-side cursor", direct_rows / direct_secs, "rows/s")
-    figure("ratio relay / direct", 100 * (relay_rows / relay_secs) / (direct_rows / direct_secs), "%")
+        for store in stores:
+            with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
+                if store == "sqlite":
+                    relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
+                else:
+                    with relay_database(url) as store_url:
+                        relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp), store_url)
+            direct_rows, direct_secs = direct(url, sql)  # right after, under the same load
+            if relay_rows != args.rows or direct_rows != args.rows:
+                print(f"  WARNING: row counts relay={relay_rows:,} direct={direct_rows:,}")
+            print(f"  relay store: {store}")
+            figure("relay + agent (NDJSON, end to end)", relay_rows / relay_secs, "rows/s")
+            figure("  bytes of NDJSON", size / relay_secs / 1e6, "MB/s")
+            figure("direct psycopg2 server-side cursor", direct_rows / direct_secs, "rows/s")
+            figure(
+                "ratio relay / direct",
+                100 * (relay_rows / relay_secs) / (direct_rows / direct_secs),
+                "%",
+            )
     return 0
 
 
