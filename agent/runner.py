@@ -252,9 +252,19 @@ class Runner:
         if self.spool is not None:
             self.spool.submit(fn, *args)
 
+    def _spool_done(self, job: Job) -> None:
+        """Spool a finished job with the chunks the relay has not acknowledged yet, in one
+        write. Nothing is spooled while a job runs: after a crash an unfinished job is
+        discarded (the relay redelivers it), so only a finished one's data is ever read
+        back, and chunks acknowledged before the end never touch the disk."""
+        assert job.done_msg is not None
+        started = job.started_msg.data if job.started_msg is not None else None
+        self._spool(Spool.record_done, job.job_id, job.attempt, job.source, job.operation,
+                    started, job.done_msg.data, dict(job.unacked))  # fmt: skip
+
     def _finish_now(self, job: Job, error: JobError) -> None:
         job.done_msg = self._done(job, "failed", error)
-        self._spool(Spool.set_done, job.job_id, job.attempt, job.source, job.operation, job.done_msg.data)
+        self._spool_done(job)
         self._spawn(self._send_done(job))
 
     def _spawn(self, coro: Any) -> None:
@@ -281,8 +291,7 @@ class Runner:
         if self.jobs.get(job.job_id) is not job:
             return  # abandoned for a newer attempt: say nothing about this one
         job.done_msg = self._done(job, status, error)
-        # Spooled after its chunks (one ordered writer): a spooled done has its data.
-        self._spool(Spool.set_done, job.job_id, job.attempt, job.source, job.operation, job.done_msg.data)
+        self._spool_done(job)
         if error is None:
             log.info("job %s succeeded: %d rows in %d chunks", job.job_id, job.rows, job.next_seq, extra=extra)
         else:
@@ -365,9 +374,6 @@ class Runner:
                 job.started_msg = make(
                     "job.started.v1", jobId=job.job_id, attempt=job.attempt, columns=value
                 )
-                if self.jobs.get(job.job_id) is job:
-                    self._spool(Spool.begin, job.job_id, job.attempt, job.source, job.operation,
-                                job.started_msg.data)  # fmt: skip
                 async with self._send_lock:
                     if self._link is not None:
                         await self._link.send_message(job.started_msg)
@@ -387,8 +393,6 @@ class Runner:
             job.acked.clear()
             await job.acked.wait()
         job.unacked[item.seq] = item.frame
-        if self.jobs.get(job.job_id) is job:
-            self._spool(Spool.put_chunk, job.job_id, job.attempt, item.seq, item.frame)
         job.next_seq = item.seq + 1
         job.rows += item.rows
         job.bytes += item.payload_bytes
@@ -404,7 +408,8 @@ class Runner:
         # Acks are cumulative: the relay acknowledges only a gap-free prefix.
         for s in [s for s in job.unacked if s <= seq]:
             del job.unacked[s]
-        self._spool(Spool.ack, job_id, attempt, seq)
+        if job.done_msg is not None:  # a running job has nothing spooled (_spool_done)
+            self._spool(Spool.ack, job_id, attempt, seq)
         job.any_acked = True
         job.acked.set()
 

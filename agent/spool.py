@@ -155,6 +155,23 @@ class Spool:
             else:
                 self.db.execute("UPDATE jobs SET done = ? WHERE job_id = ?", (_dumps(done), job_id))
 
+    def record_done(self, job_id: str, attempt: int, source: str, operation: str,
+                    started: dict[str, Any] | None, done: dict[str, Any],
+                    chunks: dict[int, bytes]) -> None:  # fmt: skip
+        """A finished job, its started and done messages and its unacknowledged chunks,
+        in place of anything spooled for it before."""
+        with self._tx():
+            self._clear(job_id)
+            self.db.execute(
+                "INSERT INTO jobs (job_id, attempt, source, operation, started, done, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, source, operation, _dumps(started), _dumps(done), self.clock()),
+            )
+            self.db.executemany(
+                "INSERT INTO chunks (job_id, attempt, seq, frame) VALUES (?, ?, ?, ?)",
+                [(job_id, attempt, seq, frame) for seq, frame in sorted(chunks.items())],
+            )
+
     def finish(self, job_id: str, attempt: int) -> None:
         """The relay acknowledged the job's result: forget its data, remember its id."""
         with self._tx():

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.held import Job
+from agent.producer import ChunkItem
 from agent.runner import Runner
 from agent.spool import AsyncSpool, Spool
 from shared.crypto import generate_private_key
@@ -145,6 +147,31 @@ async def test_restarted_runner_holds_and_resends_what_the_relay_lacks(tmp_path:
     assert runner.held_jobs() == []
     assert await spool.call(Spool.load) == []
     assert await spool.call(Spool.finished_ids) == ["job_h"]
+    await spool.close()
+
+
+async def test_a_running_job_writes_nothing_and_its_end_spools_only_what_is_unacknowledged(
+    tmp_path: Path,
+) -> None:
+    """Chunks acknowledged while the job runs never touch the disk (a job unfinished at a
+    crash is discarded anyway); at the end, the started, the done and the chunks still
+    unacknowledged are spooled together, enough to resend the result after a restart."""
+    core = Spool(tmp_path / "spool.db")
+    spool = AsyncSpool(core)
+    runner = _runner(spool)
+    job = Job("job_r", 1, "pg", "query", {})
+    runner.jobs[job.job_id] = job
+    job.started_msg = make("job.started.v1", jobId="job_r", attempt=1, columns=[{"name": "n", "type": "integer"}])
+    for seq in range(4):
+        await runner._add_chunk(job, ChunkItem(seq, 1, 5, _frame("job_r", 1, seq)))
+    runner._chunk_ack("job_r", 1, 1)
+    assert await spool.call(Spool.load) == []  # nothing of a running job
+    assert core.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    job.done_msg = make("job.done.v1", **_done("job_r", 1, 4))
+    runner._spool_done(job)
+    runner._chunk_ack("job_r", 1, 2)  # acknowledged after the end: dropped from the spool too
+    [held] = await spool.call(Spool.load)
+    assert (held.job_id, list(held.chunks), held.started) == ("job_r", [3], job.started_msg.data)
     await spool.close()
 
 
