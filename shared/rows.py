@@ -147,12 +147,16 @@ def object_lines_count(payload: bytes, names: Sequence[str] | None = None) -> in
     (``\n``-terminated, the last one too) is one JSON object, and the first line's keys
     are ``names`` in order (when ``names`` is given). ``ValueError`` says what is wrong.
 
-    Each line is parsed on its own (~0.6 us a row): joining the lines with commas and
-    parsing once is no cheaper and can be fooled (a newline inside a value plus a comma
-    between two objects on one line keeps the count right).
+    Each line is parsed on its own: joining the lines with commas and parsing once can be
+    fooled (a newline inside a value plus a comma between two objects on one line keeps
+    the count right). Without ``names``, simdjson validates each line without building
+    Python objects (~0.35 us a row against ~0.7 us with orjson, which builds a dict per
+    row); with ``names`` (a reader's check of one line), orjson.
     """
     if payload[-1:] != b"\n":
         raise ValueError("the last object line does not end with a newline")
+    if names is None:
+        return _validated_lines(payload)
     loads = orjson.loads
     try:
         objs = list(map(loads, payload[:-1].split(b"\n")))
@@ -164,6 +168,25 @@ def object_lines_count(payload: bytes, names: Sequence[str] | None = None) -> in
     if names is not None and list(objs[0]) != list(names):
         raise ValueError("the first object line's keys are not the job's column names in order")
     return len(objs)
+
+
+def _validated_lines(payload: bytes) -> int:
+    """The number of lines of ``payload`` (object lines, ``\n``-terminated), each checked
+    to be one JSON object by simdjson: C parses, no Python object per value."""
+    import simdjson  # the relay's intake needs it; the agent never calls this
+
+    parser = simdjson.Parser()
+    obj_type = simdjson.Object
+    n = 0
+    for line in payload[:-1].split(b"\n"):
+        n += 1
+        try:
+            ok = type(parser.parse(line)) is obj_type  # the document must not outlive the
+        except ValueError as exc:  # next parse: nothing keeps a reference to it
+            raise ValueError(f"object line {n} is not valid JSON ({exc})") from None
+        if not ok:
+            raise ValueError(f"object line {n} is not a JSON object")
+    return n
 
 
 def first_keys(payload: bytes) -> list[str] | None:

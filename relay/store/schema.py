@@ -199,6 +199,14 @@ def _v5_claim_index(conn: Connection) -> None:
     ))
 
 
+def _v6_chunks_uncompressed(conn: Connection) -> None:
+    # Chunks are AES-GCM ciphertext: PostgreSQL's TOAST tried to compress every ~600 KB
+    # chunk with pglz and failed, for nothing. EXTERNAL: stored out of line, never
+    # compressed. (SQLite does not compress.)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE result_chunks ALTER COLUMN data SET STORAGE EXTERNAL"))
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
@@ -206,6 +214,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "agent log line ids and raised log levels", _v3_log_shipping),
     (4, "connector owner-node leases", _v4_owner_leases),
     (5, "index for dispatch claims in priority order", _v5_claim_index),
+    (6, "result chunks stored without compression (PostgreSQL)", _v6_chunks_uncompressed),
 ]
 
 

@@ -134,6 +134,7 @@ async def test_duplicate_names_keep_arrays_and_todays_objects(api: Api, agent: F
         (b'{"id":1,}\n', 1),  # not JSON
         (b'{"id":[1\n2]},{"id":3}\n', 2),  # a newline inside a value, two objects on a line
         (b'{"id":1}{"id":2}\n', 1),
+        (b'{"id":"a\n{"}\n', 2),  # a raw newline inside a string
         (b'{"id":"\xff"}\n', 1),  # not UTF-8
         (b'{"id":1}\n', 2),  # the header lies about the count
     ],

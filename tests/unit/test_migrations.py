@@ -29,3 +29,20 @@ def test_an_older_store_gains_the_later_columns_and_indexes(tmp_path) -> None:
     with engine.connect() as conn:
         versions = [r[0] for r in conn.execute(select(schema_migrations.c.version))]
     assert versions == [v for v, _, _ in MIGRATIONS]
+
+
+def test_postgres_store_keeps_chunks_uncompressed(pg_database: str) -> None:
+    """Migration 6: encrypted chunks are incompressible, so TOAST must not try (storage
+    EXTERNAL, 'e'); every migration applies on PostgreSQL and runs again harmlessly."""
+    engine = create_engine(pg_database)
+    try:
+        assert migrate(engine) == MIGRATIONS[-1][0]
+        assert migrate(engine) == MIGRATIONS[-1][0]
+        with engine.connect() as conn:
+            storage = conn.execute(text(
+                "SELECT attstorage FROM pg_attribute WHERE attrelid = 'result_chunks'::regclass"
+                " AND attname = 'data'"
+            )).scalar()  # fmt: skip
+        assert storage == "e"
+    finally:
+        engine.dispose()
