@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -74,6 +75,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+GC_THRESHOLDS = (20_000, 20, 20)  # gen0 allocations, then gen1 and gen2 in collections
+
+
+def quiet_gc() -> None:
+    """Keep the cyclic garbage collector's pauses out of dispatch latency.
+
+    With 10,000 agents a full collection walks about a million objects and stops the
+    event loop for up to half a second (bench/swarm.py: dispatch p99 ~500 ms, 25 ms with
+    the collector off). What is loaded at start (modules, tables, the app) never becomes
+    garbage: ``gc.freeze()`` takes it out of every later collection. Young collections
+    run every 20,000 allocations instead of 700, so fewer objects are promoted and full
+    collections come less often; they still come, so cyclic garbage is still freed.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(config: RelayConfig) -> None:
     from .app import create_app
     from .context import RELAY
@@ -93,6 +112,7 @@ async def _serve(config: RelayConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await site.start()
+        quiet_gc()
         port = sock.getsockname()[1]
         host = f"[{config.host}]" if ":" in config.host else config.host
         scheme = "https" if ssl_context is not None else "http"
