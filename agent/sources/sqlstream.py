@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import JobError
 
+from ..deadlines import DEADLINES, Deadline
 from . import pgcopy, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
@@ -73,7 +74,7 @@ class SqlStream(QueryStream):
         self._broken = False
         self._cancelled = threading.Event()
         self._timed_out = threading.Event()
-        self._deadline: threading.Timer | None = None
+        self._deadline: Deadline | None = None
         self._thread_id: int | None = None
         self._mutex = threading.Lock()
 
@@ -87,9 +88,9 @@ class SqlStream(QueryStream):
         with self._mutex:
             self._fairy = fairy
         if self.timeout:
-            self._deadline = threading.Timer(self.timeout + DEADLINE_GRACE, self._expire)
-            self._deadline.daemon = True
-            self._deadline.start()
+            # The shared deadline thread only starts a thread for the cancel (a MySQL
+            # KILL QUERY opens a connection): a slow one must not hold the others back.
+            self._deadline = DEADLINES.call_later(self.timeout + DEADLINE_GRACE, self._expire_soon)
         try:
             getattr(self, f"_start_{self.kind}")()
             if self.copy is not None:
@@ -287,6 +288,9 @@ class SqlStream(QueryStream):
         if self._cancelled.is_set():
             return self._stopped()
         return map_db_error(exc)
+
+    def _expire_soon(self) -> None:
+        threading.Thread(target=self._expire, name="job-deadline", daemon=True).start()
 
     def _expire(self) -> None:
         self._timed_out.set()
