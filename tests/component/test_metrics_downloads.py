@@ -49,6 +49,9 @@ async def test_metrics_report_agents_jobs_latency_bytes_and_failed_handshakes(
     assert m[("mini_relay_dispatch_latency_seconds_count", ())] == 1
     assert m[("mini_relay_result_bytes_total", ())] == 20  # the fake agent reports rows * 10
     assert m[("mini_relay_failed_handshakes_total", (("reason", "unauthorized"),))] == 1
+    # Group commit on the SQLite store: every store call ran in some committed batch.
+    tx, ops = m[("mini_relay_store_transactions", ())], m[("mini_relay_store_ops", ())]
+    assert 1 <= tx <= ops and ops >= 5  # at least submit, claim, started, chunk and done
 
 
 async def test_metrics_need_the_configured_token_and_each_app_has_its_own_registry(
