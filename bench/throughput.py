@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from _common import figure
 
-from tests.harness import HarnessError, Source, Stack, wait_until
+from tests.harness import HarnessError, Source, Stack, fresh_pg_database, wait_until
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -98,27 +98,6 @@ def direct(url: str, sql: str) -> tuple[int, float]:
     return n, secs
 
 
-@contextlib.contextmanager
-def relay_database(url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for the relay's store, dropped afterwards; its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from relay.store.engine import normalise_url
-
-    admin_url = normalise_url(url)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = "mc_bench_relay_" + secrets.token_hex(4)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def through_relay(
     url: str, sql: str, work: Path, store_url: str | None = None
 ) -> tuple[int, float, int]:
@@ -173,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 if store == "sqlite":
                     relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
                 else:
-                    with relay_database(url) as store_url:
+                    with fresh_pg_database(url, "mc_bench_relay_") as store_url:
                         relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp), store_url)
             direct_rows, direct_secs = direct(url, sql)  # right after, under the same load
             if relay_rows != args.rows or direct_rows != args.rows:

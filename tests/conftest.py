@@ -9,7 +9,6 @@ missing service can never pass CI silently. ``TIMEOUT_FACTOR`` scales every wait
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,22 +107,10 @@ def pg_url() -> str:
 def pg_database(pg_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for one test (a relay store), dropped afterwards; its
     URL in the psycopg2 form SQLAlchemy and ``mini-relay --database-url`` both take."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from tests.harness import fresh_pg_database
 
-    from relay.store.engine import normalise_url
-
-    admin_url = normalise_url(pg_url)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = "mc_relay_" + secrets.token_hex(6)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture

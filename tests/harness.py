@@ -49,6 +49,29 @@ def scaled(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
+@contextlib.contextmanager
+def fresh_pg_database(url: str, prefix: str = "mc_relay_") -> Iterator[str]:
+    """A fresh PostgreSQL database (a relay store) on the server at ``url``, dropped
+    afterwards; yields its URL in the psycopg2 form SQLAlchemy and ``mini-relay
+    --database-url`` both take."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from relay.store.engine import normalise_url
+
+    admin_url = normalise_url(url)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = prefix + secrets.token_hex(6)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float, *, interval: float = 0.05, what: str = ""
 ) -> T:
