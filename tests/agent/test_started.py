@@ -101,3 +101,40 @@ async def test_a_relay_that_does_not_take_started_without_columns_gets_only_the_
     await runner.on_message(_assign("job_o"))
     await _until(lambda: "job.done.v1" in link.kinds(), "the done")
     assert link.kinds() == ["started+columns", "chunk", "job.done.v1"]
+
+
+class _QuickSource:
+    def test(self) -> dict[str, Any]:
+        return {"ok": True}
+
+
+async def test_a_quick_job_announces_itself_once_and_logs_one_line(caplog: Any) -> None:
+    """Columns within BEGUN_GRACE: one job.started (with them), not two; and one INFO line
+    when the job ends, saying what it was."""
+    runner = Runner(get_source=lambda name: _QuickSource(), private_key=generate_private_key())
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
+                        started_without_columns=True)  # fmt: skip
+    with caplog.at_level("INFO", logger="agent.runner"):
+        await runner.on_message(_assign("job_q"))
+        await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+    assert link.kinds() == ["started+columns", "chunk", "job.done.v1"]
+    lines = [r.getMessage() for r in caplog.records if "job_q" in r.getMessage()]
+    assert len(lines) == 1 and "succeeded" in lines[0] and "test on source erp (attempt 1)" in lines[0]
+
+
+async def test_a_job_still_running_after_a_while_logs_that_it_started(caplog: Any, monkeypatch: Any) -> None:
+    import agent.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "STARTED_LOG_AFTER", 0.05)
+    source = _SlowSource()
+    runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
+    with caplog.at_level("INFO", logger="agent.runner"):
+        await runner.on_message(_assign("job_l"))
+        await _until(lambda: any("job_l started: test on source erp" in r.getMessage() for r in caplog.records),
+                     "the started line")  # fmt: skip
+        source.release.set()
+        await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+    assert any("job_l succeeded" in r.getMessage() for r in caplog.records)
