@@ -30,6 +30,7 @@ from shared.protocol import Chunk, encode_chunk
 from shared.rows import encode_objects, encode_rows, unique_names
 
 from .sources.base import Column
+from .workers import WORKERS
 
 log = logging.getLogger("agent.runner")
 
@@ -99,22 +100,31 @@ class Producer:
         self.compress = compress
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_DEPTH)
         self.aborted = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.started = False
+        self.finished = threading.Event()  # the body returned (its thread may serve others)
         self._seq = 0
         self._names: list[str] | None = None  # unique column names: rows go as objects
 
     def start(self, runner: Callable[[Callable[[], None]], None] | None = None) -> None:
-        """Start the thread. ``runner`` wraps the body (the caller passes ``ctx.run``)."""
+        """Run the body in a worker thread (``agent/workers.py``). ``runner`` wraps the
+        body (the caller passes ``ctx.run``)."""
         body = self._body if runner is None else (lambda: runner(self._body))
-        self.thread = threading.Thread(target=body, name=f"job-{self.job_id[:16]}", daemon=True)
-        self.thread.start()
+
+        def run() -> None:
+            try:
+                body()
+            finally:
+                self.finished.set()
+
+        self.started = True
+        WORKERS.run(run, f"job-{self.job_id[:16]}")
 
     def abort(self) -> None:
         self.aborted.set()
 
     @property
     def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.started and not self.finished.is_set()
 
     # ------------------------------------------------------------ thread side
 

@@ -434,7 +434,7 @@ def _produce(
             # putting) ahead of what was taken.
             ahead.append(producer._seq - sum(1 for k, _ in items if k == "chunk"))
             if kind in ("end", "error"):
-                producer.thread.join(scaled(10))
+                assert producer.finished.wait(scaled(10))
                 assert streams[0].copy is not None, "the COPY fast path was not taken"
                 return items, ahead, streams[0]
 
