@@ -258,6 +258,8 @@ class Hub:
                 if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 session.last_traffic = now()
+                if session.close_request is not None:
+                    break  # a frame's task asked to close: done here, below
                 try:
                     frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
                 except ProtocolError as exc:
@@ -276,6 +278,11 @@ class Hub:
                     task.add_done_callback(lambda t, j=job_id: tails.get(j) is t and tails.pop(j))
                 if session.dead:
                     break
+            if session.close_request is not None:
+                # Closed by the task that reads the socket: it reads on until the peer's
+                # close reply, so no unread frame is left for the kernel to answer with a
+                # reset that would cut off our close frame.
+                await session.close(*session.close_request)
         finally:
             if tasks:  # let frames already read finish their bookkeeping
                 await asyncio.wait(set(tasks), timeout=FRAME_DRAIN_SECONDS)
@@ -316,11 +323,13 @@ class Hub:
         await handler(relay, session, frame)
 
     async def _violation(self, session: AgentSession, message: str, limit: int) -> None:
+        if session.dead:
+            return  # closing already: frames still in hand get no more errors
         session.violations += 1
         await session.send("relay.error.v1", code="PROTOCOL_ERROR", message=message[:2000])
-        if session.violations >= limit:
+        if session.violations >= limit and not session.dead:
             log.warning("closing %s after %d protocol violations", session.connector_id, limit)
-            await session.close(CLOSE["PROTOCOL_VIOLATION"], "PROTOCOL_VIOLATION")
+            session.request_close(CLOSE["PROTOCOL_VIOLATION"], "PROTOCOL_VIOLATION")
 
     async def _gone(self, relay: Relay, session: AgentSession) -> None:
         """The socket closed. Unless this session was replaced or swept, mark offline."""

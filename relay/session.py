@@ -18,6 +18,9 @@ from shared import protocol
 
 log = logging.getLogger("relay.hub")
 
+CLOSE_WAIT_SECONDS = 12.0  # longer than aiohttp's own wait for the peer's close reply
+CLOSE_REQUEST_SECONDS = 0.25  # a close asked of the message loop, done by it or after this
+
 
 @dataclass
 class AgentSession:
@@ -41,6 +44,9 @@ class AgentSession:
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
     superseded: set[tuple[str, int]] = field(default_factory=set)  # told to drop these
     closing: bool = False
+    close_request: tuple[int, str] | None = None  # see request_close
+    _close_timer: asyncio.TimerHandle | None = None
+    _close_task: asyncio.Task[None] | None = None
     close_done: asyncio.Event = field(default_factory=asyncio.Event)
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -62,8 +68,36 @@ class AgentSession:
             return False
         return True
 
-    async def close(self, code: int, message: str = "") -> None:
+    def request_close(self, code: int, message: str) -> None:
+        """Ask the message loop to close the socket, from a frame's task. Closed from a
+        task other than the reader, aiohttp drops the connection right after sending the
+        close frame; frames the agent sent meanwhile, unread, make the kernel answer with
+        a reset, and the agent may never see the close code. The loop closes at its next
+        frame; if none comes within CLOSE_REQUEST_SECONDS, nothing is left unread and
+        closing from here is safe."""
+        if self.dead:
+            return
         self.dead = True
+        self.close_request = (code, message)
+        loop = asyncio.get_running_loop()
+
+        def fallback() -> None:
+            if not self.closing:
+                self._close_task = loop.create_task(self.close(code, message))
+
+        self._close_timer = loop.call_later(CLOSE_REQUEST_SECONDS, fallback)
+
+    async def close(self, code: int, message: str = "") -> None:
+        """Close the socket with ``code``, once: frames are handled in tasks of their own
+        (relay/hub.py), so two of them may decide to close at the same time; the second
+        waits for the first close handshake instead of cutting it short."""
+        self.dead = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self.closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.close_done.wait(), CLOSE_WAIT_SECONDS)
+            return
         self.closing = True
         try:
             with contextlib.suppress(Exception):
