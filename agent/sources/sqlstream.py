@@ -25,6 +25,7 @@ import io
 import logging
 import secrets
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import JobError
@@ -91,17 +92,11 @@ class SqlStream(QueryStream):
             # The shared deadline thread only starts a thread for the cancel (a MySQL
             # KILL QUERY opens a connection): a slow one must not hold the others back.
             self._deadline = DEADLINES.call_later(self.timeout + DEADLINE_GRACE, self._expire_soon)
-        try:
+        with self._driver_call():
             getattr(self, f"_start_{self.kind}")()
             if self.copy is not None:
                 return  # columns from the describe; rows from ``payloads`` (or ``fetch``)
             first = self._fetch_raw(min(200, self.batch_size))
-        except JobError:
-            self._broken = True
-            raise
-        except Exception as exc:
-            self._broken = True
-            raise self._translate(exc) from exc
         self._pending = list(first)
         if not first:
             self._exhausted = True
@@ -272,17 +267,24 @@ class SqlStream(QueryStream):
             raise JobError("QUERY_FAILED", "rows were already read through the COPY fast path")
         self.copy, self.payloads = None, None
         self._check_cancel()
-        try:
+        with self._driver_call():
             self._execute_postgres(self.dbapi)
             self._pending = list(self._fetch_raw(min(200, self.batch_size)))
+        if not self._pending:
+            self._exhausted = True
+
+    @contextlib.contextmanager
+    def _driver_call(self) -> Iterator[None]:
+        """Starting the query: any failure marks the connection broken (dropped, not
+        pooled again) and reaches the job as a JobError."""
+        try:
+            yield
         except JobError:
             self._broken = True
             raise
         except Exception as exc:
             self._broken = True
             raise self._translate(exc) from exc
-        if not self._pending:
-            self._exhausted = True
 
     def _translate(self, exc: BaseException) -> JobError:
         if self._cancelled.is_set():
