@@ -12,13 +12,22 @@ steady on a noisy machine, the second is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401 - puts the repository on sys.path
 import aiohttp
 import orjson
 import psutil
+
+from tests.harness import Source, Stack
 
 
 class EventClock:
@@ -140,3 +149,74 @@ async def scrape(session: aiohttp.ClientSession, base_url: str, names: tuple[str
         if key in names:
             out[key] = float(value)
     return out
+
+
+@dataclass
+class Run:
+    """What ``drive`` measured: job id -> submit time, the completion clock, the CPU
+    meter, when submitting started and how long it took, and /metrics deltas."""
+
+    submitted: dict[str, float]
+    clock: EventClock
+    meter: CpuMeter
+    t0: float
+    submit_secs: float
+    complete: bool
+    metrics: dict[str, float]
+
+    def statuses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job_id in self.submitted:
+            status = self.clock.done.get(job_id, (0.0, "missing"))[1]
+            out[status] = out.get(status, 0) + 1
+        return out
+
+
+@contextlib.contextmanager
+def select1_stack(work: Path, capacity: int | None = None) -> Iterator[tuple[Stack, str]]:
+    """A relay on its SQLite store and one agent on a SQLite source ``src`` (with
+    ``capacity`` jobs at once if given), warmed up with a first job; yields the stack and
+    the connector id."""
+    db = work / "src.db"
+    sqlite3.connect(db).close()
+    with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
+        stack.start_relay()
+        api = stack.api
+        assert api is not None
+        agent = stack.add_agent("bench", [Source("src", "sqlite", f"sqlite:///{db}")], start=False)
+        if capacity is not None:
+            text = agent.config.read_text()
+            agent.config.write_text(re.sub(r"(?m)^capacity = \d+", f"capacity = {capacity}", text))
+        stack.start_agent(agent)
+        api.run_job(agent.connector_id, "src", sql="SELECT 1")  # imports and the pool, warm
+        yield stack, agent.connector_id
+
+
+async def drive(
+    stack: Stack, connector_id: str, n: int, *, concurrency: int, rate: float | None = None,
+    metrics: tuple[str, ...] = (), wait: float = 300,
+) -> Run:  # fmt: skip
+    """Submit ``n`` ``SELECT 1`` jobs (``submit_all``), wait for their ``job_completed``
+    events, and meter the CPU of the relay, the agent and this process meanwhile."""
+    relay, api = stack.relay, stack.api
+    assert relay is not None and api is not None
+    agent_proc = stack.agents[-1].proc
+    assert agent_proc is not None
+    async with client_session(concurrency) as http:
+        clock = EventClock()
+        listener = asyncio.create_task(clock.run(http, relay.ws_url, api.token, api.tenant or ""))
+        await asyncio.wait_for(clock.ready.wait(), 15)
+        before = await scrape(http, api.base_url, metrics) if metrics else {}
+        meter = CpuMeter({"relay": relay.proc.pid, "agent": agent_proc.pid, "load generator": os.getpid()})
+        meter.start()
+        t0 = time.monotonic()
+        body = job_body(connector_id, "src", "SELECT 1 AS one")
+        submitted = await submit_all(http, api.base_url, api.token, api.tenant or "", body, n,
+                                     concurrency=concurrency, rate=rate)  # fmt: skip
+        submit_secs = time.monotonic() - t0
+        complete = await clock.wait_all(set(submitted), wait)
+        meter.stop()
+        after = await scrape(http, api.base_url, metrics) if metrics else {}
+        listener.cancel()
+    deltas = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in metrics}
+    return Run(submitted, clock, meter, t0, submit_secs, complete, deltas)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 from _common import ROOT, figure, percentile
-from _load import EventClock, client_session, job_body, submit_all
+from _load import drive
 
 from shared.fdlimit import raise_nofile
 from tests.harness import Api, Source, Stack
@@ -41,24 +41,11 @@ def create_connectors(api: Api, n: int) -> list[str]:
         return list(pool.map(one, range(n)))
 
 
-def dispatch(api: Api, ws_url: str, connector_id: str, rate: float, seconds: float) -> list[float]:
-    """Submit ``SELECT 1`` jobs at ``rate`` a second (the async load generator of
-    ``bench/_load.py``) and return submit -> ``job_completed`` latencies in ms."""
-
-    async def drive() -> list[float]:
-        async with client_session(32) as http:
-            clock = EventClock()
-            listener = asyncio.create_task(clock.run(http, ws_url, api.token, api.tenant or ""))
-            await asyncio.wait_for(clock.ready.wait(), 30)
-            body = job_body(connector_id, "src", "SELECT 1 AS one")
-            n = int(rate * seconds)
-            submitted = await submit_all(http, api.base_url, api.token, api.tenant or "", body, n,
-                                         concurrency=32, rate=rate)  # fmt: skip
-            await clock.wait_all(set(submitted), 120)
-            listener.cancel()
-        return [(clock.done[j][0] - s) * 1000 for j, s in submitted.items() if j in clock.done]
-
-    return asyncio.run(drive())
+def dispatch(stack: Stack, connector_id: str, rate: float, seconds: float) -> list[float]:
+    """Submit ``SELECT 1`` jobs at ``rate`` a second to the real agent (``bench/_load.py``)
+    and return submit -> ``job_completed`` latencies in ms."""
+    out = asyncio.run(drive(stack, connector_id, int(rate * seconds), concurrency=32, rate=rate, wait=120))
+    return [(out.clock.done[j][0] - s) * 1000 for j, s in out.submitted.items() if j in out.clock.done]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {reached:,} agents connected in {time.monotonic() - t0:.0f}s")
             time.sleep(min(args.heartbeat, 15) + 2)  # a full round of heartbeats
             rss1 = proc.memory_info().rss
-            lat = dispatch(api, relay.ws_url, agent.connector_id, args.rate, args.seconds)
+            lat = dispatch(stack, agent.connector_id, args.rate, args.seconds)
             rss2 = proc.memory_info().rss
             cpu = proc.cpu_percent(interval=2.0)
             for p in procs:
