@@ -15,13 +15,12 @@ import argparse
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import figure
-from throughput import bench_table
+from throughput import bench_table, results_when_running
 
-from tests.harness import HarnessError, Source, Stack, wait_until
+from tests.harness import HarnessError, Source, Stack
 from tests.system.faultproxy import FaultProxy
 
 
@@ -39,16 +38,10 @@ def run(url: str, sql: str, work: Path, period: float | None) -> tuple[int, floa
             cuts0 = proxy.cuts
             t0 = time.monotonic()
             job_id = api.submit(agent.connector_id, "pg", sql=sql, options={"timeoutSeconds": 900})
-            wait_until(lambda: api.job(job_id)["status"] in
-                       {"running", "succeeded", "failed", "cancelled", "timed_out"}, 120, interval=0.01)  # fmt: skip
-            req = urllib.request.Request(
-                f"{api.base_url}/api/v1/jobs/{job_id}/results",
-                headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
-            )
             ids: set[bytes] = set()
             rows = 0
             tail = b""
-            with urllib.request.urlopen(req, timeout=900) as resp:
+            with results_when_running(api, job_id, 120) as resp:
                 while block := resp.read(1 << 20):
                     lines = (tail + block).split(b"\n")
                     tail = lines.pop()

@@ -19,11 +19,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from _common import figure
 
-from tests.harness import HarnessError, Source, Stack, fresh_pg_database, wait_until
+from tests.harness import Api, HarnessError, Source, Stack, fresh_pg_database, wait_until
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -98,13 +99,25 @@ def direct(url: str, sql: str) -> tuple[int, float]:
     return n, secs
 
 
+def results_when_running(api: Api, job_id: str, wait: float) -> Any:
+    """``GET /jobs/{id}/results`` opened as soon as the job runs (within ``wait`` s): the
+    response streams until the job ends. Use it as a context manager; ``read`` blocks."""
+    import urllib.request
+
+    wait_until(lambda: api.job(job_id)["status"] in
+               {"running", "succeeded", "failed", "cancelled", "timed_out"}, wait, interval=0.01)  # fmt: skip
+    req = urllib.request.Request(
+        f"{api.base_url}/api/v1/jobs/{job_id}/results",
+        headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
+    )
+    return urllib.request.urlopen(req, timeout=900)
+
+
 def through_relay(
     url: str, sql: str, work: Path, store_url: str | None = None
 ) -> tuple[int, float, int]:
     """Rows, seconds and NDJSON bytes through a relay on SQLite (``store_url`` None) or on
     the PostgreSQL store at ``store_url``."""
-    import urllib.request
-
     with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
         if store_url is None:
             stack.start_relay()
@@ -116,15 +129,8 @@ def through_relay(
         api.run_job(agent.connector_id, "pg", sql="SELECT 1")  # warm up imports and the pool
         t0 = time.monotonic()
         job_id = api.submit(agent.connector_id, "pg", sql=sql, options={"timeoutSeconds": 900})
-        # Read live as soon as the job is running: the response streams until the job ends.
-        wait_until(lambda: api.job(job_id)["status"] in
-                   {"running", "succeeded", "failed", "cancelled", "timed_out"}, 60, interval=0.01)  # fmt: skip
-        req = urllib.request.Request(
-            f"{api.base_url}/api/v1/jobs/{job_id}/results",
-            headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
-        )
         rows = size = 0
-        with urllib.request.urlopen(req, timeout=900) as resp:
+        with results_when_running(api, job_id, 60) as resp:
             while block := resp.read(1 << 20):
                 rows += block.count(b"\n")
                 size += len(block)
