@@ -56,15 +56,7 @@ def _claim(
     when another relay node holds its agent now: this node's session is stale)."""
     if node is not None and not owners.owns(conn, connector_id, node):
         return []
-    claimed = []
-    for job in job_store.next_queued(conn, connector_id, limit, at):
-        values = {"dispatched_at": at, "lease_expires_at": at + lease, "not_before": None}
-        try:
-            queue.apply(conn, job["id"], "dispatch", values, expect=queue.QUEUED)
-        except queue.IllegalTransition:
-            continue
-        claimed.append(job)
-    return claimed
+    return queue.claim(conn, connector_id, limit, at, at + lease)
 
 
 async def dispatch(relay: Relay, session: AgentSession) -> None:
@@ -76,12 +68,18 @@ async def dispatch(relay: Relay, session: AgentSession) -> None:
             _claim, session.connector_id, session.free_slots, now(), relay.config.offline_after,
             relay.cluster.node_id,
         )
-        relay.metrics.dispatched(jobs, now())
         for job in jobs:
             session.in_flight[job["id"]] = job["attempt"]
-            # A failed send leaves the job dispatched; the agent's next hello (without it
-            # in heldJobs) or its lapsing lease puts it back in the queue.
-            await session.send("job.assign.v1", **_assign_fields(job))
+        await _assign(relay, session, jobs)
+
+
+async def _assign(relay: Relay, session: AgentSession, jobs: list[dict[str, Any]]) -> None:
+    """Send claimed jobs (already counted in ``session.in_flight``) to the agent."""
+    relay.metrics.dispatched(jobs, now())
+    for job in jobs:
+        # A failed send leaves the job dispatched; the agent's next hello (without it in
+        # heldJobs) or its lapsing lease puts it back in the queue.
+        await session.send("job.assign.v1", **_assign_fields(job))
 
 
 # ---------------------------------------------------------------- job messages
@@ -106,11 +104,15 @@ def _check_owned(conn: Any, connector_id: str, job_id: str, attempt: int) -> Non
         raise StaleAttempt(job_id, attempt)
 
 
-async def _recorded(relay: Relay, session: AgentSession, fn: Any, job_id: str, attempt: int, *args: Any) -> Any:
-    """Run ``fn(conn, job_id, attempt, *args)`` after ``_check_owned``, in one store call.
-    A stale attempt is refused there; the agent is told (once) to drop it."""
+async def _recorded(
+    relay: Relay, session: AgentSession, fn: Any, job_id: str, attempt: int, *args: Any,
+    call: Any = None,
+) -> Any:  # fmt: skip
+    """Run ``fn(conn, job_id, attempt, *args)`` after ``_check_owned``, in one store call
+    (through ``call``, ``_owned_then``'s shape, if given). A stale attempt is refused
+    there; the agent is told (once) to drop it."""
     try:
-        return await relay.store.run(_owned_then, fn, session.connector_id, job_id, attempt, *args)
+        return await relay.store.run(call or _owned_then, fn, session.connector_id, job_id, attempt, *args)
     except StaleAttempt:
         # An abandoned attempt: tell the agent (once) to drop it; its data is never used.
         if (job_id, attempt) not in session.superseded:
@@ -119,7 +121,18 @@ async def _recorded(relay: Relay, session: AgentSession, fn: Any, job_id: str, a
         raise
 
 
+_CAREFUL = object()  # a fast path's answer: "not the usual case, take the careful path"
+
+
 def _owned_then(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, *args: Any) -> Any:
+    """``fn.fast`` first, if it has one: the usual case in one statement, whose WHERE
+    clause holds the ownership check; ``_CAREFUL`` when it does not apply (nothing
+    written). Then the careful way: ownership, and ``fn``, which says what is wrong."""
+    fast = getattr(fn, "fast", None)
+    if fast is not None:
+        result = fast(conn, connector_id, job_id, attempt, *args)
+        if result is not _CAREFUL:
+            return result
     _check_owned(conn, connector_id, job_id, attempt)
     return fn(conn, job_id, attempt, *args)
 
@@ -163,6 +176,21 @@ def _start(conn: Any, job_id: str, attempt: int, columns: str | None, at: float)
             raise
     queue.apply(conn, job_id, "record_columns", {"columns": columns}, attempt=attempt)
     return False
+
+
+def _start_fast(
+    conn: Any, connector_id: str, job_id: str, attempt: int, columns: str | None, at: float
+) -> Any:
+    """The usual started: the connector's dispatched job, in this attempt, starts now."""
+    values: dict[str, Any] = {"started_at": at}
+    if columns is not None:
+        values["columns"] = columns
+    moved = queue.try_apply(conn, job_id, "start", values, connector_id=connector_id,
+                            attempt=attempt, statuses=(queue.DISPATCHED,))  # fmt: skip
+    return _CAREFUL if moved is None else True
+
+
+_start.fast = _start_fast  # type: ignore[attr-defined]
 
 
 async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:
@@ -234,11 +262,61 @@ def _finish(
     return "kept", job_store.get(conn, None, job_id) or {}
 
 
+def _finish_fast(
+    conn: Any, connector_id: str, job_id: str, attempt: int, msg: protocol.Message, ttl: float, at: float
+) -> Any:
+    """The usual done: every chunk is stored and the connector's in-flight job ends as the
+    agent says, in one statement after the chunk count. A retryable failure, a missing
+    chunk or a job that is not as expected (cancelled meanwhile, a resent done) takes the
+    careful path."""
+    error = msg.get("error")
+    if msg["status"] == queue.FAILED and error and error.get("retryable"):
+        return _CAREFUL
+    if msg["chunks"] and chunk_store.count_below(conn, job_id, attempt, msg["chunks"]) != msg["chunks"]:
+        return _CAREFUL
+    values = {
+        "completed_at": at, "row_count": msg["rowCount"], "byte_count": msg["byteCount"],
+        "chunks": msg["chunks"], "error": orjson.dumps(error).decode() if error else None,
+        "result_expires_at": at + ttl, "lease_expires_at": None,
+    }  # fmt: skip
+    ended = queue.try_apply(conn, job_id, queue.DONE_EVENTS[msg["status"]], values,
+                            connector_id=connector_id, attempt=attempt, statuses=queue.IN_FLIGHT)  # fmt: skip
+    if ended is None:
+        return _CAREFUL
+    return "final", {"id": job_id, "connector_id": connector_id, "attempt": attempt, **values, **ended}
+
+
+_finish.fast = _finish_fast  # type: ignore[attr-defined]
+
+
+def _finish_and_refill(
+    conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, msg: protocol.Message,
+    ttl: float, at: float, refill: tuple[float, str | None] | None,
+) -> tuple[Any, list[dict[str, Any]]]:  # fmt: skip
+    """The attempt's end (``_owned_then(_finish)``) and, when it ended and ``refill``
+    (lease, node) is given, the claim of the next queued job for the slot it frees: one
+    store call and one commit between a job's done and its successor's assign."""
+    result = _owned_then(conn, fn, connector_id, job_id, attempt, msg, ttl, at)
+    if result is None or refill is None:
+        return result, []
+    return result, _claim(conn, connector_id, 1, at, *refill)
+
+
 async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message, first: bool = False) -> None:
     job_id = msg["jobId"]
-    result = await _recorded(
-        relay, session, _finish, job_id, msg["attempt"], msg, relay.config.result_ttl_seconds, now()
-    )
+    error = msg.get("error") or {}
+    # The slot this job holds goes to the next queued job in the same store call, when
+    # the agent takes work and the job is one of the capacity it counts.
+    refill = (
+        (relay.config.offline_after, relay.cluster.node_id)
+        if job_id in session.in_flight and len(session.in_flight) <= session.capacity
+        and not (session.dead or session.draining or error.get("code") == "AGENT_SHUTDOWN")
+        else None
+    )  # fmt: skip
+    result, claimed = await _recorded(
+        relay, session, _finish, job_id, msg["attempt"], msg, relay.config.result_ttl_seconds, now(), refill,
+        call=_finish_and_refill,
+    )  # fmt: skip
     if result is None:
         if first:
             session.pending_done[job_id] = msg
@@ -246,7 +324,8 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
     outcome, job = result
     session.pending_done.pop(job_id, None)
     session.in_flight.pop(job_id, None)
-    error = msg.get("error") or {}
+    for new in claimed:  # in the same step as the pop: the slot is never counted free
+        session.in_flight[new["id"]] = new["attempt"]
     if error.get("code") == "AGENT_SHUTDOWN":
         session.draining = True  # it takes no new work; leave its retries to the next agent
     await session.send("job.done.ack.v1", jobId=job_id, attempt=msg["attempt"])
@@ -256,6 +335,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
         relay.metrics.finished(job.get("status") or msg["status"], msg["byteCount"])
     elif outcome == "retry":
         schedule_kick(relay, job)
+    await _assign(relay, session, claimed)
     await dispatch(relay, session)
 
 

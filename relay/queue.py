@@ -25,7 +25,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from shared.errors import Conflict
 
 from .store import chunks as chunk_store
-from .store import owners, pg
+from .store import owners, pg, raw
 from .store.schema import jobs
 
 QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
@@ -130,6 +130,80 @@ def apply(
         # write, e.g. dispatched -> running while we cancel: judge the event again from the
         # status it is in now, instead of failing a step that is still legal.
     raise IllegalTransition(job_id, status, event)
+
+
+# The hot path's steps in one statement each, on the driver's cursor (relay/store/raw.py):
+# a job's dispatch, start and end are each a single UPDATE whose WHERE clause is the
+# compare-and-set (status, attempt, and the connector holding the job). They take the same
+# TRANSITIONS; when the bet on the job's state does not hold nothing changes, and the
+# caller takes the careful path (``apply``), which says what is wrong.
+_TRY_APPLY: dict[tuple[str, ...], raw.Sql] = {}
+
+
+def _try_apply_sql(keys: tuple[str, ...]) -> raw.Sql:
+    stmt = _TRY_APPLY.get(keys)
+    if stmt is None:
+        sets = ", ".join(f"{k} = :{k}" for k in ("status", *keys))
+        stmt = _TRY_APPLY[keys] = raw.Sql(
+            f"UPDATE jobs SET {sets} WHERE id = :b_id AND connector_id = :b_connector"
+            " AND attempt = :b_attempt AND status IN (:b_status1, :b_status2)"
+            " RETURNING tenant_id, started_at, dispatched_at"
+        )
+    return stmt
+
+
+def try_apply(
+    conn: Connection, job_id: str, event: str, values: dict[str, Any], *,
+    connector_id: str, attempt: int, statuses: tuple[str, ...],
+) -> dict[str, Any] | None:  # fmt: skip
+    """Move the job by ``event`` if it is ``connector_id``'s, in ``attempt``, and in one
+    of ``statuses`` (each of which ``event`` takes to the same status); set ``values``.
+    Returns the job's ``tenant_id``, ``started_at`` and ``dispatched_at`` (as the row now
+    holds them) and its new ``status``; None when the job is not as bet, and nothing
+    changed."""
+    targets = {TRANSITIONS.get((s, event)) for s in statuses}
+    if len(targets) != 1 or None in targets or not 1 <= len(statuses) <= 2:
+        raise ValueError(f"{event} from {statuses} is not one step")
+    (target,) = targets
+    params = {**values, "status": target, "b_id": job_id, "b_connector": connector_id,
+              "b_attempt": attempt, "b_status1": statuses[0], "b_status2": statuses[-1]}  # fmt: skip
+    row = raw.one(conn, _try_apply_sql(tuple(values)), params)
+    if row is None:
+        return None
+    return {"tenant_id": row[0], "started_at": row[1], "dispatched_at": row[2], "status": target}
+
+
+_PICK = ("SELECT id FROM jobs WHERE connector_id = :connector AND status = 'queued' "
+         "AND (not_before IS NULL OR not_before <= :at) ORDER BY priority DESC, queued_at, id LIMIT :limit")
+_SET_DISPATCHED = "SET status = :status, dispatched_at = :at, lease_expires_at = :lease"
+_CLAIM_SQLITE = raw.Sql(
+    f"UPDATE jobs {_SET_DISPATCHED} WHERE status = 'queued' AND id IN ({_PICK}) RETURNING *"
+)
+# PostgreSQL: the pick is a CTE, evaluated once, its rows locked (another node's claim
+# skips them). As an ``IN (subquery)`` the planner may run the pick again per row, and a
+# second run, seeing the rows just updated no longer queued, picks the next ones.
+_CLAIM_PG = raw.Sql(
+    f"WITH picked AS ({_PICK} FOR UPDATE SKIP LOCKED) UPDATE jobs {_SET_DISPATCHED} "
+    "FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued' RETURNING jobs.*"
+)
+
+
+def claim(conn: Connection, connector_id: str, limit: int, at: float, lease_until: float) -> list[dict[str, Any]]:
+    """Dispatch up to ``limit`` of the connector's due queued jobs, highest priority first
+    then oldest, leased until ``lease_until``: (queued, dispatch) for each, in one
+    statement (on PostgreSQL the rows another node is claiming are skipped). Returns the
+    jobs as they now are, in that order. ``not_before`` is left as it was (a retried
+    job's dispatch latency counts from it); only a queued job's is ever read."""
+    if limit <= 0:
+        return []
+    stmt = _CLAIM_PG if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
+    params = {"status": TRANSITIONS[(QUEUED, "dispatch")], "connector": connector_id, "at": at,
+              "lease": lease_until, "limit": limit}  # fmt: skip
+    claimed = raw.rows(conn, stmt, params)
+    for job in claimed:
+        job["sealed"] = raw.as_bytes(job["sealed"])
+    claimed.sort(key=lambda j: (-j["priority"], j["queued_at"], j["id"]))
+    return claimed
 
 
 # ---------------------------------------------------------------- retry policy

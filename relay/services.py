@@ -120,8 +120,31 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
         existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key)
         if existing is not None:
             return existing, False
-    connector = await relay.store.run(_connector_for_job, tenant_id, spec["connectorId"])
     job_id = new_job_id()
+    connector_id = spec["connectorId"]
+    # The agent connected here says which key to seal to: one store call (the insert
+    # checks that key is still the connector's). Otherwise the connector is read first.
+    live = relay.hub.sessions.get(connector_id)
+    guess = live.public_key if live is not None and live.tenant_id == tenant_id and not live.dead else None
+    row = _job_row(relay, tenant_id, job_id, {"id": connector_id, "public_key": guess}, spec) if guess else None
+    try:
+        if row is None or not await relay.store.run(_insert_if_key, row, guess):
+            connector = await relay.store.run(_connector_for_job, tenant_id, connector_id)
+            row = _job_row(relay, tenant_id, job_id, connector, spec)
+            await relay.store.run(job_store.insert, row)
+    except IntegrityError:
+        existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key or "")
+        if existing is None:
+            raise
+        return existing, False
+    await relay.hub.kick(relay, connector_id)
+    relay.cluster.kick(connector_id)  # the node holding the agent, if not this one
+    return row, True
+
+
+def _job_row(
+    relay: Relay, tenant_id: str, job_id: str, connector: dict[str, Any], spec: dict[str, Any]
+) -> dict[str, Any]:
     if spec.get("sealedQuery") is not None:
         sealed, form = spec["sealedQuery"], "platform"
     else:
@@ -129,23 +152,23 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
         sealed = relay.kems.seal_for(connector, spec.get("query") or {},
                                      relay_info(connector["id"], job_id))  # fmt: skip
         form = "relay"
-    row = {
+    job_key = spec["options"].get("jobKey")
+    return {
         "id": job_id, "tenant_id": tenant_id, "connector_id": connector["id"],
         "source": spec["source"], "operation": spec["operation"], "sealed": sealed,
         "seal_form": form, "options": orjson.dumps(spec["options"]).decode(),
         "priority": spec["options"]["priority"], "job_key": job_key or None,
         "status": queue.QUEUED, "attempt": 1, "queued_at": now(),
     }  # fmt: skip
-    try:
-        await relay.store.run(job_store.insert, row)
-    except IntegrityError:
-        existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key or "")
-        if existing is None:
-            raise
-        return existing, False
-    await relay.hub.kick(relay, connector["id"])
-    relay.cluster.kick(connector["id"])  # the node holding the agent, if not this one
-    return row, True
+
+
+def _insert_if_key(conn: Any, row: dict[str, Any], public_key: str) -> bool:
+    """Queue the job sealed to ``public_key`` if that is still the connector's key and it
+    is not revoked (False: nothing written; the caller reads the connector and reseals)."""
+    if not con_store.accepts_jobs_for(conn, row["tenant_id"], row["connector_id"], public_key):
+        return False
+    job_store.insert(conn, row)
+    return True
 
 
 def decode_sealed(value: str) -> bytes:

@@ -4,35 +4,54 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy.exc import IntegrityError
 
+from . import raw
+from .pg import copy_in_row, copy_out_rows, is_postgres
 from .schema import result_chunks as t
 
-# Built once: every chunk and every read runs these (see relay/store/jobs.py).
+# Built once: every chunk and every read runs these (see relay/store/jobs.py). The chunk
+# path's own statements run on the driver's cursor (relay/store/raw.py).
 _OF_ATTEMPT = (t.c.job_id == bindparam("b_job"), t.c.attempt == bindparam("b_attempt"))
 _SEQ = t.c.seq == bindparam("b_seq")
-_EXISTS = select(t.c.seq).where(*_OF_ATTEMPT, _SEQ)
-_ROWS_BEFORE = select(func.coalesce(func.sum(t.c.rows), 0)).where(
-    *_OF_ATTEMPT, t.c.seq < bindparam("b_seq")
-)
-_INSERT = t.insert()
-_TOP = select(func.max(t.c.seq), func.count()).where(*_OF_ATTEMPT)
 _SEQS = select(t.c.seq, t.c.rows).where(*_OF_ATTEMPT).order_by(t.c.seq)
 _READ = select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(*_OF_ATTEMPT, _SEQ)
+_ROWS_BEFORE = raw.Sql(
+    "SELECT COALESCE(SUM(rows), 0) FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt AND seq < :seq"
+)
+_INSERT = raw.Sql(
+    "INSERT INTO result_chunks (job_id, attempt, seq, row_start, rows, key_id, data) "
+    "VALUES (:job_id, :attempt, :seq, :row_start, :rows, :key_id, :data) "
+    "ON CONFLICT (job_id, attempt, seq) DO NOTHING"
+)
+_COLUMNS = ("job_id", "attempt", "seq", "row_start", "rows", "key_id", "data")
+_EXISTS = raw.Sql("SELECT 1 FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt AND seq = :seq")
+_READ_PG = "SELECT seq, rows, key_id, data FROM result_chunks WHERE job_id = %s AND attempt = %s AND seq = %s"
+_TOP = raw.Sql("SELECT MAX(seq), COUNT(*) FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt")
+_BELOW = raw.Sql(
+    "SELECT COUNT(*) FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt AND seq >= 0 AND seq < :seq"
+)
 
 
 def insert(
     conn: Connection, job_id: str, attempt: int, seq: int, rows: int, key_id: str, data: bytes
 ) -> bool:
     """Store one chunk; an existing (job, attempt, seq) is left alone. True if new."""
-    key = {"b_job": job_id, "b_attempt": attempt, "b_seq": seq}
-    if conn.execute(_EXISTS, key).first() is not None:
+    key = {"job_id": job_id, "attempt": attempt, "seq": seq}
+    row_start = raw.one(conn, _ROWS_BEFORE, key)[0] if seq else 0  # type: ignore[index]
+    values = {**key, "row_start": int(row_start or 0), "rows": rows, "key_id": key_id, "data": data}
+    if not is_postgres(conn):
+        return raw.count(conn, _INSERT, values) == 1
+    # PostgreSQL: binary COPY (relay/store/pg.py), which has no ON CONFLICT; a resent
+    # chunk is found first, and one racing in meanwhile trips the key in a savepoint.
+    if raw.one(conn, _EXISTS, key) is not None:
         return False
-    row_start = conn.execute(_ROWS_BEFORE, key).scalar() if seq else 0
-    conn.execute(_INSERT, {
-        "job_id": job_id, "attempt": attempt, "seq": seq, "row_start": int(row_start or 0),
-        "rows": rows, "key_id": key_id, "data": data,
-    })  # fmt: skip
+    try:
+        with conn.begin_nested():
+            copy_in_row(conn, "result_chunks", _COLUMNS, tuple(values[c] for c in _COLUMNS))
+    except IntegrityError:
+        return False
     return True
 
 
@@ -42,18 +61,22 @@ def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
     The relay acknowledges cumulatively (the agent drops everything up to an ack), so it
     only ever acknowledges a gap-free prefix.
     """
-    top, count = conn.execute(_TOP, {"b_job": job_id, "b_attempt": attempt}).one()
+    top, count = raw.one(conn, _TOP, {"job_id": job_id, "attempt": attempt})  # type: ignore[misc]
     if top is None:
         return -1
     if count == top + 1:
         return int(top)
     expected = 0
-    where = (t.c.job_id == job_id, t.c.attempt == attempt)
-    for (seq,) in conn.execute(select(t.c.seq).where(*where).order_by(t.c.seq)):
+    for seq, _rows in seqs(conn, job_id, attempt):
         if seq != expected:
             break
         expected += 1
     return expected - 1
+
+
+def count_below(conn: Connection, job_id: str, attempt: int, n: int) -> int:
+    """How many of chunks 0..n-1 of the attempt are stored (n: all of them)."""
+    return int(raw.one(conn, _BELOW, {"job_id": job_id, "attempt": attempt, "seq": n})[0])  # type: ignore[index]
 
 
 def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
@@ -70,6 +93,9 @@ def key_ids(conn: Connection, job_id: str, attempt: int) -> list[str]:
 
 
 def read(conn: Connection, job_id: str, attempt: int, seq: int) -> dict[str, Any] | None:
+    if is_postgres(conn):  # the bytes as they are, not hex text (relay/store/pg.py)
+        found = copy_out_rows(conn, _READ_PG, (job_id, attempt, seq), ("int4", "int4", "text", "bytea"))
+        return dict(zip(("seq", "rows", "key_id", "data"), found[0], strict=True)) if found else None
     r = conn.execute(_READ, {"b_job": job_id, "b_attempt": attempt, "b_seq": seq}).first()
     return dict(r._mapping) if r is not None else None
 

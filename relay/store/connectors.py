@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, or_, select, update
 
+from . import raw
 from .schema import connectors as t
 
 # Built once: every job submission reads the connector, every heartbeat updates it.
@@ -27,6 +28,16 @@ def get(conn: Connection, tenant_id: str | None, connector_id: str) -> dict[str,
         return _row(conn.execute(_GET, {"b_id": connector_id}).first())
     params = {"b_id": connector_id, "b_tenant": tenant_id}
     return _row(conn.execute(_GET_IN_TENANT, params).first())
+
+
+_KEY_STATUS = raw.Sql("SELECT status, public_key FROM connectors WHERE id = :id AND tenant_id = :tenant")
+
+
+def accepts_jobs_for(conn: Connection, tenant_id: str, connector_id: str, public_key: str) -> bool:
+    """Is the tenant's connector unrevoked, with ``public_key`` as its key? (A job sealed
+    to that key may be queued for it.)"""
+    row = raw.one(conn, _KEY_STATUS, {"id": connector_id, "tenant": tenant_id})
+    return row is not None and row[0] != "revoked" and row[1] == public_key
 
 
 def list_page(

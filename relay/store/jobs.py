@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, exists, func, or_, select, update
 
+from . import raw
 from .pg import is_postgres
 from .schema import jobs as t
 from .schema import result_chunks
@@ -15,7 +16,7 @@ from .schema import result_chunks
 _INSERT = t.insert()
 _GET = select(t).where(t.c.id == bindparam("b_id"))
 _GET_IN_TENANT = _GET.where(t.c.tenant_id == bindparam("b_tenant"))
-_OWNER = select(t.c.connector_id, t.c.attempt, t.c.status).where(t.c.id == bindparam("b_id"))
+_OWNER = raw.Sql("SELECT connector_id, attempt, status FROM jobs WHERE id = :id")  # every agent frame
 _SET = update(t).where(t.c.id == bindparam("b_id"))  # SET: the keys of the parameters
 _NEXT_QUEUED = (
     select(t)
@@ -42,8 +43,8 @@ def get(conn: Connection, tenant_id: str | None, job_id: str) -> dict[str, Any] 
 def owner(conn: Connection, job_id: str) -> tuple[str, int, str] | None:
     """(connector_id, attempt, status) of a job, or None: the check every agent frame
     about a job needs, without reading the job's sealed query."""
-    r = conn.execute(_OWNER, {"b_id": job_id}).first()
-    return (r.connector_id, r.attempt, r.status) if r is not None else None
+    r = raw.one(conn, _OWNER, {"id": job_id})
+    return (r[0], r[1], r[2]) if r is not None else None
 
 
 def get_by_key(conn: Connection, tenant_id: str, job_key: str) -> dict[str, Any] | None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
+from . import raw
 from .schema import connectors as t
 
-_OWNER = select(t.c.owner_node).where(t.c.id == bindparam("b_id"))  # every dispatch reads it
+_OWNER = raw.Sql("SELECT owner_node FROM connectors WHERE id = :id")  # every dispatch reads it
 
 
 def _lapsed(at: float) -> Any:
@@ -44,7 +45,8 @@ def renew(conn: Connection, node: str, connector_ids: list[str], until: float) -
 
 def owns(conn: Connection, connector_id: str, node: str) -> bool:
     """May this node dispatch to the connector? (It owns it, or nobody does.)"""
-    owner = conn.execute(_OWNER, {"b_id": connector_id}).scalar()
+    row = raw.one(conn, _OWNER, {"id": connector_id})
+    owner = row[0] if row is not None else None
     return owner is None or owner == node
 
 

@@ -1,0 +1,126 @@
+"""The store's hot paths, on SQLite and on PostgreSQL alike: statements run on the
+driver's cursor (relay/store/raw.py), chunks moved with binary COPY on PostgreSQL
+(relay/store/pg.py), the one-statement claim and compare-and-set (relay/queue.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import IntegrityError
+
+from relay import queue
+from relay.store import chunks as chunk_store
+from relay.store import jobs as job_store
+from relay.store import raw
+from relay.store.engine import open_engine
+from relay.store.schema import migrate
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        eng = open_engine(f"sqlite:///{tmp_path}/store.db")
+    else:
+        eng = create_engine(request.getfixturevalue("pg_database"))
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+def _job(conn: Any, job_id: str, *, status: str = queue.QUEUED, priority: int = 0, queued_at: float = 1.0,
+         connector: str = "con_1", not_before: float | None = None) -> None:  # fmt: skip
+    job_store.insert(conn, {
+        "id": job_id, "tenant_id": "t", "connector_id": connector, "source": "erp",
+        "operation": "query", "sealed": b"\x00sealed\xff", "seal_form": "relay",
+        "options": orjson.dumps({}).decode(), "priority": priority, "status": status,
+        "attempt": 1, "queued_at": queued_at, "not_before": not_before,
+    })  # fmt: skip
+
+
+def test_chunks_round_trip_byte_for_byte_and_a_resent_chunk_is_kept_once(engine: Engine) -> None:
+    big = os.urandom(700_000)  # past any inline/TOAST threshold
+    with engine.begin() as conn:
+        _job(conn, "job_a")
+        assert chunk_store.insert(conn, "job_a", 1, 0, 3, "k1", big)
+        assert chunk_store.insert(conn, "job_a", 1, 1, 2, "k1", b"")
+        assert not chunk_store.insert(conn, "job_a", 1, 0, 99, "k2", b"other")  # resent: left alone
+        assert chunk_store.insert(conn, "job_a", 1, 3, 1, "k1", b"x")  # past a gap
+    with engine.begin() as conn:
+        first = chunk_store.read(conn, "job_a", 1, 0)
+        assert first == {"seq": 0, "rows": 3, "key_id": "k1", "data": big}
+        assert isinstance(first["data"], bytes)
+        assert chunk_store.read(conn, "job_a", 1, 1) == {"seq": 1, "rows": 2, "key_id": "k1", "data": b""}
+        assert chunk_store.read(conn, "job_a", 1, 2) is None
+        assert chunk_store.read(conn, "job_a", 2, 0) is None
+        assert chunk_store.seqs(conn, "job_a", 1) == [(0, 3), (1, 2), (3, 1)]
+        assert chunk_store.acked_through(conn, "job_a", 1) == 1  # only the gap-free prefix
+        assert chunk_store.count_below(conn, "job_a", 1, 2) == 2
+        assert chunk_store.count_below(conn, "job_a", 1, 4) == 3
+
+
+def test_a_chunk_that_breaks_a_constraint_rolls_back_alone(engine: Engine) -> None:
+    """A driver error comes out as SQLAlchemy's, and the transaction is still usable."""
+    with engine.begin() as conn:
+        _job(conn, "job_b")
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            raw.count(conn, raw.Sql("INSERT INTO jobs (id) VALUES (:id)"), {"id": "job_b"})
+        assert chunk_store.insert(conn, "job_b", 1, 0, 1, "k1", b"row")
+    with engine.begin() as conn:
+        assert chunk_store.seqs(conn, "job_b", 1) == [(0, 1)]
+
+
+def test_claim_takes_due_jobs_in_priority_then_age_order_and_only_those(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _job(conn, "job_old", queued_at=1.0)
+        _job(conn, "job_new", queued_at=2.0)
+        _job(conn, "job_urgent", queued_at=3.0, priority=5)
+        _job(conn, "job_later", queued_at=0.5, not_before=100.0)  # retry delay pending
+        _job(conn, "job_other", queued_at=0.1, connector="con_2")
+        _job(conn, "job_running", status=queue.RUNNING)
+    with engine.begin() as conn:
+        claimed = queue.claim(conn, "con_1", 2, 10.0, 40.0)
+    assert [j["id"] for j in claimed] == ["job_urgent", "job_old"]
+    assert all(j["status"] == queue.DISPATCHED and j["lease_expires_at"] == 40.0 for j in claimed)
+    assert all(j["dispatched_at"] == 10.0 and j["sealed"] == b"\x00sealed\xff" for j in claimed)
+    with engine.begin() as conn:
+        assert [j["id"] for j in queue.claim(conn, "con_1", 5, 10.0, 40.0)] == ["job_new"]
+        assert [j["id"] for j in queue.claim(conn, "con_1", 5, 200.0, 230.0)] == ["job_later"]
+        assert queue.claim(conn, "con_1", 5, 200.0, 230.0) == []
+        assert job_store.get(conn, None, "job_other")["status"] == queue.QUEUED  # type: ignore[index]
+
+
+def test_try_apply_moves_only_the_job_it_bets_on(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _job(conn, "job_c", status=queue.DISPATCHED)
+        kw: dict[str, Any] = {"connector_id": "con_1", "statuses": (queue.DISPATCHED,)}
+        # Another connector, another attempt, another status: nothing changes.
+        assert queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **{**kw, "connector_id": "con_2"},
+                               attempt=1) is None  # fmt: skip
+        assert queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **kw, attempt=2) is None
+        assert queue.try_apply(conn, "job_c", "succeed", {"completed_at": 5.0}, connector_id="con_1",
+                               attempt=1, statuses=(queue.RUNNING,)) is None  # fmt: skip
+        assert job_store.get(conn, None, "job_c")["status"] == queue.DISPATCHED  # type: ignore[index]
+        moved = queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **kw, attempt=1)
+        assert moved == {"tenant_id": "t", "started_at": 5.0, "dispatched_at": None, "status": queue.RUNNING}
+        ended = queue.try_apply(conn, "job_c", "succeed", {"completed_at": 6.0, "row_count": 7},
+                                connector_id="con_1", attempt=1, statuses=queue.IN_FLIGHT)  # fmt: skip
+        assert ended is not None and ended["status"] == queue.SUCCEEDED
+        row = job_store.get(conn, None, "job_c")
+        assert row is not None and (row["status"], row["row_count"], row["completed_at"]) == (queue.SUCCEEDED, 7, 6.0)
+        # A final job takes no further step.
+        assert queue.try_apply(conn, "job_c", "fail", {}, connector_id="con_1", attempt=1,
+                               statuses=queue.IN_FLIGHT) is None  # fmt: skip
+    for event, statuses in (("start", (queue.RUNNING,)), ("requeue", (queue.QUEUED, queue.RUNNING))):
+        with pytest.raises(ValueError, match="not one step"), engine.begin() as conn:
+            queue.try_apply(conn, "job_c", event, {}, connector_id="con_1", attempt=1, statuses=statuses)
+
+
+def test_sql_text_is_written_once_for_both_paramstyles() -> None:
+    stmt = raw.Sql("SELECT a FROM t\n   WHERE x = :x AND y = :y_2 AND z = '10%' AND c::text = :c")
+    assert stmt.sqlite == "SELECT a FROM t WHERE x = :x AND y = :y_2 AND z = '10%' AND c::text = :c"
+    assert stmt.pg == "SELECT a FROM t WHERE x = %(x)s AND y = %(y_2)s AND z = '10%%' AND c::text = %(c)s"
