@@ -79,6 +79,7 @@ async def _maintain(relay: Relay) -> None:
     await relay.store.run(log_store.prune_samples, at - relay.config.metrics_retention_seconds)
     for job_id in await relay.store.run(job_store.expired_results, at):
         await relay.store.run(chunk_store.delete_for_job, job_id, None)
+        relay.recent.forget(job_id)
 
 
 async def _expire_log_levels(relay: Relay) -> None:

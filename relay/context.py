@@ -22,6 +22,7 @@ from .loglevel import LogLevels
 from .metrics import RelayMetrics
 from .notify import JobNotifier
 from .ratelimit import RateLimiter
+from .recent import RecentChunks
 from .store import Store
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class Relay:
     cluster: Cluster = field(default_factory=Cluster)  # this node among several (relay/cluster.py)
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     log_levels: LogLevels = field(default_factory=LogLevels)
+    recent: RecentChunks = field(default_factory=RecentChunks)  # chunks stored lately, for live readers
     stopping: bool = False  # SIGTERM received: agents are refused (503) and sent away
     download_sums: dict[tuple[str, int, int], str] = field(default_factory=dict)
 

@@ -202,9 +202,11 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
         raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
     key_id, blob = relay.cipher.encrypt(chunk.payload, aad)
-    through = await _recorded(
+    new, through = await _recorded(
         relay, session, _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
     )
+    if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
+        relay.recent.put(chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, chunk.payload)
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
     # gap-free prefix is ever acknowledged; a chunk past a gap waits for the resend.
     if through >= 0:
@@ -215,9 +217,12 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
         await _try_finish(relay, session, pending)
 
 
-def _store_chunk(conn: Any, job_id: str, attempt: int, seq: int, rows: int, key_id: str, blob: bytes) -> int:
-    chunk_store.insert(conn, job_id, attempt, seq, rows, key_id, blob)
-    return chunk_store.acked_through(conn, job_id, attempt)
+def _store_chunk(
+    conn: Any, job_id: str, attempt: int, seq: int, rows: int, key_id: str, blob: bytes
+) -> tuple[bool, int]:
+    """(whether the chunk is new, not a resend, and the gap-free prefix stored now)."""
+    new = chunk_store.insert(conn, job_id, attempt, seq, rows, key_id, blob)
+    return new, chunk_store.acked_through(conn, job_id, attempt)
 
 
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:

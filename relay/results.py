@@ -159,17 +159,21 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
 
 
 async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:
-    stored = await relay.store.run(chunk_store.read, job_id, attempt, seq)
-    if stored is None:
-        raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
-    aad = f"{job_id}:{attempt}:{seq}".encode()
-    data = relay.cipher.decrypt(stored["key_id"], stored["data"], aad)
+    recent = relay.recent.get(job_id, attempt, seq)  # stored here just now (relay/recent.py)
+    if recent is not None:
+        declared, data = recent
+    else:
+        stored = await relay.store.run(chunk_store.read, job_id, attempt, seq)
+        if stored is None:
+            raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
+        aad = f"{job_id}:{attempt}:{seq}".encode()
+        declared, data = stored["rows"], relay.cipher.decrypt(stored["key_id"], stored["data"], aad)
     if is_object_lines(data):
         # Intake parsed every line (each one is a JSON object); here the count and the
         # first line's keys, then the bytes are served as they are (docs/ARCHITECTURE.md).
         held = data.count(b"\n")
-        if held != stored["rows"]:
-            raise StreamAborted(f"chunk {seq} declared {stored['rows']} rows but holds {held}")
+        if held != declared:
+            raise StreamAborted(f"chunk {seq} declared {declared} rows but holds {held}")
         if first_keys(data) != names:
             raise StreamAborted(f"chunk {seq}'s rows are not keyed by the job's column names")
         return ObjectLines(data, held, names)
@@ -177,8 +181,8 @@ async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: 
         batch = decode_rows(data) if data else []
     except ValueError as exc:  # intake checks the frame only; rows are parsed here, once
         raise StreamAborted(f"chunk {seq} does not hold a JSON array of rows") from exc
-    if len(batch) != stored["rows"]:
-        raise StreamAborted(f"chunk {seq} declared {stored['rows']} rows but holds {len(batch)}")
+    if len(batch) != declared:
+        raise StreamAborted(f"chunk {seq} declared {declared} rows but holds {len(batch)}")
     return batch
 
 

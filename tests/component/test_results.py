@@ -142,3 +142,19 @@ async def test_unknown_job_results_is_404(api: Api) -> None:
     """Results of a job that does not exist (or is another tenant's) are 404."""
     status, body, _ = await api.call("GET", "/jobs/job_nope/results")
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+
+
+async def test_recently_stored_chunks_are_served_from_memory_with_the_same_bytes(
+    api: Api, agent: FakeAgent, client: object
+) -> None:
+    """A reader takes chunks this node stored lately from memory (relay/recent.py); the
+    bytes are those a reader gets back from the store once they are gone from it."""
+    relay = relay_of(client)
+    job_id = await _finished_job(api, agent)
+    hits = relay.recent.hits
+    _, from_memory, _ = await api.call("GET", f"/jobs/{job_id}/results")
+    assert relay.recent.hits == hits + 2  # both chunks
+    relay.recent.forget(job_id)
+    _, from_store, _ = await api.call("GET", f"/jobs/{job_id}/results")
+    assert relay.recent.hits == hits + 2
+    assert from_memory == from_store and len(from_store.splitlines()) == 3
