@@ -7,6 +7,8 @@ in the API are ISO 8601 UTC with milliseconds and ``Z``; inside, epoch seconds.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
 import secrets
 import time
 
@@ -28,10 +30,22 @@ def now() -> float:
 
 
 def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ``2026-01-02T03:04:05.678Z`` (UTC, milliseconds)."""
     if ts is None:
         return None
-    d = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    frac, whole = math.modf(ts)  # rounded to the microsecond as datetime does
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    return f"{_iso_second(int(whole))}.{us // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(whole: int) -> str:
+    # Every event and API answer carries timestamps; most fall in the same few seconds.
+    return dt.datetime.fromtimestamp(whole, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_iso(text: str) -> float:
