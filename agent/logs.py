@@ -16,8 +16,11 @@ from __future__ import annotations
 import collections
 import contextvars
 import datetime as dt
+import io
 import logging
-import logging.handlers
+import math
+import os
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -30,6 +33,10 @@ from shared.redact import redact
 from .logship import LineIds, StampFilter, newest_id
 
 current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mc_job", default=None)
+
+LOG_MAX_BYTES = 10 << 20  # the local log rotates at 10 MiB ...
+LOG_BACKUPS = 5  # ... keeping agent.log.1 to agent.log.5
+_NEWLINE = os.linesep.encode("ascii")  # as a text-mode file writes "\n"
 
 class RedactFilter(logging.Filter):
     """Rewrites a record's message (and exception text) with secrets removed."""
@@ -51,9 +58,26 @@ class RedactFilter(logging.Filter):
         return True
 
 
+_second: tuple[int, str] = (-1, "")  # the last second's "YYYY-MM-DDTHH:MM:SS." (UTC)
+
+
 def _timestamp(created: float) -> str:
-    stamp = dt.datetime.fromtimestamp(created, dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """``created`` as ISO 8601 UTC with milliseconds, as ``datetime.fromtimestamp(created,
+    UTC)`` gives it (microseconds rounded half-even, then cut to milliseconds); the date
+    and time part is made once per second."""
+    global _second
+    frac, whole = math.modf(created)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    second = int(whole)
+    cached = _second
+    if cached[0] != second:
+        prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        cached = _second = (second, prefix)
+    return f"{cached[1]}{us // 1000:03d}Z"
 
 
 def _record_timestamp(record: logging.LogRecord) -> str:
@@ -66,6 +90,17 @@ def _record_timestamp(record: logging.LogRecord) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(self._fields(record)).decode("utf-8")
+
+    def line(self, record: logging.LogRecord) -> bytes:
+        """The record as one UTF-8 line of the file, its line end included (``format``'s
+        text, encoded once by orjson)."""
+        if _NEWLINE == b"\n":
+            return orjson.dumps(self._fields(record), option=orjson.OPT_APPEND_NEWLINE)
+        return orjson.dumps(self._fields(record)) + _NEWLINE
+
+    @staticmethod
+    def _fields(record: logging.LogRecord) -> dict[str, Any]:
         line: dict[str, Any] = {
             "timestamp": _record_timestamp(record),
             "level": record.levelname,
@@ -79,17 +114,132 @@ class JsonFormatter(logging.Formatter):
             line["id"] = record.lineId
         if record.exc_text:
             line["exception"] = record.exc_text
-        return orjson.dumps(line).decode("utf-8")
+        return line
 
 
 class HumanFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        self._second: tuple[int, str | None, str] = (-1, None, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As ``logging.Formatter.formatTime``; with a ``datefmt`` (``format`` passes
+        "%H:%M:%S": whole seconds, as ``converter`` takes them) made once per second."""
+        if datefmt is None:
+            return super().formatTime(record, datefmt)  # with milliseconds: not cached
+        second = math.floor(record.created)
+        cached = self._second
+        if cached[0] != second or cached[1] != datefmt:
+            cached = self._second = (second, datefmt, super().formatTime(record, datefmt))
+        return cached[2]
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         job = getattr(record, "jobId", None)
         return f"{text} [{job}]" if job else text
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """``logging.StreamHandler`` without its flush after each line when the stream is
+    line-buffered (``sys.stderr`` is, since Python 3.9): writing the line end flushed it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + self.terminator)
+            if not getattr(stream, "line_buffering", False):
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit
+            self.handleError(record)
+
+
+class RotatingJsonFile(logging.Handler):
+    """The local JSON-lines log, rotated like ``logging.handlers.RotatingFileHandler``:
+    before a line that would bring the file to ``max_bytes`` or more, ``agent.log`` becomes
+    ``agent.log.1`` (``.1`` becomes ``.2`` ... up to ``backup_count``, the oldest dropped)
+    and a new file is started. Cheaper per line than that class, which (CPython 3.11)
+    checks the path twice with ``stat``, seeks to the end and formats every record twice:
+    here each line is formatted and encoded once and written with one unbuffered write,
+    and the file's size is counted as it is written (checked against the file itself only
+    when the count says it is time to rotate, in case something else wrote or truncated
+    it). Sizes are bytes as written. An empty file is never rotated (a single line longer
+    than the limit goes into it, as newer CPythons do), nor anything that is not a regular
+    file (``/dev/null``)."""
+
+    def __init__(self, filename: Path | str, max_bytes: int, backup_count: int, *, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.baseFilename = os.path.abspath(os.fspath(filename))
+        self.maxBytes = max_bytes
+        self.backupCount = backup_count
+        self._file: io.FileIO | None = None
+        self._size = 0
+        self._regular = True
+        self._open()
+
+    def _open(self) -> io.FileIO:
+        f = io.FileIO(self.baseFilename, "ab")
+        st = os.fstat(f.fileno())
+        self._regular = stat.S_ISREG(st.st_mode)
+        self._size = st.st_size
+        self._file = f
+        return f
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            formatter = self.formatter
+            if isinstance(formatter, JsonFormatter):
+                data = formatter.line(record)
+            else:
+                data = self.format(record).encode("utf-8") + _NEWLINE
+            f = self._file if self._file is not None else self._open()
+            if self.maxBytes > 0 and self._size + len(data) >= self.maxBytes and self._regular:
+                self._size = os.fstat(f.fileno()).st_size  # the count, checked once
+                if self._size and self._size + len(data) >= self.maxBytes:
+                    f = self.doRollover()
+            view = memoryview(data)
+            while view:
+                n = f.write(view)
+                if not n:
+                    raise OSError("the log file took no bytes")
+                view = view[n:]
+            self._size += len(data)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging's handlers: report, never raise
+            self.handleError(record)
+
+    def doRollover(self) -> io.FileIO:
+        """Shift the backups (as ``RotatingFileHandler.doRollover``) and start a new file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.backupCount > 0:
+            for i in range(self.backupCount - 1, 0, -1):
+                src, dst = f"{self.baseFilename}.{i}", f"{self.baseFilename}.{i + 1}"
+                if os.path.exists(src):
+                    if os.path.exists(dst):
+                        os.remove(dst)
+                    os.rename(src, dst)
+            dst = self.baseFilename + ".1"
+            if os.path.exists(dst):
+                os.remove(dst)
+            os.rename(self.baseFilename, dst)
+        return self._open()
+
+    def flush(self) -> None:
+        """Nothing to do: every line is written unbuffered."""
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        finally:
+            self.release()
+            super().close()
 
 
 class ShipBuffer(logging.Handler):
@@ -172,7 +322,7 @@ def setup_logging(
     stamp = StampFilter(ids)  # first on every handler: one id per line, wherever it goes
     redactor = RedactFilter()
     if stderr:
-        err = logging.StreamHandler(sys.stderr)
+        err = StderrHandler(sys.stderr)
         err.setLevel(level)  # a raised shipped level lowers the root, not this
         err.setFormatter(HumanFormatter())
         err.addFilter(stamp)
@@ -181,9 +331,7 @@ def setup_logging(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         ids.seed(newest_id(log_file))  # ids keep growing across restarts
-        fh = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=10 << 20, backupCount=5, encoding="utf-8"
-        )
+        fh = RotatingJsonFile(log_file, LOG_MAX_BYTES, LOG_BACKUPS)
         fh.setLevel(level)
         fh.setFormatter(JsonFormatter())
         fh.addFilter(stamp)
