@@ -207,3 +207,75 @@ async def test_redelivered_finished_job_is_not_run_twice(tmp_path: Path) -> None
     [spooled] = [j for j in await spool.call(Spool.load) if j.job_id == "job_held"]
     assert spooled.attempt == 2 and sorted(spooled.chunks) == [0, 1]
     await spool.close()
+
+
+def _traced(tmp_path: Path) -> tuple[Spool, list[str]]:
+    inner = Spool(tmp_path / "spool.db")
+    statements: list[str] = []
+    inner.db.set_trace_callback(statements.append)
+    return inner, statements
+
+
+async def test_writes_of_several_jobs_share_one_hand_over_and_transaction(tmp_path: Path) -> None:
+    """Submitted on the loop, writes wait COALESCE seconds for company: the spool thread is
+    woken once for them all and commits them together; ``call`` still sees every one."""
+    inner, statements = _traced(tmp_path)
+    spool = AsyncSpool(inner)
+    handed: list[int] = []
+    drain = spool._drain
+    spool._drain = lambda: (handed.append(len(spool._pending)), drain())  # type: ignore[method-assign]
+    for n in range(10):
+        spool.submit(Spool.record_done, f"job_{n}", 1, "pg", "query", None, _done(f"job_{n}", 1, 1),
+                     {0: _frame(f"job_{n}", 1, 0)})  # fmt: skip
+    deadline = asyncio.get_running_loop().time() + 10
+    while not handed:  # the timer hands them over by itself
+        assert asyncio.get_running_loop().time() < deadline, "the writes were never handed over"
+        await asyncio.sleep(0.005)
+    jobs = await spool.call(Spool.load)
+    assert handed == [10] and sorted(j.job_id for j in jobs) == [f"job_{n}" for n in range(10)]
+    assert sum(1 for s in statements if s.strip().upper() == "BEGIN") == 1
+    await spool.close()
+
+
+async def test_a_call_right_after_a_submit_sees_it(tmp_path: Path) -> None:
+    spool = AsyncSpool(Spool(tmp_path / "spool.db"))
+    spool.COALESCE = 60.0  # the timer would hand it over far too late: the call must
+    spool.submit(Spool.set_done, "job_c", 1, "pg", "query", _done("job_c", 1, 0))
+    [job] = await asyncio.wait_for(spool.call(Spool.load), 10)
+    assert job.job_id == "job_c"
+    await spool.close()
+
+
+async def test_close_writes_what_is_pending(tmp_path: Path) -> None:
+    spool = AsyncSpool(Spool(tmp_path / "spool.db"))
+    spool.COALESCE = 60.0
+    spool.submit(Spool.set_done, "job_z", 1, "pg", "query", _done("job_z", 1, 0))
+    await asyncio.wait_for(spool.close(), 10)
+    assert [j.job_id for j in Spool(tmp_path / "spool.db").load()] == ["job_z"]
+
+
+def test_a_submit_off_the_loop_is_handed_over_at_once(tmp_path: Path) -> None:
+    spool = AsyncSpool(Spool(tmp_path / "spool.db"))
+    spool.submit(Spool.set_done, "job_t", 1, "pg", "query", _done("job_t", 1, 0))
+    spool._pool.submit(lambda: None).result(10)  # everything before it has run
+    assert [j.job_id for j in spool.spool.load()] == ["job_t"]
+    spool._pool.shutdown()
+
+
+async def test_a_job_finished_within_the_batch_is_not_written_then_deleted(tmp_path: Path) -> None:
+    """record_done then finish of the same job in one batch: only the finish is run (it
+    deletes what the record would write); other jobs' writes are untouched, in order."""
+    inner, statements = _traced(tmp_path)
+    spool = AsyncSpool(inner)
+    spool.submit(Spool.record_done, "job_a", 1, "pg", "query", None, _done("job_a", 1, 1),
+                 {0: _frame("job_a", 1, 0)})  # fmt: skip
+    spool.submit(Spool.record_done, "job_b", 1, "pg", "query", None, _done("job_b", 1, 1),
+                 {0: _frame("job_b", 1, 0)})  # fmt: skip
+    spool.submit(Spool.ack, "job_a", 1, 0)
+    spool.submit(Spool.finish, "job_a", 1)
+    [held] = await spool.call(Spool.load)
+    assert held.job_id == "job_b" and list(held.chunks) == [0]
+    assert await spool.call(Spool.finished_ids) == ["job_a"]
+    inserts = [s for s in statements if s.upper().startswith("INSERT INTO JOBS")]
+    assert len(inserts) == 1 and "job_b" in inserts[0]  # job_a's record was never written
+    await spool.close()
