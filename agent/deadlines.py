@@ -29,6 +29,9 @@ class Deadline:
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            # A cancelled entry stays in the heap until it comes up (or is swept): it must
+            # not keep what ``fn`` holds (a job's stream, its cursor) alive until then.
+            self.fn = _nothing
             self.owner._cancelled_one()
 
 
@@ -60,7 +63,10 @@ class Deadlines:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="agent-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is entry:
+                # Only a new earliest deadline changes how long the thread waits; waking
+                # it for every job (most deadlines are later ones) cost a thread switch each.
+                self._cond.notify()
         return entry
 
     def _run(self) -> None:
@@ -82,6 +88,10 @@ class Deadlines:
                     entry.fn()
                 except Exception:  # one failing deadline must not stop the others
                     log.exception("a job's deadline failed")
+
+
+def _nothing() -> None:
+    return None
 
 
 DEADLINES = Deadlines()

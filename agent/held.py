@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class Job:
     done_sent: bool = False
     stop_reason: str | None = None  # "cancelled" | "timed_out" | "shutdown"
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    on_stop: Callable[[], None] | None = None  # the running job's way to stop at once
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     producer: Producer | None = None

@@ -1,8 +1,11 @@
 """The worker-thread half of a job: read rows, size chunks, encode frames, hand them over.
 
 A job's rows are read in a worker thread (drivers block) and handed to the event loop
-through a small bounded ``asyncio.Queue``: when the relay is slow the queue fills, ``put``
-blocks the thread, and the database read slows down instead of memory growing. Fetch
+through a ``Handoff``: at most ``QUEUE_DEPTH`` chunks wait there; when the relay is slow it
+fills, the thread blocks, and the database read slows down instead of memory growing. The
+thread never waits for the loop otherwise, and it wakes the loop only when the loop is
+waiting for an item, so a quick job's items (columns, chunk, end) cost one or two
+wake-ups instead of a round trip each. Fetch
 batches grow or shrink so each chunk's payload lands near a target size (a few hundred
 KiB, never past the relay's ``maxChunkBytes``). Frames are encoded here, off the loop.
 
@@ -16,10 +19,11 @@ to ``max_rows`` and split on line boundaries to fit ``maxChunkBytes`` here.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +73,115 @@ class ChunkItem:
     frame: bytes
 
 
-# What the thread puts on the queue: ("begun", None) | ("columns", list) |
-# ("chunk", ChunkItem) | ("end", None) | ("error", JobError).
+# What the consumer gets: ("begun", None) | ("columns", list) | ("chunk", ChunkItem) |
+# ("end", None) | ("error", JobError).
 Item = tuple[str, Any]
+
+
+class Handoff:
+    """Items from one worker thread to the event loop, in order.
+
+    ``put`` (thread) never waits for the loop unless ``depth`` chunks are already waiting
+    (back-pressure: only chunks are big; the other items are a few per job). It wakes the
+    loop only when a ``get`` is waiting, once for however many items arrive before the
+    loop runs. ``get`` (loop) takes the next item, waiting if there is none; cancelling it
+    loses nothing. ``full`` says whether the thread would block on its next chunk."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int) -> None:
+        self.loop = loop
+        self.depth = depth
+        self._items: collections.deque[Item] = collections.deque()
+        self._chunks = 0  # chunks waiting
+        self._lock = threading.Lock()
+        self._room: threading.Condition | None = None  # made when the thread first waits
+        self._blocked = False  # the thread waits for room
+        self._waiter: asyncio.Future[None] | None = None  # a get waiting for an item
+        self.taken_any = False  # the loop took an item other than "begun"
+
+    # ------------------------------------------------------------ thread side
+
+    def put(self, item: Item, aborted: threading.Event) -> None:
+        """Add ``item``; raises ``Aborted`` once ``aborted`` is set or the loop is closed."""
+        if self.loop.is_closed():
+            raise Aborted  # nobody is listening any more
+        with self._lock:
+            if item[0] == "chunk":
+                while self._chunks >= self.depth:
+                    if aborted.is_set() or self.loop.is_closed():
+                        raise Aborted
+                    if self._room is None:
+                        self._room = threading.Condition(self._lock)
+                    self._blocked = True
+                    self._room.wait(0.25)
+                self._blocked = False
+                self._chunks += 1
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            try:
+                self.loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError as exc:  # the loop is closed: nobody is listening any more
+                raise Aborted from exc
+
+    # ------------------------------------------------------------ loop side
+
+    def get_nowait(self) -> Item | None:
+        with self._lock:
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            if item[0] == "chunk":
+                self._chunks -= 1
+                if self._blocked and self._room is not None:
+                    self._room.notify()
+        if item[0] != "begun":
+            self.taken_any = True
+        return item
+
+    async def get(self) -> Item:
+        while True:
+            item = self.get_nowait()
+            if item is not None:
+                return item
+            with self._lock:
+                if self._items:
+                    continue  # came in meanwhile
+                waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                with self._lock:
+                    if self._waiter is waiter:
+                        self._waiter = None
+
+    def put_begun(self) -> bool:
+        """(Loop) Announce that the work began, unless anything else came first (waiting or
+        taken): then the columns or the end say more. True if it was added."""
+        with self._lock:
+            if self._items or self.taken_any:
+                return False
+            self._items.append(("begun", None))
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            _wake(waiter)
+        return True
+
+    def unblock(self) -> None:
+        """Wake a thread waiting for room, so it sees its abort at once."""
+        with self._lock:
+            if self._room is not None:
+                self._room.notify_all()
+
+    def full(self) -> bool:
+        return self._chunks >= self.depth
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Producer:
@@ -98,10 +208,13 @@ class Producer:
         self.max_rows = max_rows
         self.max_chunk_bytes = max_chunk_bytes
         self.compress = compress
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=QUEUE_DEPTH)
+        self.queue = Handoff(loop, QUEUE_DEPTH)
         self.aborted = threading.Event()
         self.started = False
         self.finished = threading.Event()  # the body returned (its thread may serve others)
+        self.begun_at: float | None = None  # (monotonic) the work began: its source is found
+        self._begun_timer: asyncio.TimerHandle | None = None
+        self._begun_grace = 0.0
         self._seq = 0
         self._names: list[str] | None = None  # unique column names: rows go as objects
 
@@ -121,6 +234,34 @@ class Producer:
 
     def abort(self) -> None:
         self.aborted.set()
+        self.queue.unblock()
+        self.stop_watching_begun()
+
+    def watch_begun(self, grace: float) -> None:
+        """(Loop) Hand the consumer a ("begun", None) item once the work has been running
+        ``grace`` seconds (from ``begun``) with nothing else handed over yet: a job whose
+        columns come sooner announces itself once, with them. A loop timer checks, so the
+        thread does not wake the loop to say it began."""
+        self.stop_watching_begun()
+        self._begun_grace = grace
+        self._begun_timer = self.loop.call_later(grace, self._check_begun)
+
+    def _check_begun(self) -> None:
+        self._begun_timer = None
+        if self.queue.taken_any or self.queue.qsize() or self.aborted.is_set():
+            return
+        at = self.begun_at
+        left = self._begun_grace if at is None else at + self._begun_grace - time.monotonic()
+        if left > 0:
+            self._begun_timer = self.loop.call_later(left, self._check_begun)
+        else:
+            self.queue.put_begun()
+
+    def stop_watching_begun(self) -> None:
+        """(Loop) No begun item any more (the job ended or has its columns)."""
+        timer, self._begun_timer = self._begun_timer, None
+        if timer is not None:
+            timer.cancel()
 
     @property
     def alive(self) -> bool:
@@ -129,31 +270,25 @@ class Producer:
     # ------------------------------------------------------------ thread side
 
     def begun(self) -> None:
-        """From ``read``: the work has begun (its columns are not known yet)."""
-        self._put(("begun", None))
+        """From ``read``: the work has begun (its columns are not known yet). Only noted:
+        ``watch_begun``'s timer tells the consumer if the columns are slow to come."""
+        if self.aborted.is_set():
+            raise Aborted
+        self.begun_at = time.monotonic()
 
     def _put(self, item: Item) -> None:
         if self.aborted.is_set():
             raise Aborted
-        try:
-            fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        except RuntimeError as exc:  # the loop is closed: nobody is listening any more
-            raise Aborted from exc
-        while True:
-            try:
-                fut.result(timeout=0.25)
-                return
-            except concurrent.futures.TimeoutError:
-                if self.aborted.is_set():
-                    fut.cancel()
-                    raise Aborted from None
-            except concurrent.futures.CancelledError as exc:
-                raise Aborted from exc
+        self.queue.put(item, self.aborted)
 
     def _body(self) -> None:
         batches: Any = None
+        # ``read`` is called once; dropping it here undoes the reference cycle through its
+        # closure (it holds the job, which holds this producer), so a finished job's objects
+        # are freed at once instead of waiting for the garbage collector.
+        read, self.read = self.read, _no_read
         try:
-            columns, batches = self.read()
+            columns, batches = read()
             names = [str(c.get("name")) for c in columns]
             self._names = names if unique_names(names) else None
             self._put(("columns", columns))
@@ -275,6 +410,10 @@ class Producer:
         frame = encode_chunk(chunk, compress=self.compress)
         self._put(("chunk", ChunkItem(self._seq, count, len(payload), frame)))
         self._seq += 1
+
+
+def _no_read() -> tuple[list[Column], Iterator[Sequence[Any]]]:
+    raise RuntimeError("a producer reads once")
 
 
 def _nth_newline(payload: bytes, n: int) -> int:

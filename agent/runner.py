@@ -17,18 +17,17 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
+from shared.crypto import PrivateKey
 from shared.errors import JobError
 from shared.protocol import Message, make
 
 from .held import Job, from_spool, rekey_frames
-from .jobwork import open_request, reader
+from .jobwork import Opener, open_request, reader
 from .logs import current_job
-from .producer import ChunkItem, Item, Producer
+from .producer import ChunkItem, Producer
 from .sources.base import Source
 from .spool import FINISHED_KEEP_COUNT, AsyncSpool, Spool, SpooledJob
 
@@ -55,7 +54,7 @@ class Runner:
         self,
         *,
         get_source: Callable[[str], Source],
-        private_key: X25519PrivateKey,
+        private_key: PrivateKey | Sequence[PrivateKey],
         capacity: int = 4,
         compress: bool = True,
         spool: AsyncSpool | None = None,
@@ -63,7 +62,8 @@ class Runner:
         self.get_source = get_source
         self.spool = spool
         self.finished: dict[str, None] = {}  # ids of jobs the relay acknowledged, oldest first
-        self.private_key = private_key
+        self.private_key = private_key  # one key or the keyring's opening keys
+        self._opener: Opener | None = None
         self.capacity = capacity
         self.compress = compress
         self.connector_id = ""
@@ -182,7 +182,7 @@ class Runner:
             ))  # fmt: skip
         elif self.draining:
             self._finish_now(job, JobError("AGENT_SHUTDOWN", "the agent is shutting down"))
-        elif self.active_jobs > self.capacity:
+        elif len(self.jobs) > self.capacity and self.active_jobs > self.capacity:  # (count only when it may)
             self._finish_now(
                 job,
                 JobError(
@@ -203,11 +203,11 @@ class Runner:
             return
         if job.stop_reason is None:
             job.stop_reason = reason
-        job.stop.set()
+        _stop(job)
 
     def _abandon(self, job: Job) -> None:
         job.stop_reason = job.stop_reason or "cancelled"
-        job.stop.set()
+        _stop(job)
         self.jobs.pop(job.job_id, None)
         self._spool(Spool.drop, job.job_id, job.attempt)
 
@@ -320,7 +320,7 @@ class Runner:
         )
 
     async def _execute(self, job: Job, sealed: str | None) -> tuple[str, JobError | None]:
-        request = open_request(job, sealed, self.private_key, self.connector_id)
+        request = open_request(job, sealed, self._opener_now(), self.connector_id)
         timeout = _positive(job.options.get("timeoutSeconds"))
         max_rows = job.options.get("maxRows")
         max_rows = max_rows if isinstance(max_rows, int) and not isinstance(max_rows, bool) else None
@@ -337,18 +337,36 @@ class Runner:
         )
         job.producer = producer
         producer.start(contextvars.copy_context().run)
-        consumer = asyncio.create_task(self._consume(job, producer))
-        stopper = asyncio.create_task(job.stop.wait())
-        done, _ = await asyncio.wait(
-            {consumer, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        stopper.cancel()
-        if consumer in done:
-            consumer.result()  # raises the job's error, if any
-            return "succeeded", None
+        producer.watch_begun(BEGUN_GRACE)
+        # The job's rows are taken in this task. A cancel, a shutdown or the timeout stops
+        # it by cancelling the task (as ``asyncio.timeout`` does, told apart from any other
+        # cancellation), instead of a consumer task and a stop-watching task per job.
+        task = asyncio.current_task()
+        assert task is not None
+        stopped = False
+
+        def stop_now() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                task.cancel()
+
+        job.on_stop = stop_now
+        timer = asyncio.get_running_loop().call_later(timeout, stop_now) if timeout else None
+        try:
+            if not job.stop.is_set():  # else stopped before it started
+                await self._consume(job, producer)
+                return "succeeded", None
+        except asyncio.CancelledError:
+            if not stopped or task.uncancel() > 0:
+                raise  # not (only) our stop: someone cancelled the job's task
+        finally:
+            job.on_stop = None
+            if timer is not None:
+                timer.cancel()
+            producer.stop_watching_begun()
         reason = job.stop_reason or "timed_out"
         job.stop_reason = reason
-        consumer.cancel()
         producer.abort()
         self._spawn(self._stop_at_database(job, producer))
         if reason == "timed_out":
@@ -357,25 +375,23 @@ class Runner:
             return "failed", JobError("AGENT_SHUTDOWN", "the agent stopped before the job finished")
         return "cancelled", JobError("CANCELLED", "the job was cancelled")
 
+    def _opener_now(self) -> Opener:
+        """The ``Opener`` of ``private_key`` (made again if the keys were replaced)."""
+        if self._opener is None or self._opener.source is not self.private_key:
+            self._opener = Opener(self.private_key)
+        return self._opener
+
     async def _consume(self, job: Job, producer: Producer) -> None:
-        ahead: Item | None = None
+        queue = producer.queue
         while True:
-            if ahead is not None:
-                (kind, value), ahead = ahead, None
-            else:
-                kind, value = await producer.queue.get()
+            item = queue.get_nowait()
+            kind, value = item if item is not None else await queue.get()
             if kind == "begun":
                 # Running as far as the relay can tell (status, startedAt) while the query
-                # executes; the columns follow in a second job.started.v1. A query whose
-                # columns come within BEGUN_GRACE needs only that one: one frame and one
-                # store write fewer per small job.
+                # executes; the columns follow in a second job.started.v1. Only a job whose
+                # columns take longer than BEGUN_GRACE gets this item (Producer.watch_begun):
+                # one frame and one store write fewer per small job.
                 job.begun = True
-                try:
-                    ahead = await asyncio.wait_for(producer.queue.get(), BEGUN_GRACE)
-                except TimeoutError:
-                    ahead = None
-                if ahead is not None:
-                    continue
                 async with self._send_lock:
                     if self._link is not None and self.started_without_columns and self.jobs.get(job.job_id) is job:
                         await self._link.send_message(self._begun_msg(job))
@@ -457,6 +473,12 @@ class Runner:
         deadline = time.monotonic() + timeout
         while self.jobs and self._link is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+
+def _stop(job: Job) -> None:
+    job.stop.set()  # the worker thread checks it before it starts the statement
+    if job.on_stop is not None:
+        job.on_stop()
 
 
 def _positive(value: Any) -> float | None:

@@ -44,6 +44,7 @@ class Workers:
                 fn()
             except Exception:  # the job's body reports its own errors; this is a bug
                 log.exception("a job's worker thread failed")
+            del fn  # an idle thread must not keep its last job's objects alive
             with self._lock:
                 self._idle.append(inbox)
             try:

@@ -125,6 +125,9 @@ class Source(abc.ABC):
         def close() -> None:
             with self._mutex:
                 self._active.discard(stream)
+            # This wrapper (held by the stream) holds the stream: once closed, the stream's
+            # own ``close`` serves again, so the pair is freed without the garbage collector.
+            vars(stream).pop("close", None)
             original_close()
 
         stream.close = close  # type: ignore[method-assign]

@@ -155,3 +155,84 @@ def test_data_cipher_key_rotation() -> None:
 def test_data_cipher_rejects_bad_configuration(keys_: dict[str, bytes], current: str) -> None:
     with pytest.raises(ValueError):
         crypto.DataCipher(keys_, current)
+
+
+# ---------------------------------------------------------------- opening in a chosen order
+
+
+class _Counting:
+    """A suite whose ``decrypt`` calls are counted (the real suite does the work)."""
+
+    def __init__(self, suite: Suite, calls: list[str], name: str) -> None:
+        self.suite, self.calls, self.name = suite, calls, name
+
+    def decrypt(self, sealed: bytes, key: object, info: bytes) -> bytes:
+        self.calls.append(self.name)
+        return self.suite.decrypt(sealed, key, info)
+
+    def encrypt(self, plain: bytes, key: object, info: bytes) -> bytes:
+        return self.suite.encrypt(plain, key, info)
+
+
+@pytest.fixture
+def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(crypto, "SUITE", _Counting(crypto.SUITE, calls, "x25519"))
+    monkeypatch.setattr(crypto, "SUITE_HYBRID", _Counting(crypto.SUITE_HYBRID, calls, "hybrid"))
+    return calls
+
+
+@pytest.mark.parametrize("n_keys", [1, 2, 3, 4])
+@pytest.mark.parametrize("length", [66, 1135, 1136, 5000])
+def test_opening_order_is_every_pair_once(n_keys: int, length: int) -> None:
+    hybrid = crypto.HybridKeyPair.generate().private_key()
+    keys = [crypto.generate_private_key(), hybrid, crypto.generate_private_key(), hybrid][:n_keys]
+    for first in [None, *((k, i) for k in range(n_keys) for i in range(2))]:
+        order = crypto.opening_order(length, keys, 2, first)
+        assert sorted(order) == [(k, i) for k in range(n_keys) for i in range(2)]
+        if first is not None:
+            assert order[0] == first
+        elif n_keys > 1:  # no hint: the suite the length allows (or suggests) comes first
+            assert isinstance(keys[order[0][0]], crypto.MLKEM768X25519PrivateKey) == (length >= 1136)
+
+
+def test_open_sealed_first_costs_one_attempt_once_it_knows(attempts: list[str]) -> None:
+    x, pair = crypto.generate_private_key(), crypto.HybridKeyPair.generate()
+    keys = [x, pair.private_key(), crypto.generate_private_key()]  # current, hybrid, previous
+    hybrid_public = crypto.load_hybrid_public_key(pair.public_b64())
+    infos = crypto.job_infos("con_1", "job_1")
+    relay_hybrid = crypto.seal_query(QUERY, hybrid_public, infos[0])
+    plain, hit = crypto.open_sealed_first(relay_hybrid, keys, infos)
+    assert crypto.parse_query(plain) == QUERY and hit == (1, 0)
+    assert attempts == ["hybrid"]  # by its length, before any X25519 attempt
+    attempts.clear()
+    platform_x = crypto.seal_query(QUERY, x.public_key(), infos[1])
+    plain, hit2 = crypto.open_sealed_first(platform_x, keys, infos)
+    assert crypto.parse_query(plain) == QUERY and hit2 == (0, 1)
+    assert attempts == ["x25519", "x25519"]  # the relay form first, then the platform's
+    attempts.clear()
+    crypto.open_sealed_first(crypto.seal_query(QUERY, x.public_key(), infos[1]), keys, infos, hit2)
+    crypto.open_sealed_first(crypto.seal_query(QUERY, hybrid_public, infos[0]), keys, infos, hit)
+    assert attempts == ["x25519", "hybrid"]  # told what opened the last one: one each
+
+
+def test_open_sealed_first_fails_as_open_sealed_does(attempts: list[str]) -> None:
+    """A blob nothing opens is tried with every key and info (as before) and fails with
+    the same error; so does a sealed non-JSON query once parsed."""
+    x, pair = crypto.generate_private_key(), crypto.HybridKeyPair.generate()
+    keys = [x, pair.private_key()]
+    infos = crypto.job_infos("con_1", "job_1")
+    sealed = crypto.seal_query(QUERY, crypto.generate_private_key().public_key(), infos[0])
+    for blob in (sealed, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"", b"x" * 2000):
+        attempts.clear()
+        with pytest.raises(DecryptionFailed) as got:
+            crypto.open_sealed_first(blob, keys, infos, (1, 0))
+        with pytest.raises(DecryptionFailed) as want:
+            crypto.open_sealed(blob, keys, infos)
+        assert got.value.code == want.value.code == "DECRYPTION_FAILED"
+        assert got.value.message == want.value.message
+        assert sorted(attempts[:4]) == ["hybrid", "hybrid", "x25519", "x25519"]
+    not_json = crypto.seal(b"\xff not json", x.public_key(), infos[0])
+    plain, _ = crypto.open_sealed_first(not_json, keys, infos)
+    with pytest.raises(DecryptionFailed, match="JSON"):
+        crypto.parse_query(plain)

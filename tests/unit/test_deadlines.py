@@ -38,3 +38,40 @@ def test_a_deadline_added_while_the_thread_waits_for_a_later_one_runs_on_time() 
     t0 = time.monotonic()
     d.call_later(0.05, fired.set)
     assert fired.wait(5) and time.monotonic() - t0 < 2
+
+
+def test_only_a_new_earliest_deadline_wakes_the_thread() -> None:
+    """Every job adds a deadline; most are later than the earliest one the thread already
+    waits for, and waking the thread for those was a thread switch per job for nothing."""
+    d = Deadlines()
+    d.call_later(60, lambda: None)  # starts the thread
+    wakes: list[float] = []
+    real = d._cond.notify
+    d._cond.notify = lambda n=1: (wakes.append(n), real(n))  # type: ignore[method-assign]
+    d.call_later(120, lambda: None)
+    d.call_later(90, lambda: None)
+    assert wakes == []
+    fired = threading.Event()
+    d.call_later(0.05, fired.set)
+    assert wakes == [1] and fired.wait(5)
+
+
+def test_a_cancelled_deadline_lets_go_of_its_call() -> None:
+    """A cancelled deadline waits in the heap until its time (or a sweep): it must not keep
+    a finished job's stream alive that long."""
+    import gc
+    import weakref
+
+    class Stream:
+        def expire(self) -> None:
+            raise AssertionError("cancelled")
+
+    d = Deadlines()
+    d.call_later(100, lambda: None)  # an earlier live one: the cancelled one stays queued
+    stream = Stream()
+    ref = weakref.ref(stream)
+    entry = d.call_later(300, stream.expire)
+    entry.cancel()
+    del stream
+    gc.collect()
+    assert ref() is None and len(d) == 2
