@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 from _common import figure
+from _load import CpuMeter
 
 from tests.harness import Api, HarnessError, Source, Stack, fresh_pg_database, wait_until
 
@@ -115,9 +117,9 @@ def results_when_running(api: Api, job_id: str, wait: float) -> Any:
 
 def through_relay(
     url: str, sql: str, work: Path, store_url: str | None = None
-) -> tuple[int, float, int]:
-    """Rows, seconds and NDJSON bytes through a relay on SQLite (``store_url`` None) or on
-    the PostgreSQL store at ``store_url``."""
+) -> tuple[int, float, int, dict[str, float]]:
+    """Rows, seconds, NDJSON bytes and CPU seconds by process through a relay on SQLite
+    (``store_url`` None) or on the PostgreSQL store at ``store_url``."""
     with Stack(work / "stack", tenant="bench", heartbeat=5.0) as stack:
         if store_url is None:
             stack.start_relay()
@@ -127,6 +129,10 @@ def through_relay(
         assert api is not None
         agent = stack.add_agent("bench", [Source("pg", "postgres", url)])
         api.run_job(agent.connector_id, "pg", sql="SELECT 1")  # warm up imports and the pool
+        assert stack.relay is not None and agent.proc is not None
+        meter = CpuMeter({"relay": stack.relay.proc.pid, "agent": agent.proc.pid, "client": os.getpid()})
+        pg_before = postgres_cpu()
+        meter.start()
         t0 = time.monotonic()
         job_id = api.submit(agent.connector_id, "pg", sql=sql, options={"timeoutSeconds": 900})
         rows = size = 0
@@ -135,10 +141,22 @@ def through_relay(
                 rows += block.count(b"\n")
                 size += len(block)
         secs = time.monotonic() - t0
+        meter.stop()
+        spent = {**meter.spent, "PostgreSQL": postgres_cpu() - pg_before}
         job = api.job(job_id)
         if job["status"] != "succeeded":
             raise HarnessError(f"job ended {job['status']}: {job.get('error')}")
-    return rows, secs, size
+    return rows, secs, size, spent
+
+
+def postgres_cpu() -> float:
+    """CPU seconds so far of the local PostgreSQL server's processes (the source query's
+    backend, the relay store's, the server's own)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if (proc.info["name"] or "").startswith("postgres") and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         for store in stores:
             with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
                 if store == "sqlite":
-                    relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp))
+                    relay_rows, relay_secs, size, spent = through_relay(url, sql, Path(tmp))
                 else:
                     with fresh_pg_database(url, "mc_bench_relay_") as store_url:
-                        relay_rows, relay_secs, size = through_relay(url, sql, Path(tmp), store_url)
+                        relay_rows, relay_secs, size, spent = through_relay(url, sql, Path(tmp), store_url)
             direct_rows, direct_secs = direct(url, sql)  # right after, under the same load
             if relay_rows != args.rows or direct_rows != args.rows:
                 print(f"  WARNING: row counts relay={relay_rows:,} direct={direct_rows:,}")
@@ -172,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                 100 * (relay_rows / relay_secs) / (direct_rows / direct_secs),
                 "%",
             )
+            for name, secs in spent.items():  # where the end-to-end run's CPU went
+                figure(f"  CPU s per 1M rows, {name}", secs * 1e6 / max(1, relay_rows), "s")
     return 0
 
 

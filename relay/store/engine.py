@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 
 from .batching import GroupCommitter, sqlite_explicit_transactions
 from .schema import migrate
@@ -52,7 +54,40 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         sqlite_explicit_transactions(engine)  # so group commit's SAVEPOINTs nest
         return engine
-    return create_engine(url, pool_size=8, max_overflow=4, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=8, max_overflow=4)
+    ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE = 2.0  # s: a pooled connection idle longer is checked before use
+
+
+def ping_when_idle(engine: Engine, idle: float = PING_AFTER_IDLE) -> None:
+    """Check a pooled connection with ``SELECT 1`` before use when it sat idle for more
+    than ``idle`` seconds (the server may have restarted or dropped it meanwhile); a dead
+    one is replaced (SQLAlchemy's "pessimistic disconnect handling" with a custom
+    checkout event). ``pool_pre_ping`` pinged before every store call: a round trip per
+    chunk, and ~10 % of the store threads' time while streaming rows, for connections
+    used a moment before."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["mc_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("mc_idle_since")
+        if since is None or time.monotonic() - since <= idle:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            dbapi_conn.rollback()  # leave no transaction open behind the ping
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("the pooled connection is gone") from exc  # the pool retries
 
 
 class Store:

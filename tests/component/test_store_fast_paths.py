@@ -124,3 +124,26 @@ def test_sql_text_is_written_once_for_both_paramstyles() -> None:
     stmt = raw.Sql("SELECT a FROM t\n   WHERE x = :x AND y = :y_2 AND z = '10%' AND c::text = :c")
     assert stmt.sqlite == "SELECT a FROM t WHERE x = :x AND y = :y_2 AND z = '10%' AND c::text = :c"
     assert stmt.pg == "SELECT a FROM t WHERE x = %(x)s AND y = %(y_2)s AND z = '10%%' AND c::text = %(c)s"
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_after_idling(pg_database: str) -> None:
+    """PostgreSQL: a pooled connection idle past PING_AFTER_IDLE is checked before use,
+    and one the server closed meanwhile is replaced instead of failing the store call."""
+    from sqlalchemy import text
+
+    from relay.store.engine import open_engine, ping_when_idle
+
+    engine = open_engine(pg_database)
+    ping_when_idle(engine, idle=0.0)  # every reuse counts as idle here
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
+        with admin.connect() as other:
+            assert other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        admin.dispose()
+        with engine.connect() as conn:  # the dead one is found and replaced
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
