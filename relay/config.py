@@ -127,6 +127,14 @@ class RelayConfig:
         return cfg
 
 
+def _window(raw: str) -> int:
+    """Unacknowledged chunks an agent may have in flight per job (1-64)."""
+    value = int(raw)
+    if not 1 <= value <= 64:
+        raise ValueError(raw)
+    return value
+
+
 def _bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
@@ -154,6 +162,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("shutdown_grace", "MC_RELAY_SHUTDOWN_GRACE", float),
     ("tls_cert", "MC_RELAY_TLS_CERT", str),
     ("tls_key", "MC_RELAY_TLS_KEY", str),
+    ("window", "MC_RELAY_WINDOW", _window),
 ]
 
 

@@ -78,3 +78,19 @@ def test_data_key_file_is_created_0600_beside_sqlite(tmp_path: object) -> None:
     again = RelayConfig.from_env({}, database_url=f"sqlite:///{tmp_path}/relay.db", jwt_secret="s" * 40).cipher()
     kid, blob = first.encrypt(b"rows")
     assert again.decrypt(kid, blob) == b"rows"
+
+
+async def test_the_window_is_set_by_environment_and_told_to_agents(start_relay: object) -> None:
+    """MC_RELAY_WINDOW: how many unacknowledged chunks an agent may have in flight per job
+    (1-64), sent in the welcome; anything else is refused at start."""
+    assert RelayConfig.from_env({"MC_RELAY_WINDOW": "16"}).window == 16
+    assert RelayConfig.from_env({}).window == 8
+    for bad in ("0", "65", "eight"):
+        with pytest.raises(ConfigError, match="MC_RELAY_WINDOW"):
+            RelayConfig.from_env({"MC_RELAY_WINDOW": bad})
+    client = await start_relay(window=16)  # type: ignore[operator]
+    con = await Api(client).new_connector()
+    agent = FakeAgent(client, con["apiKey"])
+    await agent.connect()
+    assert agent.welcome is not None and agent.welcome["window"] == 16
+    await agent.close()
