@@ -128,3 +128,31 @@ def sqlite_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def timeout_factor() -> float:
     return TIMEOUT_FACTOR
+
+
+# ---------------------------------------------------------------- HPKE attempts
+
+
+class _CountingSuite:
+    """An HPKE suite whose ``decrypt`` calls are counted (the real suite does the work)."""
+
+    def __init__(self, suite: Any, calls: list[str], name: str) -> None:
+        self.suite, self.calls, self.name = suite, calls, name
+
+    def decrypt(self, sealed: bytes, key: object, info: bytes) -> bytes:
+        self.calls.append(self.name)
+        return self.suite.decrypt(sealed, key, info)  # type: ignore[no-any-return]
+
+    def encrypt(self, plain: bytes, key: object, info: bytes) -> bytes:
+        return self.suite.encrypt(plain, key, info)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The HPKE decryptions tried, in order: "x25519" or "hybrid" each."""
+    from shared import crypto
+
+    calls: list[str] = []
+    monkeypatch.setattr(crypto, "SUITE", _CountingSuite(crypto.SUITE, calls, "x25519"))
+    monkeypatch.setattr(crypto, "SUITE_HYBRID", _CountingSuite(crypto.SUITE_HYBRID, calls, "hybrid"))
+    return calls

@@ -91,3 +91,18 @@ async def start_agent(
         if not h.task.done():
             with contextlib.suppress(Exception):
                 await h.stop()
+
+
+
+class DoneRecorder:
+    """A runner's link that keeps each job's ``job.done.v1`` (by job id) and drops the rest."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, Any] = {}
+
+    async def send_message(self, msg: Any) -> None:
+        if msg.type == "job.done.v1":
+            self.done[msg["jobId"]] = msg
+
+    async def send_binary(self, data: bytes) -> None:
+        return None

@@ -23,6 +23,8 @@ from agent.sourceset import SourceSet
 from shared.crypto import generate_private_key, relay_info, seal_query
 from shared.protocol import Message, decode_chunk, make
 
+from .conftest import DoneRecorder
+
 TIMEOUT = 10.0
 
 
@@ -198,18 +200,6 @@ class _Gate:
         return {"ok": True}
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.done: dict[str, Message] = {}
-
-    async def send_message(self, msg: Message) -> None:
-        if msg.type == "job.done.v1":
-            self.done[msg["jobId"]] = msg
-
-    async def send_binary(self, data: bytes) -> None:
-        return None
-
-
 def _assign(job_id: str, **options: Any) -> Message:
     return make("job.assign.v1", jobId=job_id, attempt=1, source="erp", operation="test", sealed=None,
                 options=options)  # fmt: skip
@@ -220,7 +210,7 @@ async def test_cancel_timeout_and_shutdown_stop_the_job_s_own_task() -> None:
     ends as its status, and a cancellation from anyone else is not mistaken for one."""
     gate = _Gate()
     runner = Runner(get_source=lambda name: gate, private_key=generate_private_key(), capacity=8)
-    link = _Recorder()
+    link = DoneRecorder()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     try:
         await runner.on_message(_assign("job_c"))

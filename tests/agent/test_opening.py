@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.hpke import Suite
 
 from agent.held import Job
 from agent.jobwork import Opener, open_request
@@ -21,29 +20,11 @@ from agent.paths import StatePaths
 from agent.runner import Runner
 from shared import crypto
 from shared.errors import DecryptionFailed
-from shared.protocol import Message, make
+from shared.protocol import make
+
+from .conftest import DoneRecorder
 
 QUERY = {"sql": "SELECT 1 AS one", "params": {}}
-
-
-class _Counting:
-    def __init__(self, suite: Suite, calls: list[str], name: str) -> None:
-        self.suite, self.calls, self.name = suite, calls, name
-
-    def decrypt(self, sealed: bytes, key: object, info: bytes) -> bytes:
-        self.calls.append(self.name)
-        return self.suite.decrypt(sealed, key, info)
-
-    def encrypt(self, plain: bytes, key: object, info: bytes) -> bytes:
-        return self.suite.encrypt(plain, key, info)
-
-
-@pytest.fixture
-def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(crypto, "SUITE", _Counting(crypto.SUITE, calls, "x25519"))
-    monkeypatch.setattr(crypto, "SUITE_HYBRID", _Counting(crypto.SUITE_HYBRID, calls, "hybrid"))
-    return calls
 
 
 @pytest.fixture
@@ -132,18 +113,6 @@ def test_what_cannot_be_opened_fails_as_before(ring: KeyRing, attempts: list[str
     assert attempts == ["hybrid"]  # a failure does not spoil the hint
 
 
-class _Link:
-    def __init__(self) -> None:
-        self.done: dict[str, Message] = {}
-
-    async def send_message(self, msg: Message) -> None:
-        if msg.type == "job.done.v1":
-            self.done[msg["jobId"]] = msg
-
-    async def send_binary(self, data: bytes) -> None:
-        return None
-
-
 class _Source:
     def test(self) -> dict[str, Any]:
         return {"ok": True}
@@ -151,7 +120,7 @@ class _Source:
 
 async def test_the_runner_keeps_its_opener_across_jobs(ring: KeyRing, attempts: list[str]) -> None:
     runner = Runner(get_source=lambda name: _Source(), private_key=ring.opening_keys(), capacity=8)
-    link = _Link()
+    link = DoneRecorder()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     for n in range(4):
         job = f"job_{n}"

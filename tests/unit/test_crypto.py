@@ -160,28 +160,6 @@ def test_data_cipher_rejects_bad_configuration(keys_: dict[str, bytes], current:
 # ---------------------------------------------------------------- opening in a chosen order
 
 
-class _Counting:
-    """A suite whose ``decrypt`` calls are counted (the real suite does the work)."""
-
-    def __init__(self, suite: Suite, calls: list[str], name: str) -> None:
-        self.suite, self.calls, self.name = suite, calls, name
-
-    def decrypt(self, sealed: bytes, key: object, info: bytes) -> bytes:
-        self.calls.append(self.name)
-        return self.suite.decrypt(sealed, key, info)
-
-    def encrypt(self, plain: bytes, key: object, info: bytes) -> bytes:
-        return self.suite.encrypt(plain, key, info)
-
-
-@pytest.fixture
-def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(crypto, "SUITE", _Counting(crypto.SUITE, calls, "x25519"))
-    monkeypatch.setattr(crypto, "SUITE_HYBRID", _Counting(crypto.SUITE_HYBRID, calls, "hybrid"))
-    return calls
-
-
 @pytest.mark.parametrize("n_keys", [1, 2, 3, 4])
 @pytest.mark.parametrize("length", [66, 1135, 1136, 5000])
 def test_opening_order_is_every_pair_once(n_keys: int, length: int) -> None:
