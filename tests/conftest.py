@@ -8,6 +8,7 @@ missing service can never pass CI silently. ``TIMEOUT_FACTOR`` scales every wait
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -156,3 +157,20 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(crypto, "SUITE", _CountingSuite(crypto.SUITE, calls, "x25519"))
     monkeypatch.setattr(crypto, "SUITE_HYBRID", _CountingSuite(crypto.SUITE_HYBRID, calls, "hybrid"))
     return calls
+
+
+@pytest.fixture
+def root_logging() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level put back as they were after the test (for
+    tests that install the agent's real handlers with ``setup_logging``)."""
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+            h.close()
+        for h in saved:
+            root.addHandler(h)
+        root.setLevel(level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,12 @@ class DoneRecorder:
 
     async def send_binary(self, data: bytes) -> None:
         return None
+
+
+async def until(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    """Wait (on the event loop) until ``cond()`` is true; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)

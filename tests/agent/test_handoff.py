@@ -23,17 +23,9 @@ from agent.sourceset import SourceSet
 from shared.crypto import generate_private_key, relay_info, seal_query
 from shared.protocol import Message, decode_chunk, make
 
-from .conftest import DoneRecorder
+from .conftest import DoneRecorder, until
 
 TIMEOUT = 10.0
-
-
-async def _until(cond: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def _chunk(seq: int) -> tuple[str, ChunkItem]:
@@ -53,7 +45,7 @@ async def test_items_keep_their_order_and_only_chunks_wait_for_room() -> None:
 
     t = threading.Thread(target=produce)
     t.start()
-    await _until(lambda: put == ["columns", "chunk0", "chunk1"] and handoff.full(), "two chunks waiting")
+    await until(lambda: put == ["columns", "chunk0", "chunk1"] and handoff.full(), "two chunks waiting")
     await asyncio.sleep(0.05)
     assert put == ["columns", "chunk0", "chunk1"]  # the third chunk waits for room
     got = []
@@ -79,11 +71,11 @@ async def test_an_abort_frees_a_thread_waiting_for_room_at_once() -> None:
 
     t = threading.Thread(target=produce)
     t.start()
-    await _until(lambda: handoff.full() and handoff._blocked, "the thread blocked")
+    await until(lambda: handoff.full() and handoff._blocked, "the thread blocked")
     t0 = time.monotonic()
     aborted.set()
     handoff.unblock()
-    await _until(lambda: outcome, "the thread gave up")
+    await until(lambda: outcome, "the thread gave up")
     assert outcome == ["aborted"] and time.monotonic() - t0 < 0.2  # not its 0.25 s poll
 
 
@@ -152,7 +144,7 @@ class _AckingLink:
 
 async def _refs_once_running(runner: Runner, job_id: str, *, query: bool) -> list[weakref.ref[Any]]:
     job = runner.jobs[job_id]
-    await _until(lambda: job.producer is not None and (not query or job.stream is not None), "the job running")
+    await until(lambda: job.producer is not None and (not query or job.stream is not None), "the job running")
     assert job.producer is not None
     refs = [weakref.ref(job), weakref.ref(job.producer), weakref.ref(job.producer.queue)]
     return [*refs, weakref.ref(job.stream)] if query else refs
@@ -181,9 +173,9 @@ async def test_a_finished_job_is_freed_without_the_garbage_collector(tmp_path: P
                                          sealed=base64.b64encode(sealed).decode(),
                                          options={"timeoutSeconds": 300}))  # fmt: skip
             refs += await _refs_once_running(runner, job_id, query=n % 2 == 0)
-        await _until(lambda: len(link.done) == 6 and not runner.jobs, "every job done and acknowledged")
+        await until(lambda: len(link.done) == 6 and not runner.jobs, "every job done and acknowledged")
         assert set(link.done.values()) == {"succeeded"}
-        await _until(lambda: all(r() is None for r in refs), "the jobs' objects freed")
+        await until(lambda: all(r() is None for r in refs), "the jobs' objects freed")
     finally:
         gc.enable()
         sources.close()
@@ -217,13 +209,13 @@ async def test_cancel_timeout_and_shutdown_stop_the_job_s_own_task() -> None:
         await runner.on_message(_assign("job_t", timeoutSeconds=0.2))
         await runner.on_message(_assign("job_s"))
         await runner.on_message(_assign("job_x"))
-        await _until(lambda: all(runner.jobs[j].on_stop for j in ("job_c", "job_s", "job_x")), "the jobs running")
+        await until(lambda: all(runner.jobs[j].on_stop for j in ("job_c", "job_s", "job_x")), "the jobs running")
         runner.cancel("job_c", 1, reason="cancelled")
         runner.cancel("job_s", 1, reason="shutdown")
         task = runner.jobs["job_x"].task
         assert task is not None
         task.cancel()  # not the runner's stop
-        await _until(lambda: {"job_c", "job_t", "job_s"} <= set(link.done) and task.done(), "the stops")
+        await until(lambda: {"job_c", "job_t", "job_s"} <= set(link.done) and task.done(), "the stops")
         assert link.done["job_c"]["status"] == "cancelled" and link.done["job_c"]["error"]["code"] == "CANCELLED"
         assert link.done["job_t"]["status"] == "timed_out" and link.done["job_t"]["error"]["code"] == "TIMEOUT"
         assert link.done["job_s"]["error"]["code"] == "AGENT_SHUTDOWN"

@@ -166,26 +166,19 @@ def test_stderr_handler_writes_one_human_line_each() -> None:
     assert len(lines) == 2 and lines[0].endswith("agent.runner: first [job_00000000000000000000000000000001]")
 
 
-def test_setup_logging_wires_the_same_limits_ids_and_redaction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
+def test_setup_logging_wires_the_same_limits_ids_and_redaction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], root_logging: logging.Logger
+) -> None:
+    root = root_logging
     log_file = tmp_path / "logs" / "agent.log"
     ship = setup_logging(log_file)
-    try:
-        [err] = [h for h in root.handlers if isinstance(h, StderrHandler)]
-        [fh] = [h for h in root.handlers if isinstance(h, RotatingJsonFile)]
-        assert (fh.maxBytes, fh.backupCount) == (LOG_MAX_BYTES, LOG_BACKUPS) == (10 << 20, 5)
-        logging.getLogger("agent.t").info("connecting with password=hunter2 to %s", "db", extra={"jobId": "job_x"})
-        [shipped] = ship.take()
-        [line] = [json.loads(x) for x in log_file.read_text().splitlines()]
-        assert line["id"] == shipped["id"] and line["jobId"] == shipped["jobId"] == "job_x"
-        assert line["message"] == shipped["message"] == "connecting with password=**** to db"
-        assert "hunter2" not in capsys.readouterr().err
-        assert err.level == fh.level == logging.INFO
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-            h.close()
-        for h in saved:
-            root.addHandler(h)
-        root.setLevel(level)
+    [err] = [h for h in root.handlers if isinstance(h, StderrHandler)]
+    [fh] = [h for h in root.handlers if isinstance(h, RotatingJsonFile)]
+    assert (fh.maxBytes, fh.backupCount) == (LOG_MAX_BYTES, LOG_BACKUPS) == (10 << 20, 5)
+    logging.getLogger("agent.t").info("connecting with password=hunter2 to %s", "db", extra={"jobId": "job_x"})
+    [shipped] = ship.take()
+    [line] = [json.loads(x) for x in log_file.read_text().splitlines()]
+    assert line["id"] == shipped["id"] and line["jobId"] == shipped["jobId"] == "job_x"
+    assert line["message"] == shipped["message"] == "connecting with password=**** to db"
+    assert "hunter2" not in capsys.readouterr().err
+    assert err.level == fh.level == logging.INFO

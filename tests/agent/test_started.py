@@ -4,14 +4,14 @@ any chunk, on every connection, and an older relay gets only that one."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from typing import Any
 
 from agent.runner import Runner
 from shared.crypto import generate_private_key
 from shared.protocol import Message, make
+
+from .conftest import until
 
 TIMEOUT = 10.0
 
@@ -52,14 +52,6 @@ class _SlowSource:
         return {"ok": True}
 
 
-async def _until(cond: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def _assign(job_id: str) -> Message:
     return make("job.assign.v1", jobId=job_id, attempt=1, source="erp", operation="test", sealed=None, options={})
 
@@ -71,7 +63,7 @@ async def test_started_without_columns_goes_out_first_and_again_after_a_reconnec
     await runner.attach(first, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
                         started_without_columns=True)  # fmt: skip
     await runner.on_message(_assign("job_s"))
-    await _until(lambda: first.kinds() == ["started"], "the started without columns")
+    await until(lambda: first.kinds() == ["started"], "the started without columns")
     started = first.sent[0][1]
     assert started.data == {"jobId": "job_s", "attempt": 1}
     # A reconnect while the work still runs: the relay hears again that the job began.
@@ -81,7 +73,7 @@ async def test_started_without_columns_goes_out_first_and_again_after_a_reconnec
                         started_without_columns=True)  # fmt: skip
     assert second.kinds() == ["started"]
     source.release.set()
-    await _until(lambda: "job.done.v1" in second.kinds(), "the done")
+    await until(lambda: "job.done.v1" in second.kinds(), "the done")
     assert second.kinds() == ["started", "started+columns", "chunk", "job.done.v1"]
     assert first.kinds() == ["started"]
     # Reconnecting before any chunk is acknowledged resends the columns before the chunk.
@@ -99,7 +91,7 @@ async def test_a_relay_that_does_not_take_started_without_columns_gets_only_the_
     link = _Link()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     await runner.on_message(_assign("job_o"))
-    await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+    await until(lambda: "job.done.v1" in link.kinds(), "the done")
     assert link.kinds() == ["started+columns", "chunk", "job.done.v1"]
 
 
@@ -117,7 +109,7 @@ async def test_a_quick_job_announces_itself_once_and_logs_one_line(caplog: Any) 
                         started_without_columns=True)  # fmt: skip
     with caplog.at_level("INFO", logger="agent.runner"):
         await runner.on_message(_assign("job_q"))
-        await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+        await until(lambda: "job.done.v1" in link.kinds(), "the done")
     assert link.kinds() == ["started+columns", "chunk", "job.done.v1"]
     lines = [r.getMessage() for r in caplog.records if "job_q" in r.getMessage()]
     assert len(lines) == 1 and "succeeded" in lines[0] and "test on source erp (attempt 1)" in lines[0]
@@ -133,8 +125,8 @@ async def test_a_job_still_running_after_a_while_logs_that_it_started(caplog: An
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     with caplog.at_level("INFO", logger="agent.runner"):
         await runner.on_message(_assign("job_l"))
-        await _until(lambda: any("job_l started: test on source erp" in r.getMessage() for r in caplog.records),
+        await until(lambda: any("job_l started: test on source erp" in r.getMessage() for r in caplog.records),
                      "the started line")  # fmt: skip
         source.release.set()
-        await _until(lambda: "job.done.v1" in link.kinds(), "the done")
+        await until(lambda: "job.done.v1" in link.kinds(), "the done")
     assert any("job_l succeeded" in r.getMessage() for r in caplog.records)

@@ -16,21 +16,10 @@ from tests.ops.conftest import run_agent_cli
 
 
 @pytest.fixture
-def agent_logger(tmp_path: Path) -> Iterator[tuple[Path, logging.Logger]]:
+def agent_logger(tmp_path: Path, root_logging: logging.Logger) -> Iterator[tuple[Path, logging.Logger]]:
     """The agent's real log handlers writing to ``tmp_path/logs/agent.log``."""
-    config = tmp_path / "agent.toml"
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
     setup_logging(tmp_path / "logs" / "agent.log", stderr=False, level=logging.DEBUG)
-    try:
-        yield config, logging.getLogger("agent.test")
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-            h.close()
-        for h in saved:
-            root.addHandler(h)
-        root.setLevel(level)
+    yield tmp_path / "agent.toml", logging.getLogger("agent.test")
 
 
 def _flush() -> None:
