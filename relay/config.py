@@ -48,6 +48,7 @@ class RelayConfig:
     metrics_retention_seconds: float = 86400.0
     rotate_grace_seconds: float = 86400.0
     window: int = 8
+    store_compression: str = "zstd"  # result chunks at rest: zstd or none (relay/atrest.py)
     max_chunk_bytes: int = 4 << 20
     max_body_bytes: int = 1 << 20
     max_violations: int = 10
@@ -135,6 +136,14 @@ def _window(raw: str) -> int:
     return value
 
 
+def _compression(raw: str) -> str:
+    """How result chunks are stored: ``zstd`` (compressed, then encrypted) or ``none``."""
+    value = raw.strip().lower()
+    if value not in ("zstd", "none"):
+        raise ValueError(raw)
+    return value
+
+
 def _bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
@@ -163,6 +172,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("tls_cert", "MC_RELAY_TLS_CERT", str),
     ("tls_key", "MC_RELAY_TLS_KEY", str),
     ("window", "MC_RELAY_WINDOW", _window),
+    ("store_compression", "MC_RELAY_STORE_COMPRESSION", _compression),
 ]
 
 

@@ -19,7 +19,7 @@ from shared import protocol
 from shared.errors import ProtocolError
 from shared.rows import payload_rows
 
-from . import heartbeats, queue
+from . import atrest, heartbeats, queue
 from .context import Relay
 from .formats import iso, now, parse_iso
 from .session import AgentSession
@@ -201,7 +201,8 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
     if held != chunk.rows:
         raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
-    key_id, blob = relay.cipher.encrypt(chunk.payload, aad)
+    compress = relay.config.store_compression == "zstd"
+    key_id, blob = atrest.seal(relay.cipher, chunk.payload, aad, compress=compress)
     new, through = await _recorded(
         relay, session, _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
     )

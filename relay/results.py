@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from shared.errors import Gone, MCError
+from shared.errors import DecryptionFailed, Gone, MCError
+from shared.protocol import MAX_DECOMPRESSED
 from shared.rows import (
     decode_object_lines,
     decode_rows,
@@ -33,7 +34,7 @@ from shared.rows import (
     object_lines,
 )
 
-from . import queue
+from . import atrest, queue
 from .context import Relay
 from .formats import now
 from .store import chunks as chunk_store
@@ -167,7 +168,11 @@ async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: 
         if stored is None:
             raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
         aad = f"{job_id}:{attempt}:{seq}".encode()
-        declared, data = stored["rows"], relay.cipher.decrypt(stored["key_id"], stored["data"], aad)
+        try:
+            data = atrest.unseal(relay.cipher, stored["key_id"], stored["data"], aad, limit=MAX_DECOMPRESSED)
+        except DecryptionFailed as exc:
+            raise StreamAborted(f"chunk {seq} cannot be read back: {exc}") from None
+        declared = stored["rows"]
     if is_object_lines(data):
         # Intake parsed every line (each one is a JSON object); here the count and the
         # first line's keys, then the bytes are served as they are (docs/ARCHITECTURE.md).

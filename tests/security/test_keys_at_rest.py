@@ -16,7 +16,7 @@ from agent import platform_win
 from agent.keyring import KeyFiles, load_keyring, rotate_keys
 from agent.paths import StatePaths
 from relay.app import create_app
-from relay.config import ConfigError, cipher_from_env
+from relay.config import ConfigError, RelayConfig, cipher_from_env
 from relay.kems import KemDirectory
 from shared import crypto
 from shared.crypto import DataCipher
@@ -95,6 +95,41 @@ async def test_data_key_rotation_keeps_old_chunks_readable(aiohttp_client: Any, 
     ids = _key_ids(db)
     assert ids[old_job] == {"k1"} and ids[new_job] == {"k2"}
 
+
+async def test_chunks_are_stored_compressed_unless_the_setting_says_none(aiohttp_client: Any, make_config: Any,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    """MC_RELAY_STORE_COMPRESSION: zstd (default) stores a chunk compressed, then encrypted;
+    none stores it encrypted only. A relay reads either back, whichever way it now stores."""
+    assert RelayConfig.from_env({}).store_compression == "zstd"
+    assert RelayConfig.from_env({"MC_RELAY_STORE_COMPRESSION": " None "}).store_compression == "none"
+    with pytest.raises(ConfigError, match="MC_RELAY_STORE_COMPRESSION"):
+        RelayConfig.from_env({"MC_RELAY_STORE_COMPRESSION": "gzip"})
+    db = tmp_path / "relay.db"
+    rows = [[f"customer {i} of a rather repetitive table"] for i in range(2000)]
+    cipher = DataCipher({"k1": K1}, "k1")
+    sizes: dict[str, int] = {}
+    jobs: dict[str, str] = {}
+    for setting in ("none", "zstd"):
+        client = await aiohttp_client(create_app(make_config(data_cipher=cipher, store_compression=setting)))
+        api = Api(client)
+        con = await api.new_connector()
+        agent = await FakeAgent(client, con["apiKey"]).connect()
+        jobs[setting] = await _run_job(api, agent, rows)
+        await agent.close()
+        with sqlite3.connect(db) as conn:
+            (sizes[setting],) = conn.execute(
+                "SELECT length(data) FROM result_chunks WHERE job_id = ?", (jobs[setting],)
+            ).fetchone()
+        for job_id in jobs.values():  # both forms read back on this relay
+            body = await _rows(api, job_id)
+            assert body.count("\n") == 2000 and "customer 1999 of a rather" in body
+        await client.close()
+    assert sizes["zstd"] * 5 < sizes["none"]
+    assert b"customer 1999" not in db.read_bytes()
+    fresh = await aiohttp_client(create_app(make_config(data_cipher=cipher)))  # nothing in memory
+    for job_id in jobs.values():
+        body = await _rows(Api(fresh), job_id)
+        assert body.count("\n") == 2000 and "customer 1999 of a rather" in body
 
 
 def test_rotate_keys_keeps_the_previous_key_for_its_grace(tmp_path: Path) -> None:

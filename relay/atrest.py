@@ -1,0 +1,67 @@
+"""Result chunks at rest: compressed with zstd, then encrypted (AES-256-GCM, key id).
+
+A chunk's rows are JSON text: object lines repeat every column name on every row, so
+zstd level 1 makes them ~8-12 times smaller at ~1.2 GB/s on one core (docs/BENCHMARKS.md,
+round 5). The store then writes, logs and reads a tenth of the bytes: with the
+PostgreSQL store that was most of the database server's work per row.
+
+The stored plaintext tells its own form: a zstd frame starts with the frame magic
+``28 b5 2f fd``; a payload stored uncompressed (``MC_RELAY_STORE_COMPRESSION=none``, or
+a chunk an earlier version stored) starts with ``{`` or ``[`` (or is empty). The mark is
+inside the authenticated plaintext, so it cannot be altered without failing the tag.
+
+Compression before encryption lets the stored size depend on the content. Someone who
+can read the store's sizes and also place rows of their choosing beside a secret in one
+chunk could learn about the secret from many attempts; docs/SECURITY.md weighs this, and
+``MC_RELAY_STORE_COMPRESSION=none`` turns it off.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from shared.crypto import DataCipher, DecryptionFailed
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LEVEL = 1
+CHOICES = ("zstd", "none")
+
+_local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None:
+        c = _local.c = zstandard.ZstdCompressor(level=LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def seal(cipher: DataCipher, payload: bytes, aad: bytes, *, compress: bool = True) -> tuple[str, bytes]:
+    """(key id, stored blob) for one chunk's payload."""
+    if compress and payload:
+        payload = _compressor().compress(payload)
+    return cipher.encrypt(payload, aad)
+
+
+def unseal(cipher: DataCipher, key_id: str, blob: bytes, aad: bytes, *, limit: int) -> bytes:
+    """The payload stored as ``blob``; ``DecryptionFailed`` if it fails its tag or, once
+    decrypted, is a zstd frame that does not decompress to at most ``limit`` bytes."""
+    data = cipher.decrypt(key_id, blob, aad)
+    if data[:4] != ZSTD_MAGIC:
+        return data
+    try:
+        size = zstandard.frame_content_size(data)
+        if not 0 <= size <= limit:  # -1: not recorded; this relay always records it
+            raise DecryptionFailed("a stored chunk's compressed size is out of bounds")
+        return _decompressor().decompress(data, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise DecryptionFailed("a stored chunk does not decompress") from exc
