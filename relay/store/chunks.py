@@ -55,6 +55,50 @@ def insert(
     return True
 
 
+# PostgreSQL, a chunk in one statement (one round trip instead of eight): the ownership
+# check, the insert and the count behind the cumulative ack. The outer SELECT sees the
+# table as it was before the statement (the inserted row is not visible to it), so the
+# caller adds the new chunk itself. SQLite has no INSERT inside WITH; there the store is
+# in-process and the statements above cost microseconds.
+_INSERT_OWNED_PG = raw.Sql(
+    "WITH own AS (SELECT 1 FROM jobs WHERE id = :job_id AND connector_id = :connector_id AND attempt = :attempt), "
+    "ins AS (INSERT INTO result_chunks (job_id, attempt, seq, row_start, rows, key_id, data) "
+    "SELECT :job_id, :attempt, :seq, COALESCE((SELECT SUM(rows) FROM result_chunks "
+    "WHERE job_id = :job_id AND attempt = :attempt AND seq < :seq), 0), :rows, :key_id, :data FROM own "
+    "ON CONFLICT (job_id, attempt, seq) DO NOTHING RETURNING seq) "
+    "SELECT (SELECT COUNT(*) FROM own), (SELECT COUNT(*) FROM ins), MAX(seq), COUNT(*) "
+    "FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt"
+)
+# Past this size a blob goes by binary COPY (insert above): psycopg2 sends a bytea
+# parameter as hex text, twice the bytes to escape and parse. Compressed chunks
+# (relay/atrest.py) are well under it.
+ONE_STATEMENT_MAX_BYTES = 128 << 10
+
+
+def insert_owned(
+    conn: Connection, connector_id: str, job_id: str, attempt: int, seq: int, rows: int, key_id: str,
+    data: bytes,
+) -> tuple[bool, int] | None:  # fmt: skip
+    """PostgreSQL's usual chunk in one statement: (new, the gap-free prefix stored now),
+    as ``insert`` then ``acked_through`` would say; None (nothing written) when the job is
+    not this connector's in this attempt, or on SQLite, or for a large blob: then the
+    caller takes the careful path."""
+    if not is_postgres(conn) or len(data) > ONE_STATEMENT_MAX_BYTES:
+        return None
+    values = {"connector_id": connector_id, "job_id": job_id, "attempt": attempt, "seq": seq,
+              "rows": rows, "key_id": key_id, "data": data}  # fmt: skip
+    owned, inserted, top, count = raw.one(conn, _INSERT_OWNED_PG, values)  # type: ignore[misc]
+    if not owned:
+        return None
+    if inserted:
+        top, count = seq if top is None else max(top, seq), count + 1
+    if top is None:
+        return bool(inserted), -1
+    if count == top + 1:
+        return bool(inserted), int(top)
+    return bool(inserted), acked_through(conn, job_id, attempt)
+
+
 def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
     """The highest ``n`` such that chunks 0..n of the attempt are all stored (-1: none).
 

@@ -63,6 +63,37 @@ def test_chunks_round_trip_byte_for_byte_and_a_resent_chunk_is_kept_once(engine:
         assert chunk_store.count_below(conn, "job_a", 1, 4) == 3
 
 
+def test_a_chunk_in_one_statement_checks_its_owner_and_acks_only_a_gap_free_prefix(engine: Engine) -> None:
+    """PostgreSQL's one-statement chunk (ownership, insert, ack) says what insert and
+    acked_through would; it writes nothing for another connector or attempt, and leaves
+    SQLite and large blobs to the careful path (None)."""
+    owned = chunk_store.insert_owned
+    with engine.begin() as conn:
+        _job(conn, "job_o")
+        if engine.dialect.name == "sqlite":
+            assert owned(conn, "con_1", "job_o", 1, 0, 3, "k1", b"abc") is None
+            assert chunk_store.seqs(conn, "job_o", 1) == []
+            return
+        assert owned(conn, "con_2", "job_o", 1, 0, 3, "k1", b"abc") is None  # not its job
+        assert owned(conn, "con_1", "job_o", 2, 0, 3, "k1", b"abc") is None  # not this attempt
+        assert chunk_store.seqs(conn, "job_o", 1) == [] and chunk_store.seqs(conn, "job_o", 2) == []
+        big = os.urandom(chunk_store.ONE_STATEMENT_MAX_BYTES + 1)
+        assert owned(conn, "con_1", "job_o", 1, 0, 3, "k1", big) is None
+        blob = os.urandom(50_000)
+        assert owned(conn, "con_1", "job_o", 1, 0, 3, "k1", blob) == (True, 0)
+        assert owned(conn, "con_1", "job_o", 1, 0, 9, "k2", b"resent") == (False, 0)
+        assert owned(conn, "con_1", "job_o", 1, 2, 4, "k1", b"past a gap") == (True, 0)
+        assert owned(conn, "con_1", "job_o", 1, 1, 5, "k1", b"the gap") == (True, 2)
+        assert owned(conn, "con_1", "job_o", 1, 1, 5, "k1", b"the gap") == (False, 2)
+    with engine.begin() as conn:
+        assert chunk_store.read(conn, "job_o", 1, 0) == {"seq": 0, "rows": 3, "key_id": "k1", "data": blob}
+        assert chunk_store.seqs(conn, "job_o", 1) == [(0, 3), (1, 5), (2, 4)]
+        starts = conn.exec_driver_sql(
+            "SELECT seq, row_start FROM result_chunks WHERE job_id = 'job_o' ORDER BY seq"
+        ).all()
+        assert [tuple(r) for r in starts] == [(0, 0), (1, 3), (2, 3)]  # as insert() records them
+
+
 def test_a_chunk_that_breaks_a_constraint_rolls_back_alone(engine: Engine) -> None:
     """A driver error comes out as SQLAlchemy's, and the transaction is still usable."""
     with engine.begin() as conn:
