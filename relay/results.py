@@ -113,12 +113,10 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
     watch = relay.notifier.watch(job_id)
     try:
         while True:
-            stored = await relay.store.run(chunk_store.seqs, job_id, attempt)
+            stored = await relay.store.run(chunk_store.seqs, job_id, attempt, next_seq)
             progressed = False
             for seq, count in stored:
                 if seq != next_seq:
-                    if seq < next_seq:
-                        continue
                     break  # a gap: wait for the missing chunk
                 next_seq += 1
                 progressed = True
@@ -132,6 +130,10 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                 if batch:
                     yield batch
             if progressed:
+                # Nothing more can be stored, nor the job end, without waking the watch
+                # (armed before the read above): wait for it rather than ask the store
+                # again at once, which cost a live reader two more store calls per chunk.
+                await watch.wait(relay.config.result_poll_interval)
                 continue
             current = await relay.store.run(job_store.get, None, job_id)
             if current is None or current["attempt"] != attempt:

@@ -158,3 +158,33 @@ async def test_recently_stored_chunks_are_served_from_memory_with_the_same_bytes
     _, from_store, _ = await api.call("GET", f"/jobs/{job_id}/results")
     assert relay.recent.hits == hits + 2
     assert from_memory == from_store and len(from_store.splitlines()) == 3
+
+
+async def test_a_live_reader_asks_the_store_about_once_per_chunk(
+    api: Api, agent: FakeAgent, client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following a running job, a reader lists only chunks it has not read and waits for
+    the next wake-up instead of asking again at once: about one store call per chunk,
+    not three (two listings and the job), and it still ends when the job does."""
+    relay = relay_of(client)
+    calls: list[str] = []
+    run = relay.store.run
+
+    async def counting(fn, *args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(fn.__name__)
+        return await run(fn, *args, **kw)
+
+    job_id = await api.submit(agent.connector_id or "")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["n"])
+    resp = await client.get(f"/api/v1/jobs/{job_id}/results", headers=api.headers())  # type: ignore[attr-defined]
+    assert resp.status == 200
+    monkeypatch.setattr(relay.store, "run", counting)
+    chunks = 20
+    for seq in range(chunks):
+        await agent.chunk(assign, seq, [[seq]])
+        assert json.loads(await asyncio.wait_for(resp.content.readline(), 5)) == {"n": seq}
+    await agent.done(assign, chunks, chunks)
+    assert await asyncio.wait_for(resp.content.read(), 5) == b""
+    listed, looked_up = calls.count("seqs"), calls.count("get")
+    assert chunks <= listed <= chunks + 3 and looked_up <= 3, (listed, looked_up)
