@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 
 from shared import protocol
 from shared.errors import ProtocolError
@@ -133,6 +134,10 @@ def _owned_then(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int
         result = fast(conn, connector_id, job_id, attempt, *args)
         if result is not _CAREFUL:
             return result
+    return _careful(conn, fn, connector_id, job_id, attempt, *args)
+
+
+def _careful(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, *args: Any) -> Any:
     _check_owned(conn, connector_id, job_id, attempt)
     return fn(conn, job_id, attempt, *args)
 
@@ -203,9 +208,11 @@ async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -
     aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
     compress = relay.config.store_compression == "zstd"
     key_id, blob = atrest.seal(relay.cipher, chunk.payload, aad, compress=compress)
-    new, through = await _recorded(
-        relay, session, _store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob
-    )
+    stored = (_store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob)
+    try:
+        new, through = await _recorded(relay, session, *stored)
+    except IntegrityError:  # the same chunk stored meanwhile (a resend racing): look again
+        new, through = await _recorded(relay, session, *stored, call=_careful)
     if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
         relay.recent.put(chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, chunk.payload)
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a

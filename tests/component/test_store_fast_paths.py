@@ -5,6 +5,8 @@ driver's cursor (relay/store/raw.py), chunks moved with binary COPY on PostgreSQ
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,10 +65,10 @@ def test_chunks_round_trip_byte_for_byte_and_a_resent_chunk_is_kept_once(engine:
         assert chunk_store.count_below(conn, "job_a", 1, 4) == 3
 
 
-def test_a_chunk_in_one_statement_checks_its_owner_and_acks_only_a_gap_free_prefix(engine: Engine) -> None:
-    """PostgreSQL's one-statement chunk (ownership, insert, ack) says what insert and
+def test_a_chunk_in_few_round_trips_checks_its_owner_and_acks_only_a_gap_free_prefix(engine: Engine) -> None:
+    """PostgreSQL's fast chunk (one statement, then COPY) says what insert and
     acked_through would; it writes nothing for another connector or attempt, and leaves
-    SQLite and large blobs to the careful path (None)."""
+    SQLite to the careful path (None)."""
     owned = chunk_store.insert_owned
     with engine.begin() as conn:
         _job(conn, "job_o")
@@ -77,9 +79,7 @@ def test_a_chunk_in_one_statement_checks_its_owner_and_acks_only_a_gap_free_pref
         assert owned(conn, "con_2", "job_o", 1, 0, 3, "k1", b"abc") is None  # not its job
         assert owned(conn, "con_1", "job_o", 2, 0, 3, "k1", b"abc") is None  # not this attempt
         assert chunk_store.seqs(conn, "job_o", 1) == [] and chunk_store.seqs(conn, "job_o", 2) == []
-        big = os.urandom(chunk_store.ONE_STATEMENT_MAX_BYTES + 1)
-        assert owned(conn, "con_1", "job_o", 1, 0, 3, "k1", big) is None
-        blob = os.urandom(50_000)
+        blob = os.urandom(700_000)
         assert owned(conn, "con_1", "job_o", 1, 0, 3, "k1", blob) == (True, 0)
         assert owned(conn, "con_1", "job_o", 1, 0, 9, "k2", b"resent") == (False, 0)
         assert owned(conn, "con_1", "job_o", 1, 2, 4, "k1", b"past a gap") == (True, 0)
@@ -92,6 +92,46 @@ def test_a_chunk_in_one_statement_checks_its_owner_and_acks_only_a_gap_free_pref
             "SELECT seq, row_start FROM result_chunks WHERE job_id = 'job_o' ORDER BY seq"
         ).all()
         assert [tuple(r) for r in starts] == [(0, 0), (1, 3), (2, 3)]  # as insert() records them
+
+
+def test_a_fast_chunk_racing_the_same_chunk_fails_whole_and_changes_nothing(pg_database: str) -> None:
+    """Two transactions store one chunk at once: the second's COPY waits on the key, then
+    fails with IntegrityError (its caller starts again, carefully); the first one's bytes
+    stay."""
+    eng = create_engine(pg_database)
+    migrate(eng)
+    try:
+        with eng.begin() as conn:
+            _job(conn, "job_r")
+        first = eng.connect()
+        first.begin()
+        assert chunk_store.insert_owned(first, "con_1", "job_r", 1, 0, 1, "k1", b"first") == (True, 0)
+        outcome: list[BaseException | tuple[bool, int] | None] = []
+
+        def second() -> None:
+            try:
+                with eng.begin() as conn:
+                    outcome.append(chunk_store.insert_owned(conn, "con_1", "job_r", 1, 0, 1, "k1", b"second"))
+            except IntegrityError as exc:
+                outcome.append(exc)
+
+        racer = threading.Thread(target=second)
+        racer.start()
+        with eng.connect() as probe:  # the racer is waiting on the first one's key
+            deadline = time.monotonic() + 10
+            while not probe.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).scalar():
+                assert time.monotonic() < deadline, "the second insert never waited on the key"
+                probe.rollback()
+        first.commit()
+        first.close()
+        racer.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError)
+        with eng.begin() as conn:
+            assert chunk_store.read(conn, "job_r", 1, 0)["data"] == b"first"  # type: ignore[index]
+    finally:
+        eng.dispose()
 
 
 def test_a_chunk_that_breaks_a_constraint_rolls_back_alone(engine: Engine) -> None:

@@ -29,3 +29,44 @@ async def test_relay_runs_a_job_on_postgres(aiohttp_client: object, make_config:
     await agent.send("agent.logs.v1", lines=[{"timestamp": "2026-01-01T00:00:00Z", "level": "INFO", "message": "hi"}])
     await agent.heartbeat()
     await agent.close()
+
+
+@pytest.mark.postgres
+async def test_a_chunk_that_loses_a_race_to_its_own_resend_is_acked_once(
+    aiohttp_client: object, make_config: object, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast chunk path fails whole when the same chunk was stored meanwhile
+    (IntegrityError); the relay looks again the careful way and acks it, and the job's
+    rows are there once."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError
+
+    from relay.store import chunks as chunk_store
+
+    client = await aiohttp_client(create_app(make_config(database_url=pg_database)))  # type: ignore[operator]
+    api = Api(client)
+    con = await api.new_connector()
+    agent = await FakeAgent(client, con["apiKey"]).connect()
+    job_id = await api.submit(con["id"], "SELECT 1")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["n"])
+    real, raced = chunk_store.insert_owned, []
+    racer = create_engine(pg_database)  # the relay's own pool may hold one connection
+
+    def losing(conn, connector_id, job, attempt, seq, rows, key_id, data):  # type: ignore[no-untyped-def]
+        if not raced:  # the other copy commits first, in its own transaction
+            raced.append(seq)
+            with racer.begin() as other:
+                real(other, connector_id, job, attempt, seq, rows, key_id, data)
+            raise IntegrityError("COPY result_chunks", None, Exception("duplicate key"))
+        return real(conn, connector_id, job, attempt, seq, rows, key_id, data)
+
+    monkeypatch.setattr(chunk_store, "insert_owned", losing)
+    await agent.chunk(assign, 0, [[1], [2]])  # waits for its ack
+    assert raced == [0]
+    await agent.chunk(assign, 1, [[3]])
+    await agent.done(assign, 2, 3)
+    _, body, _ = await api.call("GET", f"/jobs/{job_id}/results", expect=200)
+    assert [json.loads(x)["n"] for x in body.splitlines()] == [1, 2, 3]
+    await agent.close()
+    racer.dispose()
