@@ -65,7 +65,7 @@ async def run_agent(
     spool = AsyncSpool(await asyncio.to_thread(Spool, paths.spool))
     runner = Runner(
         get_source=sources.get, private_key=private_key, capacity=cfg.capacity, spool=spool,
-        compress=compression_pays(url),  # zlib only where the link is slower than zlib
+        compress=compression_pays([e.url for e in endpoints]),  # only where the link is slower
     )
     runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
     session = Session(

@@ -69,7 +69,7 @@ def from_spool(sj: SpooledJob) -> Job:
     return job
 
 
-def rekey_frames(frames: OrderedDict[int, bytes], attempt: int, compress: bool) -> OrderedDict[int, bytes]:
+def rekey_frames(frames: OrderedDict[int, bytes], attempt: int, compress: str | None) -> OrderedDict[int, bytes]:
     """The same chunks, addressed to another attempt (the attempt is in each header)."""
     out: OrderedDict[int, bytes] = OrderedDict()
     for seq, frame in frames.items():

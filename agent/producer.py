@@ -200,14 +200,14 @@ class Producer:
         read: Callable[[], tuple[list[Column], Iterator[Sequence[Any]]]],
         max_rows: int | None,
         max_chunk_bytes: int,
-        compress: bool = True,
+        compress: str | None = None,
     ) -> None:
         self.loop = loop
         self.job_id, self.attempt = job_id, attempt
         self.read = read
         self.max_rows = max_rows
         self.max_chunk_bytes = max_chunk_bytes
-        self.compress = compress
+        self.compress = compress  # zstd, zlib or None (shared.protocol.encode_chunk)
         self.queue = Handoff(loop, QUEUE_DEPTH)
         self.aborted = threading.Event()
         self.started = False

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from shared.crypto import PrivateKey
 from shared.errors import JobError
-from shared.protocol import Message, make
+from shared.protocol import FLAG_ZSTD, Message, chunk_flags, decode_chunk, encode_chunk, make
 
 from .held import Job, from_spool, rekey_frames
 from .jobwork import Opener, open_request, reader
@@ -65,7 +65,8 @@ class Runner:
         self.private_key = private_key  # one key or the keyring's opening keys
         self._opener: Opener | None = None
         self.capacity = capacity
-        self.compress = compress
+        self.compress = compress  # compression pays on this link (producer.compression_pays)
+        self.zstd_chunks = False  # the relay of the current session takes zstd chunks
         self.connector_id = ""
         self.window = DEFAULT_WINDOW
         self.max_chunk_bytes = DEFAULT_MAX_CHUNK
@@ -110,7 +111,7 @@ class Runner:
 
     async def attach(
         self, link: Link, *, connector_id: str, window: int, max_chunk_bytes: int,
-        started_without_columns: bool = False,
+        started_without_columns: bool = False, zstd_chunks: bool = False,
     ) -> None:
         """A session is ready: resend everything the relay has not acknowledged."""
         async with self._send_lock:
@@ -119,6 +120,7 @@ class Runner:
             self.window = window
             self.max_chunk_bytes = max_chunk_bytes
             self.started_without_columns = started_without_columns
+            self.zstd_chunks = zstd_chunks
             for job in list(self.jobs.values()):
                 job.sent_through = -1
                 job.done_sent = False
@@ -129,12 +131,28 @@ class Runner:
                 elif job.started_msg is None and job.begun and job.running and started_without_columns:
                     await link.send_message(self._begun_msg(job))
                 for seq, frame in list(job.unacked.items()):
-                    await link.send_binary(frame)
+                    await link.send_binary(self._wire(frame))
                     job.sent_through = seq
                 if job.done_msg is not None:
                     await link.send_message(job.done_msg)
                     job.done_sent = True
                 job.acked.set()  # the window may have changed
+
+    @property
+    def codec(self) -> str | None:
+        """How new chunks are compressed: zstd where the relay takes it, else zlib; none
+        where compression does not pay (loopback)."""
+        if not self.compress:
+            return None
+        return "zstd" if self.zstd_chunks else "zlib"
+
+    def _wire(self, frame: bytes) -> bytes:
+        """``frame`` as this session's relay can read it: a zstd chunk made for another
+        relay (before a reconnect, or spooled) goes to one without zstd as zlib."""
+        if self.zstd_chunks or not chunk_flags(frame) & FLAG_ZSTD:
+            return frame
+        c = decode_chunk(frame)
+        return encode_chunk(c, compress="zlib" if self.compress else None)
 
     def detach(self) -> None:
         self._link = None
@@ -220,7 +238,7 @@ class Runner:
 
     async def _rebind(self, job: Job, attempt: int) -> None:
         old = job.attempt
-        frames = await asyncio.to_thread(rekey_frames, job.unacked, attempt, self.compress)
+        frames = await asyncio.to_thread(rekey_frames, job.unacked, attempt, self.codec)
         async with self._send_lock:
             if self.jobs.get(job.job_id) is not job or job.attempt != old:
                 return
@@ -239,7 +257,7 @@ class Runner:
                 if job.started_msg is not None:
                     await self._link.send_message(job.started_msg)
                 for seq, frame in list(job.unacked.items()):
-                    await self._link.send_binary(frame)
+                    await self._link.send_binary(self._wire(frame))
                     job.sent_through = seq
                 await self._link.send_message(job.done_msg)
                 job.done_sent = True
@@ -333,7 +351,7 @@ class Runner:
             read=read,
             max_rows=max_rows,
             max_chunk_bytes=self.max_chunk_bytes,
-            compress=self.compress,
+            compress=self.codec,
         )
         job.producer = producer
         producer.start(contextvars.copy_context().run)
@@ -423,7 +441,7 @@ class Runner:
         job.bytes += item.payload_bytes
         async with self._send_lock:
             if self._link is not None and item.seq > job.sent_through and item.seq in job.unacked:
-                await self._link.send_binary(item.frame)
+                await self._link.send_binary(self._wire(item.frame))
                 job.sent_through = item.seq
 
     def _chunk_ack(self, job_id: str, attempt: int, seq: int) -> None:

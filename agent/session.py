@@ -245,6 +245,7 @@ class Session:
             window=welcome["window"],
             max_chunk_bytes=welcome["maxChunkBytes"],
             started_without_columns=bool(welcome.get("startedWithoutColumns")),
+            zstd_chunks=bool(welcome.get("zstdChunks")),
         )
         tasks = [
             asyncio.create_task(self._heartbeats(ws, float(welcome["heartbeatInterval"]))),

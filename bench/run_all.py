@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 
+import chunk_codecs
 import dispatch_latency
 import footprint
 import memory
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         ("swarm", swarm, ["--agents", "500", "--heartbeat", "2", "--seconds", "5"] if q else []),
         ("footprint", footprint, ["--seconds", "10" if q else "60"]),
         ("memory", memory, ["--rows", "500000" if q else "5000000"]),
+        ("codecs", chunk_codecs, ["--rows", "100000"] if q else []),
     )
     t0 = time.monotonic()
     for name, bench, bench_args in plan:

@@ -224,7 +224,7 @@ class Hub:
             "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
             connectorId=session.connector_id, heartbeatInterval=relay.config.heartbeat_interval,
             window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes,
-            startedWithoutColumns=True,
+            startedWithoutColumns=True, zstdChunks=True,
             **await loglevel.welcome_fields(relay, connector, session.connected_since),
         )  # fmt: skip
         for job_id, attempt in cancelled:

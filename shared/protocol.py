@@ -10,7 +10,8 @@ Text frames carry one JSON object: ``{"type": "<name>", ...fields}``.
 Binary frames carry result chunks::
 
     byte 0      frame kind (1 = chunk)
-    byte 1      flags (bit 0: payload is zlib-compressed)
+    byte 1      flags (bit 0: payload is zlib-compressed; bit 1: one zstd frame that
+                records its size, sent only to a relay whose welcome says ``zstdChunks``)
     bytes 2-3   header length H, big-endian
     H bytes     JSON header {"jobId", "attempt", "seq", "rows"}
     the rest    payload: a JSON array of rows, each an array in column order
@@ -247,6 +248,9 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             # Optional: the relay accepts job.started.v1 without columns (an older relay
             # does not; the agent then sends only the one with columns).
             "startedWithoutColumns": F("bool", required=False),
+            # Optional: the relay takes zstd-compressed chunks (flag bit 1); an older relay
+            # does not, and the agent compresses with zlib as before.
+            "zstdChunks": F("bool", required=False),
         },
     ),
     "job.assign.v1": (
@@ -353,20 +357,41 @@ def _check_done(msg: Message) -> None:
 
 FRAME_CHUNK: Final = 1
 FLAG_ZLIB: Final = 1
+FLAG_ZSTD: Final = 2
+CODECS: Final = ("zstd", "zlib")  # what a chunk may be compressed with, best first
 _PREFIX = struct.Struct("!BBH")
 COMPRESS_MIN_BYTES: Final = 64 * 1024  # below this, compression costs more than it saves
 
 
-def encode_chunk(chunk: Chunk, *, compress: bool = False) -> bytes:
+def _zstd() -> Any:
+    # Imported on the first zstd chunk, not at start: the agent's idle footprint.
+    import zstandard
+
+    return zstandard
+
+
+def encode_chunk(chunk: Chunk, *, compress: str | None = None) -> bytes:
+    """The binary frame of ``chunk``; ``compress`` is ``zstd``, ``zlib`` or None. A payload
+    under ``COMPRESS_MIN_BYTES``, or one that compresses by less than 10 %, goes as it is."""
     payload, flags = chunk.payload, 0
     if compress and len(payload) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(payload, 1)
+        if compress == "zstd":
+            packed, flag = _zstd().ZstdCompressor(level=1).compress(payload), FLAG_ZSTD
+        elif compress == "zlib":
+            packed, flag = zlib.compress(payload, 1), FLAG_ZLIB
+        else:
+            raise ValueError(f"unknown chunk compression {compress!r}")
         if len(packed) < len(payload) * 0.9:
-            payload, flags = packed, FLAG_ZLIB
+            payload, flags = packed, flag
     header = orjson.dumps(
         {"jobId": chunk.job_id, "attempt": chunk.attempt, "seq": chunk.seq, "rows": chunk.rows}
     )
     return _PREFIX.pack(FRAME_CHUNK, flags, len(header)) + header + payload
+
+
+def chunk_flags(frame: bytes) -> int:
+    """The flags byte of an encoded chunk frame (which compression it carries)."""
+    return frame[1] if len(frame) > 1 else 0
 
 
 _CHUNK_HEADER = {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0), "rows": F("int", lo=0)}
@@ -381,7 +406,7 @@ def decode_chunk(data: bytes) -> Chunk:
     kind, flags, hlen = _PREFIX.unpack_from(data)
     if kind != FRAME_CHUNK:
         raise ProtocolError(f"unknown binary frame kind {kind}")
-    if flags & ~FLAG_ZLIB:
+    if flags not in (0, FLAG_ZLIB, FLAG_ZSTD):
         raise ProtocolError("unknown binary frame flags")
     end = _PREFIX.size + hlen
     if end > len(data):
@@ -405,7 +430,36 @@ def decode_chunk(data: bytes) -> Chunk:
                 raise ProtocolError("chunk payload is a truncated zlib stream")
         except zlib.error as exc:
             raise ProtocolError("chunk payload is not valid zlib data") from exc
+    elif flags & FLAG_ZSTD:
+        payload = _unzstd(payload)
     return Chunk(h["jobId"], h["attempt"], h["seq"], h["rows"], bytes(payload))
+
+
+def _unzstd(payload: bytes) -> bytes:
+    """One zstd frame that records its decompressed size, within ``MAX_DECOMPRESSED``: the
+    size is checked before anything is decompressed (zstd then holds the frame to it), and
+    a cut-off frame or bytes after it are refused."""
+    zstandard = _zstd()
+    try:
+        size = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError("chunk payload is not a zstd frame") from exc
+    if size < 0:
+        raise ProtocolError("a zstd chunk payload must record its decompressed size")
+    if size > MAX_DECOMPRESSED:
+        raise ProtocolError("chunk payload decompresses past the limit")
+    d = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = d.decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise ProtocolError("chunk payload is not valid zstd data") from exc
+    if not d.eof:
+        raise ProtocolError("chunk payload is a truncated zstd frame")
+    if d.unused_data:
+        raise ProtocolError("chunk payload has bytes after its zstd frame")
+    if len(out) != size:  # zstd checks this itself; kept as a guard on the library
+        raise ProtocolError("chunk payload does not decompress to its recorded size")
+    return bytes(out)
 
 
 def decode_frame(data: str | bytes, *, sender: str) -> Message | Chunk:

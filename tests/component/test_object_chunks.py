@@ -172,3 +172,21 @@ def test_encode_objects_values_match_encode_rows() -> None:
             list(orjson.loads(line).values()) for line in encode_objects(names, batch).splitlines()
         ]
         assert objects == orjson.loads(encode_rows(batch))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+async def test_compressed_chunks_are_read_back_exactly(api: Api, agent: FakeAgent, codec: str) -> None:
+    """The welcome says the relay takes zstd chunks; a zstd or zlib chunk (an agent off
+    loopback, or an older one) is stored and served as the rows it holds."""
+    assert agent.welcome is not None and agent.welcome["zstdChunks"] is True
+    assign = await _job(api, agent, ["n", "name"])
+    rows = [[i, f"customer {i} of a rather repetitive table"] for i in range(5000)]
+    payload = encode_objects(["n", "name"], rows)
+    frame = protocol.encode_chunk(protocol.Chunk(assign["jobId"], assign["attempt"], 0, len(rows), payload),
+                                  compress=codec)  # fmt: skip
+    assert protocol.chunk_flags(frame) == (protocol.FLAG_ZSTD if codec == "zstd" else protocol.FLAG_ZLIB)
+    await agent.send_raw(frame)
+    await agent.expect("job.chunk.ack.v1", jobId=assign["jobId"], seq=0)
+    await agent.done(assign, 1, len(rows))
+    _, body, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results", expect=200)
+    assert body.encode() == payload

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -310,9 +311,9 @@ _PAYLOADS = st.one_of(
 
 @settings(max_examples=100)
 @given(_IDS, st.integers(1, 1_000_000), st.integers(0, 2**40), st.integers(0, 2**31), _PAYLOADS,
-       st.booleans())  # fmt: skip
+       st.sampled_from([None, "zlib", "zstd"]))  # fmt: skip
 def test_chunks_round_trip_with_and_without_compression(
-    job_id: str, attempt: int, seq: int, rows: int, payload: bytes, compress: bool
+    job_id: str, attempt: int, seq: int, rows: int, payload: bytes, compress: str | None
 ) -> None:
     """encode_chunk/decode_chunk preserve every field and the exact payload bytes."""
     chunk = p.Chunk(job_id, attempt, seq, rows, payload)
@@ -320,10 +321,22 @@ def test_chunks_round_trip_with_and_without_compression(
     assert p.decode_chunk(frame) == chunk
     assert p.decode_frame(frame, sender=p.AGENT) == chunk
     if compress and len(payload) >= p.COMPRESS_MIN_BYTES and len(set(payload)) < 20:
-        assert frame[1] & p.FLAG_ZLIB, "a large repetitive payload should be compressed"
+        flag = p.FLAG_ZSTD if compress == "zstd" else p.FLAG_ZLIB
+        assert p.chunk_flags(frame) == flag, "a large repetitive payload should be compressed"
         assert len(frame) < len(payload)
     if not compress:
         assert frame[1] == 0
+
+
+def _zstd_frame(data: bytes, **kw: Any) -> bytes:
+    return zstandard.ZstdCompressor(level=1, **kw).compress(data)
+
+
+def _lying_size(frame: bytes, size: int) -> bytes:
+    """``frame`` (multi-segment, 4-byte content size field) claiming ``size`` bytes."""
+    fhd = frame[4]
+    assert fhd >> 6 == 2 and not (fhd >> 5) & 1 and not fhd & 3
+    return frame[:6] + struct.pack("<I", size) + frame[10:]
 
 
 def _raw_chunk(header: Any, payload: bytes, *, kind: int = 1, flags: int = 0) -> bytes:
@@ -341,7 +354,8 @@ _GOOD_HEADER = {"jobId": "job_1", "attempt": 1, "seq": 0, "rows": 1}
         b"\x01",
         b"\x01\x00\x00",
         _raw_chunk(_GOOD_HEADER, b"[]", kind=2),
-        _raw_chunk(_GOOD_HEADER, b"[]", flags=2),
+        _raw_chunk(_GOOD_HEADER, b"[]", flags=3),
+        _raw_chunk(_GOOD_HEADER, b"[]", flags=4),
         _raw_chunk([1, 2], b"[]"),
         _raw_chunk({"jobId": "j"}, b"[]"),
         _raw_chunk({**_GOOD_HEADER, "seq": -1}, b"[]"),
@@ -351,11 +365,19 @@ _GOOD_HEADER = {"jobId": "job_1", "attempt": 1, "seq": 0, "rows": 1}
         struct.pack("!BBH", 1, 0, 3) + b"{{{",
         _raw_chunk(_GOOD_HEADER, b"not zlib at all", flags=1),
         _raw_chunk(_GOOD_HEADER, zlib.compress(b"[[1]]" * 1000)[:-8], flags=1),
+        _raw_chunk(_GOOD_HEADER, b"not zstd at all", flags=2),
+        _raw_chunk(_GOOD_HEADER, _zstd_frame(b"[[1]]" * 1000)[:-8], flags=2),  # cut short
+        _raw_chunk(_GOOD_HEADER, _zstd_frame(b"[[1]]" * 1000) + b"[[2]]", flags=2),  # bytes after
+        _raw_chunk(_GOOD_HEADER, _zstd_frame(b"[[1]]" * 1000) * 2, flags=2),  # two frames
+        _raw_chunk(_GOOD_HEADER, _zstd_frame(b"[[1]]", write_content_size=False), flags=2),  # no size
+        _raw_chunk(_GOOD_HEADER, zlib.compress(b"[[1]]" * 1000), flags=2),  # zlib flagged zstd
+        _raw_chunk(_GOOD_HEADER, _zstd_frame(b"[[1]]" * 1000), flags=1),  # zstd flagged zlib
     ],
     ids=lambda f: repr(f[:12]),
 )
 def test_malformed_chunks_are_rejected(frame: bytes) -> None:
-    """Short frames, unknown kinds/flags, bad headers, broken or truncated zlib fail cleanly."""
+    """Short frames, unknown kinds/flags, bad headers, broken or truncated zlib or zstd
+    (cut short, trailing bytes, no recorded size, the other codec's bytes) fail cleanly."""
     with pytest.raises(ProtocolError):
         p.decode_chunk(frame)
 
@@ -375,6 +397,33 @@ def test_zlib_bomb_is_rejected() -> None:
     assert len(bomb) < p.MAX_BINARY_FRAME // 8
     with pytest.raises(ProtocolError, match="limit"):
         p.decode_chunk(_raw_chunk(_GOOD_HEADER, bomb, flags=1))
+
+
+def test_zstd_bomb_is_refused_before_and_while_decompressing() -> None:
+    """A zstd frame recording a size past MAX_DECOMPRESSED is refused before any work; one
+    whose recorded size is a lie stops at that size instead of inflating."""
+    big = _zstd_frame(b"\0" * (p.MAX_DECOMPRESSED + (1 << 20)))
+    assert len(big) < p.MAX_BINARY_FRAME // 8
+    with pytest.raises(ProtocolError, match="limit"):
+        p.decode_chunk(_raw_chunk(_GOOD_HEADER, big, flags=2))
+    liar = _lying_size(_zstd_frame(b"\0" * (32 << 20)), 100)
+    assert zstandard.frame_content_size(liar) == 100
+    with pytest.raises(ProtocolError, match="zstd"):
+        p.decode_chunk(_raw_chunk(_GOOD_HEADER, liar, flags=2))
+
+
+def test_an_unknown_codec_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="brotli"):
+        p.encode_chunk(p.Chunk("job_1", 1, 0, 1, b"x" * p.COMPRESS_MIN_BYTES), compress="brotli")
+
+
+def test_zstd_chunks_in_the_welcome_are_optional_and_boolean() -> None:
+    welcome = {"type": "relay.welcome.v1", "protocolVersion": 1, "connectorId": "con_1",
+               "heartbeatInterval": 15, "window": 8, "maxChunkBytes": 1 << 20}  # fmt: skip
+    assert p.decode_text(orjson.dumps(welcome), sender=p.RELAY).get("zstdChunks") is None
+    assert p.decode_text(orjson.dumps({**welcome, "zstdChunks": True}), sender=p.RELAY)["zstdChunks"] is True
+    with pytest.raises(ProtocolError, match="zstdChunks"):
+        p.decode_text(orjson.dumps({**welcome, "zstdChunks": 1}), sender=p.RELAY)
 
 
 # ---------------------------------------------------------------- close reasons
