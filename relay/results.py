@@ -113,7 +113,10 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
     watch = relay.notifier.watch(job_id)
     try:
         while True:
-            stored = await relay.store.run(chunk_store.seqs, job_id, attempt, next_seq)
+            # The job's state and its new chunks in one statement, read after the watch
+            # was (re)armed: whatever is committed later wakes the watch, whatever was
+            # committed before is in this answer, so no chunk and no end is missed.
+            state, stored = await relay.store.run(chunk_store.follow, job_id, attempt, next_seq)
             progressed = False
             for seq, count in stored:
                 if seq != next_seq:
@@ -129,20 +132,19 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                     skip = 0
                 if batch:
                     yield batch
-            if progressed:
-                # Nothing more can be stored, nor the job end, without waking the watch
-                # (armed before the read above): wait for it rather than ask the store
-                # again at once, which cost a live reader two more store calls per chunk.
-                await watch.wait(relay.config.result_poll_interval)
-                continue
-            current = await relay.store.run(job_store.get, None, job_id)
-            if current is None or current["attempt"] != attempt:
+            if state is None or state[0] != attempt:
+                if progressed:
+                    continue  # serve what is stored before saying so
                 raise StreamAborted("the attempt being read was abandoned; read the job again")
-            if current["status"] in queue.FINAL:
-                if current["status"] == queue.SUCCEEDED and next_seq >= (current["chunks"] or 0):
-                    return
-                if current["status"] != queue.SUCCEEDED:
-                    raise StreamAborted(f"the job ended {current['status']}")
+            _, status, chunks = state
+            if status == queue.SUCCEEDED and next_seq >= (chunks or 0):
+                return
+            if progressed:
+                if status not in queue.FINAL:  # more will come: wait for it, not ask at once
+                    await watch.wait(relay.config.result_poll_interval)
+                continue
+            if status in queue.FINAL and status != queue.SUCCEEDED:
+                raise StreamAborted(f"the job ended {status}")
             await watch.wait(relay.config.result_poll_interval)
     finally:
         watch.close()

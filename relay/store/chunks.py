@@ -130,6 +130,29 @@ def seqs(conn: Connection, job_id: str, attempt: int, start: int = 0) -> list[tu
         cur.close()
 
 
+_FOLLOW = raw.Sql(
+    "SELECT j.attempt, j.status, j.chunks, c.seq, c.rows FROM jobs j "
+    "LEFT JOIN result_chunks c ON c.job_id = j.id AND c.attempt = :attempt AND c.seq >= :start "
+    "WHERE j.id = :job_id ORDER BY c.seq"
+)
+
+
+def follow(
+    conn: Connection, job_id: str, attempt: int, start: int
+) -> tuple[tuple[int, str, int | None] | None, list[tuple[int, int]]]:
+    """What a live reader needs, as of one statement: the job's (attempt, status, chunks),
+    None if it is gone, and (seq, rows) of the attempt's chunks from ``start`` on."""
+    cur = raw.execute(conn, _FOLLOW, {"job_id": job_id, "attempt": attempt, "start": start})
+    try:
+        found = cur.fetchall()
+    finally:
+        cur.close()
+    if not found:
+        return None, []
+    state = (found[0][0], found[0][1], found[0][2])
+    return state, [(seq, n) for _a, _s, _c, seq, n in found if seq is not None]
+
+
 def key_ids(conn: Connection, job_id: str, attempt: int) -> list[str]:
     """The data keys a job attempt's stored chunks were encrypted with."""
     rows = conn.execute(
