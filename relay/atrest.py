@@ -2,7 +2,7 @@
 
 A chunk's rows are JSON text: object lines repeat every column name on every row, so
 zstd level 1 makes them ~8-12 times smaller at ~1.2 GB/s on one core (docs/BENCHMARKS.md,
-round 5). The store then writes, logs and reads a tenth of the bytes: with the
+Round 5). The store then writes, logs and reads a tenth of the bytes: with the
 PostgreSQL store that was most of the database server's work per row.
 
 The stored plaintext tells its own form: a zstd frame starts with the frame magic
