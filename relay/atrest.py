@@ -26,7 +26,6 @@ from shared.crypto import DataCipher, DecryptionFailed
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LEVEL = 1
-CHOICES = ("zstd", "none")
 
 _local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
 

@@ -358,7 +358,6 @@ def _check_done(msg: Message) -> None:
 FRAME_CHUNK: Final = 1
 FLAG_ZLIB: Final = 1
 FLAG_ZSTD: Final = 2
-CODECS: Final = ("zstd", "zlib")  # what a chunk may be compressed with, best first
 _PREFIX = struct.Struct("!BBH")
 COMPRESS_MIN_BYTES: Final = 64 * 1024  # below this, compression costs more than it saves
 

@@ -16,7 +16,7 @@ from .schema import result_chunks as t
 _OF_ATTEMPT = (t.c.job_id == bindparam("b_job"), t.c.attempt == bindparam("b_attempt"))
 _SEQ = t.c.seq == bindparam("b_seq")
 _SEQS = raw.Sql(
-    "SELECT seq, rows FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt AND seq >= :start ORDER BY seq"
+    "SELECT seq, rows FROM result_chunks WHERE job_id = :job_id AND attempt = :attempt ORDER BY seq"
 )
 _READ = select(t.c.seq, t.c.rows, t.c.key_id, t.c.data).where(*_OF_ATTEMPT, _SEQ)
 _ROWS_BEFORE = raw.Sql(
@@ -120,10 +120,9 @@ def count_below(conn: Connection, job_id: str, attempt: int, n: int) -> int:
     return int(raw.one(conn, _BELOW, {"job_id": job_id, "attempt": attempt, "seq": n})[0])  # type: ignore[index]
 
 
-def seqs(conn: Connection, job_id: str, attempt: int, start: int = 0) -> list[tuple[int, int]]:
-    """(seq, rows) of every stored chunk of an attempt from ``start`` on, in order (a live
-    reader asks only for what it has not read: a long result is not listed per chunk)."""
-    cur = raw.execute(conn, _SEQS, {"job_id": job_id, "attempt": attempt, "start": start})
+def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
+    """(seq, rows) of every stored chunk of an attempt, in order."""
+    cur = raw.execute(conn, _SEQS, {"job_id": job_id, "attempt": attempt})
     try:
         return [(seq, n) for seq, n in cur.fetchall()]
     finally:

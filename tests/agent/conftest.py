@@ -95,6 +95,34 @@ async def start_agent(
 
 
 
+class SentLink:
+    """A runner's link that keeps everything sent, in order: ("msg", Message) or ("bin", bytes)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    async def send_message(self, msg: Any) -> None:
+        self.sent.append(("msg", msg))
+
+    async def send_binary(self, data: bytes) -> None:
+        self.sent.append(("bin", data))
+
+    def frames(self) -> list[bytes]:
+        return [value for kind, value in self.sent if kind == "bin"]
+
+    def kinds(self) -> list[str]:
+        """What went out: "chunk", "started" (without columns), "started+columns" or a type."""
+        out = []
+        for kind, value in self.sent:
+            if kind == "bin":
+                out.append("chunk")
+            elif value.type == "job.started.v1":
+                out.append("started+columns" if "columns" in value.data else "started")
+            else:
+                out.append(value.type)
+        return out
+
+
 class DoneRecorder:
     """A runner's link that keeps each job's ``job.done.v1`` (by job id) and drops the rest."""
 

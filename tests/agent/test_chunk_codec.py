@@ -26,7 +26,7 @@ from shared.protocol import (
     make,
 )
 
-from .conftest import until
+from .conftest import SentLink, until
 
 ROWS = 20_000  # ~1.1 MB of object lines: the first chunks are small, the later ones large
 
@@ -37,23 +37,6 @@ def _flags(frames: list[bytes]) -> set[int]:
     assert big, "no chunk was large enough to compress"
     assert {chunk_flags(f) for f in frames if f not in big} <= {0}
     return {chunk_flags(f) for f in big}
-
-
-class _Link:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    async def send_message(self, msg: Message) -> None:
-        self.sent.append(("msg", msg))
-
-    async def send_binary(self, data: bytes) -> None:
-        self.sent.append(("bin", data))
-
-    def frames(self) -> list[bytes]:
-        return [v for k, v in self.sent if k == "bin"]
-
-    def done(self) -> bool:
-        return any(k == "msg" and v.type == "job.done.v1" for k, v in self.sent)
 
 
 @pytest.fixture
@@ -79,9 +62,9 @@ def runner_for(tmp_path: Path) -> Any:
     return make_runner
 
 
-async def _run(runner: Runner, assign: Any, job_id: str, link: _Link) -> list[bytes]:
+async def _run(runner: Runner, assign: Any, job_id: str, link: SentLink) -> list[bytes]:
     await runner.on_message(assign(job_id))
-    await until(link.done, f"{job_id} done")
+    await until(lambda: "job.done.v1" in link.kinds(), f"{job_id} done")
     return link.frames()
 
 
@@ -92,7 +75,7 @@ async def test_the_codec_follows_the_link_and_the_relays_welcome(
     runner_for: Any, compress: bool, zstd: bool, flag: int
 ) -> None:
     runner, assign = runner_for(compress)
-    link = _Link()
+    link = SentLink()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=4 << 20, zstd_chunks=zstd)
     frames = await _run(runner, assign, "job_c", link)
     assert _flags(frames) == {flag}
@@ -103,18 +86,18 @@ async def test_a_zstd_chunk_resent_to_a_relay_without_zstd_goes_as_zlib(runner_f
     """Unacknowledged zstd chunks (made for a newer relay) reach an older relay, after a
     reconnect, as zlib with the same rows; the held copy is not changed."""
     runner, assign = runner_for(True)
-    newer = _Link()
+    newer = SentLink()
     await runner.attach(newer, connector_id="con_1", window=8, max_chunk_bytes=4 << 20, zstd_chunks=True)
     sent = await _run(runner, assign, "job_r", newer)
     assert _flags(sent) == {FLAG_ZSTD}
     runner.detach()
-    older = _Link()
+    older = SentLink()
     await runner.attach(older, connector_id="con_1", window=8, max_chunk_bytes=4 << 20)
     resent = older.frames()
     assert _flags(resent) == {FLAG_ZLIB}
     assert [decode_chunk(f) for f in resent] == [decode_chunk(f) for f in sent]
     assert list(runner.jobs["job_r"].unacked.values()) == sent
     runner.detach()
-    again = _Link()  # back on a newer relay: the held zstd frames go as they are
+    again = SentLink()  # back on a newer relay: the held zstd frames go as they are
     await runner.attach(again, connector_id="con_1", window=8, max_chunk_bytes=4 << 20, zstd_chunks=True)
     assert again.frames() == sent

@@ -11,33 +11,9 @@ from agent.runner import Runner
 from shared.crypto import generate_private_key
 from shared.protocol import Message, make
 
-from .conftest import until
+from .conftest import SentLink, until
 
 TIMEOUT = 10.0
-
-
-class _Link:
-    """Everything sent, in order: ("msg", Message) or ("bin", bytes)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    async def send_message(self, msg: Message) -> None:
-        self.sent.append(("msg", msg))
-
-    async def send_binary(self, data: bytes) -> None:
-        self.sent.append(("bin", data))
-
-    def kinds(self) -> list[str]:
-        out = []
-        for kind, value in self.sent:
-            if kind == "bin":
-                out.append("chunk")
-            elif value.type == "job.started.v1":
-                out.append("started+columns" if "columns" in value.data else "started")
-            else:
-                out.append(value.type)
-        return out
 
 
 class _SlowSource:
@@ -59,7 +35,7 @@ def _assign(job_id: str) -> Message:
 async def test_started_without_columns_goes_out_first_and_again_after_a_reconnect() -> None:
     source = _SlowSource()
     runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
-    first = _Link()
+    first = SentLink()
     await runner.attach(first, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
                         started_without_columns=True)  # fmt: skip
     await runner.on_message(_assign("job_s"))
@@ -68,7 +44,7 @@ async def test_started_without_columns_goes_out_first_and_again_after_a_reconnec
     assert started.data == {"jobId": "job_s", "attempt": 1}
     # A reconnect while the work still runs: the relay hears again that the job began.
     runner.detach()
-    second = _Link()
+    second = SentLink()
     await runner.attach(second, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
                         started_without_columns=True)  # fmt: skip
     assert second.kinds() == ["started"]
@@ -78,7 +54,7 @@ async def test_started_without_columns_goes_out_first_and_again_after_a_reconnec
     assert first.kinds() == ["started"]
     # Reconnecting before any chunk is acknowledged resends the columns before the chunk.
     runner.detach()
-    third = _Link()
+    third = SentLink()
     await runner.attach(third, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
                         started_without_columns=True)  # fmt: skip
     assert third.kinds() == ["started+columns", "chunk", "job.done.v1"]
@@ -88,7 +64,7 @@ async def test_a_relay_that_does_not_take_started_without_columns_gets_only_the_
     source = _SlowSource()
     source.release.set()
     runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
-    link = _Link()
+    link = SentLink()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     await runner.on_message(_assign("job_o"))
     await until(lambda: "job.done.v1" in link.kinds(), "the done")
@@ -104,7 +80,7 @@ async def test_a_quick_job_announces_itself_once_and_logs_one_line(caplog: Any) 
     """Columns within BEGUN_GRACE: one job.started (with them), not two; and one INFO line
     when the job ends, saying what it was."""
     runner = Runner(get_source=lambda name: _QuickSource(), private_key=generate_private_key())
-    link = _Link()
+    link = SentLink()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20,
                         started_without_columns=True)  # fmt: skip
     with caplog.at_level("INFO", logger="agent.runner"):
@@ -121,7 +97,7 @@ async def test_a_job_still_running_after_a_while_logs_that_it_started(caplog: An
     monkeypatch.setattr(runner_module, "STARTED_LOG_AFTER", 0.05)
     source = _SlowSource()
     runner = Runner(get_source=lambda name: source, private_key=generate_private_key())
-    link = _Link()
+    link = SentLink()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     with caplog.at_level("INFO", logger="agent.runner"):
         await runner.on_message(_assign("job_l"))
