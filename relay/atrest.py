@@ -18,36 +18,14 @@ chunk could learn about the secret from many attempts; docs/SECURITY.md weighs t
 
 from __future__ import annotations
 
-import threading
-
-import zstandard
-
+from shared import zstdframes
 from shared.crypto import DataCipher, DecryptionFailed
-
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-LEVEL = 1
-
-_local = threading.local()  # zstd contexts are not thread-safe; one pair per thread
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "c", None)
-    if c is None:
-        c = _local.c = zstandard.ZstdCompressor(level=LEVEL)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
 
 
 def seal(cipher: DataCipher, payload: bytes, aad: bytes, *, compress: bool = True) -> tuple[str, bytes]:
     """(key id, stored blob) for one chunk's payload."""
     if compress and payload:
-        payload = _compressor().compress(payload)
+        payload = zstdframes.compress(payload)
     return cipher.encrypt(payload, aad)
 
 
@@ -55,12 +33,11 @@ def unseal(cipher: DataCipher, key_id: str, blob: bytes, aad: bytes, *, limit: i
     """The payload stored as ``blob``; ``DecryptionFailed`` if it fails its tag or, once
     decrypted, is a zstd frame that does not decompress to at most ``limit`` bytes."""
     data = cipher.decrypt(key_id, blob, aad)
-    if data[:4] != ZSTD_MAGIC:
+    if data[:4] != zstdframes.MAGIC:
         return data
     try:
-        size = zstandard.frame_content_size(data)
-        if not 0 <= size <= limit:  # -1: not recorded; this relay always records it
-            raise DecryptionFailed("a stored chunk's compressed size is out of bounds")
-        return _decompressor().decompress(data, max_output_size=limit)
-    except zstandard.ZstdError as exc:
-        raise DecryptionFailed("a stored chunk does not decompress") from exc
+        return zstdframes.decompress(data, limit)
+    except zstdframes.SizeError:
+        raise DecryptionFailed("a stored chunk's compressed size is out of bounds") from None
+    except ValueError:
+        raise DecryptionFailed("a stored chunk does not decompress") from None

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 
+from . import zstdframes
 from .errors import ProtocolError
 
 PROTOCOL_VERSION: Final = 1
@@ -362,20 +363,13 @@ _PREFIX = struct.Struct("!BBH")
 COMPRESS_MIN_BYTES: Final = 64 * 1024  # below this, compression costs more than it saves
 
 
-def _zstd() -> Any:
-    # Imported on the first zstd chunk, not at start: the agent's idle footprint.
-    import zstandard
-
-    return zstandard
-
-
 def encode_chunk(chunk: Chunk, *, compress: str | None = None) -> bytes:
     """The binary frame of ``chunk``; ``compress`` is ``zstd``, ``zlib`` or None. A payload
     under ``COMPRESS_MIN_BYTES``, or one that compresses by less than 10 %, goes as it is."""
     payload, flags = chunk.payload, 0
     if compress and len(payload) >= COMPRESS_MIN_BYTES:
         if compress == "zstd":
-            packed, flag = _zstd().ZstdCompressor(level=1).compress(payload), FLAG_ZSTD
+            packed, flag = zstdframes.compress(payload), FLAG_ZSTD
         elif compress == "zlib":
             packed, flag = zlib.compress(payload, 1), FLAG_ZLIB
         else:
@@ -430,35 +424,11 @@ def decode_chunk(data: bytes) -> Chunk:
         except zlib.error as exc:
             raise ProtocolError("chunk payload is not valid zlib data") from exc
     elif flags & FLAG_ZSTD:
-        payload = _unzstd(payload)
+        try:
+            payload = zstdframes.decompress(payload, MAX_DECOMPRESSED)
+        except ValueError as exc:
+            raise ProtocolError(f"chunk {exc}") from None
     return Chunk(h["jobId"], h["attempt"], h["seq"], h["rows"], bytes(payload))
-
-
-def _unzstd(payload: bytes) -> bytes:
-    """One zstd frame that records its decompressed size, within ``MAX_DECOMPRESSED``: the
-    size is checked before anything is decompressed (zstd then holds the frame to it), and
-    a cut-off frame or bytes after it are refused."""
-    zstandard = _zstd()
-    try:
-        size = zstandard.frame_content_size(payload)
-    except zstandard.ZstdError as exc:
-        raise ProtocolError("chunk payload is not a zstd frame") from exc
-    if size < 0:
-        raise ProtocolError("a zstd chunk payload must record its decompressed size")
-    if size > MAX_DECOMPRESSED:
-        raise ProtocolError("chunk payload decompresses past the limit")
-    d = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        out = d.decompress(payload)
-    except zstandard.ZstdError as exc:
-        raise ProtocolError("chunk payload is not valid zstd data") from exc
-    if not d.eof:
-        raise ProtocolError("chunk payload is a truncated zstd frame")
-    if d.unused_data:
-        raise ProtocolError("chunk payload has bytes after its zstd frame")
-    if len(out) != size:  # zstd checks this itself; kept as a guard on the library
-        raise ProtocolError("chunk payload does not decompress to its recorded size")
-    return bytes(out)
 
 
 def decode_frame(data: str | bytes, *, sender: str) -> Message | Chunk:

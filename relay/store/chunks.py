@@ -89,11 +89,7 @@ def insert_owned(
         values = (job_id, attempt, seq, int(row_start), rows, key_id, data)
         copy_in_row(conn, "result_chunks", _COLUMNS, values)
         top, count = seq if top is None else max(top, seq), count + 1
-    if top is None:
-        return not exists, -1
-    if count == top + 1:
-        return not exists, int(top)
-    return not exists, acked_through(conn, job_id, attempt)
+    return not exists, _prefix_end(conn, job_id, attempt, top, count)
 
 
 def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
@@ -103,6 +99,11 @@ def acked_through(conn: Connection, job_id: str, attempt: int) -> int:
     only ever acknowledges a gap-free prefix.
     """
     top, count = raw.one(conn, _TOP, {"job_id": job_id, "attempt": attempt})  # type: ignore[misc]
+    return _prefix_end(conn, job_id, attempt, top, count)
+
+
+def _prefix_end(conn: Connection, job_id: str, attempt: int, top: int | None, count: int) -> int:
+    """``acked_through`` given the attempt's highest stored seq and how many are stored."""
     if top is None:
         return -1
     if count == top + 1:
@@ -122,11 +123,7 @@ def count_below(conn: Connection, job_id: str, attempt: int, n: int) -> int:
 
 def seqs(conn: Connection, job_id: str, attempt: int) -> list[tuple[int, int]]:
     """(seq, rows) of every stored chunk of an attempt, in order."""
-    cur = raw.execute(conn, _SEQS, {"job_id": job_id, "attempt": attempt})
-    try:
-        return [(seq, n) for seq, n in cur.fetchall()]
-    finally:
-        cur.close()
+    return raw.tuples(conn, _SEQS, {"job_id": job_id, "attempt": attempt})  # type: ignore[return-value]
 
 
 _FOLLOW = raw.Sql(
@@ -141,11 +138,7 @@ def follow(
 ) -> tuple[tuple[int, str, int | None] | None, list[tuple[int, int]]]:
     """What a live reader needs, as of one statement: the job's (attempt, status, chunks),
     None if it is gone, and (seq, rows) of the attempt's chunks from ``start`` on."""
-    cur = raw.execute(conn, _FOLLOW, {"job_id": job_id, "attempt": attempt, "start": start})
-    try:
-        found = cur.fetchall()
-    finally:
-        cur.close()
+    found = raw.tuples(conn, _FOLLOW, {"job_id": job_id, "attempt": attempt, "start": start})
     if not found:
         return None, []
     state = (found[0][0], found[0][1], found[0][2])

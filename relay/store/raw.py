@@ -60,6 +60,15 @@ def one(conn: Connection, stmt: Sql, params: dict[str, Any]) -> tuple[Any, ...] 
         cur.close()
 
 
+def tuples(conn: Connection, stmt: Sql, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every row, as tuples."""
+    cur = execute(conn, stmt, params)
+    try:
+        return cur.fetchall()  # type: ignore[no-any-return]
+    finally:
+        cur.close()
+
+
 def rows(conn: Connection, stmt: Sql, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Every row, as dicts keyed by column name."""
     cur = execute(conn, stmt, params)

@@ -6,6 +6,7 @@ import pytest
 import zstandard
 
 from relay import atrest
+from shared import zstdframes
 from shared.crypto import DataCipher
 from shared.errors import DecryptionFailed
 
@@ -21,7 +22,7 @@ def cipher() -> DataCipher:
 def test_object_lines_are_stored_compressed_and_read_back_exactly(cipher: DataCipher) -> None:
     key_id, blob = atrest.seal(cipher, LINES, b"job_1:1:0")
     assert len(blob) * 4 < len(LINES)  # repeated keys: zstd makes it several times smaller
-    assert cipher.decrypt(key_id, blob, b"job_1:1:0")[:4] == atrest.ZSTD_MAGIC
+    assert cipher.decrypt(key_id, blob, b"job_1:1:0")[:4] == zstdframes.MAGIC
     assert atrest.unseal(cipher, key_id, blob, b"job_1:1:0", limit=LIMIT) == LINES
 
 
