@@ -67,7 +67,7 @@ async def run_agent(
         get_source=sources.get, private_key=private_key, capacity=cfg.capacity, spool=spool,
         compress=compression_pays([e.url for e in endpoints]),  # only where the link is slower
     )
-    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_jobs))
     session = Session(
         SessionConfig(
             url=url,

@@ -61,7 +61,8 @@ class Runner:
     ) -> None:
         self.get_source = get_source
         self.spool = spool
-        self.finished: dict[str, None] = {}  # ids of jobs the relay acknowledged, oldest first
+        # job id -> the attempt whose result the relay acknowledged, oldest first
+        self.finished: dict[str, int] = {}
         self.private_key = private_key  # one key or the keyring's opening keys
         self._opener: Opener | None = None
         self.capacity = capacity
@@ -100,10 +101,10 @@ class Runner:
             for j in self.jobs.values()
         ]
 
-    def restore(self, spooled: list[SpooledJob], finished: list[str]) -> None:
+    def restore(self, spooled: list[SpooledJob], finished: list[tuple[str, int]]) -> None:
         """After a restart: hold the finished jobs the relay has not acknowledged (they go
-        out again on attach) and remember the ids of the acknowledged ones."""
-        self.finished = dict.fromkeys(finished)
+        out again on attach) and remember the acknowledged ones with their attempt."""
+        self.finished = dict(finished)
         for sj in spooled:
             self.jobs[sj.job_id] = from_spool(sj)
         if spooled:
@@ -171,7 +172,7 @@ class Runner:
             job = self.jobs.get(msg["jobId"])
             if job is not None and job.attempt == msg["attempt"] and job.done_msg is not None:
                 del self.jobs[job.job_id]
-                self._remember_finished(job.job_id)
+                self._remember_finished(job.job_id, job.attempt)
                 self._spool(Spool.finish, job.job_id, job.attempt)
                 log.debug("job %s acknowledged", job.job_id, extra={"jobId": job.job_id})
 
@@ -192,8 +193,9 @@ class Runner:
             self._abandon(held)
         job = Job(job_id, attempt, msg["source"], msg["operation"], dict(msg.get("options") or {}))
         self.jobs[job_id] = job
-        if job_id in self.finished:
-            # The relay already acknowledged this job's result: never run it twice.
+        if self.finished.get(job_id, 0) >= attempt:
+            # The relay already acknowledged this attempt's result: never run it twice. (A
+            # later attempt is the relay retrying a failure, and runs.)
             self._finish_now(job, JobError(
                 "JOB_ALREADY_FINISHED", "this agent already ran the job and the relay acknowledged its result",
                 retryable=False,
@@ -262,8 +264,9 @@ class Runner:
                 await self._link.send_message(job.done_msg)
                 job.done_sent = True
 
-    def _remember_finished(self, job_id: str) -> None:
-        self.finished[job_id] = None
+    def _remember_finished(self, job_id: str, attempt: int) -> None:
+        self.finished.pop(job_id, None)  # (re-inserted last: the newest is kept longest)
+        self.finished[job_id] = attempt
         while len(self.finished) > FINISHED_KEEP_COUNT:
             del self.finished[next(iter(self.finished))]
 

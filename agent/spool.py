@@ -6,8 +6,9 @@ unacknowledged chunk frames, keyed (job, attempt, seq). A job the agent *finishe
 (its done message is spooled) is restored on start, named in the hello's ``heldJobs``
 and resent; the leftovers of a job that was still *running* when the process died are
 discarded on start (the relay gives that attempt back and redelivers the job). It also
-remembers the ids of jobs whose result the relay acknowledged, so a redelivered finished
-job is never run twice.
+remembers the jobs whose result the relay acknowledged, with that attempt, so a redelivered
+finished attempt is never run twice, while a later attempt (the relay retrying a retryable
+failure) runs.
 
 ``Spool`` is the synchronous core (one connection, used from one thread); ``AsyncSpool``
 runs it on a single worker thread so writes keep their order and never block the event
@@ -232,8 +233,8 @@ class Spool:
             out.append(job)
         return out
 
-    def finished_ids(self) -> list[str]:
-        """Ids of jobs whose result the relay acknowledged, oldest first (pruned first)."""
+    def finished_jobs(self) -> list[tuple[str, int]]:
+        """Jobs whose result the relay acknowledged, with that attempt, oldest first (pruned first)."""
         cutoff = self.clock() - FINISHED_KEEP_SECONDS
         with self._tx():
             self.db.execute("DELETE FROM finished WHERE finished_at < ?", (cutoff,))
@@ -242,8 +243,8 @@ class Spool:
                 " ORDER BY finished_at DESC LIMIT ?)",
                 (FINISHED_KEEP_COUNT,),
             )
-        rows = self.db.execute("SELECT job_id FROM finished ORDER BY finished_at").fetchall()
-        return [r[0] for r in rows]
+        rows = self.db.execute("SELECT job_id, attempt FROM finished ORDER BY finished_at").fetchall()
+        return [(r[0], int(r[1])) for r in rows]
 
     def close(self) -> None:
         self.db.close()

@@ -61,9 +61,9 @@ def test_acknowledged_jobs_are_forgotten_but_their_ids_remembered(tmp_path: Path
     spool.set_done("job_g", 1, "pg", "query", _done("job_g", 1, 0))
     spool.drop("job_g", 1)
     assert spool.load() == []
-    assert spool.finished_ids() == ["job_f"]
+    assert spool.finished_jobs() == [("job_f", 2)]
     late = Spool(tmp_path / "spool.db", clock=lambda: 1000.0 + 8 * 86400)
-    assert late.finished_ids() == []  # remembered for a week
+    assert late.finished_jobs() == []  # remembered for a week
 
 
 async def test_async_spool_keeps_the_order_of_writes(tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ async def test_restarted_runner_holds_and_resends_what_the_relay_lacks(tmp_path:
     core.set_done("job_h", 1, "pg", "query", _done("job_h", 1, 3))
     spool = AsyncSpool(core)
     runner = _runner(spool)
-    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_jobs))
     assert runner.held_jobs() == [{"jobId": "job_h", "attempt": 1}]
     link = _Link()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
@@ -146,7 +146,7 @@ async def test_restarted_runner_holds_and_resends_what_the_relay_lacks(tmp_path:
     await runner.on_message(make("job.done.ack.v1", jobId="job_h", attempt=1))
     assert runner.held_jobs() == []
     assert await spool.call(Spool.load) == []
-    assert await spool.call(Spool.finished_ids) == ["job_h"]
+    assert await spool.call(Spool.finished_jobs) == [("job_h", 1)]
     await spool.close()
 
 
@@ -176,7 +176,7 @@ async def test_a_running_job_writes_nothing_and_its_end_spools_only_what_is_unac
 
 
 async def test_redelivered_finished_job_is_not_run_twice(tmp_path: Path) -> None:
-    """A job whose result the relay acknowledged is answered, not rerun; one finished but
+    """An attempt whose result the relay acknowledged is answered, not rerun; one finished but
     unacknowledged is handed over as the new attempt with the same rows."""
     core = Spool(tmp_path / "spool.db")
     core.set_done("job_done", 1, "pg", "query", _done("job_done", 1, 0))
@@ -186,14 +186,14 @@ async def test_redelivered_finished_job_is_not_run_twice(tmp_path: Path) -> None
     core.set_done("job_held", 1, "pg", "query", _done("job_held", 1, 2))
     spool = AsyncSpool(core)
     runner = _runner(spool)
-    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_ids))
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_jobs))
     link = _Link()
     await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     link.messages.clear()
     link.frames.clear()
 
     assign = {"source": "pg", "operation": "query", "sealed": None, "options": {}}
-    await runner.on_message(make("job.assign.v1", jobId="job_done", attempt=2, **assign))
+    await runner.on_message(make("job.assign.v1", jobId="job_done", attempt=1, **assign))
     await runner.on_message(make("job.assign.v1", jobId="job_held", attempt=2, **assign))
     for _ in range(100):
         if len(link.messages) >= 2:
@@ -206,6 +206,31 @@ async def test_redelivered_finished_job_is_not_run_twice(tmp_path: Path) -> None
     assert [(decode_chunk(f).attempt, decode_chunk(f).seq) for f in link.frames] == [(2, 0), (2, 1)]
     [spooled] = [j for j in await spool.call(Spool.load) if j.job_id == "job_held"]
     assert spooled.attempt == 2 and sorted(spooled.chunks) == [0, 1]
+    await spool.close()
+
+
+async def test_a_retry_of_an_acknowledged_failure_runs(tmp_path: Path) -> None:
+    """The relay acknowledged attempt 1's (retryable) failure and sends attempt 2: the agent
+    runs it, also after a restart, instead of refusing it as already finished."""
+    core = Spool(tmp_path / "spool.db")
+    core.set_done("job_r", 1, "pg", "query", _done("job_r", 1, 0))
+    core.finish("job_r", 1)
+    spool = AsyncSpool(core)
+    runner = _runner(spool)
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_jobs))
+    link = _Link()
+    await runner.attach(link, connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
+    assign = {"source": "nowhere", "operation": "query", "sealed": None, "options": {}}
+    await runner.on_message(make("job.assign.v1", jobId="job_r", attempt=2, **assign))
+    for _ in range(500):
+        if any(m.type == "job.done.v1" for m in link.messages):
+            break
+        await asyncio.sleep(0.01)
+    [done] = [m for m in link.messages if m.type == "job.done.v1"]
+    assert done["attempt"] == 2
+    assert done["error"]["code"] != "JOB_ALREADY_FINISHED", done  # it ran (and met no source)
+    await runner.on_message(make("job.done.ack.v1", jobId="job_r", attempt=2))
+    assert await spool.call(Spool.finished_jobs) == [("job_r", 2)]
     await spool.close()
 
 
@@ -275,7 +300,7 @@ async def test_a_job_finished_within_the_batch_is_not_written_then_deleted(tmp_p
     spool.submit(Spool.finish, "job_a", 1)
     [held] = await spool.call(Spool.load)
     assert held.job_id == "job_b" and list(held.chunks) == [0]
-    assert await spool.call(Spool.finished_ids) == ["job_a"]
+    assert await spool.call(Spool.finished_jobs) == [("job_a", 1)]
     inserts = [s for s in statements if s.upper().startswith("INSERT INTO JOBS")]
     assert len(inserts) == 1 and "job_b" in inserts[0]  # job_a's record was never written
     await spool.close()

@@ -9,6 +9,9 @@ asyncio loop in a daemon thread, so synchronous tests and benches can use it.
     with FaultProxy(target_port=relay.port, period=1.5) as proxy:
         ... configure the agent with ws://127.0.0.1:{proxy.port} ...
         proxy.cuts  # how many connections it has cut so far
+
+``port`` picks the port it listens on (default: any free one); with ``period=None`` it is
+a plain forwarder, which a test can start late or stop to play a server that is down.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ BUFFER = 256 * 1024
 
 class FaultProxy:
     def __init__(self, target_port: int, *, period: float | None = 1.5,
-                 target_host: str = "127.0.0.1") -> None:  # fmt: skip
+                 target_host: str = "127.0.0.1", port: int = 0) -> None:  # fmt: skip
         self.target = (target_host, target_port)
         self.period = period
-        self.port = 0
+        self.port = port
         self.cuts = 0
         self.connections = 0
         self._loop = asyncio.new_event_loop()
@@ -70,7 +73,7 @@ class FaultProxy:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         cutter = asyncio.create_task(self._cutter())
