@@ -324,8 +324,8 @@ class Runner:
             log.info("job %s succeeded: %d rows in %d chunks, %d ms; %s",
                      job.job_id, job.rows, job.next_seq, ms, what, extra=extra)  # fmt: skip
         else:
-            log.info("job %s %s after %d ms: %s %s; %s",
-                     job.job_id, status, ms, error.code, error.message, what, extra=extra)  # fmt: skip
+            log.log(_end_level(status, error), "job %s %s after %d ms: %s %s; %s",
+                    job.job_id, status, ms, error.code, error.message, what, extra=extra)  # fmt: skip
         await self._send_done(job)
 
     def _done(self, job: Job, status: str, error: JobError | None) -> Message:
@@ -506,3 +506,15 @@ def _positive(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
+
+
+# Codes that say the agent itself went wrong, not the query or the source.
+AGENT_FAULTS = frozenset({"INTERNAL_ERROR", "DECRYPTION_FAILED"})
+
+
+def _end_level(status: str, error: JobError) -> int:
+    """How loud a job's end is (docs/OPERATIONS.md, "Log levels"): a cancel someone asked
+    for is INFO, a failed or timed-out job WARNING, a fault of the agent's own ERROR."""
+    if error.code in AGENT_FAULTS:
+        return logging.ERROR
+    return logging.INFO if status == "cancelled" else logging.WARNING
