@@ -166,7 +166,7 @@ def open_tunnel(proxy: str, target: Target, timeout: float) -> socket.socket:
         head += data
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
     fields = status_line.split(" ", 2)
-    code = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    code = int(fields[1]) if len(fields) > 1 and fields[1].isascii() and fields[1].isdigit() else 0
     if code != 200:
         sock.close()
         raise ProxyRefused(code, status_line[:200])

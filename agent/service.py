@@ -108,7 +108,7 @@ def systemd_version() -> int | None:
     except (OSError, subprocess.SubprocessError):
         return None
     fields = out.split()
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return int(fields[1]) if len(fields) > 1 and fields[1].isascii() and fields[1].isdigit() else None
 
 
 def agent_executable() -> str:

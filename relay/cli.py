@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -52,13 +53,21 @@ def _setup_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def _ascii_int(raw: str) -> int:
+    """An argparse type: an integer in ASCII digits (``int()`` alone also takes other
+    scripts' digits, ``1_000`` and spaces)."""
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an integer written with the digits 0-9")
+    return int(raw)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mini-relay", description="The Mini Connector relay.")
     p.add_argument("--version", action="version", version=f"mini-relay {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the relay")
     s.add_argument("--host", default=None)
-    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--port", type=_ascii_int, default=None)
     s.add_argument("--database-url", default=None, help="also MC_RELAY_DATABASE_URL")
     s.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve https/wss itself "
                    "(also MC_RELAY_TLS_CERT; default: plain HTTP behind a TLS-terminating proxy)")
@@ -70,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="print a signed platform token")
     t.add_argument("--tenant", required=True)
     t.add_argument("--role", required=True, choices=ROLES)
-    t.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    t.add_argument("--ttl", type=_ascii_int, default=3600, help="seconds (default 3600)")
     t.add_argument("--dev", action="store_true", help="use the dev secret if none is set")
     return p
 

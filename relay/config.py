@@ -128,9 +128,18 @@ class RelayConfig:
         return cfg
 
 
+def _int(raw: str) -> int:
+    """An integer in ASCII digits (``int()`` alone takes other scripts' digits and ``1_000``)."""
+    value = raw.strip()
+    digits = value[1:] if value.startswith("-") else value
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        raise ValueError(raw)
+    return int(value)
+
+
 def _window(raw: str) -> int:
     """Unacknowledged chunks an agent may have in flight per job (1-64)."""
-    value = int(raw)
+    value = _int(raw)
     if not 1 <= value <= 64:
         raise ValueError(raw)
     return value
@@ -150,19 +159,19 @@ def _bool(raw: str) -> bool:
 
 _ENV: list[tuple[str, str, Any]] = [
     ("host", "MC_RELAY_HOST", str),
-    ("port", "MC_RELAY_PORT", int),
+    ("port", "MC_RELAY_PORT", _int),
     ("database_url", "MC_RELAY_DATABASE_URL", str),
     ("jwt_secret", "MC_RELAY_JWT_SECRET", str),
     ("jwt_public_key", "MC_RELAY_JWT_PUBLIC_KEY", str),
     ("dev", "MC_RELAY_DEV", _bool),
     ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", float),
-    ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", int),
+    ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", _int),
     ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
     ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
     ("node_id", "MC_RELAY_NODE_ID", str),
-    ("log_retention_lines", "MC_RELAY_LOG_RETENTION", int),
+    ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _int),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
-    ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", int),
+    ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
     ("downloads_url_base", "MC_RELAY_DOWNLOADS_URL", str),
     ("downloads_dir", "MC_RELAY_DOWNLOADS_DIR", str),
     ("metrics_token", "MC_RELAY_METRICS_TOKEN", str),

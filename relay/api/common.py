@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -55,14 +56,24 @@ def paging(request: web.Request, *, max_limit: int = 100) -> tuple[int, int]:
     )
 
 
+# ASCII digits only, an optional minus, at most 19 digits: ``int()`` alone also takes
+# "\u0661\u0662\u0663" (Arabic-Indic), fullwidth digits, "1_000" and " 7 ", and
+# ``str.isdigit`` takes "\u00b2", which ``int()`` then refuses (a 500, once).
+_ASCII_INT: Final = re.compile(r"-?[0-9]{1,19}")
+
+
+def strict_int(raw: str, name: str) -> int:
+    """``raw`` as an integer written in ASCII digits, else 422 naming ``name``."""
+    if not _ASCII_INT.fullmatch(raw):
+        raise ValidationError(f"{name} must be an integer written with the digits 0-9", field=name)
+    return int(raw)
+
+
 def query_int(request: web.Request, name: str, default: int, *, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer", field=name) from None
+    value = strict_int(raw, name)
     if not lo <= value <= hi:
         raise ValidationError(f"{name} must be between {lo} and {hi}", field=name)
     return value

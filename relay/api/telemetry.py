@@ -38,13 +38,11 @@ async def logs(request: web.Request) -> web.Response:
         raise ValidationError("level must be debug, info, warning, error or critical", field="level")
     since, until = _time(request, "since"), _time(request, "until")
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
-    cursor_raw = request.query.get("cursor") or "0"
-    if not cursor_raw.isdigit() or len(cursor_raw) > 18:
-        raise ValidationError("cursor is not one this relay gave out", field="cursor")
+    cursor = query_int(request, "cursor", 0, lo=0, hi=10**18 - 1)  # ASCII digits only
     cid = await _connector_id(request)
     rows = await relay.store.run(
         log_store.page_logs, cid, min_level=LEVEL_NO[level], since=since, until=until,
-        job_id=request.query.get("jobId") or None, after_id=int(cursor_raw), limit=limit + 1,
+        job_id=request.query.get("jobId") or None, after_id=cursor, limit=limit + 1,
     )  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]

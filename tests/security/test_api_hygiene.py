@@ -1,0 +1,91 @@
+"""API hygiene (issue 13), through the real relay app in process: strict ASCII integers
+in query strings, unknown body fields refused, connector names without control or
+bidirectional characters (docs/SECURITY.md, "API hygiene")."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.component.conftest import Api
+
+# Digits ``str.isdigit`` or ``int()`` take that are not ASCII 0-9, and other near-integers.
+NOT_ASCII_INTEGERS = [
+    "\u00b2",  # superscript two: isdigit() True, int() refuses (was a 500)
+    "\u0661\u0662\u0663",  # Arabic-Indic 123: int() takes it
+    "\uff11\uff12",  # fullwidth 12: int() takes it
+    "1_000",  # int() takes it
+    " 7",
+    "7\n",
+    "+7",
+    "0x10",
+    "1e3",
+    "9" * 5000,  # past int()'s digit limit (ValueError) and any range
+]
+
+
+async def _get(api: Api, path: str) -> tuple[int, Any]:
+    status, body, _ = await api.call("GET", path)
+    return status, body
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_INTEGERS)
+async def test_log_cursor_takes_ascii_digits_only(api: Api, value: str) -> None:
+    con = await api.new_connector()
+    status, body = await _get(api, f"/connectors/{con['id']}/logs?cursor={quote(value)}")
+    assert status == 422, body
+    assert body["error"]["code"] == "VALIDATION_ERROR"
+    assert body["error"]["details"]["field"] == "cursor"
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/connectors?page={}", "page"),
+        ("/connectors?limit={}", "limit"),
+        ("/jobs?page={}", "page"),
+        ("/jobs?limit={}", "limit"),
+        ("/connectors/{cid}/logs?limit={}", "limit"),
+    ],
+)
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662\u0663", "\uff11\uff12", "-1", "9" * 30])
+async def test_every_integer_query_parameter_is_strict(api: Api, path: str, field: str, value: str) -> None:
+    """Each paging parameter refuses non-ASCII digits, negatives and huge numbers with 422
+    naming the field; plain ASCII still works."""
+    con = await api.new_connector()
+    status, body = await _get(api, path.replace("{cid}", con["id"]).format(quote(value)))
+    assert status == 422, body
+    assert body["error"]["details"]["field"] == field
+    status, body = await _get(api, path.replace("{cid}", con["id"]).format("2"))
+    assert status == 200, body
+
+
+async def test_results_offset_is_strict(api: Api, agent: Any) -> None:
+    job_id = await api.submit(agent.connector_id)
+    for value in ("\u00b2", "\u0661", "-1", "9" * 25):
+        status, body = await _get(api, f"/jobs/{job_id}/results?offset={quote(value)}")
+        assert status == 422, (value, body)
+        assert body["error"]["details"]["field"] == "offset"
+
+
+async def test_log_cursor_still_pages(api: Api) -> None:
+    con = await api.new_connector()
+    status, body = await _get(api, f"/connectors/{con['id']}/logs?cursor=0")
+    assert status == 200 and body["data"]["logs"] == []
+    status, body = await _get(api, f"/connectors/{con['id']}/logs?cursor=123456789012345678")
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("value", ["\u0661\u0662\u0663", "\uff18\uff10", "8_080", "--5", "\u00b2"])
+def test_operator_integers_are_ascii_too(value: str) -> None:
+    """MC_RELAY_* integers and mini-relay's --port/--ttl refuse what int() alone would take."""
+    from relay.cli import _parser
+    from relay.config import ConfigError, RelayConfig
+
+    with pytest.raises(ConfigError, match="MC_RELAY_PORT"):
+        RelayConfig.from_env({"MC_RELAY_PORT": value})
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--port", value])
+    assert RelayConfig.from_env({"MC_RELAY_PORT": "8081"}).port == 8081
