@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Final
 
 import orjson
@@ -92,9 +93,35 @@ def not_found(kind: str, ident: str) -> NotFound:
     return NotFound(f"{kind} {ident[:80]} does not exist", details={"id": ident[:80]})
 
 
+# Bidirectional formatting characters (Unicode's Bidi_Control set): an override or isolate
+# in a name shown beside other text reorders what a reader sees ("Trojan Source").
+BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_plain_text(value: str, name: str) -> None:
+    """422 naming ``name`` if ``value`` holds a control character (C0 incl. NUL and tab,
+    DEL, C1), a line or paragraph separator, or a bidirectional formatting character."""
+    for ch in value:
+        if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+            raise ValidationError(
+                f"{name} must not contain control or bidirectional formatting characters "
+                f"(found U+{ord(ch):04X})",
+                field=name,
+            )
+
+
+def check_fields_known(body: dict[str, Any], known: frozenset[str] | set[str], where: str = "") -> None:
+    """422 naming the first field of ``body`` that is not in ``known``."""
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise ValidationError(f"{where}{unknown[0][:80]} is not a known field", field=unknown[0][:80])
+
+
 def string_field(
-    body: dict[str, Any], name: str, *, required: bool = True, lo: int = 1, hi: int = 200
+    body: dict[str, Any], name: str, *, required: bool = True, lo: int = 1, hi: int = 200,
+    plain: bool = False,
 ) -> str | None:
+    """A string field of ``lo`` to ``hi`` characters (``plain``: see ``check_plain_text``)."""
     value = body.get(name)
     if value is None:
         if required:
@@ -104,4 +131,6 @@ def string_field(
         raise ValidationError(f"{name} must be a string", field=name)
     if not lo <= len(value.strip()) <= hi or not lo <= len(value) <= hi:
         raise ValidationError(f"{name} must be {lo} to {hi} characters", field=name)
+    if plain:
+        check_plain_text(value, name)
     return value

@@ -14,6 +14,7 @@ from ..auth import check_fields
 from ..formats import iso, now
 from ..store import connectors as con_store
 from .common import (
+    check_fields_known,
     not_found,
     ok,
     paging,
@@ -26,6 +27,9 @@ from .common import (
 from .views import connector_view
 
 STATUSES = ("pending", "online", "offline", "revoked")
+CREATE_FIELDS = frozenset({"name", "os"})
+ROTATE_FIELDS = frozenset({"gracePeriodSeconds"})
+PATCH_FIELDS = frozenset({"name"}) | loglevel.FIELDS
 OSES = ("linux", "windows")
 
 
@@ -46,7 +50,8 @@ def _setup(request: web.Request, os_: str, api_key: str) -> str:
 async def create(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
     body = await read_json(request)
-    name = string_field(body, "name", hi=100)
+    check_fields_known(body, CREATE_FIELDS)
+    name = string_field(body, "name", hi=100, plain=True)
     os_ = body.get("os")
     if os_ not in OSES:
         raise ValidationError("os must be linux or windows", field="os")
@@ -91,12 +96,10 @@ async def update(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
     body = await read_json(request)
     check_fields(who, "connectors.update", set(body))
-    unknown = set(body) - {"name"} - loglevel.FIELDS
-    if unknown:
-        raise ValidationError(f"{sorted(unknown)[0]} cannot be changed", field=sorted(unknown)[0])
+    check_fields_known(body, PATCH_FIELDS)
     if not body:
         raise ValidationError("nothing to change: send name, or logLevel and logLevelMinutes", field="name")
-    name = string_field(body, "name", hi=100) if "name" in body else None
+    name = string_field(body, "name", hi=100, plain=True) if "name" in body else None
     raise_to = loglevel.parse_patch(body)
     row = await _load(request)
     fields: dict[str, Any] = {}
@@ -126,6 +129,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     grace = relay.config.rotate_grace_seconds
     if request.can_read_body:
         body = await read_json(request)
+        check_fields_known(body, ROTATE_FIELDS)
         if "gracePeriodSeconds" in body:
             value = body["gracePeriodSeconds"]
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 30 * 86400:

@@ -25,6 +25,10 @@ def _nullable(kind: str, **extra: Any) -> S:
 
 
 TIME = _nullable("string", format="date-time")
+# Connector names: no control characters (C0, DEL, C1), line/paragraph separators or
+# bidirectional formatting characters (relay/api/common.py, check_plain_text).
+PLAIN_TEXT = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
+NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": PLAIN_TEXT}
 SCHEMAS: dict[str, S] = {
     "Error": {
         "type": "object", "required": ["success", "error"],
@@ -41,8 +45,7 @@ SCHEMAS: dict[str, S] = {
              "limit": {"type": "integer"}, "total": {"type": "integer"}}},
     "NewConnector": {
         "type": "object", "required": ["name", "os"], "additionalProperties": False,
-        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
-                       "os": {"enum": ["linux", "windows"]}},
+        "properties": {"name": NAME, "os": {"enum": ["linux", "windows"]}},
     },
     "ConnectorCreated": {
         "type": "object",
@@ -73,15 +76,17 @@ SCHEMAS: dict[str, S] = {
                        "on every reconnect while it lasts, and goes back to INFO afterwards; "
                        "logLevel INFO ends a raise.",
         "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "name": NAME,
             "logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
             "logLevelMinutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 30,
                                 "description": "how long the level lasts; fractions allowed"},
         },
         "dependentRequired": {"logLevelMinutes": ["logLevel"]},
     },
-    "RotateKeyRequest": {"type": "object", "properties": {
-        "gracePeriodSeconds": {"type": "number", "minimum": 0}}},
+    "RotateKeyRequest": {"type": "object", "additionalProperties": False, "properties": {
+        "gracePeriodSeconds": {"type": "number", "minimum": 0, "maximum": 2592000, "default": 86400,
+                               "description": "how long every earlier key keeps working; "
+                                              "0 ends all of them at once"}}},
     "RotatedKey": {"type": "object", "properties": {
         "apiKey": {"type": "string"}, "apiKeyPrefix": {"type": "string"},
         "previousKeyExpiresAt": {"type": "string", "format": "date-time"}}},
@@ -208,8 +213,10 @@ PATHS: dict[str, S] = {
                       {"204": {"description": "revoked"}}, params=[ID]),
     },
     "/api/v1/connectors/{id}/rotate-key": {
-        "post": _op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
-                    {"200": _json(_ok(_ref("RotatedKey")), "new key")}, params=[ID]),
+        "post": {**_op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
+                       {"200": _json(_ok(_ref("RotatedKey")), "new key")}, params=[ID]),
+                 "requestBody": {"required": False, "content": {"application/json": {
+                     "schema": _ref("RotateKeyRequest")}}}},
     },
     "/api/v1/connectors/{id}/logs": {
         "get": _op("getConnectorLogs", "The agent's shipped log lines, oldest first",

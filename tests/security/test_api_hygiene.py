@@ -89,3 +89,62 @@ def test_operator_integers_are_ascii_too(value: str) -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--port", value])
     assert RelayConfig.from_env({"MC_RELAY_PORT": "8081"}).port == 8081
+
+
+# --------------------------------------------------------------- unknown body fields
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/connectors", {"name": "a", "os": "linux", "tenantId": "t2"}, "tenantId"),
+        ("POST", "/connectors", {"name": "a", "os": "linux", "apiKey": "vmc_x"}, "apiKey"),
+        ("PATCH", "/connectors/{cid}", {"name": "b", "status": "online"}, "status"),
+        ("POST", "/connectors/{cid}/rotate-key", {"gracePeriodSecs": 0}, "gracePeriodSecs"),
+        ("POST", "/jobs", {"connectorId": "{cid}", "source": "erp", "operation": "query",
+                           "query": {"sql": "SELECT 1"}, "priority": 5}, "priority"),
+    ],
+)
+async def test_every_json_body_refuses_unknown_fields(
+    api: Api, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    """POST /connectors, PATCH, rotate-key and POST /jobs alike: 422 naming the field,
+    and nothing is created or changed."""
+    con = await api.new_connector("before")
+    body = {k: (v.replace("{cid}", con["id"]) if isinstance(v, str) else v) for k, v in body.items()}
+    status, out, _ = await api.call(method, path.replace("{cid}", con["id"]), json=body)
+    assert status == 422, out
+    assert out["error"]["code"] == "VALIDATION_ERROR" and out["error"]["details"]["field"] == field
+    _, listing, _ = await api.call("GET", "/connectors", expect=200)
+    assert [c["name"] for c in listing["data"]] == ["before"]
+    assert listing["data"][0]["apiKeyPrefix"] == con["apiKeyPrefix"]  # rotate-key did not run
+
+
+# --------------------------------------------------------------- connector names
+
+BAD_NAME_CHARACTERS = [
+    "\x00", "\x07", "\t", "\n", "\r", "\x1b", "\x7f", "\x85", "\x9b",  # C0, DEL, C1
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",  # embeddings and overrides
+    "\u2066", "\u2067", "\u2068", "\u2069",  # isolates
+    "\u200e", "\u200f", "\u061c",  # marks
+    "\u2028", "\u2029",  # line and paragraph separators
+]
+
+
+@pytest.mark.parametrize("ch", BAD_NAME_CHARACTERS, ids=lambda c: f"U+{ord(c):04X}")
+async def test_connector_names_refuse_control_and_bidi_characters(api: Api, ch: str) -> None:
+    status, out, _ = await api.call("POST", "/connectors", json={"name": f"office{ch}gpj.exe", "os": "linux"})
+    assert status == 422, out
+    assert out["error"]["details"]["field"] == "name" and f"U+{ord(ch):04X}" in out["error"]["message"]
+    con = await api.new_connector("office")
+    status, out, _ = await api.call("PATCH", f"/connectors/{con['id']}", json={"name": f"x{ch}y"})
+    assert status == 422, out
+    assert out["error"]["details"]["field"] == "name"
+    assert (await api.connector(con["id"]))["name"] == "office"
+
+
+async def test_connector_names_keep_ordinary_unicode(api: Api) -> None:
+    """Accents, CJK, right-to-left scripts and emoji (with a zero-width joiner) stay allowed."""
+    for name in ("Zürich büro", "東京オフィス", "مكتب الرياض", "team \U0001f469\u200d\U0001f4bb"):
+        con = await api.new_connector(name)
+        assert (await api.connector(con["id"]))["name"] == name
