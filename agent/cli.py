@@ -228,8 +228,12 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
         from .sources.sqloptions import OptionError, parse_sql_options
 
         try:
-            parse_sql_options(options)
-        except OptionError as exc:
+            checked = parse_sql_options(options)
+            if args.type == "mysql":
+                from .sources.mysqlsession import check_driver_args
+
+                check_driver_args(checked.driver_args)
+        except (OptionError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
     box = SecretBox(paths.secret_key)
     enc = box.encrypt(password, f"source:{name}") if password else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from shared.errors import JobError
 
-from .sqltext import PUNCT, SEMI, WORD, Token, code_tokens, tokenize
+from .sqltext import IDENT, PUNCT, SEMI, WORD, Token, code_tokens, tokenize, unquote_ident
 
 READ_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "DESCRIBE", "DESC"})
 CONCRETE_DIALECTS = ("postgres", "mysql", "sqlite", "mssql")
@@ -50,6 +50,19 @@ WRITE_FUNCTIONS = frozenset({
     "LOAD_EXTENSION", "WRITEFILE", "READFILE", "EDIT", "FTS3_TOKENIZER", "QUERY_TO_XML",
     "PG_FILE_WRITE", "PG_PROMOTE", "TXID_CURRENT", "PG_CURRENT_XACT_ID", "XP_CMDSHELL",
 })  # fmt: skip
+# MariaDB/MySQL functions refused by name however the name is written (bare, `quoted`,
+# db.qualified, with spaces or comments before the parenthesis); see docs/SECURITY.md
+# "Read-only on MariaDB/MySQL and SQL Server" for why each is here.
+MYSQL_FUNCTIONS = frozenset({
+    "LOAD_FILE", "GET_LOCK", "RELEASE_LOCK", "RELEASE_ALL_LOCKS", "MASTER_POS_WAIT",
+    "SOURCE_POS_WAIT", "MASTER_GTID_WAIT", "WAIT_FOR_EXECUTED_GTID_SET",
+    "WAIT_UNTIL_SQL_THREAD_AFTER_GTIDS", "LAST_INSERT_ID", "NEXTVAL", "SETVAL", "LASTVAL",
+    "SYS_EXEC", "SYS_EVAL", "SYS_GET", "SYS_SET", "SYS_BINEVAL", "DO_SYSTEM", "LIB_MYSQLUDF_SYS_INFO",
+})  # fmt: skip
+# MariaDB/MySQL words that make a SELECT call out (SELECT ... PROCEDURE ANALYSE()). Other
+# commands (SET, DO, CALL, HANDLER, LOAD DATA, KILL...) can only start a statement, and the
+# first word must be a read's; without a ';' MariaDB cannot start a second statement.
+MYSQL_WORDS = frozenset({"PROCEDURE"})
 WRITE_FUNCTION_PREFIXES = (
     "LO_", "DBLINK", "PG_ADVISORY", "PG_TRY_ADVISORY", "PG_CREATE_", "PG_DROP_",
     "PG_REPLICATION_", "PG_LOGICAL_", "PG_SWITCH_", "PG_BACKUP_", "PG_START_BACKUP",
@@ -84,24 +97,48 @@ def _check(sql: str, dialect: str) -> None:
             f"DESCRIBE); this one starts with {shown!r}"
         )
     for idx, tok in enumerate(statement):
+        nxt = statement[idx + 1] if idx + 1 < len(statement) else None
+        call = nxt is not None and nxt.kind == PUNCT and nxt.text == "("
+        if call and tok.kind in (WORD, IDENT):
+            _check_function(tok, dialect)
+        if dialect == "mysql":
+            _check_mysql(statement, idx, tok)
         if tok.kind != WORD:
             continue
         up = tok.upper
-        nxt = statement[idx + 1] if idx + 1 < len(statement) else None
-        call = nxt is not None and nxt.text == "("
         if up in WRITE_WORDS and not (up == "INSERT" and call and dialect == "mysql"):
             # (MySQL's INSERT(str, pos, len, new) is a string function, not a write.)
             raise _reject(f"the statement contains {up}, which writes or changes the database")
         if dialect == "mssql" and up in MSSQL_WORDS:
             raise _reject(f"the statement contains {up}, which T-SQL runs as a statement or lock")
-        if call and (up in WRITE_FUNCTIONS or up.startswith(WRITE_FUNCTION_PREFIXES)):
-            raise _reject(f"the function {tok.text}() has side effects and is not allowed")
         if up == "FOR" and _next_words(statement, idx, 1) in (["SHARE"], ["NO"], ["KEY"]):
             raise _reject("SELECT ... FOR SHARE takes row locks and is not allowed")
         if up == "LOCK" and _next_words(statement, idx, 1) == ["IN"]:
             raise _reject("LOCK IN SHARE MODE takes locks and is not allowed")
     if first.upper == "EXPLAIN" and any(w.upper in ("ANALYZE", "ANALYSE") for w in words):
         raise _reject("EXPLAIN ANALYZE runs the statement and is not allowed")
+
+
+def _check_function(tok: Token, dialect: str) -> None:
+    """A name followed by ``(`` (comments and spaces between were dropped with the other
+    non-code tokens, as the server's IGNORE_SPACE would): refused by what it names."""
+    name = (unquote_ident(tok) or "").upper()
+    if name in WRITE_FUNCTIONS or name.startswith(WRITE_FUNCTION_PREFIXES) or (
+        dialect == "mysql" and name in MYSQL_FUNCTIONS
+    ):
+        raise _reject(f"the function {name.lower()}() has side effects and is not allowed")
+
+
+def _check_mysql(statement: list[Token], idx: int, tok: Token) -> None:
+    if tok.kind == PUNCT and tok.text == ":" and idx + 1 < len(statement) and statement[idx + 1].text == "=":
+        raise _reject("':=' assigns a user variable, which outlives the job; it is not allowed")
+    if tok.kind != WORD:
+        return
+    up = tok.upper
+    if up in MYSQL_WORDS:
+        raise _reject(f"the statement contains {up}, which makes MariaDB/MySQL call a procedure")
+    if up in ("NEXT", "PREVIOUS") and _next_words(statement, idx, 2) == ["VALUE", "FOR"]:
+        raise _reject(f"{up} VALUE FOR reads or advances a sequence and is not allowed")
 
 
 def _single_statement(tokens: list[Token]) -> list[Token]:

@@ -27,7 +27,7 @@ from sqlalchemy.pool import QueuePool
 
 from shared.errors import JobError
 
-from . import sqlmeta, sqlodbc
+from . import mysqlsession, sqlmeta, sqlodbc
 from .base import QueryStream, Source
 from .errors import map_db_error
 from .pgcopy import wrappable
@@ -88,7 +88,9 @@ class SqlSource(Source):
         super().__init__(name, kind)
         try:
             self.opts = parse_sql_options(options, pool_size=pool_size)
-        except OptionError as exc:
+            if kind == "mysql":
+                mysqlsession.check_driver_args(self.opts.driver_args)
+        except (OptionError, ValueError) as exc:
             raise JobError("SOURCE_UNAVAILABLE", f"source {name!r}: {exc}", retryable=False) from exc
         self._url = engine_url(kind, url)
         self._password = password
@@ -182,6 +184,8 @@ class SqlSource(Source):
             connect_args=args,
         )
         sqlalchemy.event.listen(engine, "connect", _session_setup(self.type))
+        if self.type == "mysql":
+            sqlalchemy.event.listen(engine, "do_connect", mysqlsession.mask_connect_args)
         return engine
 
     def raw_connection(self) -> Any:
@@ -272,18 +276,14 @@ def _session_setup(kind: str) -> Any:
     """Per new connection: the text rules the statement guard assumes hold at the server."""
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if kind == "mysql":
+            mysqlsession.on_connect(dbapi_connection, _record)  # its own session layers
+            return
         cur = dbapi_connection.cursor()
         try:
             if kind == "postgres":
                 # With it off, backslashes escape quotes in plain '...' literals.
                 cur.execute("SET standard_conforming_strings = on")
-            elif kind == "mysql":
-                # ANSI_QUOTES and NO_BACKSLASH_ESCAPES change where literals end.
-                cur.execute("SELECT @@SESSION.sql_mode")
-                modes = str(cur.fetchone()[0] or "").split(",")
-                kept = [m for m in modes if m and m not in ("ANSI_QUOTES", "NO_BACKSLASH_ESCAPES", "ANSI")]
-                if kept != [m for m in modes if m]:
-                    cur.execute("SET SESSION sql_mode = %s", (",".join(kept),))
         finally:
             cur.close()
         dbapi_connection.commit()

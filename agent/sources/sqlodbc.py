@@ -176,6 +176,8 @@ def make_pool(source: SqlSource, conn_str: str, opts: SqlOptions) -> Any:
     def creator() -> Any:
         conn = pyodbc.connect(conn_str, autocommit=False, readonly=True, timeout=opts.connect_timeout)
         source.note_flavour(str(conn.getinfo(pyodbc.SQL_DBMS_NAME) or ""))
+        if source.flavour == "mysql":
+            _mysql_text_rules(conn)
         return conn
 
     class _Ping(_ConnDialect):
@@ -225,6 +227,40 @@ def begin_job(source: SqlSource, conn: Any, timeout: float | None) -> None:
             conn.timeout = max(1, int(timeout + 0.999))  # SQL_ATTR_QUERY_TIMEOUT where supported
         except Exception:  # noqa: BLE001 - not every driver has it; the stream's deadline still holds
             source.log_debug("the ODBC driver has no query timeout attribute")
+
+
+def _mysql_text_rules(conn: Any) -> None:
+    """MariaDB/MySQL behind ODBC: the sql_mode the guard's lexer assumes (no ANSI_QUOTES,
+    no NO_BACKSLASH_ESCAPES...), as on the native path (``mysqlsession``)."""
+    from .mysqlsession import MUST_NOT_HOLD, safe_sql_mode
+
+    cur = conn.cursor()
+    try:
+        mode = safe_sql_mode(str(cur.execute("SELECT @@SESSION.sql_mode").fetchone()[0] or ""))
+        cur.execute("SET SESSION sql_mode = ?", mode)
+        now = str(cur.execute("SELECT @@SESSION.sql_mode").fetchone()[0] or "").upper().split(",")
+        if any(m in now for m in MUST_NOT_HOLD):
+            raise JobError("SOURCE_UNAVAILABLE", "the ODBC MariaDB/MySQL session keeps ANSI_QUOTES "
+                           "or NO_BACKSLASH_ESCAPES", retryable=False)
+    finally:
+        cur.close()
+    conn.rollback()
+
+
+def end_job(source: SqlSource, conn: Any) -> None:
+    """Back to the pool clean: rolled back, and named / advisory locks released (they are
+    not transactional). SQL Server: a rollback; session-owned application locks need EXEC
+    (refused by the guard), and this pool does not run sp_reset_connection."""
+    conn.rollback()
+    unlock = {"mysql": "DO RELEASE_ALL_LOCKS()", "postgres": "SELECT pg_advisory_unlock_all()"}
+    sql = unlock.get(source.flavour)
+    if sql is not None:
+        cur = conn.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
+        conn.rollback()
 
 
 def columns(description: Any) -> list[dict[str, str]]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import JobError
 
 from ..deadlines import DEADLINES, Deadline
-from . import pgcopy, sqlmeta, sqlodbc
+from . import mysqlsession, pgcopy, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 
@@ -355,7 +355,12 @@ class SqlStream(QueryStream):
                     self._cursor.close()
                 except Exception:  # noqa: BLE001 - a broken cursor: drop the connection
                     self._broken = True
-            if self.kind != "sqlite":
+            if self.kind == "mysql":
+                # Rolled back and reset: no named lock, user variable or setting outlives the job.
+                mysqlsession.reset(fairy.dbapi_connection, fairy.info)
+            elif self.kind == "odbc":
+                sqlodbc.end_job(self.source, fairy.dbapi_connection)
+            elif self.kind != "sqlite":
                 fairy.dbapi_connection.rollback()
             fairy.close()
         except Exception:  # noqa: BLE001 - any failure here means "discard it"

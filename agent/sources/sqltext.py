@@ -47,6 +47,10 @@ class Token:
 
 def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
     """Split ``sql`` into tokens; raise ``SqlTextError`` on anything unterminated."""
+    if dialect == "mysql":
+        from .mysqllex import tokenize_mysql
+
+        return tokenize_mysql(sql)
     mysql, pg = dialect == "mysql", dialect == "postgres"
     nested = pg or dialect == "mssql"  # block comments nest in PostgreSQL and T-SQL
     out: list[Token] = []
@@ -165,6 +169,16 @@ def _quoted_end(sql: str, i: int, quote: str, *, backslash: bool) -> int:
         j += 1
     what = "string literal" if quote == "'" else f"{quote}quoted{quote} text"
     raise SqlTextError(f"the statement has an unterminated {what}")
+
+
+def unquote_ident(tok: Token) -> str | None:
+    """The name a WORD or quoted IDENT token stands for (quotes and doubling removed), else None."""
+    if tok.kind == WORD:
+        return tok.text
+    if tok.kind == IDENT and len(tok.text) >= 2:
+        closing = "]" if tok.text[0] == "[" else tok.text[0]
+        return tok.text[1:-1].replace(closing * 2, closing)
+    return None
 
 
 def code_tokens(tokens: list[Token]) -> list[Token]:
