@@ -23,16 +23,17 @@ from aiohttp import web
 from . import loglevel, metrics, queue, services, shutdown
 from .api import connectors, downloads, events, health, jobs, openapi, results, telemetry
 from .auth import TokenVerifier
+from .clientaddr import TRUSTED_PROXIES, parse_networks
 from .cluster import Cluster
 from .config import RelayConfig
 from .context import RELAY, Relay
 from .events import EventBus
 from .formats import now
-from .handshake_limit import HandshakeGuard, guarded
+from .handshake_limit import HandshakeGuard, guarded, note_upgrade
 from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
-from .ratelimit import RateLimiter
+from .ratelimit import AUTH_FAILURES, RateLimiter
 from .store import Store, owners
 from .store import chunks as chunk_store
 from .store import jobs as job_store
@@ -119,10 +120,12 @@ def create_app(config: RelayConfig) -> web.Application:
         limiter=RateLimiter(config.rate_limit_per_minute),
         verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key),
         hub=hub,
-        handshakes=HandshakeGuard(config.handshake_failure_limit),
+        handshakes=HandshakeGuard(config.handshake_failure_limit, config.handshake_address_failure_limit),
         cluster=Cluster(config.node_id),
     )
     app[RELAY] = relay
+    app[AUTH_FAILURES] = RateLimiter(config.auth_failure_limit)
+    app[TRUSTED_PROXIES] = parse_networks(config.trusted_proxies)
     _routes(app, hub)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -147,6 +150,7 @@ def create_app(config: RelayConfig) -> web.Application:
     async def on_shutdown(_app: web.Application) -> None:
         await hub.close_all()
 
+    app.on_response_prepare.append(note_upgrade)
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app

@@ -87,6 +87,12 @@ class TokenVerifier:
             self._verified.popitem(last=False)
         return principal
 
+    def known(self, token: str) -> bool:
+        """Was ``token`` verified before and is it still unexpired? (No verification here:
+        an address over its failed-authentication limit still lets such tokens through.)"""
+        hit = self._verified.get(token)
+        return hit is not None and time.time() <= hit[1] + LEEWAY
+
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)

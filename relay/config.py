@@ -20,6 +20,8 @@ from typing import Any
 
 from shared.crypto import DataCipher, write_secret_file
 
+from .clientaddr import parse_networks
+
 DEFAULT_DATABASE_URL = "sqlite:///./relay.db"
 # Documented dev secret: `mini-relay serve --dev` and `mini-relay token --dev` agree on it
 # so a developer can mint tokens from another shell. Never accepted outside --dev.
@@ -52,7 +54,11 @@ class RelayConfig:
     max_chunk_bytes: int = 4 << 20
     max_body_bytes: int = 1 << 20
     max_violations: int = 10
-    handshake_failure_limit: int = 20  # failed agent handshakes per address per minute
+    handshake_failure_limit: int = 20  # failed agent handshakes per address and key id per minute
+    # -- API hygiene (docs/SECURITY.md): limits per client address, and whom to believe about it
+    handshake_address_failure_limit: int = 100  # ... per address, all key ids (known-good keys pass)
+    auth_failure_limit: int = 10  # requests failing authentication per client address per minute
+    trusted_proxies: str = ""  # addresses/CIDRs whose X-Forwarded-For is believed; default none
     sweep_interval: float | None = None  # default: a fraction of the heartbeat interval
     result_poll_interval: float = 1.0
     maintenance_interval: float = 5.0  # job TTL expiry, sample and result pruning
@@ -92,6 +98,12 @@ class RelayConfig:
             )
         if self.heartbeat_interval <= 0 or self.rate_limit_per_minute <= 0:
             raise ConfigError("heartbeat interval and rate limit must be positive")
+        if self.auth_failure_limit <= 0 or self.handshake_address_failure_limit <= 0:
+            raise ConfigError("MC_RELAY_AUTH_FAILURES and MC_RELAY_HANDSHAKE_ADDRESS_FAILURES must be positive")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"MC_RELAY_TRUSTED_PROXIES: {exc}") from None
 
     def cipher(self) -> DataCipher:
         """The data-at-rest cipher, loading or creating its key on first use."""
@@ -172,6 +184,9 @@ _ENV: list[tuple[str, str, Any]] = [
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _int),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
     ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
+    ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _int),
+    ("auth_failure_limit", "MC_RELAY_AUTH_FAILURES", _int),
+    ("trusted_proxies", "MC_RELAY_TRUSTED_PROXIES", str),
     ("downloads_url_base", "MC_RELAY_DOWNLOADS_URL", str),
     ("downloads_dir", "MC_RELAY_DOWNLOADS_DIR", str),
     ("metrics_token", "MC_RELAY_METRICS_TOKEN", str),

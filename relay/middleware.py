@@ -7,6 +7,14 @@ its stack and answered 500 ``INTERNAL_ERROR`` without one. Routes named in
 ``PUBLIC_ROUTES`` skip token checks (health, spec, and the agent socket, which checks its
 API key itself); every other route needs a valid token, a matching ``X-Tenant-ID`` and a
 role allowed by ``auth.ROUTE_ROLES``.
+
+Limits (relay/ratelimit.py): an authenticated request counts against its token's
+quota. A request that fails authentication (401) counts against its client address
+(relay/clientaddr.py); once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the
+window, its requests are answered 429 before any token is checked, except those bearing a
+token this relay has already verified and that is still valid: a platform that shares an
+address (a NAT, a proxy not configured as trusted) with a scanner keeps working, while the
+scanner's guesses are not even evaluated.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from shared.errors import MCError, RateLimited
+from shared.errors import MCError, RateLimited, Unauthorized
 
 from . import auth
+from .clientaddr import client_address
 from .context import PRINCIPAL, RELAY, REQUEST_ID, STREAMING
 from .formats import new_request_id
+from .ratelimit import AUTH_FAILURES, Quota
 
 log = logging.getLogger("relay.http")
 
@@ -38,6 +48,12 @@ _HTTP_CODES: Final = {
 }  # fmt: skip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+QUOTA: web.RequestKey[Quota] = web.RequestKey("quota", Quota)
+
+
+def rate_limited(quota: Quota, message: str) -> RateLimited:
+    return RateLimited(f"{message}; retry after {quota.retry_after} s",
+                       details={"retryAfter": quota.retry_after})  # fmt: skip
 
 
 def envelope_error(
@@ -65,22 +81,44 @@ def _authenticate(request: web.Request, route: str | None) -> None:
     request[PRINCIPAL] = principal
 
 
+def _presented_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token")
+
+
+def _admit(request: web.Request, route: str, token: str | None) -> None:
+    """Authenticate under both limits; the quota the response reports goes in ``QUOTA``."""
+    relay = request.app[RELAY]
+    failures = request.app[AUTH_FAILURES]
+    address_key = "a:" + client_address(request)
+    if not (token and relay.verifier.known(token)):
+        request[QUOTA] = over = failures.peek(address_key)
+        if not over.allowed:
+            raise rate_limited(over, f"more than {over.limit} failed authentications a minute from this address")
+    try:
+        _authenticate(request, route)
+    except Unauthorized:
+        request[QUOTA] = failures.hit(address_key)
+        raise
+    request[QUOTA] = quota = relay.limiter.hit(relay.limiter.key_for(token, None))
+    if not quota.allowed:
+        raise rate_limited(quota, f"more than {quota.limit} requests a minute")
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     relay = request.app[RELAY]
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
     route = request.match_info.route.name
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token")
-    quota = relay.limiter.hit(
-        relay.limiter.key_for(token, request.remote), count=route not in UNCOUNTED_ROUTES
-    )
     try:
-        if not quota.allowed:
-            raise RateLimited(f"more than {quota.limit} requests a minute; retry after {quota.retry_after} s")
         if route is not None and route not in PUBLIC_ROUTES:
-            _authenticate(request, route)
+            _admit(request, route, _presented_token(request))
+        else:
+            key = relay.limiter.key_for(_presented_token(request), client_address(request))
+            request[QUOTA] = quota = relay.limiter.hit(key, count=route not in UNCOUNTED_ROUTES)
+            if not quota.allowed:
+                raise rate_limited(quota, f"more than {quota.limit} requests a minute")
         response = await handler(request)
     except MCError as exc:
         response = envelope_error(exc.status, exc.code, exc.message, exc.details, request_id)
@@ -102,5 +140,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         )
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
-        response.headers.update(quota.headers())
+        quota = request.get(QUOTA)
+        if quota is not None:
+            response.headers.update(quota.headers())
     return response

@@ -1,9 +1,14 @@
-"""Per-token request limits: a fixed one-minute window per key.
+"""Request limits: a fixed one-minute window per key.
 
 ``hit(key)`` counts one request and returns the numbers every response carries
 (``X-RateLimit-Limit``, ``-Remaining``, ``-Reset`` as epoch seconds of the window's end).
 Keys are a hash of the bearer token (or the client address when there is none), so a
 token never sits in memory twice. Old windows are dropped as they pass.
+
+The relay keeps two: one per authenticated token (``MC_RELAY_RATE_LIMIT``), and one of
+requests that FAILED authentication, per client address (``MC_RELAY_AUTH_FAILURES``, 10
+by default as the seed API's unauthenticated limit; relay/middleware.py). Made-up tokens
+are all counted against their address, never each in a bucket of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from aiohttp import web
 
 WINDOW_SECONDS = 60.0
 
@@ -58,6 +65,14 @@ class RateLimiter:
             return "t:" + hashlib.sha256(token.encode()).hexdigest()[:32]
         return "a:" + (remote or "unknown")
 
+    def peek(self, key: str) -> Quota:
+        """The key's quota without counting; ``allowed`` is False once it is used up."""
+        self._roll()
+        used = self._counts.get(key, 0)
+        reset = self._window_start + WINDOW_SECONDS
+        retry = max(1, math.ceil(reset - self._clock()))
+        return Quota(self.limit, max(0, self.limit - used), int(reset), used < self.limit, retry)
+
     def hit(self, key: str, *, count: bool = True) -> Quota:
         self._roll()
         used = self._counts.get(key, 0)
@@ -69,3 +84,7 @@ class RateLimiter:
             used += 1
             self._counts[key] = used
         return Quota(self.limit, max(0, self.limit - used), int(reset), True, retry)
+
+
+# Requests that failed authentication, counted per client address (relay/middleware.py).
+AUTH_FAILURES: web.AppKey[RateLimiter] = web.AppKey("auth_failures", RateLimiter)

@@ -75,8 +75,8 @@ def test_rs256_public_key_from_env_or_file(tmp_path: Path) -> None:
 async def test_failed_handshakes_are_limited_per_address_and_logged_without_key(
     start_relay: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After N bad keys from one address the relay answers 429 + Retry-After before looking
-    anything up; the log names the address and the reason, never the key."""
+    """After N bad tries of one key from one address the relay answers 429 + Retry-After
+    before looking anything up; the log names the address and the reason, never the key."""
     client = await start_relay(handshake_failure_limit=5)
     api = Api(client)
     con = await api.new_connector()
@@ -90,10 +90,10 @@ async def test_failed_handshakes_are_limited_per_address_and_logged_without_key(
             assert int(resp.headers["Retry-After"]) >= 1
             assert (await resp.json())["error"]["code"] == "RATE_LIMITED"
     assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429], statuses
-    # While limited, even a good key from that address waits (documented).
-    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
-        await client.ws_connect("/api/v1/agent/connect", headers={"Authorization": f"Bearer {con['apiKey']}"})
-    assert exc.value.status == 429
+    # The limit is per address AND key id: a good key (another id) from that address still
+    # connects (docs/SECURITY.md, API hygiene; tests/security/test_api_hygiene.py).
+    ws = await client.ws_connect("/api/v1/agent/connect", headers={"Authorization": f"Bearer {con['apiKey']}"})
+    await ws.close()
     text = caplog.text
     assert "agent handshake refused from" in text
     assert bad not in text and bad[4:20] not in text and keys.key_prefix(bad) not in text
