@@ -243,7 +243,29 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
     print(f"source {name!r} {'replaced' if replaced else 'added'} ({args.type}, {url})")
     if password:
         print("its password is stored encrypted, not in the config")
+    if args.type in PRIVILEGE_TYPES:
+        _privilege_note(cfg.sources[name], SecretBox(paths.secret_key), when_unreachable=True)
     return EXIT_OK
+
+
+PRIVILEGE_TYPES = ("postgres", "mysql", "mssql", "odbc")
+
+
+def _privilege_note(source_cfg: SourceConfig, box: SecretBox, *, when_unreachable: bool) -> dict[str, Any] | None:
+    """Say plainly when the source's account is privileged (a warning, never a failure);
+    the finding as a dict for ``--json``, or None when it could not be checked."""
+    from .sources.privilege import account_finding
+
+    finding, problem = account_finding(source_cfg, box)
+    if finding is not None and finding.privileged:
+        print(finding.warning(), file=sys.stderr)
+    elif problem and when_unreachable:
+        print(f"note: could not check whether the account is privileged ({problem}); "
+              f"'mini-connector source test {source_cfg.name}' checks it later", file=sys.stderr)  # fmt: skip
+    if finding is None:
+        return None
+    return {"privileged": finding.privileged, "account": finding.account, "reasons": finding.reasons,
+            "readerSql": finding.reader_sql if finding.privileged else None}  # fmt: skip
 
 
 def cmd_source_list(args: argparse.Namespace, paths: StatePaths) -> int:
@@ -291,11 +313,17 @@ def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
         return EXIT_SOURCE
     finally:
         sources.close()
+    if cfg.sources[args.name].type in PRIVILEGE_TYPES:
+        account = _privilege_note(cfg.sources[args.name], SecretBox(paths.secret_key), when_unreachable=False)
+        if account is not None:
+            result = {**result, "account": account}
     if args.json:
         print(orjson.dumps(result).decode())
     else:
         for k in ("connected", "latencyMs", "serverVersion", "tablesFound"):
             print(f"{k}: {str(result[k]).lower() if isinstance(result[k], bool) else result[k]}")
+        if "account" in result:
+            print(f"privileged: {str(result['account']['privileged']).lower()} ({result['account']['account']})")
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from .netchecks import (
     FAIL,
     OK,
     SKIP,
+    WARN,
     Check,
     Target,
     check_auth,
@@ -110,6 +111,36 @@ def run_checks(
     return out
 
 
+def account_checks(paths: StatePaths, *, report: Report | None = None) -> list[Check]:
+    """One ``account`` line per SQL source: WARN when its account is privileged (with the
+    SQL for a least-privilege reader as the fix), never FAIL (the exit code is the relay's)."""
+    from .sources.privilege import account_finding
+
+    try:
+        cfg = load_config(paths.config)
+        box = SecretBox(paths.secret_key)
+    except ConfigError:
+        return []
+    out: list[Check] = []
+    for name, source in cfg.sources.items():
+        if source.type not in ("postgres", "mysql", "mssql", "odbc"):
+            continue
+        finding, problem = account_finding(source, box)
+        if finding is None:
+            check = Check("account", WARN if problem else SKIP,
+                          f"source {name}: " + (f"could not check its account ({problem})" if problem
+                                                else "no account to check"))  # fmt: skip
+        elif finding.privileged:
+            check = Check("account", WARN, f"source {name}: {finding.summary}",
+                          "use a least-privilege reader for this source:\n" + finding.reader_sql)  # fmt: skip
+        else:
+            check = Check("account", OK, f"source {name}: account {finding.account} is not privileged")
+        out.append(check)
+        if report is not None:
+            report(check)
+    return out
+
+
 def format_check(check: Check) -> str:
     line = f"{check.status.upper():<5} {check.name:<7} {check.detail}"
     if check.fix and check.status != OK:
@@ -131,6 +162,7 @@ def cmd_diagnose(args: argparse.Namespace, paths: StatePaths) -> int:
         print(format_check(check), flush=True)
 
     checks = run_checks(paths, timeout=timeout, report=None if args.json else show)
+    checks += account_checks(paths, report=None if args.json else show)
     failed = any(c.status == FAIL for c in checks)
     result: dict[str, Any] = {"ok": not failed, "checks": [c.as_dict() for c in checks]}
     if args.bundle:
