@@ -74,6 +74,14 @@ class RelayConfig:
     tls_key: str | None = None
     data_cipher: DataCipher | None = field(default=None, repr=False)
     version: str = "0.1.0"
+    # Hostile agents (issue 13; relay/agentguard.py, docs/OPERATIONS.md): per agent connection.
+    agent_memory_budget: int = 64 << 20  # bytes of frames in hand before its socket is not read
+    chunk_threads: int = 2  # threads that decompress, check and seal chunk payloads (per node)
+    agent_log_lines_per_second: float = 200.0  # log lines kept per second; the rest dropped
+    agent_log_bytes_per_second: float = 256 << 10  # and log bytes per second
+    agent_log_burst_seconds: float = 10.0  # a burst may use this many seconds of either rate
+    agent_log_line_max: int = 8192  # characters of a log line's message kept (the rest cut)
+    agent_clock_skew: float = 300.0  # a log timestamp later than receipt + this is clamped
 
     @property
     def sweep_every(self) -> float:
@@ -197,6 +205,14 @@ _ENV: list[tuple[str, str, Any]] = [
     ("tls_key", "MC_RELAY_TLS_KEY", str),
     ("window", "MC_RELAY_WINDOW", _window),
     ("store_compression", "MC_RELAY_STORE_COMPRESSION", _compression),
+    # Hostile agents (issue 13)
+    ("agent_memory_budget", "MC_RELAY_AGENT_MEMORY_BUDGET", int),
+    ("chunk_threads", "MC_RELAY_CHUNK_THREADS", int),
+    ("agent_log_lines_per_second", "MC_RELAY_AGENT_LOG_LINES_PER_SECOND", float),
+    ("agent_log_bytes_per_second", "MC_RELAY_AGENT_LOG_BYTES_PER_SECOND", float),
+    ("agent_log_burst_seconds", "MC_RELAY_AGENT_LOG_BURST_SECONDS", float),
+    ("agent_log_line_max", "MC_RELAY_AGENT_LOG_LINE_MAX", int),
+    ("agent_clock_skew", "MC_RELAY_AGENT_CLOCK_SKEW", float),
 ]
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,7 +25,7 @@ from shared import keys, protocol
 from shared.crypto import load_public_key
 from shared.errors import MCError, ProtocolError, Unauthorized
 
-from . import intake, loglevel, queue
+from . import agentguard, intake, loglevel, queue
 from .context import RELAY, Relay
 from .formats import now
 from .session import AgentSession
@@ -41,11 +43,27 @@ FRAMES_IN_FLIGHT = 64  # per agent: frames being handled at once before the sock
 FRAME_DRAIN_SECONDS = 5.0  # at a session's end, how long frames already read may take
 
 
-def _job_of(frame: protocol.Message | protocol.Chunk) -> str | None:
-    if isinstance(frame, protocol.Chunk):
-        return frame.job_id
+@dataclass(frozen=True)
+class ChunkFrame:
+    """A binary frame admitted by its header: the payload is still untouched."""
+
+    head: protocol.ChunkHead
+    data: bytes
+
+
+Frame = protocol.Message | ChunkFrame
+
+
+def _job_of(frame: Frame) -> str | None:
+    if isinstance(frame, ChunkFrame):
+        return frame.head.job_id
     job_id = frame.get("jobId")
     return job_id if isinstance(job_id, str) else None
+
+
+def _resolve(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
@@ -58,13 +76,17 @@ def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
     return None
 
 
-def _reconcile(
-    conn: Any, connector_id: str, held: set[tuple[str, int]], at: float, lease: float
-) -> tuple[dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
+Reconciled = tuple[
+    dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]
+]
+
+
+def _reconcile(conn: Any, connector_id: str, held: set[tuple[str, int]], at: float, lease: float) -> Reconciled:
     """Keep in-flight jobs the agent still holds; give back the rest at once.
 
     Returns (kept job -> attempt, jobs given back (requeued or, past their retryLimit,
-    failed), held jobs cancelled meanwhile, held attempts that are no longer current).
+    failed), held jobs cancelled meanwhile, held attempts that are no longer current,
+    held jobs that ended meanwhile (the agent may resend their frames)).
     """
     kept: dict[str, int] = {}
     given_back: list[dict[str, Any]] = []
@@ -76,7 +98,7 @@ def _reconcile(
         queue.abandon(conn, job, at)
         given_back.append(job_store.get(conn, None, job["id"]) or job)
     queue.renew_leases(conn, connector_id, at + lease)
-    cancelled, stale = [], []
+    cancelled, stale, ended = [], [], []
     for job_id, attempt in held:
         if job_id in kept:
             continue
@@ -87,7 +109,9 @@ def _reconcile(
             stale.append((job_id, attempt))
         elif job["status"] == queue.CANCELLED:
             cancelled.append((job_id, attempt))
-    return kept, given_back, cancelled, stale
+        else:
+            ended.append((job_id, attempt))
+    return kept, given_back, cancelled, stale, ended
 
 
 def _lapse(
@@ -110,6 +134,7 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, AgentSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.workers = agentguard.ChunkWorkers()  # sized from the config by the first session
 
     # ------------------------------------------------------------ handshake
 
@@ -182,11 +207,16 @@ class Hub:
             await live.close(CLOSE["SESSION_REPLACED"], "SESSION_REPLACED")
         relay.kems.note_hello(cid, hello)  # which KEM its jobs are sealed with (relay/kems.py)
         at = now()
+        cfg = relay.config
         session = AgentSession(
             connector_id=cid, tenant_id=connector["tenant_id"], ws=ws,
             public_key=hello["publicKey"], capacity=hello["capacity"],
             hostname=hello["hostname"], version=hello["agentVersion"],
             connected_since=at, last_heartbeat=at, last_traffic=at,
+            budget=agentguard.Budget(cfg.agent_memory_budget),
+            log_throttle=agentguard.LogThrottle(
+                cfg.agent_log_lines_per_second, cfg.agent_log_bytes_per_second, cfg.agent_log_burst_seconds
+            ),
         )  # fmt: skip
         self.sessions[cid] = session
         try:
@@ -211,10 +241,12 @@ class Hub:
             **owners.owner_fields(relay.cluster.node_id, session.connected_since + relay.config.offline_after),
         }  # fmt: skip
         held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
-        kept, given_back, cancelled, stale = await relay.store.run(
+        kept, given_back, cancelled, stale, ended = await relay.store.run(
             _welcome_write, session.connector_id, fields, held, relay.config.offline_after
         )
         session.in_flight.update(kept)
+        for job_id, attempt in (*cancelled, *ended):  # their frames may come again: dropped
+            session.note_closed(job_id, attempt)
         self._given_back(relay, given_back)
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
@@ -242,17 +274,24 @@ class Hub:
         frame's store write: the frames of many jobs (and a job's started, chunk and done)
         then share one group commit instead of one commit each, one after the other.
 
-        Order is kept where it matters. On SQLite the store runs calls in the order they
-        were made (one writer thread, ``relay/store/batching.py``), and every frame's
-        first step is its store call, so frames are recorded in arrival order. On
-        PostgreSQL calls run in parallel on a pool, so a job's frames wait for the previous
-        frame of the same job (``tails``). At most ``FRAMES_IN_FLIGHT`` per agent: past
-        that the socket is not read, and TCP pushes back on the agent.
+        A chunk frame is checked from its header alone first (``agentguard.admit``): one
+        for a job this session does not hold is refused before any work on its payload.
+        An admitted frame takes its bytes from the connection's memory budget; past the
+        budget, or ``FRAMES_IN_FLIGHT`` frames, the socket is not read and TCP pushes back
+        on the agent. A chunk's payload work runs in a worker thread (``agentguard``).
+
+        Order is kept where it matters: a job's frames make their store calls in arrival
+        order (each waits for the previous frame of the same job to have made its store
+        call; on PostgreSQL, whose calls run in parallel on a pool, to have finished). On
+        SQLite the store runs calls in the order they were made (one writer thread,
+        ``relay/store/batching.py``), so frames are recorded in arrival order.
         """
         slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
         ordered = relay.store.batcher is not None
-        tails: dict[str, asyncio.Task[None]] = {}
+        self.workers.size(relay.config.chunk_threads)
+        tails: dict[str, asyncio.Future[None]] = {}
         tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
         try:
             async for raw in session.ws:
                 if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -261,21 +300,30 @@ class Hub:
                 if session.close_request is not None:
                     break  # a frame's task asked to close: done here, below
                 try:
-                    frame = protocol.decode_frame(raw.data, sender=protocol.AGENT)
+                    frame = await self._admit(relay, session, raw.data)
                 except ProtocolError as exc:
                     await self._violation(session, exc.message, relay.config.max_violations)
                     if session.dead:
                         break
                     continue
+                if frame is None:
+                    continue
+                cost = len(raw.data) + (frame.head.bound if isinstance(frame, ChunkFrame) else 0)
+                if session.budget.used and session.budget.used + cost > session.budget.limit:
+                    relay.metrics.agent_reads_paused.inc()
+                await session.budget.take(cost)
                 await slots.acquire()
-                job_id = None if ordered else _job_of(frame)
+                job_id = _job_of(frame)
                 after = tails.get(job_id) if job_id else None
-                task = asyncio.create_task(self._frame(relay, session, frame, slots, after))
+                turn: asyncio.Future[None] = loop.create_future()
+                ready: Callable[[], None] = (lambda t=turn: _resolve(t)) if ordered else (lambda: None)
+                task = asyncio.create_task(self._frame(relay, session, frame, slots, after, ready, cost))
+                task.add_done_callback(lambda _t, t=turn: _resolve(t))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 if job_id:
-                    tails[job_id] = task
-                    task.add_done_callback(lambda t, j=job_id: tails.get(j) is t and tails.pop(j))
+                    tails[job_id] = turn
+                    turn.add_done_callback(lambda t, j=job_id: tails.get(j) is t and tails.pop(j))
                 if session.dead:
                     break
             if session.close_request is not None:
@@ -287,9 +335,37 @@ class Hub:
             if tasks:  # let frames already read finish their bookkeeping
                 await asyncio.wait(set(tasks), timeout=FRAME_DRAIN_SECONDS)
 
+    async def _admit(self, relay: Relay, session: AgentSession, data: str | bytes) -> Frame | None:
+        """A frame as read, decoded (text) or checked from its header (binary); None when
+        it is dropped here (a late or superseded chunk: counted, not a violation)."""
+        if isinstance(data, str):
+            msg = protocol.decode_text(data, sender=protocol.AGENT)
+            return msg
+        refused = relay.metrics.agent_frames_refused
+        try:
+            head = protocol.read_chunk_head(data)
+        except ProtocolError:
+            refused.labels(reason="header").inc()
+            raise
+        verdict = agentguard.admit(session, head)
+        if verdict == agentguard.ADMIT:
+            try:
+                return ChunkFrame(protocol.bound_chunk(head, data), data)
+            except ProtocolError:
+                refused.labels(reason="header").inc()
+                raise
+        refused.labels(reason=verdict).inc()
+        if verdict == agentguard.FOREIGN:
+            raise ProtocolError(f"chunk {head.seq} for job {head.job_id} attempt {head.attempt}: "
+                                "that job is not leased to this connector")  # fmt: skip
+        if verdict == agentguard.STALE and (head.job_id, head.attempt) not in session.superseded:
+            session.superseded.add((head.job_id, head.attempt))
+            await session.send("job.cancel.v1", jobId=head.job_id, attempt=head.attempt, reason="SUPERSEDED")
+        return None
+
     async def _frame(
-        self, relay: Relay, session: AgentSession, frame: protocol.Message | protocol.Chunk,
-        slots: asyncio.Semaphore, after: asyncio.Task[None] | None,
+        self, relay: Relay, session: AgentSession, frame: Frame, slots: asyncio.Semaphore,
+        after: asyncio.Future[None] | None, ready: Callable[[], None], cost: int,
     ) -> None:  # fmt: skip
         """Handle one frame; what goes wrong is answered on the socket, as one frame's
         error, never ending the session (but for repeated protocol violations)."""
@@ -299,10 +375,12 @@ class Hub:
             if session.dead:
                 return
             try:
-                await self._route(relay, session, frame)
+                await self._route(relay, session, frame, ready)
             except intake.StaleAttempt:
                 pass  # the agent was told to drop that attempt; its frames are ignored
             except ProtocolError as exc:
+                if isinstance(frame, ChunkFrame):
+                    relay.metrics.agent_frames_refused.labels(reason="payload").inc()
                 await self._violation(session, exc.message, relay.config.max_violations)
             except MCError as exc:
                 await session.send("relay.error.v1", code=exc.code, message=exc.message[:2000])
@@ -311,12 +389,15 @@ class Hub:
                 await session.send("relay.error.v1", code="INTERNAL_ERROR",
                                    message="the relay could not process this message")  # fmt: skip
         finally:
+            ready()
+            session.budget.give(cost)
             slots.release()
 
-    async def _route(self, relay: Relay, session: AgentSession, frame: protocol.Message | protocol.Chunk) -> None:
-        if isinstance(frame, protocol.Chunk):
-            await intake.on_chunk(relay, session, frame)
+    async def _route(self, relay: Relay, session: AgentSession, frame: Frame, ready: Callable[[], None]) -> None:
+        if isinstance(frame, ChunkFrame):
+            await intake.on_chunk(relay, session, frame.head, frame.data, ready)
             return
+        ready()  # a text frame's first step is its store call
         handler = _HANDLERS.get(frame.type)
         if handler is None:
             raise ProtocolError(f"{frame.type} is not expected after the hello")
@@ -333,6 +414,8 @@ class Hub:
 
     async def _gone(self, relay: Relay, session: AgentSession) -> None:
         """The socket closed. Unless this session was replaced or swept, mark offline."""
+        with contextlib.suppress(Exception):  # the store may be closing at shutdown
+            await intake.flush_log_drops(relay, session)
         if self.sessions.get(session.connector_id) is not session:
             return
         del self.sessions[session.connector_id]
@@ -422,14 +505,15 @@ class Hub:
         for job in jobs:
             relay.notifier.notify(job["id"])  # a live reader of the abandoned attempt ends
             session = self.sessions.get(job["connector_id"])
-            if session is not None:
-                session.in_flight.pop(job["id"], None)
+            if session is not None:  # its later frames: SUPERSEDED if it went back to the queue
+                session.release_job(job["id"], supersede=job["status"] not in queue.FINAL)
             if job["status"] in queue.FINAL:
                 intake.publish_completed(relay, job["tenant_id"], job)
             elif session is not None:
                 self._spawn(self.kick(relay, job["connector_id"]))
 
     async def close_all(self) -> None:
+        self.workers.shutdown()
         sessions = list(self.sessions.values())
         await asyncio.gather(
             *(s.close(CLOSE["GOING_AWAY"], "relay shutting down") for s in sessions),
@@ -444,7 +528,7 @@ class Hub:
 
 def _welcome_write(
     conn: Any, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]], lease: float
-) -> tuple[dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]]]:
+) -> Reconciled:
     con_store.set_fields(conn, connector_id, fields)
     return _reconcile(conn, connector_id, held, fields["connected_since"], lease)
 

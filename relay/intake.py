@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,9 +19,8 @@ from sqlalchemy.exc import IntegrityError
 
 from shared import protocol
 from shared.errors import ProtocolError
-from shared.rows import payload_rows
 
-from . import atrest, heartbeats, queue
+from . import agentguard, heartbeats, queue
 from .context import Relay
 from .formats import iso, now, parse_iso
 from .session import AgentSession
@@ -198,29 +198,34 @@ def _start_fast(
 _start.fast = _start_fast  # type: ignore[attr-defined]
 
 
-async def on_chunk(relay: Relay, session: AgentSession, chunk: protocol.Chunk) -> None:
-    try:  # arrays: counted cheaply, the payload stays opaque; object lines: each line parsed
-        held = payload_rows(chunk.payload, chunk.rows)
-    except ValueError as exc:
-        raise ProtocolError(f"chunk {chunk.seq}: {exc}") from None
-    if held != chunk.rows:
-        raise ProtocolError(f"chunk {chunk.seq} declares {chunk.rows} rows but holds {held}")
-    aad = f"{chunk.job_id}:{chunk.attempt}:{chunk.seq}".encode()
+async def on_chunk(
+    relay: Relay, session: AgentSession, head: protocol.ChunkHead, data: bytes, ready: Callable[[], None]
+) -> None:
+    """A chunk admitted by its header (``agentguard.admit``): its payload is decompressed,
+    checked and sealed in a worker thread (on the loop when small), then stored; ``ready``
+    is called just before the store call (a job's frames make theirs in arrival order)."""
     compress = relay.config.store_compression == "zstd"
-    key_id, blob = atrest.seal(relay.cipher, chunk.payload, aad, compress=compress)
-    stored = (_store_chunk, chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, key_id, blob)
+    relay.metrics.chunk_payloads.inc()
+    if agentguard.inline(head):
+        prepared = agentguard.prepare(head, data, relay.cipher, compress)
+    else:
+        async with session.chunk_work:  # one agent cannot take every worker thread
+            prepared = await relay.hub.workers.run(agentguard.prepare, head, data, relay.cipher, compress)
+    del data  # the frame's bytes are not needed past this point
+    ready()
+    stored = (_store_chunk, head.job_id, head.attempt, head.seq, head.rows, prepared.key_id, prepared.blob)
     try:
         new, through = await _recorded(relay, session, *stored)
     except IntegrityError:  # the same chunk stored meanwhile (a resend racing): look again
         new, through = await _recorded(relay, session, *stored, call=_careful)
     if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
-        relay.recent.put(chunk.job_id, chunk.attempt, chunk.seq, chunk.rows, chunk.payload)
+        relay.recent.put(head.job_id, head.attempt, head.seq, head.rows, prepared.payload)
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
     # gap-free prefix is ever acknowledged; a chunk past a gap waits for the resend.
     if through >= 0:
-        await session.send("job.chunk.ack.v1", jobId=chunk.job_id, attempt=chunk.attempt, seq=through)
-    relay.notifier.notify(chunk.job_id)
-    pending = session.pending_done.get(chunk.job_id)
+        await session.send("job.chunk.ack.v1", jobId=head.job_id, attempt=head.attempt, seq=through)
+    relay.notifier.notify(head.job_id)
+    pending = session.pending_done.get(head.job_id)
     if pending is not None:
         await _try_finish(relay, session, pending)
 
@@ -346,7 +351,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
         return  # wait for the missing chunks; the agent resends what was never acked
     outcome, job = result
     session.pending_done.pop(job_id, None)
-    session.in_flight.pop(job_id, None)
+    session.release_job(job_id)  # its late frames (a resend) are dropped, not violations
     for new in claimed:  # in the same step as the pop: the slot is never counted free
         session.in_flight[new["id"]] = new["attempt"]
     if error.get("code") == "AGENT_SHUTDOWN":
@@ -440,26 +445,63 @@ _heartbeat_write.bulk = _heartbeats_bulk  # type: ignore[attr-defined]  # relay/
 
 
 async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
+    """Store an agent's log lines within its connection's budget (``agentguard.LogThrottle``):
+    lines past it are dropped and counted, and one line says how many; a message is cut to
+    ``agent_log_line_max`` characters; the relay's receive time is kept beside the agent's
+    timestamp, which is clamped to that time plus ``agent_clock_skew``."""
+    cfg, throttle = relay.config, session.log_throttle
+    at = now()
+    latest = at + cfg.agent_clock_skew
     rows = []
     for line in msg["lines"]:
+        message = line["message"]
+        if not throttle.allow(len(message) + 64):
+            continue
+        if len(message) > cfg.agent_log_line_max:
+            message = message[: cfg.agent_log_line_max] + " [cut by the relay]"
         try:
-            ts = parse_iso(line["timestamp"])
+            ts = min(parse_iso(line["timestamp"]), latest)
         except ValueError:
-            ts = now()
+            ts = at
         rows.append(
             {
                 "connector_id": session.connector_id,
                 "timestamp": ts,
+                "received_at": at,
                 "level": line["level"],
                 "level_no": LEVEL_NO[line["level"]],
-                "message": line["message"],
+                "message": message,
                 "logger": line.get("logger"),
                 "job_id": line.get("jobId"),
                 "line_id": line.get("id"),  # the agent's id: a resent line is stored once
             }
         )
-    added = await relay.store.run(log_store.add_logs, rows, relay.config.log_retention_lines)
-    relay.metrics.log_lines.inc(added)
+    dropped = throttle.summary()
+    if dropped:
+        relay.metrics.agent_log_lines_dropped.inc(dropped)
+        rows.append(dropped_line(session.connector_id, dropped, at))
+    if rows:
+        added = await relay.store.run(log_store.add_logs, rows, cfg.log_retention_lines)
+        relay.metrics.log_lines.inc(added)
+
+
+async def flush_log_drops(relay: Relay, session: AgentSession) -> None:
+    """At a session's end: the summary line of log lines dropped since the last one."""
+    dropped = session.log_throttle.summary(force=True)
+    if dropped:
+        relay.metrics.agent_log_lines_dropped.inc(dropped)
+        rows = [dropped_line(session.connector_id, dropped, now())]
+        await relay.store.run(log_store.add_logs, rows, relay.config.log_retention_lines)
+
+
+def dropped_line(connector_id: str, dropped: int, at: float) -> dict[str, Any]:
+    """The relay's own line in a connector's log: how many of its lines it dropped."""
+    return {
+        "connector_id": connector_id, "timestamp": at, "received_at": at, "level": "WARNING",
+        "level_no": LEVEL_NO["WARNING"], "logger": "relay",
+        "message": f"{dropped} log lines dropped (over this connection's log budget on the relay)",
+        "job_id": None, "line_id": None,
+    }  # fmt: skip
 
 
 def connector_status_data(connector_id: str, status: str, last_seen: float | None) -> dict[str, Any]:

@@ -55,6 +55,23 @@ class RelayMetrics:
         self.log_lines = Counter(
             "mini_relay_agent_log_lines", "Agent log lines stored (duplicates excluded)", registry=r
         )
+        # Hostile agents (relay/agentguard.py, docs/SECURITY.md "Hostile agents").
+        self.agent_frames_refused = Counter(
+            "mini_relay_agent_frames_refused",
+            "Agent frames refused or dropped, by reason (foreign, stale, late, header: before any "
+            "work on the payload; payload: while decoding it)", ["reason"], registry=r,
+        )  # fmt: skip
+        self.chunk_payloads = Counter(
+            "mini_relay_chunk_payloads_decoded", "Chunk payloads worked on (decompressed, checked)", registry=r
+        )
+        self.agent_log_lines_dropped = Counter(
+            "mini_relay_agent_log_lines_dropped", "Agent log lines dropped by the per-connection log budget",
+            registry=r,
+        )  # fmt: skip
+        self.agent_reads_paused = Counter(
+            "mini_relay_agent_reads_paused", "Times an agent socket was not read: its memory budget was full",
+            registry=r,
+        )  # fmt: skip
         # SQLite's group commit (relay/store/batching.py), counted since the node started:
         # ops / transactions is how many store calls share each commit.
         self.store_transactions = Gauge(

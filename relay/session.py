@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from shared import protocol
+
+from .agentguard import CLOSED_KEEP, Budget, LogThrottle
 
 log = logging.getLogger("relay.hub")
 
@@ -43,6 +46,12 @@ class AgentSession:
     in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
     superseded: set[tuple[str, int]] = field(default_factory=set)  # told to drop these
+    # Jobs that left this session (ended, given back, or held at hello but over): job id
+    # -> (attempt, whether its frames get SUPERSEDED). Tells a late frame from a foreign one.
+    closed: OrderedDict[str, tuple[int, bool]] = field(default_factory=OrderedDict)
+    budget: Budget = field(default_factory=lambda: Budget(64 << 20))  # bytes of frames in hand
+    chunk_work: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))  # in threads at once
+    log_throttle: LogThrottle = field(default_factory=lambda: LogThrottle(200, 256 << 10, 10))
     closing: bool = False
     close_request: tuple[int, str] | None = None  # see request_close
     _close_timer: asyncio.TimerHandle | None = None
@@ -54,6 +63,20 @@ class AgentSession:
     @property
     def free_slots(self) -> int:
         return max(0, self.capacity - len(self.in_flight))
+
+    def release_job(self, job_id: str, *, supersede: bool = False) -> int | None:
+        """The job leaves this session (ended or given back); returns its attempt. Its
+        later frames are then dropped (``supersede``: the agent is told to drop it)."""
+        attempt = self.in_flight.pop(job_id, None)
+        if attempt is not None:
+            self.note_closed(job_id, attempt, supersede=supersede)
+        return attempt
+
+    def note_closed(self, job_id: str, attempt: int, *, supersede: bool = False) -> None:
+        self.closed[job_id] = (attempt, supersede)
+        self.closed.move_to_end(job_id)
+        while len(self.closed) > CLOSED_KEEP:
+            self.closed.popitem(last=False)
 
     async def send(self, type_: str, **fields: Any) -> bool:
         """Send one message; False if the socket is gone (the caller decides what then)."""

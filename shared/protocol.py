@@ -13,8 +13,14 @@ Binary frames carry result chunks::
     byte 1      flags (bit 0: payload is zlib-compressed; bit 1: one zstd frame that
                 records its size, sent only to a relay whose welcome says ``zstdChunks``)
     bytes 2-3   header length H, big-endian
-    H bytes     JSON header {"jobId", "attempt", "seq", "rows"}
-    the rest    payload: a JSON array of rows, each an array in column order
+    H bytes     JSON header {"jobId", "attempt", "seq", "rows"} (H <= MAX_CHUNK_HEADER)
+    the rest    payload: a JSON array of rows, each an array in column order, or object
+                lines; decompressed at most MAX_CHUNK_PAYLOAD bytes and MAX_CHUNK_RATIO
+                times its compressed size (RATIO_FREE_BYTES always allowed)
+
+``read_chunk_head`` reads a frame's header without its payload, so a receiver checks who
+a frame is for before any work on what it carries; ``bound_chunk`` reads a zstd payload's
+recorded size (refusing it past the limits) and ``chunk_payload`` then decompresses.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -34,7 +40,14 @@ PROTOCOL_VERSION: Final = 1
 MAX_TEXT_FRAME: Final = 1 << 20  # 1 MiB
 MAX_BINARY_FRAME: Final = 16 << 20  # 16 MiB: a chunk's header and payload
 MAX_CHUNK_ROWS_BYTES: Final = 8 << 20  # what the agent aims a chunk's payload at, at most
-MAX_DECOMPRESSED: Final = 64 << 20
+MAX_DECOMPRESSED: Final = 64 << 20  # a chunk at rest (relay/atrest.py), stored by any version
+# A chunk payload on the wire, once decompressed: at most ``maxChunkBytes``' ceiling, and
+# at most MAX_CHUNK_RATIO times its compressed size (but any payload may reach
+# RATIO_FREE_BYTES). Over either the frame is refused (docs/SECURITY.md, "Hostile agents").
+MAX_CHUNK_PAYLOAD: Final = 16 << 20
+MAX_CHUNK_RATIO: Final = 256
+RATIO_FREE_BYTES: Final = 1 << 20
+MAX_CHUNK_HEADER: Final = 1024  # bytes of a chunk frame's JSON header
 MAX_ID_LEN: Final = 64
 MAX_NAME_LEN: Final = 200
 
@@ -241,7 +254,7 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             "connectorId": ID,
             "heartbeatInterval": F("num", lo=0.05, hi=3600),
             "window": F("int", lo=1, hi=1024),
-            "maxChunkBytes": F("int", lo=1024, hi=MAX_BINARY_FRAME),
+            "maxChunkBytes": F("int", lo=1024, hi=MAX_CHUNK_PAYLOAD),
             "logLevel": F("str", required=False, choices=LOG_LEVELS),
             # Optional: the newest agent log line id the relay holds for this connector;
             # the agent catches up from its local log with the lines after it.
@@ -305,6 +318,35 @@ class Chunk:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class ChunkHead:
+    """A chunk frame's header, read without touching its payload (``read_chunk_head``):
+    enough to check who the frame is for before any work on what it carries."""
+
+    job_id: str
+    attempt: int
+    seq: int
+    rows: int
+    flags: int
+    offset: int  # where the payload starts in the frame
+    packed: int  # the payload's size in the frame
+    declared: int | None  # a zstd payload's recorded decompressed size
+
+    @property
+    def codec(self) -> str | None:
+        return "zlib" if self.flags & FLAG_ZLIB else "zstd" if self.flags & FLAG_ZSTD else None
+
+    @property
+    def bound(self) -> int:
+        """The most bytes the payload may become: its own size, a zstd frame's recorded
+        size, or for zlib the limit it is decompressed to (``payload_limit``)."""
+        if self.codec is None:
+            return self.packed
+        if self.declared is not None:
+            return self.declared
+        return payload_limit(self.packed)
+
+
 def make(type_: str, **fields: Any) -> Message:
     """Build a message, validating it exactly as the receiver will."""
     if type_ not in MESSAGES:
@@ -363,9 +405,15 @@ _PREFIX = struct.Struct("!BBH")
 COMPRESS_MIN_BYTES: Final = 64 * 1024  # below this, compression costs more than it saves
 
 
+def payload_limit(packed: int) -> int:
+    """The most a compressed payload of ``packed`` bytes may decompress to."""
+    return min(MAX_CHUNK_PAYLOAD, max(RATIO_FREE_BYTES, packed * MAX_CHUNK_RATIO))
+
+
 def encode_chunk(chunk: Chunk, *, compress: str | None = None) -> bytes:
     """The binary frame of ``chunk``; ``compress`` is ``zstd``, ``zlib`` or None. A payload
-    under ``COMPRESS_MIN_BYTES``, or one that compresses by less than 10 %, goes as it is."""
+    under ``COMPRESS_MIN_BYTES``, one that compresses by less than 10 %, or one that
+    compresses past what a relay accepts (``payload_limit``) goes as it is."""
     payload, flags = chunk.payload, 0
     if compress and len(payload) >= COMPRESS_MIN_BYTES:
         if compress == "zstd":
@@ -374,7 +422,7 @@ def encode_chunk(chunk: Chunk, *, compress: str | None = None) -> bytes:
             packed, flag = zlib.compress(payload, 1), FLAG_ZLIB
         else:
             raise ValueError(f"unknown chunk compression {compress!r}")
-        if len(packed) < len(payload) * 0.9:
+        if len(packed) < len(payload) * 0.9 and len(payload) <= payload_limit(len(packed)):
             payload, flags = packed, flag
     header = orjson.dumps(
         {"jobId": chunk.job_id, "attempt": chunk.attempt, "seq": chunk.seq, "rows": chunk.rows}
@@ -388,10 +436,12 @@ def chunk_flags(frame: bytes) -> int:
 
 
 _CHUNK_HEADER = {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0), "rows": F("int", lo=0)}
+_MiB = 1 << 20
 
 
-def decode_chunk(data: bytes) -> Chunk:
-    """Parse a binary frame. The payload is decompressed but not parsed (it stays opaque)."""
+def read_chunk_head(data: bytes) -> ChunkHead:
+    """A binary frame's kind, flags and JSON header, checked; the payload is not read
+    (``bound_chunk`` then reads a zstd payload's recorded size, ``chunk_payload`` it all)."""
     if len(data) > MAX_BINARY_FRAME:
         raise ProtocolError(f"binary frame larger than {MAX_BINARY_FRAME} bytes")
     if len(data) < _PREFIX.size:
@@ -401,34 +451,70 @@ def decode_chunk(data: bytes) -> Chunk:
         raise ProtocolError(f"unknown binary frame kind {kind}")
     if flags not in (0, FLAG_ZLIB, FLAG_ZSTD):
         raise ProtocolError("unknown binary frame flags")
+    if hlen > MAX_CHUNK_HEADER:
+        raise ProtocolError(f"chunk header longer than {MAX_CHUNK_HEADER} bytes")
     end = _PREFIX.size + hlen
     if end > len(data):
         raise ProtocolError("binary frame header runs past the frame")
     try:
-        header = orjson.loads(data[_PREFIX.size : end])
+        header = orjson.loads(memoryview(data)[_PREFIX.size : end])
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("chunk header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise ProtocolError("chunk header must be a JSON object")
     h = _validate_fields(header, _CHUNK_HEADER, "chunk")
-    payload = data[end:]
-    if flags & FLAG_ZLIB:
+    return ChunkHead(h["jobId"], h["attempt"], h["seq"], h["rows"], flags, end, len(data) - end, None)
+
+
+def bound_chunk(head: ChunkHead, data: bytes) -> ChunkHead:
+    """``head`` with a zstd payload's recorded size, read from its frame header alone and
+    checked against the limits (a frame that records none, or too much, is refused)."""
+    if not head.flags & FLAG_ZSTD:
+        return head
+    try:
+        declared = zstdframes.declared_size(memoryview(data)[head.offset :])
+    except ValueError as exc:
+        raise ProtocolError(f"chunk {head.seq}: {exc}") from None
+    _check_size(head.seq, declared, head.packed)
+    return replace(head, declared=declared)
+
+
+def _check_size(seq: int, size: int, packed: int) -> None:
+    if size > MAX_CHUNK_PAYLOAD or payload_limit(packed) == MAX_CHUNK_PAYLOAD < size:
+        raise ProtocolError(f"chunk {seq}: payload decompresses past the limit of {MAX_CHUNK_PAYLOAD // _MiB} MiB")
+    if size > payload_limit(packed):
+        raise ProtocolError(f"chunk {seq}: payload expands past the limit of {MAX_CHUNK_RATIO} times its "
+                            "compressed size")  # fmt: skip
+
+
+def chunk_payload(head: ChunkHead, data: bytes) -> bytes:
+    """The payload of the frame ``data`` whose head is ``head``, decompressed within its
+    limits (``payload_limit``), streaming: never more than the limit is produced."""
+    view = memoryview(data)[head.offset :]
+    if head.codec is None:
+        return bytes(view)
+    if head.codec == "zstd":
         try:
-            d = zlib.decompressobj()
-            payload = d.decompress(payload, MAX_DECOMPRESSED)
-            if d.unconsumed_tail:
-                raise ProtocolError("chunk payload decompresses past the limit")
-            if not d.eof:
-                # A cut-off stream would otherwise yield a silently partial payload.
-                raise ProtocolError("chunk payload is a truncated zlib stream")
-        except zlib.error as exc:
-            raise ProtocolError("chunk payload is not valid zlib data") from exc
-    elif flags & FLAG_ZSTD:
-        try:
-            payload = zstdframes.decompress(payload, MAX_DECOMPRESSED)
+            return zstdframes.decompress(view, min(MAX_CHUNK_PAYLOAD, head.bound))
         except ValueError as exc:
-            raise ProtocolError(f"chunk {exc}") from None
-    return Chunk(h["jobId"], h["attempt"], h["seq"], h["rows"], bytes(payload))
+            raise ProtocolError(f"chunk {head.seq}: {exc}") from None
+    limit = payload_limit(head.packed)
+    try:
+        d = zlib.decompressobj()
+        payload = d.decompress(view, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"chunk {head.seq}: payload is not valid zlib data") from exc
+    if len(payload) > limit or d.unconsumed_tail:
+        _check_size(head.seq, limit + 1, head.packed)  # says which limit it went past
+    if not d.eof:  # a cut-off stream would otherwise yield a silently partial payload
+        raise ProtocolError(f"chunk {head.seq}: payload is a truncated zlib stream")
+    return payload
+
+
+def decode_chunk(data: bytes) -> Chunk:
+    """Parse a binary frame. The payload is decompressed but not parsed (it stays opaque)."""
+    head = bound_chunk(read_chunk_head(data), data)
+    return Chunk(head.job_id, head.attempt, head.seq, head.rows, chunk_payload(head, data))
 
 
 def decode_frame(data: str | bytes, *, sender: str) -> Message | Chunk:

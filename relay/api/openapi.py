@@ -95,7 +95,11 @@ SCHEMAS: dict[str, S] = {
         "logs": {"type": "array", "items": {"type": "object", "properties": {
             "id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
             "level": {"type": "string"}, "message": {"type": "string"},
-            "logger": _nullable("string"), "jobId": _nullable("string")}}},
+            "logger": _nullable("string"), "jobId": _nullable("string"),
+            "receivedAt": _nullable("string", format="date-time",
+                                    description="when the relay received the line (its own clock; "
+                                    "timestamp is the agent's, clamped to receivedAt + "
+                                    "MC_RELAY_AGENT_CLOCK_SKEW)")}}},
         "nextCursor": _nullable("string")}},
     "MetricSample": {"type": "object", "properties": {
         "timestamp": {"type": "string", "format": "date-time"}, "cpuUsage": {"type": "number"},

@@ -48,7 +48,8 @@ async def logs(request: web.Request) -> web.Response:
     rows = rows[:limit]
     lines = [
         {"id": str(r["id"]), "timestamp": iso(r["timestamp"]), "level": r["level"].lower(),
-         "message": r["message"], "logger": r["logger"], "jobId": r["job_id"]}
+         "message": r["message"], "logger": r["logger"], "jobId": r["job_id"],
+         "receivedAt": iso(r["received_at"])}
         for r in rows
     ]  # fmt: skip
     next_cursor = str(rows[-1]["id"]) if more and rows else None

@@ -133,6 +133,7 @@ agent_logs = Table(
     Column("logger", String(200)),
     Column("job_id", String(64)),
     Column("line_id", BigInteger),  # the agent's stable id for the line (dedupe on resend)
+    Column("received_at", Float),  # when the relay received it (the agent's clock is its own)
     Index("ix_agent_logs_connector", "connector_id", "id"),
     Index("ux_agent_logs_line", "connector_id", "line_id", unique=True),
 )
@@ -207,6 +208,10 @@ def _v6_chunks_uncompressed(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE result_chunks ALTER COLUMN data SET STORAGE EXTERNAL"))
 
 
+def _v7_log_received_at(conn: Connection) -> None:
+    _add_columns(conn, "agent_logs", {"received_at": "FLOAT"})
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
@@ -215,6 +220,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "connector owner-node leases", _v4_owner_leases),
     (5, "index for dispatch claims in priority order", _v5_claim_index),
     (6, "result chunks stored without compression (PostgreSQL)", _v6_chunks_uncompressed),
+    (7, "agent log lines: the relay's receive time", _v7_log_received_at),
 ]
 
 
