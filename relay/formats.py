@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import re
 import secrets
 import time
+from typing import Any, Final
 
 
 def new_connector_id() -> str:
@@ -57,3 +59,25 @@ def parse_iso(text: str) -> float:
     if d.tzinfo is None:
         d = d.replace(tzinfo=dt.UTC)
     return d.timestamp()
+
+
+# ---------------------------------------------------------------- CSV cells
+
+# A cell a spreadsheet may run as a formula starts with one of these (OWASP, CSV
+# injection): = + - @, and tab or carriage return, which some tools skip before looking.
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+NUMERIC_TYPES: Final = frozenset({"integer", "number", "decimal"})
+_PLAIN_NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def csv_cell(value: Any, numeric: bool) -> Any:
+    """``value`` as a CSV cell a spreadsheet will show, not run: text starting with a
+    formula character gets a leading ``'`` (what spreadsheet tools take as "this is
+    text"). Left as they are: JSON numbers (``-5`` cannot be a formula), and in a column
+    typed integer/number/decimal a value that is a plain number in ASCII (decimals travel
+    as strings, e.g. ``"-5.20"``); anything else in such a column is escaped like text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        if numeric and _PLAIN_NUMBER.fullmatch(value):
+            return value
+        return "'" + value
+    return value

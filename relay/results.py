@@ -36,7 +36,7 @@ from shared.rows import (
 
 from . import atrest, queue
 from .context import Relay
-from .formats import now
+from .formats import csv_cell, now
 from .store import chunks as chunk_store
 from .store import jobs as job_store
 
@@ -235,15 +235,22 @@ def _object_values(batch: ObjectLines) -> list[list[Any]]:
     return out
 
 
-def csv_rows(batch: Batch) -> bytes:
+def csv_rows(batch: Batch, numeric: list[bool] | None = None) -> bytes:
+    """CSV lines. ``numeric`` (one flag per column: typed integer/number/decimal) turns on
+    formula neutralising (``formats.csv_cell``); None writes cells raw."""
     if isinstance(batch, ObjectLines):
         batch = _object_values(batch)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    for row in batch:
-        writer.writerow([_csv_value(v) for v in row])
+    if numeric is None:
+        for row in batch:
+            writer.writerow([_csv_value(v) for v in row])
+    else:
+        width = len(numeric)
+        for row in batch:
+            writer.writerow([csv_cell(_csv_value(v), i < width and numeric[i]) for i, v in enumerate(row)])
     return buf.getvalue().encode("utf-8")
 
 
-def csv_header(names: list[str]) -> bytes:
-    return csv_rows([list(names)])
+def csv_header(names: list[str], *, neutralise: bool = False) -> bytes:
+    return csv_rows([list(names)], [False] * len(names) if neutralise else None)

@@ -64,7 +64,13 @@ SCHEMAS: dict[str, S] = {
             "activeJobs": {"type": "integer"}, "capacity": _nullable("integer"),
             "sources": {"type": "array", "items": {"type": "object", "properties": {
                 "name": {"type": "string"}, "type": {"type": "string"}}}},
-            "apiKeyPrefix": {"type": "string"}, "publicKey": _nullable("string"),
+            "apiKeyPrefix": {"type": "string"},
+            "previousKeys": {
+                "type": "array", "description": "earlier API keys that still work, each until its "
+                "expiresAt (rotate-key; gracePeriodSeconds 0 ends them all)",
+                "items": {"type": "object", "required": ["apiKeyPrefix", "expiresAt"], "properties": {
+                    "apiKeyPrefix": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}}}},
+            "publicKey": _nullable("string"),
             "createdAt": {"type": "string", "format": "date-time"},
         },
     },
@@ -255,7 +261,11 @@ PATHS: dict[str, S] = {
                        "application/x-ndjson": {"schema": {"type": "string"}},
                        "text/csv": {"schema": {"type": "string"}}}},
                     "409": ERR, "410": ERR},
-                   params=[ID, _q("format", {"enum": ["ndjson", "csv"]}), _q("offset", {"type": "integer", "minimum": 0})]),
+                   params=[ID, _q("format", {"enum": ["ndjson", "csv"]}), _q("offset", {"type": "integer", "minimum": 0}),
+                           _q("csvFormulas", {"enum": ["escape", "raw"], "default": "escape"},
+                              "CSV only: 'escape' (default) prefixes ' to text cells starting with = + - @ tab "
+                              "or CR, so spreadsheets show them instead of running them (plain numbers in "
+                              "integer/number/decimal columns stay as they are); 'raw' writes every cell as is")]),
     },
     "/api/v1/events": {
         "get": _op("events", "Tenant events over a WebSocket: connector_status_changed, job_started, job_completed",

@@ -1,4 +1,6 @@
-"""``GET /jobs/{id}/results``: NDJSON (default) or CSV, from ``offset``, tailing a live job."""
+"""``GET /jobs/{id}/results``: NDJSON (default) or CSV, from ``offset``, tailing a live job.
+
+CSV neutralises formula cells (``formats.csv_cell``) unless ``csvFormulas=raw``."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from shared.errors import ValidationError
 
 from .. import results
 from ..context import REQUEST_ID, STREAMING
+from ..formats import NUMERIC_TYPES
 from ..store import jobs as job_store
-from .common import not_found, principal, query_int, relay_of
+from .common import not_found, principal, query_choice, query_int, relay_of
 
 log = logging.getLogger("relay.results")
 
@@ -23,6 +26,9 @@ async def get(request: web.Request) -> web.StreamResponse:
     if fmt not in ("ndjson", "csv"):
         raise ValidationError("format must be ndjson or csv", field="format")
     offset = query_int(request, "offset", 0, lo=0, hi=10**15)
+    formulas = query_choice(request, "csvFormulas", ("escape", "raw")) or "escape"
+    if "csvFormulas" in request.query and fmt != "csv":
+        raise ValidationError("csvFormulas applies to format=csv only", field="csvFormulas")
     job = await relay.store.run(job_store.get, who.tenant_id, job_id)
     if job is None:
         raise not_found("job", job_id)
@@ -33,7 +39,11 @@ async def get(request: web.Request) -> web.StreamResponse:
     except results.StreamAborted as exc:
         raise not_found("job", job_id) from exc
     await results.check_readable(relay, job)
-    names = [c["name"] for c in results.columns_of(job)]
+    columns = results.columns_of(job)
+    names = [c["name"] for c in columns]
+    # CSV cells that a spreadsheet would run as formulas get a leading ' unless the
+    # caller asks for csvFormulas=raw (docs/SECURITY.md, API hygiene).
+    numeric = None if formulas == "raw" else [c.get("type") in NUMERIC_TYPES for c in columns]
     resp = web.StreamResponse(status=200)
     resp.content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"
     resp.charset = "utf-8"
@@ -43,10 +53,10 @@ async def get(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     request[STREAMING] = True
     if fmt == "csv":
-        await resp.write(results.csv_header(names))
+        await resp.write(results.csv_header(names, neutralise=numeric is not None))
     try:
         async for batch in results.rows(relay, job, offset):
-            await resp.write(results.csv_rows(batch) if fmt == "csv" else results.ndjson(names, batch))
+            await resp.write(results.csv_rows(batch, numeric) if fmt == "csv" else results.ndjson(names, batch))
     except results.StreamAborted as exc:
         # Cut the connection without the last chunk: the reader sees an error, not an end.
         log.info("result stream of %s aborted: %s", job_id, exc)

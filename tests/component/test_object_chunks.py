@@ -89,7 +89,8 @@ async def test_object_lines_served_verbatim_and_as_csv(api: Api, agent: FakeAgen
     assert _lines(text) == EXPECTED[3:]
     _, text, _ = await api.call("GET", f"/jobs/{job_id}/results?offset=4")
     assert text == ""
-    status, text, resp = await api.call("GET", f"/jobs/{job_id}/results?format=csv&offset=1")
+    # Raw cells (columns typed string here: neutralised "-0.10" would read "'-0.10").
+    status, text, resp = await api.call("GET", f"/jobs/{job_id}/results?format=csv&offset=1&csvFormulas=raw")
     assert status == 200 and resp.content_type == "text/csv"
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == NAMES

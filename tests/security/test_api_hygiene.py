@@ -148,3 +148,68 @@ async def test_connector_names_keep_ordinary_unicode(api: Api) -> None:
     for name in ("Zürich büro", "東京オフィス", "مكتب الرياض", "team \U0001f469\u200d\U0001f4bb"):
         con = await api.new_connector(name)
         assert (await api.connector(con["id"]))["name"] == name
+
+
+# --------------------------------------------------------------- CSV formula cells
+
+CSV_COLUMNS = [{"name": "=HEADER()", "type": "string"}, {"name": "note", "type": "string"},
+               {"name": "qty", "type": "integer"}, {"name": "amount", "type": "decimal"}]
+CSV_ROWS: list[list[Any]] = [
+    ["=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", -5, "-5.20"],
+    ["@SUM(A1:A2)", "-2+3", 7, "-1+cmd|'/C calc'!A0"],
+    ["\tx=1", "\r=1", -0, "+3"],
+    ["plain", "a=b", 1, "1.50"],
+]
+
+
+async def _csv_job(api: Api, agent: Any, *, objects: bool) -> str:
+    from shared import protocol
+    from shared.rows import encode_objects, encode_rows
+
+    job_id = await api.submit(agent.connector_id)
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.send("job.started.v1", jobId=job_id, attempt=assign["attempt"], columns=CSV_COLUMNS)
+    names = [c["name"] for c in CSV_COLUMNS]
+    payload = encode_objects(names, CSV_ROWS) if objects else encode_rows(CSV_ROWS)
+    frame = protocol.encode_chunk(protocol.Chunk(job_id, assign["attempt"], 0, len(CSV_ROWS), payload))
+    await agent.send_raw(frame)
+    await agent.expect("job.chunk.ack.v1", jobId=job_id, seq=0)
+    await agent.done(assign, 1, len(CSV_ROWS))
+    return job_id
+
+
+def _csv(text: str) -> list[list[str]]:
+    import csv
+    import io
+
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+@pytest.mark.parametrize("objects", [False, True], ids=["array-chunks", "object-line-chunks"])
+async def test_csv_neutralises_formula_cells(api: Api, agent: Any, objects: bool) -> None:
+    """Text starting with = + - @ tab or CR gets a leading ' (header included); numbers
+    in numeric columns stay numbers, but text in them that is not a plain number does not."""
+    job_id = await _csv_job(api, agent, objects=objects)
+    status, text, _ = await api.call("GET", f"/jobs/{job_id}/results?format=csv")
+    assert status == 200, text
+    assert _csv(text) == [
+        ["'=HEADER()", "note", "qty", "amount"],
+        ["'=HYPERLINK(\"http://x\")", "'+1+cmd|' /C calc'!A0", "-5", "-5.20"],
+        ["'@SUM(A1:A2)", "'-2+3", "7", "'-1+cmd|'/C calc'!A0"],
+        ["'\tx=1", "'\r=1", "0", "+3"],
+        ["plain", "a=b", "1", "1.50"],
+    ]
+    # The documented way to the raw values.
+    status, text, _ = await api.call("GET", f"/jobs/{job_id}/results?format=csv&csvFormulas=raw")
+    assert status == 200
+    assert _csv(text)[0][0] == "=HEADER()" and _csv(text)[1][:2] == [CSV_ROWS[0][0], CSV_ROWS[0][1]]
+    # NDJSON is data, not a spreadsheet: untouched.
+    _, text, _ = await api.call("GET", f"/jobs/{job_id}/results")
+    assert text.splitlines()[0].startswith('{"=HEADER()":"=HYPERLINK(')
+
+
+async def test_csv_formulas_option_is_checked(api: Api, agent: Any) -> None:
+    job_id = await _csv_job(api, agent, objects=False)
+    for query in ("format=csv&csvFormulas=yes", "csvFormulas=raw"):
+        status, body, _ = await api.call("GET", f"/jobs/{job_id}/results?{query}")
+        assert status == 422 and body["error"]["details"]["field"] == "csvFormulas", (query, body)
