@@ -44,24 +44,35 @@ async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) 
     return row, api_key
 
 
-def _rotate(conn: Any, tenant_id: str, connector_id: str, new_key: str, expires: float) -> dict[str, Any]:
+def _rotate(
+    conn: Any, tenant_id: str, connector_id: str, new_key: str, expires: float, at: float
+) -> dict[str, Any]:
     row = con_store.get(conn, tenant_id, connector_id)
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist")
     if row["status"] == "revoked":
         raise Conflict("the connector is revoked", code="CONNECTOR_REVOKED")
+    if expires <= at:
+        # Grace 0: a key thought stolen. Every earlier key stops now, not only the latest.
+        con_store.drop_previous_keys(conn, connector_id)
+    else:
+        # Each earlier key keeps its own expiry; the one replaced now gets ``expires``.
+        con_store.drop_previous_keys(conn, connector_id, expired_at=at)
+        con_store.keep_previous_key(conn, connector_id, row["api_key_prefix"], row["api_key_hash"], expires)
     con_store.set_fields(conn, connector_id, {
-        "prev_key_prefix": row["api_key_prefix"], "prev_key_hash": row["api_key_hash"],
-        "prev_key_expires_at": expires,
+        "prev_key_prefix": None, "prev_key_hash": None, "prev_key_expires_at": None,
         "api_key_prefix": keys.key_prefix(new_key), "api_key_hash": keys.hash_key(new_key),
     })  # fmt: skip
     return row
 
 
 async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
+    """A new key; the replaced one works ``grace`` seconds more, earlier ones until their
+    own expiry. ``grace`` 0 ends every earlier key at once."""
     new_key = keys.generate_key()
-    expires = now() + max(0.0, grace)
-    await relay.store.run(_rotate, tenant_id, connector_id, new_key, expires)
+    at = now()
+    expires = at + max(0.0, grace)
+    await relay.store.run(_rotate, tenant_id, connector_id, new_key, expires, at)
     return new_key, expires
 
 

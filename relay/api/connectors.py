@@ -72,7 +72,8 @@ async def list_(request: web.Request) -> web.Response:
     status = query_choice(request, "status", STATUSES)
     page, limit = paging(request)
     rows, total = await relay.store.run(con_store.list_page, who.tenant_id, status, page, limit)
-    data = [connector_view(r, relay.hub.sessions.get(r["id"])) for r in rows]
+    previous = await relay.store.run(con_store.previous_keys, [r["id"] for r in rows], now())
+    data = [connector_view(r, relay.hub.sessions.get(r["id"]), previous.get(r["id"])) for r in rows]
     return ok(data, meta={"page": page, "limit": limit, "total": total})
 
 
@@ -85,9 +86,14 @@ async def _load(request: web.Request) -> dict[str, Any]:
     return row
 
 
+async def _view(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
+    relay = relay_of(request)
+    previous = await relay.store.run(con_store.previous_keys, [row["id"]], now())
+    return connector_view(row, relay.hub.sessions.get(row["id"]), previous.get(row["id"]))
+
+
 async def get(request: web.Request) -> web.Response:
-    row = await _load(request)
-    return ok(connector_view(row, relay_of(request).hub.sessions.get(row["id"])))
+    return ok(await _view(request, await _load(request)))
 
 
 async def update(request: web.Request) -> web.Response:
@@ -115,7 +121,7 @@ async def update(request: web.Request) -> web.Response:
         session = relay.hub.sessions.get(row["id"])
         if session is not None and not session.dead:
             await session.send("agent.config.v1", logLevel=level)
-    return ok(connector_view(row, relay.hub.sessions.get(row["id"])))
+    return ok(await _view(request, row))
 
 
 async def delete(request: web.Request) -> web.Response:

@@ -11,7 +11,11 @@ from ..intake import duration_ms
 from ..session import AgentSession
 
 
-def connector_view(row: dict[str, Any], session: AgentSession | None = None) -> dict[str, Any]:
+def connector_view(
+    row: dict[str, Any], session: AgentSession | None = None,
+    previous: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``previous``: the earlier keys still working (store.connectors.previous_keys)."""
     # Heartbeats update the live session at once; prefer it over the stored row.
     s = session if session is not None and not session.dead else None
     last_seen = row["last_seen"]
@@ -33,6 +37,8 @@ def connector_view(row: dict[str, Any], session: AgentSession | None = None) -> 
         "capacity": s.capacity if s else row["capacity"],
         "sources": orjson.loads(row["sources"] or "[]"),
         "apiKeyPrefix": row["api_key_prefix"],
+        "previousKeys": [{"apiKeyPrefix": p["prefix"], "expiresAt": iso(p["expires_at"])}
+                         for p in previous or ()],
         "publicKey": row["public_key"],
         "createdAt": iso(row["created_at"]),
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from . import raw
+from .schema import connector_keys as k
 from .schema import connectors as t
 
 # Built once: every job submission reads the connector, every heartbeat updates it.
@@ -53,15 +54,58 @@ def list_page(
     return [dict(r._mapping) for r in rows], int(total)
 
 
-def by_key_prefix(conn: Connection, prefix: str) -> list[dict[str, Any]]:
-    """Connectors whose current or previous key starts with ``prefix`` (not revoked)."""
-    rows = conn.execute(
-        select(t).where(
-            or_(t.c.api_key_prefix == prefix, t.c.prev_key_prefix == prefix),
-            t.c.revoked_at.is_(None),
-        )
+def by_key_prefix(conn: Connection, prefix: str, at: float | None = None) -> list[dict[str, Any]]:
+    """Connectors (not revoked) whose current key, or a previous key unexpired at ``at``,
+    starts with ``prefix``. A previous key comes back as a copy of its connector's row with
+    ``prev_key_prefix``/``prev_key_hash``/``prev_key_expires_at`` set to it, one row per
+    such key, so the handshake checks each the same way (relay/hub.py)."""
+    rows = [dict(r._mapping) for r in conn.execute(
+        select(t).where(t.c.api_key_prefix == prefix, t.c.revoked_at.is_(None))
+    ).all()]  # fmt: skip
+    cond = [k.c.key_prefix == prefix, t.c.revoked_at.is_(None)]
+    if at is not None:
+        cond.append(k.c.expires_at > at)
+    previous = conn.execute(
+        select(t, k.c.key_prefix, k.c.key_hash, k.c.expires_at)
+        .join(k, k.c.connector_id == t.c.id).where(*cond)
     ).all()
-    return [dict(r._mapping) for r in rows]
+    for r in previous:
+        row = {c.name: r._mapping[c] for c in t.columns}
+        row.update(prev_key_prefix=r._mapping[k.c.key_prefix], prev_key_hash=r._mapping[k.c.key_hash],
+                   prev_key_expires_at=r._mapping[k.c.expires_at])  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def previous_keys(conn: Connection, connector_ids: list[str], at: float) -> dict[str, list[dict[str, Any]]]:
+    """connector id -> its previous keys still working at ``at`` (prefix, expiry), soonest
+    expiry first."""
+    if not connector_ids:
+        return {}
+    rows = conn.execute(
+        select(k.c.connector_id, k.c.key_prefix, k.c.expires_at)
+        .where(k.c.connector_id.in_(connector_ids), k.c.expires_at > at)
+        .order_by(k.c.expires_at, k.c.key_prefix)
+    ).all()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cid, prefix, expires in rows:
+        out.setdefault(cid, []).append({"prefix": prefix, "expires_at": expires})
+    return out
+
+
+def keep_previous_key(conn: Connection, connector_id: str, prefix: str, key_hash: str, expires: float) -> None:
+    """The key being replaced keeps working until ``expires``."""
+    conn.execute(delete(k).where(k.c.connector_id == connector_id, k.c.key_hash == key_hash))
+    conn.execute(k.insert().values(connector_id=connector_id, key_prefix=prefix, key_hash=key_hash,
+                                   expires_at=expires))  # fmt: skip
+
+
+def drop_previous_keys(conn: Connection, connector_id: str, *, expired_at: float | None = None) -> None:
+    """Forget the connector's previous keys: all of them, or those expired at ``expired_at``."""
+    q = delete(k).where(k.c.connector_id == connector_id)
+    if expired_at is not None:
+        q = q.where(k.c.expires_at <= expired_at)
+    conn.execute(q)
 
 
 def set_fields(conn: Connection, connector_id: str, values: dict[str, Any]) -> None:

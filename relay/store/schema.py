@@ -75,6 +75,19 @@ connectors = Table(
     Index("ix_connectors_prev_prefix", "prev_key_prefix"),
 )
 
+# Every earlier API key of a connector that still works, each until its own expiry (a
+# second rotation no longer cuts the first one's key short). ``prev_key_*`` on connectors
+# is no longer written; migration 8 moved what it held here.
+connector_keys = Table(
+    "connector_keys",
+    metadata,
+    Column("connector_id", String(40), primary_key=True),
+    Column("key_hash", String(64), primary_key=True),
+    Column("key_prefix", String(20), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_connector_keys_prefix", "key_prefix"),
+)
+
 jobs = Table(
     "jobs",
     metadata,
@@ -212,6 +225,23 @@ def _v7_log_received_at(conn: Connection) -> None:
     _add_columns(conn, "agent_logs", {"received_at": "FLOAT"})
 
 
+def _v8_previous_keys(conn: Connection) -> None:
+    # Several previous API keys per connector, each with its own expiry.
+    connector_keys.create(conn, checkfirst=True)
+    have = {r[0] for r in conn.execute(select(connector_keys.c.connector_id))}
+    rows = conn.execute(
+        select(connectors.c.id, connectors.c.prev_key_prefix, connectors.c.prev_key_hash,
+               connectors.c.prev_key_expires_at)
+        .where(connectors.c.prev_key_hash.is_not(None), connectors.c.prev_key_expires_at.is_not(None))
+    ).all()  # fmt: skip
+    for cid, prefix, key_hash, expires in rows:
+        if cid not in have:
+            conn.execute(insert(connector_keys).values(
+                connector_id=cid, key_hash=key_hash, key_prefix=prefix, expires_at=expires))  # fmt: skip
+    conn.execute(connectors.update().where(connectors.c.prev_key_hash.is_not(None))
+                 .values(prev_key_prefix=None, prev_key_hash=None, prev_key_expires_at=None))  # fmt: skip
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
@@ -221,6 +251,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "index for dispatch claims in priority order", _v5_claim_index),
     (6, "result chunks stored without compression (PostgreSQL)", _v6_chunks_uncompressed),
     (7, "agent log lines: the relay's receive time", _v7_log_received_at),
+    (8, "every previous API key of a connector, each until its own expiry", _v8_previous_keys),
 ]
 
 

@@ -13,7 +13,7 @@ from .conftest import Api, FakeAgent, wait_until
 
 CONNECTOR_FIELDS = {"id", "name", "status", "os", "hostname", "ipAddress", "version", "lastSeen",
                     "connectedSince", "cpuUsage", "memoryUsage", "activeJobs", "capacity", "sources",
-                    "apiKeyPrefix", "publicKey", "createdAt"}
+                    "apiKeyPrefix", "previousKeys", "publicKey", "createdAt"}
 
 
 async def test_register_shows_the_key_once_with_setup_instructions(api: Api) -> None:

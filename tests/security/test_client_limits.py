@@ -14,7 +14,7 @@ from relay.auth import make_token
 from relay.clientaddr import parse_networks, resolve
 from relay.config import ConfigError, RelayConfig
 from shared import keys
-from tests.component.conftest import SECRET, Api
+from tests.component.conftest import SECRET, Api, wait_until
 
 CONNECT = "/api/v1/agent/connect"
 
@@ -190,3 +190,59 @@ def test_settings_from_the_environment() -> None:
     with pytest.raises(ConfigError, match="MC_RELAY_TRUSTED_PROXIES"):
         RelayConfig.from_env({"MC_RELAY_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local",
                               "MC_RELAY_JWT_SECRET": "s"}).check()
+
+
+# --------------------------------------------------------------- previous keys
+
+
+async def test_every_previous_key_works_until_its_own_expiry(api: Api, client: Any) -> None:
+    """create, rotate (24 h), rotate again (1.5 s): the original key, the first rotated key
+    and the newest all pass the handshake, and the connector lists both earlier keys with
+    their expiries. Before, the second rotation cut the original key off at once. Then the
+    1.5 s key lapses on its own while the original (24 h) keeps working."""
+    con = await api.new_connector()
+    cid = con["id"]
+    _, out, _ = await api.call("POST", f"/connectors/{cid}/rotate-key", expect=200)
+    first = out["data"]
+    _, out, _ = await api.call("POST", f"/connectors/{cid}/rotate-key", json={"gracePeriodSeconds": 1.5},
+                               expect=200)  # fmt: skip
+    newest = out["data"]
+    for key in (con["apiKey"], first["apiKey"], newest["apiKey"]):
+        assert await _handshake(client, key) == 101
+    view = await api.connector(cid)
+    assert view["apiKeyPrefix"] == newest["apiKeyPrefix"]
+    assert [p["apiKeyPrefix"] for p in view["previousKeys"]] == [first["apiKeyPrefix"], con["apiKeyPrefix"]]
+    assert [p["expiresAt"] for p in view["previousKeys"]] == [newest["previousKeyExpiresAt"],
+                                                              first["previousKeyExpiresAt"]]
+
+    async def first_lapsed() -> bool:
+        return await _handshake(client, first["apiKey"]) == 401
+
+    await wait_until(first_lapsed, what="the 1.5 s key to stop working")
+    assert await _handshake(client, con["apiKey"]) == 101
+    assert [p["apiKeyPrefix"] for p in (await api.connector(cid))["previousKeys"]] == [con["apiKeyPrefix"]]
+
+
+async def test_grace_zero_cuts_every_previous_key(api: Api, client: Any) -> None:
+    """Decision (docs/SECURITY.md): gracePeriodSeconds 0 is for a key thought stolen, and
+    the thief may hold any earlier key, so every previous key stops at once."""
+    con = await api.new_connector()
+    cid = con["id"]
+    _, first, _ = await api.call("POST", f"/connectors/{cid}/rotate-key", expect=200)
+    _, second, _ = await api.call("POST", f"/connectors/{cid}/rotate-key", expect=200)
+    _, last, _ = await api.call("POST", f"/connectors/{cid}/rotate-key", json={"gracePeriodSeconds": 0},
+                                expect=200)  # fmt: skip
+    for key in (con["apiKey"], first["data"]["apiKey"], second["data"]["apiKey"]):
+        assert await _handshake(client, key) == 401
+    assert await _handshake(client, last["data"]["apiKey"]) == 101
+    assert (await api.connector(cid))["previousKeys"] == []
+    _, listing, _ = await api.call("GET", "/connectors", expect=200)
+    assert listing["data"][0]["previousKeys"] == []
+
+
+async def test_revoking_ends_previous_keys_too(api: Api, client: Any) -> None:
+    con = await api.new_connector()
+    _, out, _ = await api.call("POST", f"/connectors/{con['id']}/rotate-key", expect=200)
+    await api.call("DELETE", f"/connectors/{con['id']}", expect=204)
+    for key in (con["apiKey"], out["data"]["apiKey"]):
+        assert await _handshake(client, key) == 401

@@ -46,3 +46,34 @@ def test_postgres_store_keeps_chunks_uncompressed(pg_database: str) -> None:
         assert storage == "e"
     finally:
         engine.dispose()
+
+
+def test_v8_moves_the_previous_key_to_its_own_table(tmp_path) -> None:
+    """A store from before migration 8 (one previous key in connectors.prev_key_*) keeps
+    that key working until its expiry: it moves to connector_keys, the old columns clear."""
+    from relay.store import connectors as con_store
+    from relay.store.schema import connector_keys, connectors
+    from shared import keys as api_keys
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'relay.db'}")
+    migrate(engine)
+    old, new = api_keys.generate_key(), api_keys.generate_key()
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE connector_keys"))
+        conn.execute(schema_migrations.delete().where(schema_migrations.c.version >= 8))
+        conn.execute(connectors.insert().values(
+            id="con_1", tenant_id="t", name="n", os="linux", status="pending", sources="[]",
+            active_jobs=0, api_key_prefix=api_keys.key_prefix(new), api_key_hash=api_keys.hash_key(new),
+            prev_key_prefix=api_keys.key_prefix(old), prev_key_hash=api_keys.hash_key(old),
+            prev_key_expires_at=5000.0, created_at=1.0))  # fmt: skip
+    assert migrate(engine) == MIGRATIONS[-1][0]
+    with engine.begin() as conn:
+        moved = conn.execute(select(connector_keys)).all()
+        assert [(r.connector_id, r.key_prefix, r.expires_at) for r in moved] == [
+            ("con_1", api_keys.key_prefix(old), 5000.0)]
+        assert conn.execute(select(connectors.c.prev_key_hash)).scalar() is None
+        found = con_store.by_key_prefix(conn, api_keys.key_prefix(old))
+        assert [(r["id"], r["prev_key_expires_at"]) for r in found] == [("con_1", 5000.0)]
+        assert con_store.previous_keys(conn, ["con_1"], 4999.0)["con_1"][0]["expires_at"] == 5000.0
+        assert con_store.previous_keys(conn, ["con_1"], 5000.0) == {}
+    assert migrate(engine) == MIGRATIONS[-1][0]
