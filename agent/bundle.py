@@ -46,8 +46,8 @@ from .paths import StatePaths
 from .status import read_status
 
 MAX_LOG_BYTES = 5 << 20
-DISTRIBUTIONS = ("websockets", "psutil", "cryptography", "orjson", "SQLAlchemy", "psycopg2-binary",
-                 "PyMySQL", "pyodbc", "tomli_w", "defusedxml", "pywin32")  # fmt: skip
+DISTRIBUTIONS = ("websockets", "psutil", "cryptography", "orjson", "SQLAlchemy", "psycopg",
+                 "psycopg-binary", "pglast", "PyMySQL", "pyodbc", "tomli_w", "defusedxml", "pywin32")  # fmt: skip
 _SECRET_OPTION = re.compile(r"(?i)pass|pwd|secret|token|key|credential")
 
 

@@ -274,7 +274,7 @@ def url_with_password(url: str, password: str | None) -> str:
 def check_source_url(kind: str, url: str) -> None:
     prefixes = {
         "sqlite": ("sqlite:",),
-        "postgres": ("postgresql:", "postgresql+psycopg2:", "postgres:"),
+        "postgres": ("postgresql:", "postgresql+psycopg:", "postgresql+psycopg2:", "postgres:"),
         "mysql": ("mysql:", "mysql+pymysql:", "mysql+mysqldb:", "mariadb:", "mariadb+pymysql:"),
         "sap_b1": ("https:", "http:"),
         "tally": ("http:", "https:"),

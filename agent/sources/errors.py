@@ -1,6 +1,6 @@
 """Driver exceptions translated into the contract's job errors, in one place.
 
-psycopg2, PyMySQL and sqlite3 each say "wrong password", "cannot reach the server",
+psycopg (3, and 2 for tools), PyMySQL and sqlite3 each say "wrong password", "cannot reach the server",
 "statement cancelled" and "read-only transaction" in their own way; this module turns
 them into ``JobError`` codes (AUTH_FAILED, SOURCE_UNAVAILABLE, CANCELLED, TIMEOUT,
 WRITE_OPERATION_REJECTED, QUERY_FAILED) with the driver's first line as the sentence.
@@ -69,8 +69,8 @@ def map_db_error(exc: BaseException, *, connecting: bool = False) -> JobError:
 
 def _code_for(orig: Any, message: str) -> str | None:
     module = type(orig).__module__ or ""
-    if module.startswith("psycopg2"):
-        pgcode = getattr(orig, "pgcode", None)
+    if module.startswith("psycopg"):  # psycopg 3 (the agent's) and psycopg2
+        pgcode = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if pgcode == "57014":
             return "TIMEOUT" if "statement timeout" in message else "CANCELLED"
         if pgcode in _PG_CODES:

@@ -1,9 +1,9 @@
-"""SQL sources: PostgreSQL (psycopg2), MySQL/MariaDB (PyMySQL, or mysqlclient when
+"""SQL sources: PostgreSQL (psycopg 3, see ``pgconn``), MySQL/MariaDB (PyMySQL, or mysqlclient when
 installed), SQLite, and SQL Server / any ODBC database through pyodbc (``sqlodbc``).
 
 SQLAlchemy makes the engine (URL parsing, dialect, pooling) and serves discovery
 (``sqlmeta``); the bulk fetch uses the raw DBAPI cursor, server-side where the driver has
-one (psycopg2 named cursor, PyMySQL ``SSCursor``, sqlite3's stepping cursor, ODBC drivers
+one (psycopg server-side cursor, PyMySQL ``SSCursor``, sqlite3's stepping cursor, ODBC drivers
 told to stream), because SQLAlchemy's row layer costs 40-50 % on bulk reads. Every query
 passes the statement guard and the private-name check, then runs read-only at the
 database too (Postgres ``SET TRANSACTION READ ONLY``, MySQL ``START TRANSACTION READ
@@ -27,7 +27,7 @@ from sqlalchemy.pool import QueuePool
 
 from shared.errors import JobError
 
-from . import mysqlsession, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, sqlmeta, sqlodbc
 from .base import QueryStream, Source
 from .errors import map_db_error
 from .pgcopy import wrappable
@@ -48,14 +48,14 @@ _STREAMABLE_PG = ("SELECT", "WITH", "VALUES", "TABLE", "(")  # what DECLARE CURS
 
 
 def engine_url(kind: str, url: str) -> str:
-    """Normalise the admin's URL to the driver we ship: psycopg2; for MySQL mysqlclient
-    when it is installed, else PyMySQL (unless the URL names a driver itself)."""
+    """Normalise the admin's URL to the driver we ship: psycopg 3 (also for a URL that
+    names psycopg2: the read-only locks in ``pgconn`` need psycopg 3); for MySQL
+    mysqlclient when it is installed, else PyMySQL (unless the URL names a driver)."""
     low = url.lower()
     if kind == "postgres":
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
-        for prefix in ("postgres://", "postgresql://"):
+        for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
             if low.startswith(prefix):
-                return "postgresql+psycopg2://" + url[len(prefix) :]
+                return "postgresql+psycopg://" + url[len(prefix) :]
     if kind == "mysql":
         if low.startswith("mariadb+pymysql://"):
             return "mysql+pymysql://" + url[len("mariadb+pymysql://") :]
@@ -174,6 +174,9 @@ class SqlSource(Source):
             args["charset"] = "utf8mb4"
         for k, v in opts.driver_args.items():
             args[k] = int(v) if v.isdigit() else v
+        if self.type == "postgres":
+            # One statement per round trip, a read-only session, psycopg2's values.
+            args.update(pgconn.connect_args(args.pop("options", None)))
         engine = sqlalchemy.create_engine(
             url,
             pool_size=opts.pool_size,
@@ -184,6 +187,9 @@ class SqlSource(Source):
             connect_args=args,
         )
         sqlalchemy.event.listen(engine, "connect", _session_setup(self.type))
+        if self.type == "postgres":
+            # Back in the pool: rolled back, DISCARD ALL (advisory locks, SETs, cursors).
+            sqlalchemy.event.listen(engine, "reset", pgconn.reset_on_return)
         if self.type == "mysql":
             sqlalchemy.event.listen(engine, "do_connect", mysqlsession.mask_connect_args)
         return engine
@@ -282,8 +288,8 @@ def _session_setup(kind: str) -> Any:
         cur = dbapi_connection.cursor()
         try:
             if kind == "postgres":
-                # With it off, backslashes escape quotes in plain '...' literals.
-                cur.execute("SET standard_conforming_strings = on")
+                # Set at startup (pgconn.SESSION_OPTIONS); refuse a server that ignored it.
+                pgconn.check_session(cur)
         finally:
             cur.close()
         dbapi_connection.commit()

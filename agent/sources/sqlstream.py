@@ -3,7 +3,7 @@
 ``SqlStream`` is what ``SqlSource.prepare`` returns. ``start`` opens the read-only
 transaction (and the database's statement timeout) and executes; ``fetch`` reads at most
 the source's ``batch_size`` rows at a time from a server-side or unbuffered cursor;
-``cancel`` stops the statement at the database: psycopg2's backend cancel, MySQL's
+``cancel`` stops the statement at the database: psycopg's ``cancel_safe``, MySQL's
 ``KILL QUERY`` from a second connection, sqlite3's ``interrupt()``, pyodbc's
 ``cursor.cancel()`` (SQLCancel). A deadline timer cancels the statement shortly after
 the job's timeout in case the database has no timeout of its own (SQLite, some ODBC
@@ -126,15 +126,15 @@ class SqlStream(QueryStream):
         """Describe the wrapped query; True if the COPY fast path will serve it. A wrap
         PostgreSQL refuses (or any other error here) leaves the query to the cursor path,
         which reports the query's own error if it has one."""
-        import psycopg2
+        import psycopg
 
         with conn.cursor() as cur:
-            inner = cur.mogrify(self.sql, self.params).decode("utf-8")
+            inner = self._inline(conn)
             try:
                 cur.execute(pgcopy.describe_sql(inner))
                 description = cur.description
-            except psycopg2.Error as exc:
-                if self._cancelled.is_set() or getattr(exc, "pgcode", None) == "57014":
+            except psycopg.Error as exc:
+                if self._cancelled.is_set() or exc.sqlstate == "57014":
                     raise  # cancelled or timed out: the cursor path would be too
                 log.debug("COPY fast path not used (%s); cursor path", type(exc).__name__)
                 conn.rollback()
@@ -153,7 +153,7 @@ class SqlStream(QueryStream):
     ) -> None:
         """Run the COPY, calling ``emit(payload, rows)`` with complete object lines of about
         ``target`` bytes; ``limit`` (maxRows) goes into the SQL so PostgreSQL stops there."""
-        import psycopg2
+        import psycopg
 
         plan = self.copy
         if plan is None or self._copy_state != "idle":
@@ -166,11 +166,12 @@ class SqlStream(QueryStream):
             self._cursor = cursor
         self._copy_state = "running"
         try:
-            cursor.copy_expert(plan.sql(limit), buffered)
+            # Sent with the extended protocol (pgconn.OneStatementCursor): one statement.
+            pgcopy.copy_out(cursor, plan.sql(limit), buffered.write)
             buffered.flush()
             if sink.rest:
                 raise JobError("QUERY_FAILED", "the COPY output ended inside a row")
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             sink.dead = True
             self._broken = True
             raise self._translate(exc) from exc
@@ -180,16 +181,23 @@ class SqlStream(QueryStream):
         self._copy_state = "done"
         self._exhausted = True
 
+    def _inline(self, conn: Any) -> str:
+        """The SQL with the parameters merged as literals (as psycopg2 did). Always with
+        the dict: ``translate_params`` doubled every literal %, the merge undoes it."""
+        with conn.cursor() as cur:
+            return str(cur.mogrify(self.sql, self.params))
+
     def _execute_postgres(self, conn: Any) -> None:
+        text = self._inline(conn)
         if self.server_side:
+            # DECLARE ... CURSOR FOR <text>: psycopg sends it with the extended protocol.
             cursor = conn.cursor(name="mc_" + secrets.token_hex(8))
             cursor.itersize = self.batch_size
         else:
-            cursor = conn.cursor()
+            cursor = conn.cursor()  # pgconn.OneStatementCursor: extended protocol
         with self._mutex:
             self._cursor = cursor
-        # Always pass the dict: the guard doubled every literal %, the driver undoes it.
-        cursor.execute(self.sql, self.params)
+        cursor.execute(text)  # no parameters left: the text is sent as it is
 
     def _start_mysql(self) -> None:
         conn = self.dbapi
@@ -306,7 +314,7 @@ class SqlStream(QueryStream):
             return
         try:
             if self.kind == "postgres":
-                conn.cancel()
+                conn.cancel_safe(timeout=10)
             elif self.kind == "sqlite":
                 conn.interrupt()
             elif self.kind == "odbc" and cursor is not None:
@@ -334,7 +342,7 @@ class SqlStream(QueryStream):
                 # Stopped inside the COPY (max rows, abort, error): the connection is still
                 # in COPY OUT, and a rollback would read the rest of it. Stop it, drop it.
                 with contextlib.suppress(Exception):
-                    fairy.dbapi_connection.cancel()
+                    fairy.dbapi_connection.cancel_safe(timeout=10)
                 fairy.invalidate()
                 return
             if self.kind == "mysql" and (early or self._broken):

@@ -1,0 +1,194 @@
+"""PostgreSQL connections for the agent (psycopg 3): one statement per round trip, a
+read-only session, psycopg2's values, and a clean connection back in the pool.
+
+Three of the database-side locks of the read-only promise live here (the statement guard,
+``pgguard``, is the fourth; each must hold alone):
+
+1. **One statement, refused to split by the server.** Every cursor the agent makes sends
+   its text with the *extended* query protocol (``PQsendQueryParams``: Parse, Bind,
+   Execute), where PostgreSQL itself answers "cannot insert multiple commands into a
+   prepared statement" to ``SELECT 1; COMMIT; DELETE ...``. psycopg 3 would use the simple
+   protocol for a query without parameters and for ``COPY``; ``OneStatementCursor``
+   (the connection's ``cursor_factory``) forces the extended one for both. Server-side
+   cursors (``DECLARE``) are sent extended by psycopg already. Parameters are merged on
+   the client (``ClientCursor``), as psycopg2 did, so ``:name`` values keep the literal
+   semantics they had (``5`` is an ``integer``, ``'x'`` an untyped literal).
+2. **A session a COMMIT cannot make writable.** The connection starts with
+   ``default_transaction_read_only=on`` (and ``standard_conforming_strings=on``, which the
+   guard's reading of ``'...'`` assumes; ``DateStyle=ISO`` and ``IntervalStyle=postgres``,
+   which the value loaders and the COPY expressions assume) in the startup packet
+   (``options``), so every transaction on it is read-only, including one a ``COMMIT``
+   would start. ``DISCARD ALL``/``RESET ALL`` go back to these values, not to the
+   server's defaults.
+3. **Clean in the pool.** ``reset_on_return`` rolls back, then runs ``DISCARD ALL``
+   (advisory locks released, ``SET``\\s reset, prepared statements, cursors, temporary
+   tables and ``LISTEN``\\s dropped, ``SET SESSION AUTHORIZATION DEFAULT``). A connection
+   that cannot be reset is dropped from the pool, not reused.
+
+Values: ``PSYCOPG2_LIKE`` loads what psycopg2 loaded (``shared.rows`` encodes it the same
+way, and ``pgcopy``'s expressions are written to agree): every type psycopg2 did not know
+(arrays of bit, money, records, multiranges, inet ...) arrives as PostgreSQL's text;
+``infinity`` dates and timestamps become ``date.max``/``min`` and ``datetime.max``/``min``;
+``24:00:00`` is ``00:00:00``; a ``timestamptz`` keeps the offset PostgreSQL printed (a
+fixed offset, not the session's zone looked up in Python's own time-zone data).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from typing import Any
+
+import psycopg
+import psycopg.postgres
+from psycopg import ClientCursor
+from psycopg.adapt import AdaptersMap, Buffer, Loader
+from psycopg.errors import DataError
+from psycopg.types.string import TextLoader
+
+log = logging.getLogger("agent.sources")
+
+# Settings sent in the startup packet ("-c name=value"): they become the session's reset
+# values, so neither RESET ALL nor DISCARD ALL undoes them.
+SESSION_OPTIONS = {
+    "default_transaction_read_only": "on",
+    "standard_conforming_strings": "on",
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
+}
+
+# Types psycopg2 turned into Python values (with SQLAlchemy's uuid registration); every
+# other type (and array of it) it gave as PostgreSQL's text.
+PSYCOPG2_OIDS = frozenset({
+    16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 199, 700, 701, 1000, 1001, 1002, 1003, 1005,
+    1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028, 1042, 1043, 1082, 1083, 1114, 1115,
+    1182, 1183, 1184, 1185, 1186, 1187, 1231, 1266, 1270, 1700, 2950, 2951, 3802, 3807,
+    651, 1040, 1041,  # cidr[], macaddr[], inet[]: lists of text
+    3904, 3905, 3906, 3907, 3908, 3909, 3910, 3911, 3912, 3913, 3926, 3927,
+})  # fmt: skip
+
+
+class OneStatementCursor(ClientCursor[Any]):
+    """A client-binding cursor that always uses the extended query protocol, for plain
+    queries and for ``COPY`` alike, so the server refuses text holding two statements."""
+
+    def _execute_send(self, query: Any, *, force_extended: bool = False, binary: bool | None = None) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+def options_value(extra: str | None = None) -> str:
+    """The libpq ``options`` string: ours, after any the admin gave (ours win)."""
+    ours = " ".join(f"-c {k}={v}" for k, v in SESSION_OPTIONS.items())
+    return f"{extra} {ours}" if extra else ours
+
+
+def connect_args(extra_options: str | None = None) -> dict[str, Any]:
+    """What ``psycopg.connect`` needs for an agent connection (SQLAlchemy ``connect_args``)."""
+    return {
+        "cursor_factory": OneStatementCursor,
+        "context": PSYCOPG2_LIKE,
+        "options": options_value(extra_options),
+    }
+
+
+def reset_on_return(dbapi_connection: Any, _record: Any, _state: Any = None) -> None:
+    """SQLAlchemy pool ``reset`` event: roll back, then ``DISCARD ALL`` (which includes
+    ``pg_advisory_unlock_all()``). Raising here makes the pool drop the connection."""
+    conn: psycopg.Connection[Any] = dbapi_connection
+    conn.rollback()
+    conn.autocommit = True  # DISCARD ALL cannot run inside a transaction block
+    try:
+        conn.execute("DISCARD ALL")
+    finally:
+        conn.autocommit = False
+
+
+def check_session(cur: Any) -> None:
+    """Refuse a connection whose startup settings did not take (a pooler that drops
+    ``options``, say): the guard and the read-only promise depend on them."""
+    for name in ("default_transaction_read_only", "standard_conforming_strings"):
+        cur.execute(f"SHOW {name}")
+        row = cur.fetchone()
+        if row is None or str(row[0]) != "on":
+            raise RuntimeError(f"the PostgreSQL session did not start with {name}=on")
+
+
+def connect_for_test(conninfo: str) -> psycopg.Connection[Any]:
+    """A connection as the agent makes it, without SQLAlchemy (tests, benchmarks)."""
+    return psycopg.connect(conninfo, **connect_args())
+
+
+# ------------------------------------------------------------------ value loaders
+
+class _Delegating(Loader):
+    """Special texts first, then psycopg's own (C) loader for the type."""
+
+    special: dict[bytes, Any] = {}
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._inner = psycopg.adapters.get_loader(oid, psycopg.pq.Format.TEXT)(oid, context)  # type: ignore[misc]
+
+    def load(self, data: Buffer) -> Any:
+        raw = bytes(data)
+        if raw in self.special:
+            return self.special[raw]
+        return self._inner.load(data)
+
+
+class DateLoader(_Delegating):
+    special = {b"infinity": date.max, b"-infinity": date.min}
+
+
+class TimestampLoader(_Delegating):
+    special = {b"infinity": datetime.max, b"-infinity": datetime.min}
+
+
+class TimeLoader(_Delegating):
+    special = {b"24:00:00": time(0)}
+
+
+_TSTZ = re.compile(
+    rb"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([-+])(\d\d)(?::(\d\d))?(?::(\d\d))?$"
+)
+_UTC_MAX = datetime.max.replace(tzinfo=UTC)
+_UTC_MIN = datetime.min.replace(tzinfo=UTC)
+
+
+class TimestamptzLoader(Loader):
+    """ISO ``timestamptz`` text with the printed offset kept as a fixed offset (psycopg2)."""
+
+    def load(self, data: Buffer) -> datetime:
+        raw = bytes(data)
+        if raw == b"infinity":
+            return _UTC_MAX
+        if raw == b"-infinity":
+            return _UTC_MIN
+        m = _TSTZ.match(raw)
+        if m is None:
+            raise DataError(f"can't parse timestamptz {raw.decode('utf-8', 'replace')!r}")
+        ye, mo, da, ho, mi, se, fr, sign, oh, om, os_ = m.groups()
+        offset = int(oh) * 3600 + int(om or 0) * 60 + int(os_ or 0)
+        tz = timezone(timedelta(seconds=-offset if sign == b"-" else offset))
+        micro = int(fr.ljust(6, b"0")) if fr else 0
+        try:
+            return datetime(int(ye), int(mo), int(da), int(ho), int(mi), int(se), micro, tz)
+        except ValueError as exc:
+            raise DataError(f"can't parse timestamptz {raw.decode('utf-8', 'replace')!r}: {exc}") from None
+
+
+def _psycopg2_like() -> AdaptersMap:
+    amap = AdaptersMap(psycopg.adapters)
+    for info in psycopg.postgres.types:
+        for oid in (info.oid, info.array_oid):
+            if oid and oid not in PSYCOPG2_OIDS:
+                amap.register_loader(oid, TextLoader)
+    amap.register_loader("date", DateLoader)
+    amap.register_loader("timestamp", TimestampLoader)
+    amap.register_loader("time", TimeLoader)
+    amap.register_loader("timestamptz", TimestamptzLoader)
+    return amap
+
+
+PSYCOPG2_LIKE = _psycopg2_like()

@@ -1,0 +1,220 @@
+"""The PostgreSQL locks that hold without the statement guard (agent/sources/pgconn.py).
+
+Every test here calls the stream layer (``SqlStream``) or the pooled connection directly,
+never ``check_read_only``: what is proved is what the *database* refuses on its own.
+
+1. One statement: text with two statements is refused by the server ("cannot insert
+   multiple commands into a prepared statement") through each path that carries user SQL:
+   the server-side cursor (DECLARE), the plain cursor, the COPY fast path and its describe.
+2. A read-only session: every connection starts with default_transaction_read_only=on, so
+   a COMMIT (or anything that ends the job's transaction) does not make it writable.
+3. Clean in the pool: advisory locks and SETs a job left behind are gone when the
+   connection is handed to the next job (DISCARD ALL), and the read-only start values
+   survive it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from agent.sources import create_source, pgconn, pgcopy
+from agent.sources.sql import SqlSource
+from agent.sources.sqlstream import SqlStream
+from shared.errors import JobError
+
+pytestmark = pytest.mark.postgres
+
+MULTI = "cannot insert multiple commands into a prepared statement"
+
+
+def _admin(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url.replace("postgresql+psycopg2://", "postgresql://"), autocommit=True)
+
+
+@pytest.fixture
+def canary(pg_url: str) -> Iterator[tuple[str, str]]:
+    schema = "mc_sess_" + uuid.uuid4().hex[:10]
+    with _admin(pg_url) as con:
+        con.execute(f"CREATE SCHEMA {schema}")
+        con.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
+        con.execute(f"INSERT INTO {schema}.t SELECT g, 'row ' || g FROM generate_series(1, 10) g")
+    try:
+        yield pg_url, schema
+    finally:
+        with _admin(pg_url) as con:
+            con.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _count(url: str, schema: str) -> int:
+    with _admin(url) as con:
+        row = con.execute(f"SELECT count(*) FROM {schema}.t").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def _source(url: str, **options: str) -> SqlSource:
+    src = create_source("s", "postgres", url, options={"pool_size": "1", "max_overflow": "0", **options})
+    assert isinstance(src, SqlSource)
+    return src
+
+
+def _run(src: SqlSource, sql: str, *, server_side: bool, copy: bool = False) -> list[Any]:
+    """One job through the stream layer, the guard bypassed."""
+    stream = SqlStream(src, sql, {}, timeout=30, server_side=server_side, copy=copy)
+    try:
+        stream.start()
+        rows: list[Any] = []
+        if stream.payloads is not None:
+            stream.payloads(lambda payload, n: rows.append(payload) or True)
+            return rows
+        while batch := stream.fetch(1000):
+            rows.extend(batch)
+        return rows
+    finally:
+        stream.close()
+
+
+STACKED = [
+    "SELECT 1; DELETE FROM {s}.t",
+    "SELECT 1 AS a\U0001f600$x$; COMMIT; DELETE FROM {s}.t; SELECT 1 AS b\U0001f600$x$",
+    "SELECT 1; COMMIT; DELETE FROM {s}.t",
+    "SELECT 1 /* ; */ ; DELETE FROM {s}.t",
+]
+
+
+@pytest.mark.parametrize("server_side", [True, False], ids=["declare", "plain"])
+@pytest.mark.parametrize("sql", STACKED)
+def test_the_server_refuses_two_statements_on_the_cursor_paths(
+    canary: tuple[str, str], sql: str, server_side: bool
+) -> None:
+    url, schema = canary
+    src = _source(url)
+    try:
+        with pytest.raises(JobError) as err:
+            _run(src, sql.format(s=schema), server_side=server_side)
+        assert err.value.code == "QUERY_FAILED"
+        assert MULTI in err.value.message
+    finally:
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def test_the_server_refuses_two_statements_on_the_copy_path(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    src = _source(url)
+    fairy = src.raw_connection()
+    conn = fairy.dbapi_connection
+    try:
+        # The COPY itself, with an inner text that closes the wrap and stacks a DELETE.
+        inner = f"SELECT 1) q(c1)) TO STDOUT; DELETE FROM {schema}.t; COPY (SELECT 1 FROM (SELECT 1"
+        plan = pgcopy.CopyPlan(inner, ["a"], [23], utc=True)
+        with pytest.raises(psycopg.errors.SyntaxError, match=MULTI):
+            pgcopy.copy_out(conn.cursor(), plan.sql(), lambda _b: None)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.SyntaxError, match=MULTI):
+            pgcopy.copy_out(conn.cursor(), f"COPY (SELECT 1) TO STDOUT; DELETE FROM {schema}.t", lambda _b: None)
+        conn.rollback()
+        # The describe that precedes it.
+        with pytest.raises(psycopg.errors.SyntaxError, match=MULTI):
+            conn.cursor().execute(pgcopy.describe_sql(f"SELECT 1) q; DELETE FROM {schema}.t; SELECT * FROM (SELECT 1"))
+        conn.rollback()
+        fairy.close()
+        # And a whole job asking for the COPY path: refused, nothing deleted.
+        with pytest.raises(JobError, match=MULTI):
+            _run(src, f"SELECT 1 AS a\U0001f600$x$; DELETE FROM {schema}.t; SELECT 1 AS b\U0001f600$x$",
+                 server_side=True, copy=True)  # fmt: skip
+    finally:
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def test_the_copy_path_still_serves_a_single_statement(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    src = _source(url)
+    try:
+        payloads = _run(src, f"SELECT id FROM {schema}.t ORDER BY id", server_side=True, copy=True)
+    finally:
+        src.close()
+    assert b"".join(payloads).count(b"\n") == 10
+
+
+def test_a_commit_does_not_make_the_session_writable(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    src = _source(url)
+    fairy = src.raw_connection()
+    conn = fairy.dbapi_connection
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW default_transaction_read_only")
+        assert cur.fetchone() == ("on",)
+        cur.execute("SHOW standard_conforming_strings")
+        assert cur.fetchone() == ("on",)
+        cur.execute("COMMIT")  # what a stacked COMMIT would do
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            cur.execute(f"DELETE FROM {schema}.t")
+        conn.rollback()
+    finally:
+        fairy.close()
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def test_a_write_in_one_statement_is_refused_by_the_session(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    src = _source(url)
+    try:
+        for sql in (f"WITH d AS (DELETE FROM {schema}.t RETURNING 1) SELECT count(*) FROM d",
+                    f"DELETE FROM {schema}.t"):  # fmt: skip
+            with pytest.raises(JobError) as err:
+                _run(src, sql, server_side=False)
+            assert err.value.code == "WRITE_OPERATION_REJECTED"
+    finally:
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def _advisory_held(url: str, key: int) -> bool:
+    with _admin(url) as con:
+        row = con.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s", (key,)
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def test_a_lock_or_setting_a_job_leaves_is_gone_before_the_next_job(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    key = 424200 + uuid.uuid4().int % 1000
+    src = _source(url)  # one connection: the next job gets the same one
+    try:
+        _run(src, f"SELECT pg_advisory_lock({key})", server_side=False)
+        assert not _advisory_held(url, key)
+        _run(src, "SELECT set_config('default_transaction_read_only', 'off', false)", server_side=False)
+        _run(src, "SELECT set_config('statement_timeout', '1', false)", server_side=False)
+        rows = _run(src, "SELECT current_setting('default_transaction_read_only'), "
+                         "current_setting('statement_timeout'), pg_backend_pid()", server_side=False)  # fmt: skip
+        assert rows[0][:2] == ("on", "30s")  # the job's own SET LOCAL, not the 1 ms left behind
+        with pytest.raises(JobError) as err:
+            _run(src, f"DELETE FROM {schema}.t", server_side=False)
+        assert err.value.code == "WRITE_OPERATION_REJECTED"
+        again = _run(src, "SELECT pg_backend_pid()", server_side=False)
+        assert again[0][0] == rows[0][2]  # the same pooled connection all along
+    finally:
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def test_the_start_values_survive_discard_all(pg_url: str) -> None:
+    with pgconn.connect_for_test(pg_url.replace("postgresql+psycopg2://", "postgresql://")) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute("SET standard_conforming_strings = off")
+        pgconn.reset_on_return(conn, None)
+        values = conn.execute(
+            "SELECT current_setting('default_transaction_read_only'), "
+            "current_setting('standard_conforming_strings'), current_setting('DateStyle')"
+        ).fetchone()
+    assert values == ("on", "on", "ISO, MDY")
