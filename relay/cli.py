@@ -105,10 +105,13 @@ def quiet_gc() -> None:
 async def _serve(config: RelayConfig) -> None:
     from .app import create_app
     from .context import RELAY
+    from .httpserver import EnvelopeAppRunner
     from .shutdown import drain
 
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # Requests aiohttp cannot parse (a header over 8 KB, a bad request line) are answered
+    # in the JSON envelope, not aiohttp's plain text (relay/httpserver.py).
+    runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
