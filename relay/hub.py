@@ -370,7 +370,7 @@ class Hub:
         """Handle one frame; what goes wrong is answered on the socket, as one frame's
         error, never ending the session (but for repeated protocol violations)."""
         try:
-            if after is not None:
+            if after is not None and not after.done():  # no yield when it is: same group commit
                 await asyncio.wait({after})
             if session.dead:
                 return
