@@ -108,7 +108,7 @@ def tokenize_mysql(sql: str) -> list[Token]:
         elif c == "@":
             i = _at_end(sql, i)
             out.append(Token(PUNCT, sql[start:i], start))
-        elif c == ":" and i + 1 < n and (sql[i + 1].isascii() and (sql[i + 1].isalpha() or sql[i + 1] == "_")):
+        elif c == ":" and _param_start(sql, i):
             j = i + 1
             while j < n and (sql[j].isascii() and (sql[j].isalnum() or sql[j] == "_")):
                 j += 1
@@ -131,6 +131,14 @@ def tokenize_mysql(sql: str) -> list[Token]:
             i += 1
             out.append(Token(PUNCT, c, start))
     return out
+
+
+def _param_start(sql: str, i: int) -> bool:
+    """``:name`` (the agent's parameter syntax), not ``::name`` nor ``:=``."""
+    nxt = sql[i + 1] if i + 1 < len(sql) else ""
+    if not (nxt.isascii() and (nxt.isalpha() or nxt == "_")):
+        return False
+    return not (i > 0 and sql[i - 1] == ":")
 
 
 def _string_end(sql: str, i: int, quote: str) -> int:
