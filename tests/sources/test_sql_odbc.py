@@ -264,3 +264,34 @@ def test_bad_options_are_refused_before_use() -> None:
     opts = parse_sql_options({"pool_size": "2", "pool_recycle": "60", "pool_pre_ping": "no", "sslmode": "require"})
     assert (opts.pool_size, opts.pool_recycle, opts.pool_pre_ping) == (2, 60, False)
     assert opts.driver_args == {"sslmode": "require"}
+
+
+@pytest.mark.mysql
+def test_odbc_mariadb_session_is_returned_clean(mysql_url: str) -> None:
+    """Guard bypassed (SqlStream directly): a named lock taken by a job through MariaDB's
+    ODBC driver is released when the connection goes back to the pool, and the session's
+    sql_mode keeps the rules the guard's lexer assumes (issue 13)."""
+    from agent.sources.sqlstream import SqlStream
+
+    src = create_source("m", "odbc", _odbc_url("mysql", mysql_url), options={"max_overflow": "0"}, pool_size=1)
+    lock = "mc_odbc_lock_" + uuid.uuid4().hex[:8]
+
+    def raw(sql: str) -> list[Any]:
+        src._know_flavour()
+        stream = SqlStream(src, sql, [], timeout=5, server_side=False)
+        try:
+            stream.start()
+            rows = list(stream.fetch(100))
+            while more := stream.fetch(100):
+                rows += more
+            return rows
+        finally:
+            stream.close()
+
+    try:
+        assert raw(f"SELECT GET_LOCK('{lock}', 0)") == [(1,)]
+        assert raw(f"SELECT IS_USED_LOCK('{lock}')") == [(None,)]  # the same, reused connection
+        [(mode,)] = raw("SELECT @@SESSION.sql_mode")
+        assert "ANSI_QUOTES" not in mode and "NO_BACKSLASH_ESCAPES" not in mode
+    finally:
+        src.close()
