@@ -39,8 +39,6 @@ import orjson
 
 from shared.errors import JobError
 
-from .sqltext import PUNCT, code_tokens, tokenize
-
 # Session settings that PostgreSQL reports to the client (no round trip to read them).
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
                        "Zulu", "Etc/Zulu", "Universal", "Etc/Universal", "Greenwich", "Etc/Greenwich"})  # fmt: skip
@@ -156,16 +154,18 @@ EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
 
 
 def wrappable(sql: str) -> bool:
-    """Whether ``sql`` can go inside ``FROM (...)``: its parentheses balance (it cannot
-    close ours early) and the tokenizer reads it to the end."""
+    """Whether ``sql`` can go inside ``FROM (...)``: its parentheses, as PostgreSQL's own
+    scanner reads them, balance (it cannot close ours early)."""
+    from pglast import parser
+
     depth = 0
     try:
-        tokens = code_tokens(tokenize(sql, "postgres"))
-    except JobError:
+        tokens = parser.scan(sql)
+    except parser.ParseError:
         return False
     for tok in tokens:
-        if tok.kind == PUNCT and tok.text in "()":
-            depth += 1 if tok.text == "(" else -1
+        if tok.name in ("ASCII_40", "ASCII_41"):
+            depth += 1 if tok.name == "ASCII_40" else -1
             if depth < 0:
                 return False
     return depth == 0

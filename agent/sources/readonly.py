@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from shared.errors import JobError
 
+from . import pgguard
 from .sqltext import IDENT, PUNCT, SEMI, WORD, Token, code_tokens, tokenize, unquote_ident
 
 READ_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "DESCRIBE", "DESC"})
@@ -79,6 +80,9 @@ def check_read_only(sql: str, dialect: str = "generic") -> None:
     if not isinstance(sql, str) or not sql.strip():
         raise JobError("QUERY_FAILED", "the query has no SQL text", retryable=False)
     for each in CONCRETE_DIALECTS if dialect not in CONCRETE_DIALECTS else (dialect,):
+        if each == "postgres":  # PostgreSQL's own parser (pgguard)
+            pgguard.check_read_only(sql, lenient_parse=dialect != "postgres")
+            continue
         _check(sql, each)
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.pool import QueuePool
 
 from shared.errors import JobError
 
-from . import mysqlsession, pgconn, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, pgguard, sqlmeta, sqlodbc
 from .base import QueryStream, Source
 from .errors import map_db_error
 from .pgcopy import wrappable
@@ -239,6 +239,8 @@ class SqlSource(Source):
         dialect = self.dialect
         check_read_only(sql, dialect)
         check_private(sql, dialect, self.opts)
+        if self.type == "postgres":
+            return self._open_postgres(sql, params, timeout)
         sql = _without_trailing_semicolons(sql, dialect)
         if self.odbc:
             # Some ODBC drivers (SQLite's) split the text at any ';', even in a comment.
@@ -249,6 +251,16 @@ class SqlSource(Source):
         streamable = first is not None and first.upper in _STREAMABLE_PG
         # PostgreSQL's COPY fast path (pgcopy): a statement that fits inside FROM (...).
         copy = self.type == "postgres" and self.opts.copy_fast_path and streamable and wrappable(sql)
+        return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy)
+
+    def _open_postgres(self, sql: str, params: dict[str, Any], timeout: float | None) -> QueryStream:
+        """The statement as PostgreSQL's parser reads it (pgguard): its text without the
+        trailing ';', ``:name`` tokens found by the server's scanner, and whether it is a
+        SELECT (DECLARE-able and, if it wraps, served by COPY)."""
+        parsed = pgguard.parse(sql)
+        text, values = pgguard.translate_params(parsed.text, params)
+        streamable = pgguard.streamable(parsed)
+        copy = self.opts.copy_fast_path and streamable and wrappable(parsed.text)
         return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy)
 
     def close(self) -> None:

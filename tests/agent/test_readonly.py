@@ -68,7 +68,6 @@ WRITES = [
     ("SELECT 1--1; DROP TABLE t", "mysql"),
     ("SELECT 'unterminated", "generic"),
     ("SELECT 1 /* unterminated", "generic"),
-    ("SELECT $a$ unterminated", "postgres"),
     ("SELECT nextval('s')", "postgres"),
     ("SELECT pg_terminate_backend(123)", "postgres"),
     ("select set_config('x', 'y', false)", "postgres"),
@@ -94,6 +93,13 @@ def test_writes_are_rejected(sql: str, dialect: str) -> None:
         check_read_only(sql, dialect)
     assert info.value.code == "WRITE_OPERATION_REJECTED"
     assert info.value.message and "\n" not in info.value.message
+
+
+def test_text_postgresql_cannot_parse_is_a_query_error_with_the_parsers_words() -> None:
+    with pytest.raises(JobError) as info:
+        check_read_only("SELECT $a$ unterminated", "postgres")
+    assert info.value.code == "QUERY_FAILED"
+    assert "unterminated dollar-quoted string" in info.value.message
 
 
 def test_empty_statement_is_a_query_error() -> None:

@@ -1,0 +1,244 @@
+"""The read-only statement guard for PostgreSQL, on PostgreSQL's own parser.
+
+``pglast`` wraps libpg_query, which is the server's grammar and scanner (``scan.l``,
+``gram.y``) compiled as a library, so the guard reads the text as the server does: where
+a string, a dollar quote, a comment or an identifier ends (characters outside the Basic
+Multilingual Plane and non-ASCII spaces included), what ``U&"..."`` and ``"..."`` names
+are after their escapes and quotes, and how many statements there are.
+
+It admits exactly one statement of these kinds: ``SELECT``/``VALUES``/``TABLE``/``WITH``
+(a ``SelectStmt``), ``SHOW`` and ``EXPLAIN`` without ``ANALYZE``. It walks the whole tree
+and refuses, wherever they are: ``SELECT INTO``, locking clauses (``FOR UPDATE/SHARE``),
+``INSERT``/``UPDATE``/``DELETE``/``MERGE`` (data-modifying CTEs), and every call of a
+function on ``DENIED_FUNCTIONS`` / ``DENIED_PREFIXES``: by the name the server resolves
+(unquoted names folded to lower case, quoted ones as written, ``U&`` escapes resolved; the
+list is compared in lower case, so a quoted ``"PG_READ_FILE"`` is refused too). Why each is
+on the list: docs/SECURITY.md, "Read-only on PostgreSQL".
+
+This guard is one lock of four; the others (``pgconn``) hold without it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast, parser
+
+from shared.errors import JobError
+
+# What runs a file read/write, a program, SQL given as text, a signal, a lock, a settings
+# change, a write through a side door (sequences, large objects, WAL, replication), or
+# reads a table named in a string (which private_tables could not see).
+DENIED_FUNCTIONS = frozenset({
+    # server files
+    "pg_read_file", "pg_read_binary_file", "pg_stat_file", "pg_current_logfile",
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_show_all_file_settings",
+    "pg_logdir_ls", "loread", "lowrite",
+    # run SQL given as text (and read tables named in text)
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+    "cursor_to_xml", "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema",
+    "table_to_xml_and_xmlschema", "schema_to_xml", "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
+    "database_to_xml_and_xmlschema", "ts_stat", "ts_rewrite",
+    # other sessions and the server
+    "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend", "pg_reload_conf",
+    "pg_rotate_logfile", "pg_promote", "pg_log_backend_memory_contexts",
+    "pg_log_standby_snapshot", "pg_nextoid",
+    # settings
+    "set_config",
+    # writes through side doors
+    "nextval", "setval", "pg_notify", "txid_current", "pg_current_xact_id",
+    "gin_clean_pending_list", "pg_stat_statements_reset", "pg_truncate_visibility_map",
+})  # fmt: skip
+DENIED_PREFIXES = (
+    "pg_ls_", "pg_file_", "lo_", "dblink", "pg_advisory", "pg_try_advisory", "pg_create_",
+    "pg_drop_", "pg_copy_", "pg_replication_", "pg_logical_", "pg_switch_", "pg_backup_",
+    "pg_start_backup", "pg_stop_backup", "pg_stat_reset", "pg_wal_replay_", "pg_xlog_",
+    "pg_import_", "binary_upgrade_", "brin_",
+)  # fmt: skip
+# Views that read the server's configuration files.
+DENIED_RELATIONS = frozenset({"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"})
+
+_READ_KINDS = {ast.SelectStmt: "SELECT", ast.VariableShowStmt: "SHOW", ast.ExplainStmt: "EXPLAIN"}
+_WRITES = {ast.InsertStmt: "INSERT", ast.UpdateStmt: "UPDATE", ast.DeleteStmt: "DELETE",
+           ast.MergeStmt: "MERGE"}  # fmt: skip
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _reject(message: str) -> JobError:
+    return JobError("WRITE_OPERATION_REJECTED", message, retryable=False)
+
+
+class PgParseError(JobError):
+    """The text is not PostgreSQL the server would run (nothing in it would run)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("QUERY_FAILED", message, retryable=False)
+
+
+@dataclass
+class Parsed:
+    """What the server will see: the statement(s), the functions called, the relations."""
+
+    statements: list[Any]
+    functions: list[tuple[str, ...]] = field(default_factory=list)  # as resolved, lower-cased
+    relations: list[tuple[str | None, str]] = field(default_factory=list)
+    text: str = ""  # the single statement without trailing ';' (when there is one)
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def param_tokens(sql: str) -> list[tuple[int, int, str]]:
+    """``(start, end, name)`` of every ``:name`` the server's scanner sees as a ``:`` token
+    glued to a name (never ``::``, never inside a literal, comment or quoted name)."""
+    try:
+        tokens = parser.scan(sql)
+    except parser.ParseError as exc:
+        raise _parse_failed(exc) from exc
+    out: list[tuple[int, int, str]] = []
+    for tok, nxt in itertools.pairwise(tokens):
+        if tok.name == "ASCII_58" and nxt.start == tok.end + 1:
+            name = sql[nxt.start : nxt.end + 1]
+            if _PARAM_NAME.fullmatch(name):
+                out.append((tok.start, nxt.end + 1, name))
+    return out
+
+
+def translate_params(sql: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """``:name`` -> ``%(name)s`` for psycopg's client-side merge, every other ``%`` doubled.
+    The ``:name`` tokens are the server scanner's (``param_tokens``)."""
+    params = dict(params or {})
+    used: dict[str, Any] = {}
+    parts: list[str] = []
+    at = 0
+    for start, end, name in param_tokens(sql):
+        if name not in params:
+            raise JobError("QUERY_FAILED", f"the query uses :{name} but no value was given for it", retryable=False)
+        used[name] = params[name]
+        parts += [sql[at:start].replace("%", "%%"), f"%({name})s"]
+        at = end
+    parts.append(sql[at:].replace("%", "%%"))
+    return "".join(parts), used
+
+
+def _placeholders(sql: str) -> str:
+    """The text with each ``:name`` replaced by ``$n``, so the parser can read it."""
+    out, at = [], 0
+    for i, (start, end, _name) in enumerate(param_tokens(sql), 1):
+        out += [sql[at:start], f"${i}".ljust(end - start)]
+        at = end
+    out.append(sql[at:])
+    return "".join(out)
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _parse_failed(exc: parser.ParseError) -> PgParseError:
+    where = exc.args[1] if len(exc.args) > 1 and exc.args[1] is not None else None
+    at = f" (at character {where + 1})" if where is not None else ""  # 1-based, as the server
+    return PgParseError(f"PostgreSQL's parser refused the query: {exc.args[0] if exc.args else exc}{at}")
+
+
+def parse(sql: str) -> Parsed:
+    """Parse ``sql`` (``:name`` parameters allowed) as the server would."""
+    text = _placeholders(sql)
+    try:
+        stmts = list(parser.parse_sql(text))
+    except parser.ParseError as exc:
+        raise _parse_failed(exc) from exc
+    parsed = Parsed(statements=[s.stmt for s in stmts])
+    if len(stmts) == 1:
+        raw = stmts[0]
+        loc, length = raw.stmt_location, raw.stmt_len
+        parsed.text = sql[loc : loc + length] if length else sql[loc:]
+    for node in _walk(parsed.statements):
+        if isinstance(node, ast.FuncCall):
+            parsed.functions.append(tuple(_str(n).lower() for n in node.funcname or ()))
+        elif isinstance(node, ast.RangeVar):
+            parsed.relations.append((node.schemaname, node.relname))
+    return parsed
+
+
+def _str(node: Any) -> str:
+    return str(getattr(node, "sval", node))
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    """Every AST node under ``node`` (lists, tuples and node attributes), depth first."""
+    stack = [node]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, (list, tuple)):
+            stack.extend(cur)
+        elif isinstance(cur, ast.Node):
+            yield cur
+            for name in cur:
+                value = getattr(cur, name)
+                if isinstance(value, (ast.Node, list, tuple)):
+                    stack.append(value)
+
+
+# ------------------------------------------------------------------ the guard
+
+
+def check_read_only(sql: str, *, lenient_parse: bool = False) -> Parsed | None:
+    """Raise ``WRITE_OPERATION_REJECTED`` unless ``sql`` is one read statement; a text the
+    parser refuses is ``QUERY_FAILED`` with the parser's message (``lenient_parse``: for a
+    source whose database is unknown, such text passes here, since PostgreSQL itself could
+    not run any of it, and the other dialects' checks decide)."""
+    try:
+        parsed = parse(sql)
+    except PgParseError:
+        if lenient_parse:
+            return None
+        raise
+    if not parsed.statements:
+        raise JobError("QUERY_FAILED", "the query has no SQL statement", retryable=False)
+    if len(parsed.statements) > 1:
+        raise _reject(f"only one statement is allowed per job (found {len(parsed.statements)})")
+    stmt = parsed.statements[0]
+    if type(stmt) not in _READ_KINDS:
+        raise _reject(
+            "only read statements are allowed (SELECT, VALUES, TABLE, WITH, SHOW, EXPLAIN); "
+            f"this one is {_kind(stmt)}"
+        )
+    for node in _walk(stmt):
+        _check_node(node)
+    return parsed
+
+
+def _kind(stmt: Any) -> str:
+    name = type(stmt).__name__
+    return {"TransactionStmt": "transaction control", "VariableSetStmt": "SET/RESET",
+            "CopyStmt": "COPY", "DoStmt": "a DO block", "CallStmt": "CALL"}.get(name, name)  # fmt: skip
+
+
+def _check_node(node: Any) -> None:
+    if type(node) in _WRITES:
+        raise _reject(f"the statement contains {_WRITES[type(node)]}, which writes to the database")
+    if isinstance(node, ast.SelectStmt):
+        if node.intoClause is not None:
+            raise _reject("SELECT ... INTO creates a table and is not allowed")
+        if node.lockingClause:
+            raise _reject("SELECT ... FOR UPDATE/SHARE takes row locks and is not allowed")
+    elif isinstance(node, ast.ExplainStmt):
+        for opt in node.options or ():
+            if str(opt.defname).lower() in ("analyze", "analyse"):
+                raise _reject("EXPLAIN ANALYZE runs the statement and is not allowed")
+    elif isinstance(node, ast.FuncCall):
+        name = _str(node.funcname[-1]).lower()
+        if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
+            raise _reject(f"the function {name}() has side effects or reaches outside the query and is not allowed")
+    elif isinstance(node, ast.RangeVar) and node.relname.lower() in DENIED_RELATIONS:
+        raise _reject(f"{node.relname} reads the server's configuration files and is not allowed")
+
+
+def streamable(parsed: Parsed) -> bool:
+    """A ``SelectStmt`` goes into ``DECLARE ... CURSOR FOR`` (and may be wrapped for COPY)."""
+    return len(parsed.statements) == 1 and isinstance(parsed.statements[0], ast.SelectStmt)
