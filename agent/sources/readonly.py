@@ -17,6 +17,8 @@ text splits differently in each (``#``, ``--x``, backslashes, ``[...]``, ``$$``)
 
 from __future__ import annotations
 
+import itertools
+
 from shared.errors import JobError
 
 from . import pgguard
@@ -121,6 +123,16 @@ def _check(sql: str, dialect: str) -> None:
             raise _reject("LOCK IN SHARE MODE takes locks and is not allowed")
     if first.upper == "EXPLAIN" and any(w.upper in ("ANALYZE", "ANALYSE") for w in words):
         raise _reject("EXPLAIN ANALYZE runs the statement and is not allowed")
+
+
+def function_calls(statement: list[Token]) -> list[str]:
+    """The upper-case names the guard takes as called in ``statement`` (code tokens): a
+    bare or quoted name followed by ``(``, qualifier ignored."""
+    return [
+        (unquote_ident(tok) or "").upper()
+        for tok, nxt in itertools.pairwise(statement)
+        if tok.kind in (WORD, IDENT) and nxt.kind == PUNCT and nxt.text == "("
+    ]
 
 
 def _check_function(tok: Token, dialect: str) -> None:

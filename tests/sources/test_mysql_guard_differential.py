@@ -16,6 +16,11 @@ answer can confirm or refute:
   survive PREPARE: any name that is not an alias is an unknown column) and the number of
   result columns must equal 1 + the commas the guard found outside parentheses. A comma
   hidden in (or freed from) a string, a comment or a quoted name changes that number.
+- *function calls*: ``UUID_SHORT()`` stands in for a dangerous function (it is harmless,
+  and it moves a server-wide counter, so the calls the server ran are countable: read the
+  counter before and after ``EXECUTE``). The generator writes it bare, `` `quoted` ``,
+  with spaces, newlines or comments before the ``(``, inside strings and comments. The
+  server must never run more calls than the guard's ``function_calls`` found.
 - *readability*: a text the server prepares must not be one the guard calls unterminated
   (that direction means the guard's literal or comment ended elsewhere). The guard's
   deliberate refusals (``/*!``, ``/*M!``, ``/*+``) are not compared.
@@ -35,6 +40,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.sources.mysqllex import tokenize_mysql
+from agent.sources.readonly import function_calls
 from agent.sources.sqltext import PUNCT, SEMI, SqlTextError, code_tokens
 
 from .test_mysql_guard import _connect
@@ -56,7 +62,12 @@ def _quoted(quote: str) -> st.SearchStrategy[str]:
     return body.map(lambda b: quote + b + quote)
 
 
+CALL = st.tuples(
+    st.sampled_from(["UUID_SHORT", "uuid_short", "`UUID_SHORT`", "`uuid_short`", "test.uuid_short"]),
+    st.sampled_from(["", " ", "\n", "\t", "/* ( */", "-- c\n", "#\n", "\xa0"]),
+).map(lambda t: f"{t[0]}{t[1]}()")
 LITERAL = st.one_of(
+    CALL, CALL.map(lambda c: f"'{c}'"), CALL.map(lambda c: f"/* {c} */ 1"), CALL.map(lambda c: f"--\xa0{c}"),
     st.integers(0, 99).map(str), st.sampled_from(["1.5", ".5", "1e3", "1.5e-3", "0x41", "0b1", "X'0A'", "b'1'"]),
     _quoted("'"), _quoted('"'), _quoted("'").map(lambda s: "_utf8mb4" + s), _quoted("'").map(lambda s: "N" + s),
 )  # fmt: skip
@@ -95,6 +106,14 @@ def mysql_url() -> str:  # module scope: one connection for every example
     return _service_url("MariaDB/MySQL", "MC_TEST_MYSQL_URL", DEFAULT_MYSQL_URL)
 
 
+def guard_calls(sql: str) -> int:
+    """How many UUID_SHORT calls the guard sees (a text it cannot read: none)."""
+    try:
+        return function_calls(code_tokens(tokenize_mysql(sql))).count("UUID_SHORT")
+    except SqlTextError:
+        return 0
+
+
 def guard_view(sql: str) -> tuple[str, int]:
     """("refused", 0) | ("unreadable", 0) | ("many", 0) | ("one", select-list length)."""
     try:
@@ -115,14 +134,17 @@ def guard_view(sql: str) -> tuple[str, int]:
     return "one", commas + 1
 
 
-def server_view(conn: Any, sql: str) -> int | None:
-    """The select-list length the server runs, or None when it refuses the text."""
+def server_view(conn: Any, sql: str, calls: list[int] | None = None) -> int | None:
+    """The select-list length the server runs, or None when it refuses the text; the
+    UUID_SHORT() calls it ran are appended to ``calls``."""
     with conn.cursor() as cur:
         cur.execute("SET @mc_text = %s", (sql,))
         try:
             cur.execute("PREPARE mc_s FROM @mc_text")
         except pymysql.MySQLError:
             return None
+        cur.execute("SELECT UUID_SHORT()")
+        before = cur.fetchone()[0]
         try:
             cur.execute("EXECUTE mc_s")
             cur.fetchall()
@@ -130,6 +152,9 @@ def server_view(conn: Any, sql: str) -> int | None:
         except pymysql.MySQLError:
             return None
         finally:
+            cur.execute("SELECT UUID_SHORT()")
+            if calls is not None:
+                calls.append(cur.fetchone()[0] - before - 1)
             cur.execute("DEALLOCATE PREPARE mc_s")
 
 
@@ -137,7 +162,10 @@ def _compare(conn: Any, sql: str) -> None:
     ours, columns = guard_view(sql)
     if ours == "refused":
         return  # by design (executable comments, optimizer hints)
-    theirs = server_view(conn, sql)
+    ran: list[int] = []
+    theirs = server_view(conn, sql, ran)
+    if ran and ours != "unreadable":
+        assert ran[0] <= guard_calls(sql), f"the server ran {ran[0]} calls the guard did not see: {sql!r}"
     if theirs is None:
         return  # the server refuses: the job would fail, which is safe
     assert ours != "unreadable", f"the server ran a text the guard calls unterminated: {sql!r}"
@@ -160,6 +188,8 @@ def _compare(conn: Any, sql: str) -> None:
 @example("SELECT 1 AS a\u3000b, 2")
 @example("SELECT '\U0001f600,', 2")
 @example("SELECT 1;")
+@example("SELECT `uuid_short` /* ( */ (), 'uuid_short()', 1 -- uuid_short()\n")
+@example("SELECT 1 --\xa0uuid_short()")
 @example("SELECT 1 #x\r, 2\n, 3")
 def test_guard_and_server_agree(server: Any, sql: str) -> None:
     _compare(server, sql)
