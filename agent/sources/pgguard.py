@@ -157,7 +157,7 @@ def parse(sql: str) -> Parsed:
         raw = stmts[0]
         loc, length = raw.stmt_location, raw.stmt_len
         parsed.text = sql[loc : loc + length] if length else sql[loc:]
-    for node in _walk(parsed.statements):
+    for node in walk(parsed.statements):
         if isinstance(node, ast.FuncCall):
             parsed.functions.append(tuple(_str(n).lower() for n in node.funcname or ()))
         elif isinstance(node, ast.RangeVar):
@@ -169,7 +169,7 @@ def _str(node: Any) -> str:
     return str(getattr(node, "sval", node))
 
 
-def _walk(node: Any) -> Iterator[Any]:
+def walk(node: Any) -> Iterator[Any]:
     """Every AST node under ``node`` (lists, tuples and node attributes), depth first."""
     stack = [node]
     while stack:
@@ -208,7 +208,7 @@ def check_read_only(sql: str, *, lenient_parse: bool = False) -> Parsed | None:
             "only read statements are allowed (SELECT, VALUES, TABLE, WITH, SHOW, EXPLAIN); "
             f"this one is {_kind(stmt)}"
         )
-    for node in _walk(stmt):
+    for node in walk(stmt):
         _check_node(node)
     return parsed
 

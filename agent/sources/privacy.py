@@ -11,6 +11,10 @@ count, and a quoted identifier does), and errs on the side of refusing:
   value (``SELECT e FROM employees e``, ``row_to_json(e)``), or is ``TABLE t`` /
   ``DESCRIBE t`` / ``SHOW ... t``.
 
+For PostgreSQL (and an ODBC source whose database is PostgreSQL) the check reads the
+server's own parse tree instead (``_check_postgres``, on ``pgguard``): table references
+are ``RangeVar`` nodes, so no quoting trick can hide one from it.
+
 Limits (see docs/SOURCES.md): a view, function or synonym over a private table is not
 recognised under its own name (mark it private too); catalogue views
 (``information_schema``) still list private names; the real fence is the database
@@ -24,6 +28,7 @@ from typing import Any
 
 from shared.errors import JobError
 
+from . import pgguard
 from .readonly import CONCRETE_DIALECTS
 from .sqloptions import SqlOptions, bare_name
 from .sqltext import IDENT, PUNCT, WORD, Token, code_tokens, tokenize
@@ -64,7 +69,67 @@ def check_private(sql: str, dialect: str, opts: SqlOptions) -> None:
     if not has_private(opts):
         return
     for each in CONCRETE_DIALECTS if dialect not in CONCRETE_DIALECTS else (dialect,):
+        if each == "postgres":
+            _check_postgres(sql, opts, lenient=dialect != "postgres")
+            continue
         _check(code_tokens(tokenize(sql, each)), opts)
+
+
+def _check_postgres(sql: str, opts: SqlOptions, *, lenient: bool) -> None:
+    """PostgreSQL: on the server's own parse tree (``pgguard``), not on tokens. Every
+    ``RangeVar`` anywhere (subqueries, CTEs, joins, EXPLAIN) is a table reference, with
+    its quoting and ``U&`` escapes resolved; a private one is refused whatever its schema.
+    For a table with private columns: any column reference whose last name is private,
+    any ``*``, the table or its alias used as a whole row, a column alias list that could
+    rename its columns, or a ``USING (col)`` on a private column is refused."""
+    from pglast import ast
+
+    try:
+        parsed = pgguard.parse(sql)
+    except pgguard.PgParseError:
+        if lenient:
+            return  # PostgreSQL could not run any of it; the other dialects decide
+        raise
+    nodes = list(pgguard.walk(parsed.statements))
+    rels = [n for n in nodes if isinstance(n, ast.RangeVar)]
+    hidden = {bare_name(t) for t in opts.private_tables}
+    for rel in rels:
+        if rel.relname.lower() in hidden:
+            raise _denied(f"the query names {rel.relname.lower()!r}, a table this agent keeps private")
+    guarded: dict[str, set[str]] = {}
+    for table, column in opts.private_columns:
+        guarded.setdefault(bare_name(table), set()).add(column)
+    named = [r for r in rels if r.relname.lower() in guarded]
+    if not named:
+        return
+    secret = set().union(*(guarded[r.relname.lower()] for r in named))
+    watched = {r.relname.lower() for r in named} | {r.alias.aliasname.lower() for r in named if r.alias}
+    for rel in named:
+        if rel.alias is not None and rel.alias.colnames:
+            raise _denied(f"a column alias list on {rel.relname!r}, which has private columns, is not allowed")
+    for node in nodes:
+        if isinstance(node, ast.ColumnRef):
+            _pg_column(node, secret, watched)
+        elif isinstance(node, ast.JoinExpr) and node.usingClause:
+            used = {str(getattr(u, "sval", u)).lower() for u in node.usingClause}
+            for column in sorted(used & secret):
+                raise _denied(f"the query joins on {column!r}, a column this agent keeps private")
+
+
+def _pg_column(node: Any, secret: set[str], watched: set[str]) -> None:
+    from pglast import ast
+
+    fields = list(node.fields or ())
+    if any(isinstance(f, ast.A_Star) for f in fields):
+        raise _denied("'*' would read private columns; name the columns you need")
+    names = [str(f.sval).lower() for f in fields if isinstance(f, ast.String)]
+    if names and names[-1] in secret:
+        raise _denied(f"the query names {names[-1]!r}, a column this agent keeps private")
+    if names and names[-1] in watched:
+        raise _denied(
+            f"the query uses {names[-1]!r} as a whole row of a table with private columns; "
+            "name the columns you need"
+        )
 
 
 def _check(tokens: list[Token], opts: SqlOptions) -> None:

@@ -141,3 +141,47 @@ def test_the_parse_view_lists_functions_and_relations_as_the_server_names_them()
     assert sorted(parsed.relations, key=str) == sorted([("s", "T"), (None, "u"), (None, "v")], key=str)
     assert pgguard.streamable(parsed)
     assert parsed.text.endswith(":p = 1")
+
+
+# ---------------------------------------------------------------- private tables (privacy.py)
+
+PRIVATE_OPTS = {"private_tables": "secrets", "private_columns": "hr.people.salary"}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT 1 AS a{SMILE}$x$, (SELECT v FROM secrets LIMIT 1) AS b{SMILE}$x$",  # the hidden region
+        "SELECT * FROM hr.secrets", 'SELECT * FROM "secrets"', "SELECT * FROM U&\"secr\\0065ts\"",
+        'SELECT * FROM "SECRETS"', "SELECT (SELECT count(*) FROM secrets)",
+        "WITH s AS (SELECT * FROM other.secrets) SELECT 1", "EXPLAIN SELECT * FROM secrets",
+        "SELECT 1 FROM t JOIN LATERAL (SELECT * FROM secrets) s ON true",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM /* */ secrets)",
+        "SELECT salary FROM hr.people", "SELECT p.salary FROM hr.people p", 'SELECT "salary" FROM people',
+        "SELECT * FROM people", "SELECT p.* FROM people p", "SELECT p FROM people p",
+        "SELECT row_to_json(p) FROM people p", "SELECT people FROM people", "TABLE people",
+        "SELECT x FROM people AS p(x)", "SELECT 1 FROM people JOIN other USING (salary)",
+        "SELECT id FROM people ORDER BY salary", "SELECT (p).id FROM people p",
+        "SELECT id FROM (SELECT * FROM people) q",
+    ],
+)  # fmt: skip
+def test_private_names_are_found_in_the_parse_tree(sql: str) -> None:
+    from agent.sources.privacy import check_private
+    from agent.sources.sqloptions import parse_sql_options
+
+    with pytest.raises(JobError) as err:
+        check_private(sql, "postgres", parse_sql_options(PRIVATE_OPTS))
+    assert err.value.code == "SCHEMA_ACCESS_DENIED"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT 'secrets', $$salary$$ FROM t", "SELECT p.id, name, 'salary' AS word FROM people p",
+     "SELECT count(*) FROM people", "SELECT id /* salary */ FROM people -- secrets",
+     "SELECT s.id FROM notsecrets s", "SELECT secrets_id FROM t"],
+)  # fmt: skip
+def test_names_in_literals_comments_and_other_names_are_not_private(sql: str) -> None:
+    from agent.sources.privacy import check_private
+    from agent.sources.sqloptions import parse_sql_options
+
+    check_private(sql, "postgres", parse_sql_options(PRIVATE_OPTS))
