@@ -239,6 +239,53 @@ def _check_node(node: Any) -> None:
         raise _reject(f"{node.relname} reads the server's configuration files and is not allowed")
 
 
+# ------------------------------------------------------------------ the server's word
+
+# VOLATILE functions of PostgreSQL and its extensions that a read may call: they change
+# no state outside the query (clocks, random numbers, sizes, WAL positions, sleeping).
+VOLATILE_ALLOWED = frozenset({
+    "random", "clock_timestamp", "timeofday", "gen_random_uuid", "pg_sleep", "pg_sleep_for",
+    "pg_sleep_until", "currval", "lastval", "current_query", "pg_relation_size",
+    "pg_table_size", "pg_total_relation_size", "pg_indexes_size", "pg_database_size",
+    "pg_tablespace_size", "pg_is_in_recovery", "pg_current_wal_lsn", "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn", "pg_last_wal_receive_lsn", "pg_last_wal_replay_lsn",
+    "pg_last_xact_replay_timestamp", "pg_is_wal_replay_paused", "pg_get_wal_replay_pause_state",
+    "pg_blocking_pids", "pg_safe_snapshot_blocking_pids", "pg_lock_status", "pg_partition_tree",
+    "pg_partition_ancestors", "pg_notification_queue_usage", "pg_xact_commit_timestamp",
+    "pg_xact_commit_timestamp_origin", "pg_xact_status", "txid_status", "pg_jit_available",
+    "pg_collation_actual_version", "pg_database_collation_actual_version", "pg_stat_have_stats",
+    "pg_sequence_last_value", "pg_last_committed_xact", "pg_get_wal_resource_managers",
+    "gen_random_bytes", "gen_salt", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4",
+})  # fmt: skip
+
+_VOLATILE_SQL = (
+    "SELECT DISTINCT lower(p.proname) FROM pg_catalog.pg_proc p "
+    "LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass "
+    "AND d.objid = p.oid AND d.deptype = 'e' "
+    "WHERE lower(p.proname) = ANY(%s) AND p.provolatile = 'v' "
+    "AND (p.pronamespace = 'pg_catalog'::regnamespace OR d.objid IS NOT NULL)"
+)
+
+
+def check_functions_at_server(cursor: Any, functions: list[tuple[str, ...]]) -> None:
+    """The second, semantic check, run in the job's transaction before the query: ask the
+    server which of the called names are VOLATILE functions of PostgreSQL itself or of an
+    installed extension (``pg_proc.provolatile``, ``pg_depend`` deptype 'e'), and refuse
+    any not on ``VOLATILE_ALLOWED``. It catches what a name list misses (a new release's
+    function, an extension's). Functions the database's own users wrote are left to the
+    read-only transaction and their grants: most are VOLATILE by default and harmless."""
+    names = sorted({f[-1] for f in functions if f} - VOLATILE_ALLOWED)
+    if not names:
+        return
+    cursor.execute(_VOLATILE_SQL, (names,))
+    found = sorted(str(r[0]) for r in cursor.fetchall())
+    if found:
+        raise _reject(
+            f"the function {found[0]}() is VOLATILE in PostgreSQL's catalogue (it may change "
+            "state) and is not on the agent's list of volatile functions a read may call"
+        )
+
+
 def streamable(parsed: Parsed) -> bool:
     """A ``SelectStmt`` goes into ``DECLARE ... CURSOR FOR`` (and may be wrapped for COPY)."""
     return len(parsed.statements) == 1 and isinstance(parsed.statements[0], ast.SelectStmt)

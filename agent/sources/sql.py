@@ -261,7 +261,8 @@ class SqlSource(Source):
         text, values = pgguard.translate_params(parsed.text, params)
         streamable = pgguard.streamable(parsed)
         copy = self.opts.copy_fast_path and streamable and wrappable(parsed.text)
-        return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy)
+        return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy,
+                         pg_functions=parsed.functions)  # fmt: skip
 
     def close(self) -> None:
         super().close()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import JobError
 
 from ..deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgcopy, sqlmeta, sqlodbc
+from . import mysqlsession, pgcopy, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 
@@ -55,6 +55,7 @@ class SqlStream(QueryStream):
         timeout: float | None,
         server_side: bool,
         copy: bool = False,
+        pg_functions: list[tuple[str, ...]] | None = None,
     ) -> None:
         self.source = source
         self.kind = "odbc" if source.odbc else source.type
@@ -62,6 +63,8 @@ class SqlStream(QueryStream):
         self.timeout = timeout
         self.server_side = server_side and self.kind == "postgres"
         self.copy_wanted = copy and self.server_side
+        # The functions the guard saw called (PostgreSQL): asked about at the server first.
+        self.pg_functions = pg_functions or []
         self.copy: pgcopy.CopyPlan | None = None
         # The producer's pump (set when the COPY fast path serves this query).
         self.payloads: Any = None
@@ -117,6 +120,9 @@ class SqlStream(QueryStream):
     def _start_postgres(self) -> None:
         conn = self.dbapi
         self._begin_postgres(conn)
+        if self.pg_functions:
+            with conn.cursor() as cur:
+                pgguard.check_functions_at_server(cur, self.pg_functions)
         if self.copy_wanted and pgcopy.session_ok(conn):
             if self._describe_for_copy(conn):
                 return
