@@ -302,8 +302,19 @@ def sqlite_path(database_url: str) -> Path | None:
 
 
 def load_data_cipher(database_url: str, *, dev: bool) -> DataCipher:
-    """A key file beside a SQLite database, created 0600 on first start."""
+    """A key file beside a SQLite database, created 0600 on first start. A shared store
+    (PostgreSQL) has no place for one: every node, and the same node after a restart, must
+    read what the others wrote, so a key made per process would lose every stored result;
+    such a relay refuses to start and names the variable."""
     db = sqlite_path(database_url)
+    if not database_url.startswith("sqlite"):
+        raise ConfigError(
+            "MC_RELAY_DATA_KEY is not set: a relay on a shared (PostgreSQL) store needs the "
+            "same data key on every node and across restarts, or it cannot read the results "
+            "it stored; set MC_RELAY_DATA_KEY (32 random bytes, base64: "
+            "python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'), "
+            "MC_RELAY_DATA_KEYS or MC_RELAY_DATA_KEY_FILE (docs/SECURITY.md, data at rest)"
+        )
     if dev or db is None:
         return DataCipher.generate()
     key_file = db.parent / DATA_KEY_FILE_NAME

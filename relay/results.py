@@ -161,6 +161,21 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
             "this relay no longer has; add it back to its data keys (see docs/SECURITY.md)",
             code="INTERNAL_ERROR", details={"missingKeyIds": missing}, retryable=False,
         )
+    if stored:
+        # A key with the right id but other bytes (a node or a restart with another key):
+        # try the first chunk now, so the reader gets this error instead of a cut stream.
+        first = await relay.store.run(chunk_store.read, job["id"], job["attempt"], 0)
+        if first is not None and relay.recent.get(job["id"], job["attempt"], 0) is None:
+            aad = f"{job['id']}:{job['attempt']}:0".encode()
+            try:
+                atrest.unseal(relay.cipher, first["key_id"], first["data"], aad, limit=MAX_DECOMPRESSED)
+            except DecryptionFailed:
+                raise MCError(
+                    f"this result was stored with a data key {first['key_id']!r} that differs from "
+                    "this relay's key of that id: every relay node, and every restart, must be "
+                    "given the same MC_RELAY_DATA_KEY(S) (see docs/SECURITY.md)",
+                    code="INTERNAL_ERROR", details={"keyId": first["key_id"]}, retryable=False,
+                ) from None
 
 
 async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:

@@ -18,7 +18,7 @@ from relay.auth import make_token
 from relay.config import RelayConfig
 from relay.context import RELAY, Relay
 from shared import protocol
-from shared.crypto import generate_private_key, open_job, public_key_b64
+from shared.crypto import DataCipher, generate_private_key, open_job, public_key_b64
 from shared.rows import encode_rows
 
 SECRET = "component-test-secret-0123456789abcdef"
@@ -199,6 +199,11 @@ class FakeAgent:
             await self.ws.close()
 
 
+# The data key every in-process relay on a shared (PostgreSQL) store uses: several nodes
+# and restarts must read each other's chunks (a relay there refuses to start without one).
+SHARED_STORE_CIPHER = DataCipher({"k1": bytes(range(32))}, "k1")
+
+
 @pytest.fixture
 def make_config(tmp_path: Any) -> Callable[..., RelayConfig]:
     def make(**overrides: Any) -> RelayConfig:
@@ -206,6 +211,8 @@ def make_config(tmp_path: Any) -> Callable[..., RelayConfig]:
                                 "hello_timeout": 2.0, "result_poll_interval": 0.2,
                                 "rate_limit_per_minute": 100_000}
         base.update(overrides)
+        if not str(base["database_url"]).startswith("sqlite") and "data_cipher" not in base:
+            base["data_cipher"] = SHARED_STORE_CIPHER  # one key for every node, as production needs
         return RelayConfig(**base)
 
     return make

@@ -7,6 +7,7 @@ import base64
 import os
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ from agent import platform_win
 from agent.keyring import KeyFiles, load_keyring, rotate_keys
 from agent.paths import StatePaths
 from relay.app import create_app
-from relay.config import ConfigError, RelayConfig, cipher_from_env
+from relay.config import ConfigError, RelayConfig, cipher_from_env, load_data_cipher
 from relay.kems import KemDirectory
 from shared import crypto
 from shared.crypto import DataCipher
 from shared.errors import DecryptionFailed
 from tests.component.conftest import Api, FakeAgent
+from tests.harness import command
 
 K1, K2 = os.urandom(32), os.urandom(32)
 
@@ -236,3 +238,39 @@ async def test_a_result_whose_data_key_was_removed_gets_a_clear_error(
     _, body, _ = await Api(second).call("GET", f"/jobs/{job_id}/results", expect=500)
     assert body["error"]["code"] == "INTERNAL_ERROR" and "'k1'" in body["error"]["message"]
     assert body["error"]["details"] == {"missingKeyIds": ["k1"]}
+
+
+async def test_a_result_stored_under_another_key_of_the_same_id_gets_a_clear_error(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    """A relay restarted (or another node) with other bytes under the same key id answers
+    500 naming the key id before any row, not a stream cut in the middle."""
+    first = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K1}, "k1"))))
+    api = Api(first)
+    con = await api.new_connector()
+    agent = await FakeAgent(first, con["apiKey"]).connect()
+    job_id = await _run_job(api, agent, [["row"]])
+    await agent.close()
+    await first.close()
+    second = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K2}, "k1"))))
+    _, body, _ = await Api(second).call("GET", f"/jobs/{job_id}/results", expect=500)
+    assert body["error"]["code"] == "INTERNAL_ERROR", body
+    assert "MC_RELAY_DATA_KEY" in body["error"]["message"] and body["error"]["details"] == {"keyId": "k1"}
+
+
+def test_a_relay_on_a_shared_store_without_a_data_key_refuses_to_start(tmp_path: Path) -> None:
+    """No per-process key on PostgreSQL: `mini-relay serve` exits at once naming the variable,
+    in --dev too; a SQLite relay still makes its key file."""
+    for dev in (False, True):
+        with pytest.raises(ConfigError, match="MC_RELAY_DATA_KEY"):
+            load_data_cipher("postgresql://postgres@127.0.0.1:5432/test", dev=dev)
+    assert load_data_cipher(f"sqlite:///{tmp_path / 'relay.db'}", dev=False).has("k1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MC_RELAY_")}
+    env["MC_RELAY_JWT_SECRET"] = "s" * 32
+    done = subprocess.run(
+        [*command("mini-relay"), "serve", "--port", "0", "--database-url", "postgresql://postgres@127.0.0.1:1/none"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "MC_RELAY_DATA_KEY is not set" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
