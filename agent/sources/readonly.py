@@ -73,6 +73,28 @@ WRITE_FUNCTION_PREFIXES = (
 )  # fmt: skip
 
 
+# Words that start a statement other than a read in some dialect: a text starting with one
+# is refused as a write; a text starting with anything else is not a statement at all (a
+# typo such as ``SELEC``) and fails QUERY_FAILED, as the database itself would answer.
+COMMAND_WORDS = frozenset({
+    "ALTER", "ANALYZE", "ANALYSE", "ATTACH", "BACKUP", "BEGIN", "BINLOG", "BULK", "CACHE",
+    "CALL", "CHANGE", "CHECK", "CHECKPOINT", "CHECKSUM", "CLOSE", "CLUSTER", "COMMENT",
+    "COMMIT", "COPY", "CREATE", "DBCC", "DEALLOCATE", "DECLARE", "DELETE", "DENY", "DETACH",
+    "DISABLE", "DISCARD", "DO", "DROP", "ENABLE", "END", "EXEC", "EXECUTE", "FETCH", "FLUSH",
+    "GET", "GO", "GRANT", "HANDLER", "HELP", "IMPORT", "INSERT", "INSTALL", "KILL", "LISTEN",
+    "LOAD", "LOCK", "MERGE", "MOVE", "NOTIFY", "OPEN", "OPTIMIZE", "PRAGMA", "PREPARE",
+    "PRINT", "PURGE", "RAISERROR", "REASSIGN", "RECONFIGURE", "REFRESH", "REINDEX", "RELEASE",
+    "RENAME", "REPAIR", "REPLACE", "RESET", "RESIGNAL", "RESTORE", "REVERT", "REVOKE",
+    "ROLLBACK", "SAVE", "SAVEPOINT", "SECURITY", "SET", "SETUSER", "SHUTDOWN", "SIGNAL",
+    "START", "STOP", "TRUNCATE", "UNINSTALL", "UNLISTEN", "UNLOCK", "UPDATE", "UPSERT", "USE",
+    "VACUUM", "WAITFOR", "XA",
+})  # fmt: skip
+
+
+def _not_a_statement(message: str) -> JobError:
+    return JobError("QUERY_FAILED", message, retryable=False)
+
+
 def _reject(message: str) -> JobError:
     return JobError("WRITE_OPERATION_REJECTED", message, retryable=False)
 
@@ -98,6 +120,11 @@ def _check(sql: str, dialect: str) -> None:
     first = next((t for t in statement if not (t.kind == PUNCT and t.text == "(")), None)
     if first is None or first.kind != WORD or first.upper not in READ_STARTS:
         shown = first.text[:40] if first is not None else "nothing"
+        if first is None or first.kind != WORD or first.upper not in COMMAND_WORDS:
+            raise _not_a_statement(
+                f"syntax error: the text does not start with an SQL statement (it starts with "
+                f"{shown!r}); a query starts with SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN or DESCRIBE"
+            )
         raise _reject(
             f"only read statements are allowed (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN, "
             f"DESCRIBE); this one starts with {shown!r}"

@@ -121,3 +121,21 @@ def test_missing_parameter_names_it() -> None:
     with pytest.raises(JobError) as info:
         translate_params("SELECT :missing", {}, style="pyformat", dialect="mysql")
     assert info.value.code == "QUERY_FAILED" and ":missing" in info.value.message
+
+
+@pytest.mark.parametrize("dialect", ["mysql", "sqlite", "mssql", "generic", "postgres"])
+@pytest.mark.parametrize("sql", ["SELEC * FROM t", "SLECT 1", "'x'", "42", "foo bar"])
+def test_text_that_is_not_a_statement_is_a_query_error_not_a_write(sql: str, dialect: str) -> None:
+    """A typo is QUERY_FAILED with a sentence saying it is not a statement (or, on
+    PostgreSQL, the parser's own words), never WRITE_OPERATION_REJECTED."""
+    with pytest.raises(JobError) as info:
+        check_read_only(sql, dialect)
+    assert info.value.code == "QUERY_FAILED", info.value.message
+    assert "syntax" in info.value.message.lower(), info.value.message
+
+
+@pytest.mark.parametrize("sql", ["DELETE FROM t", "update t set a = 1", "SET x = 1", "DO 1", "VACUUM"])
+def test_a_command_other_than_a_read_is_still_a_write(sql: str) -> None:
+    with pytest.raises(JobError) as info:
+        check_read_only(sql, "generic")
+    assert info.value.code == "WRITE_OPERATION_REJECTED", info.value.message
