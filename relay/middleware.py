@@ -42,6 +42,8 @@ PUBLIC_ROUTES: Final = frozenset(
     {"health", "health.root", "openapi", "openapi.root", "agent.connect", "metrics", "downloads"}
 )
 UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root", "metrics"})
+# Public routes that check a token of their own: their failures count per client address.
+SELF_CHECKED_ROUTES: Final = frozenset({"metrics"})
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 410: "GONE",
@@ -105,6 +107,21 @@ def _admit(request: web.Request, route: str, token: str | None) -> None:
         raise rate_limited(quota, f"more than {quota.limit} requests a minute")
 
 
+async def _self_checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A public route that checks its own token (``/metrics``): its 401s count against the
+    client address like any failed authentication, and an address over the limit waits."""
+    failures = request.app[AUTH_FAILURES]
+    address_key = "a:" + client_address(request)
+    request[QUOTA] = over = failures.peek(address_key)
+    if not over.allowed:
+        raise rate_limited(over, f"more than {over.limit} failed authentications a minute from this address")
+    try:
+        return await handler(request)
+    except Unauthorized:
+        request[QUOTA] = failures.hit(address_key)
+        raise
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     relay = request.app[RELAY]
@@ -114,12 +131,15 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         if route is not None and route not in PUBLIC_ROUTES:
             _admit(request, route, _presented_token(request))
+            response = await handler(request)
+        elif route in SELF_CHECKED_ROUTES:
+            response = await _self_checked(request, handler)
         else:
             key = relay.limiter.key_for(_presented_token(request), client_address(request))
             request[QUOTA] = quota = relay.limiter.hit(key, count=route not in UNCOUNTED_ROUTES)
             if not quota.allowed:
                 raise rate_limited(quota, f"more than {quota.limit} requests a minute")
-        response = await handler(request)
+            response = await handler(request)
     except MCError as exc:
         response = envelope_error(exc.status, exc.code, exc.message, exc.details, request_id)
     except web.HTTPException as exc:

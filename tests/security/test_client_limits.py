@@ -246,3 +246,18 @@ async def test_revoking_ends_previous_keys_too(api: Api, client: Any) -> None:
     await api.call("DELETE", f"/connectors/{con['id']}", expect=204)
     for key in (con["apiKey"], out["data"]["apiKey"]):
         assert await _handshake(client, key) == 401
+
+
+async def test_metrics_token_guesses_count_too(start_relay: Any) -> None:
+    """/metrics checks its own token and is not rate limited, but its 401s count against
+    the address like any failed authentication: its token cannot be guessed at speed."""
+    client = await start_relay(auth_failure_limit=3, metrics_token="the-metrics-token")
+    for n in range(3):
+        resp = await client.get("/metrics", headers={"Authorization": f"Bearer guess-{n}"})
+        assert resp.status == 401
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer the-metrics-token"})
+    body = await resp.json()
+    assert resp.status == 429 and body["error"]["details"]["retryAfter"] >= 1
+    other = await start_relay(auth_failure_limit=3, metrics_token="the-metrics-token")
+    resp = await other.get("/metrics", headers={"Authorization": "Bearer the-metrics-token"})
+    assert resp.status == 200
