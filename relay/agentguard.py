@@ -155,6 +155,16 @@ class LogThrottle:
         self.dropped_total += 1
         return False
 
+    def trim(self, lines: list[Any]) -> list[Any]:
+        """The lines of a batch within the budget, before they are validated: what is past
+        it is dropped here at the cost of a length, not of checking every field."""
+        kept = []
+        for line in lines:
+            message = line.get("message") if isinstance(line, dict) else None
+            if self.allow(len(message) + 64 if isinstance(message, str) else 64):
+                kept.append(line)
+        return kept
+
     def summary(self, force: bool = False) -> int:
         """The lines dropped since the last summary, when one is due (else 0)."""
         clock = time.monotonic()

@@ -41,6 +41,7 @@ DUPLICATE_MESSAGE = ("another agent (another machine or key pair) is already con
 
 FRAMES_IN_FLIGHT = 64  # per agent: frames being handled at once before the socket is not read
 FRAME_DRAIN_SECONDS = 5.0  # at a session's end, how long frames already read may take
+READ_SLICE_SECONDS = 0.005  # reading one agent's frames, let other tasks run at least this often
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Hub:
         self.sessions: dict[str, AgentSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.workers = agentguard.ChunkWorkers()  # sized from the config by the first session
+        self.log_throttles: dict[str, agentguard.LogThrottle] = {}  # per connector
 
     # ------------------------------------------------------------ handshake
 
@@ -214,9 +216,7 @@ class Hub:
             hostname=hello["hostname"], version=hello["agentVersion"],
             connected_since=at, last_heartbeat=at, last_traffic=at,
             budget=agentguard.Budget(cfg.agent_memory_budget),
-            log_throttle=agentguard.LogThrottle(
-                cfg.agent_log_lines_per_second, cfg.agent_log_bytes_per_second, cfg.agent_log_burst_seconds
-            ),
+            log_throttle=self._log_throttle(cfg, cid),
         )  # fmt: skip
         self.sessions[cid] = session
         try:
@@ -227,6 +227,16 @@ class Hub:
             # aiohttp cancels the handler when the peer goes away; the bookkeeping of a
             # disconnection must finish anyway, so it runs as its own task.
             await asyncio.shield(self._spawn(self._gone(relay, session)))
+
+    def _log_throttle(self, cfg: Any, connector_id: str) -> agentguard.LogThrottle:
+        """The connector's log budget, kept across its sessions: reconnecting does not
+        refill it (it refills with time)."""
+        throttle = self.log_throttles.get(connector_id)
+        if throttle is None:
+            throttle = self.log_throttles[connector_id] = agentguard.LogThrottle(
+                cfg.agent_log_lines_per_second, cfg.agent_log_bytes_per_second, cfg.agent_log_burst_seconds
+            )  # fmt: skip
+        return throttle
 
     async def _welcome(
         self, relay: Relay, request: web.Request, session: AgentSession,
@@ -292,10 +302,14 @@ class Hub:
         tails: dict[str, asyncio.Future[None]] = {}
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
+        busy_since = loop.time()
         try:
             async for raw in session.ws:
                 if raw.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
+                if loop.time() - busy_since > READ_SLICE_SECONDS:
+                    await asyncio.sleep(0)  # frames already buffered are read without a yield
+                    busy_since = loop.time()
                 session.last_traffic = now()
                 if session.close_request is not None:
                     break  # a frame's task asked to close: done here, below
@@ -339,8 +353,11 @@ class Hub:
         """A frame as read, decoded (text) or checked from its header (binary); None when
         it is dropped here (a late or superseded chunk: counted, not a violation)."""
         if isinstance(data, str):
-            msg = protocol.decode_text(data, sender=protocol.AGENT)
-            return msg
+            obj = protocol.parse_text(data)
+            lines = obj.get("lines")
+            if obj.get("type") == "agent.logs.v1" and isinstance(lines, list):
+                obj["lines"] = session.log_throttle.trim(lines)  # a flood costs no validation
+            return protocol.validate_text(obj, sender=protocol.AGENT)
         refused = relay.metrics.agent_frames_refused
         try:
             head = protocol.read_chunk_head(data)

@@ -445,18 +445,16 @@ _heartbeat_write.bulk = _heartbeats_bulk  # type: ignore[attr-defined]  # relay/
 
 
 async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
-    """Store an agent's log lines within its connection's budget (``agentguard.LogThrottle``):
-    lines past it are dropped and counted, and one line says how many; a message is cut to
+    """Store an agent's log lines, trimmed to its connection's budget by the hub before they
+    were validated (``agentguard.LogThrottle``): one line says how many were dropped; a message is cut to
     ``agent_log_line_max`` characters; the relay's receive time is kept beside the agent's
     timestamp, which is clamped to that time plus ``agent_clock_skew``."""
     cfg, throttle = relay.config, session.log_throttle
     at = now()
     latest = at + cfg.agent_clock_skew
     rows = []
-    for line in msg["lines"]:
+    for line in msg["lines"]:  # already within the budget (the hub trims before validating)
         message = line["message"]
-        if not throttle.allow(len(message) + 64):
-            continue
         if len(message) > cfg.agent_log_line_max:
             message = message[: cfg.agent_log_line_max] + " [cut by the relay]"
         try:

@@ -365,6 +365,12 @@ def encode(msg: Message) -> str:
 
 def decode_text(data: str | bytes, *, sender: str) -> Message:
     """Parse and validate one text frame sent by ``sender`` (AGENT or RELAY)."""
+    return validate_text(parse_text(data), sender=sender)
+
+
+def parse_text(data: str | bytes) -> dict[str, Any]:
+    """A text frame's JSON object, not validated yet (``validate_text``): a receiver may
+    look at it first (the relay trims a log batch to its budget before validating it)."""
     if len(data) > MAX_TEXT_FRAME:
         raise ProtocolError(f"text frame larger than {MAX_TEXT_FRAME} bytes")
     try:
@@ -373,6 +379,11 @@ def decode_text(data: str | bytes, *, sender: str) -> Message:
         raise ProtocolError("text frame is not valid JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("text frame must be a JSON object")
+    return obj  # type: ignore[no-any-return]
+
+
+def validate_text(obj: dict[str, Any], *, sender: str) -> Message:
+    """``parse_text``'s object as a validated message from ``sender``."""
     type_ = obj.get("type")
     if not isinstance(type_, str):
         raise ProtocolError("message has no 'type'")
