@@ -47,6 +47,10 @@ class RecentChunks:
             self.hits += 1
         return found
 
+    def holds(self, job_id: str, attempt: int, seq: int) -> bool:
+        """Whether the chunk is held (this node stored it just now, under its own key)."""
+        return (job_id, attempt, seq) in self._chunks
+
     def forget(self, job_id: str) -> None:
         """The job's result was deleted or replaced: drop every chunk of it."""
         for key in [k for k in self._chunks if k[0] == job_id]:

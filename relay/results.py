@@ -161,11 +161,12 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
             "this relay no longer has; add it back to its data keys (see docs/SECURITY.md)",
             code="INTERNAL_ERROR", details={"missingKeyIds": missing}, retryable=False,
         )
-    if stored:
+    if stored and not relay.recent.holds(job["id"], job["attempt"], 0):
         # A key with the right id but other bytes (a node or a restart with another key):
         # try the first chunk now, so the reader gets this error instead of a cut stream.
+        # (A chunk this node holds in memory it stored itself, under its own key.)
         first = await relay.store.run(chunk_store.read, job["id"], job["attempt"], 0)
-        if first is not None and relay.recent.get(job["id"], job["attempt"], 0) is None:
+        if first is not None:
             aad = f"{job['id']}:{job['attempt']}:0".encode()
             try:
                 atrest.unseal(relay.cipher, first["key_id"], first["data"], aad, limit=MAX_DECOMPRESSED)
