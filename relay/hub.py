@@ -356,7 +356,9 @@ class Hub:
             obj = protocol.parse_text(data)
             lines = obj.get("lines")
             if obj.get("type") == "agent.logs.v1" and isinstance(lines, list):
-                obj["lines"] = session.log_throttle.trim(lines)  # a flood costs no validation
+                obj["lines"] = kept = session.log_throttle.trim(lines)  # a flood costs no validation
+                if lines and len(kept) < len(lines):  # but a malformed batch is still refused
+                    protocol.validate_text({**obj, "lines": lines[:1]}, sender=protocol.AGENT)
             return protocol.validate_text(obj, sender=protocol.AGENT)
         refused = relay.metrics.agent_frames_refused
         try:

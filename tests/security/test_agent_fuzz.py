@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -38,6 +39,9 @@ def _frames(rng: random.Random) -> tuple[list[Callable[[], str | bytes]], bytes]
         header = json.dumps({"jobId": _JOB, "attempt": 1, "seq": 0, "rows": 1}).encode()
         return bytes([p.FRAME_CHUNK, p.FLAG_ZLIB]) + len(header).to_bytes(2, "big") + header + packed
 
+    header = json.dumps({"jobId": _JOB, "attempt": 1, "seq": 0, "rows": 1}).encode()
+    zstd_bomb = (bytes([p.FRAME_CHUNK, p.FLAG_ZSTD]) + len(header).to_bytes(2, "big") + header
+                 + zstandard.ZstdCompressor(level=1).compress(b"\0" * (64 << 20)))  # fmt: skip
     return [
         lambda: "{not json",
         lambda: "",
@@ -56,6 +60,8 @@ def _frames(rng: random.Random) -> tuple[list[Callable[[], str | bytes]], bytes]
         lambda: bytes([p.FRAME_CHUNK, 0, 0xFF, 0xFF]) + b"{}",
         lambda: bytes([7, 0, 0, 2]) + b"{}",
         lambda: p.encode_chunk(p.Chunk(_JOB, 1, rng.randint(0, 10), 1, b"[[1]]")),
+        lambda: zstd_bomb,  # ~2 KB that would become 64 MiB: refused from its header
+        lambda: bytes([p.FRAME_CHUNK, p.FLAG_ZSTD, 0, 2]) + b"{}" + zstd_bomb,  # a header without fields
         lambda: json.dumps({"type": "job.done.v1", "jobId": _JOB, "attempt": 1, "status": "succeeded",
                             "chunks": 0, "rowCount": 0, "byteCount": 0}),
     ], bomb()
@@ -154,5 +160,8 @@ def test_ten_thousand_bad_frames_leave_the_relay_and_other_agents_unharmed(
     assert stack.relay.proc.alive() and stack.api.health()["status"] == "healthy"
     assert len(outcomes) >= 3 and set(outcomes) == {"succeeded"}, outcomes[-5:]
     assert stack.api.connector(honest.connector_id)["status"] == "online"
+    metrics = stack.api.call("GET", "/metrics", expect=200).text
+    foreign = [ln for ln in metrics.splitlines() if ln.startswith('mini_relay_agent_frames_refused_total{reason="foreign"}')]
+    assert foreign and float(foreign[0].split()[-1]) > 0, "chunks for a job it does not hold: refused from the header"
     _, rows = stack.api.run_job(honest.connector_id, "erp", sql="SELECT count(*) AS n FROM items")
     assert rows == [{"n": dataset.ROWS}]

@@ -170,24 +170,28 @@ async def _logs(api: Api, cid: str) -> list[dict[str, Any]]:
 
 async def test_a_log_flood_is_throttled_with_one_summary_line(start_relay: Callable[..., Any]) -> None:
     """(c) 5,000 lines in a burst against a budget of 100: the rest are dropped, counted,
-    and said in a summary line in the connector's log."""
+    and said in a summary line in the connector's log; a malformed batch is still refused."""
     client = await start_relay(agent_log_lines_per_second=10.0, agent_log_burst_seconds=10.0)
     api = Api(client)
     hostile = await _hostile(client, api)
     for _ in range(10):
         await hostile.send("agent.logs.v1", lines=_lines(500))
+    # Past the budget lines are dropped unread, but a malformed batch is still an error.
+    await hostile.send_raw(orjson.dumps({"type": "agent.logs.v1", "lines": [{"level": "NOPE"}] * 50}).decode())
+    assert (await hostile.expect("relay.error.v1"))["code"] == "PROTOCOL_ERROR"
     await hostile.close()
     cid = hostile.connector_id or ""
 
     async def summarised() -> list[dict[str, Any]]:
         logs = await _logs(api, cid)
         dropped = [x for x in logs if x["logger"] == "relay" and "log lines dropped" in x["message"]]
-        return logs if sum(int(x["message"].split()[0]) for x in dropped) + len(logs) - len(dropped) == 5000 else []
+        return logs if sum(int(x["message"].split()[0]) for x in dropped) + len(logs) - len(dropped) == 5050 else []
 
     logs = await wait_until(summarised, what="every line stored or counted in a summary")
     kept = [x for x in logs if x["message"] == "flood"]
     assert 100 <= len(kept) < 200, len(kept)  # the burst, and what the rate refilled meanwhile
-    assert _metric(client, "mini_relay_agent_log_lines_dropped_total") == 5000 - len(kept)
+    # The malformed batch's 50 lines were past the budget too: counted among the dropped.
+    assert _metric(client, "mini_relay_agent_log_lines_dropped_total") == 5050 - len(kept)
 
 
 async def test_log_lines_are_cut_and_far_future_times_clamped(api: Api, agent: FakeAgent) -> None:

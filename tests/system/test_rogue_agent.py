@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import pytest
+import zstandard
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -63,6 +67,18 @@ def _reaction(ws: ClientConnection, timeout: float = 5) -> str:
         return "silence"
 
 
+@functools.cache
+def _packed(zstd: bool) -> bytes:
+    zeros = b"\0" * (64 << 20)  # ~2 KB (zstd) or ~65 KB (zlib) that would become 64 MiB
+    return zstandard.ZstdCompressor(level=1).compress(zeros) if zstd else zlib.compress(zeros, 9)
+
+
+def _bomb(job_id: str, attempt: int, *, zstd: bool) -> bytes:
+    header = json.dumps({"jobId": job_id, "attempt": attempt, "seq": 0, "rows": 1}).encode()
+    flags = p.FLAG_ZSTD if zstd else p.FLAG_ZLIB
+    return bytes([p.FRAME_CHUNK, flags]) + len(header).to_bytes(2, "big") + header + _packed(zstd)
+
+
 def _big_text() -> str:
     return json.dumps({"type": "agent.logs.v1", "lines": [], "pad": "x" * (p.MAX_TEXT_FRAME + 10)})
 
@@ -78,6 +94,8 @@ BAD_FRAMES: dict[str, Callable[[], str | bytes]] = {
     "binary garbage": lambda: b"\xff\x00\x13garbage",
     "chunk for a job it does not hold": lambda: p.encode_chunk(
         p.Chunk("job_" + "0" * 32, 1, 0, 1, b"[[1]]")),
+    "zstd bomb for a job it does not hold": lambda: _bomb("job_" + "0" * 32, 1, zstd=True),
+    "zlib bomb for a job it does not hold": lambda: _bomb("job_" + "0" * 32, 1, zstd=False),
     "done for a job it does not hold": lambda: json.dumps({
         "type": "job.done.v1", "jobId": "job_" + "0" * 32, "attempt": 1, "status": "succeeded",
         "chunks": 0, "rowCount": 0, "byteCount": 0}),
@@ -102,6 +120,36 @@ def test_bad_frame_gets_an_error_or_a_close(system: SystemEnv, rogue_key: str, k
     else:
         assert reaction.startswith(("error:", "closed:")), f"{kind}: {reaction}"
     assert system.stack.relay is not None and system.stack.relay.proc.alive()
+
+
+def test_bombs_for_its_own_job_are_refused_and_memory_stays_flat(system: SystemEnv, rogue_key: str) -> None:
+    """Decompression bombs for a job the rogue does hold are refused by the relay's bounds
+    (16 MiB, 256 times the compressed size), not inflated: the relay process's RSS stays
+    within 100 MB of where it was, and the relay answers /health afterwards."""
+    relay = system.stack.relay
+    assert relay is not None
+    rss = psutil.Process(relay.proc.pid).memory_info().rss
+    rogue = system.api.call("GET", "/connectors").data
+    rogue_id = next(c["id"] for c in rogue if c["name"] == "rogue")
+    job_id = system.api.submit(rogue_id, "erp", sql="SELECT 1")
+    with _open(system, rogue_key) as (ws, _):
+        while (msg := json.loads(ws.recv(timeout=scaled(10))))["type"] != "job.assign.v1":
+            pass
+        assert msg["jobId"] == job_id
+        reactions = []
+        for zstd in (True, False, True, False):
+            ws.send(_bomb(job_id, msg["attempt"], zstd=zstd))
+            reactions.append(_error_message(ws))
+    assert all("limit" in r for r in reactions), reactions
+    assert psutil.Process(relay.proc.pid).memory_info().rss - rss < 100 << 20
+    assert system.api.health()["status"] == "healthy"
+
+
+def _error_message(ws: ClientConnection) -> str:
+    while True:
+        frame = ws.recv(timeout=scaled(10))
+        if isinstance(frame, str) and (msg := json.loads(frame)).get("type") == "relay.error.v1":
+            return str(msg["message"])
 
 
 def test_flood_of_garbage_is_cut_off(system: SystemEnv, rogue_key: str) -> None:
