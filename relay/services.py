@@ -76,12 +76,13 @@ async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: flo
     return new_key, expires
 
 
-def _revoke(conn: Any, tenant_id: str, connector_id: str, at: float) -> list[dict[str, Any]]:
+def _revoke(conn: Any, tenant_id: str, connector_id: str, at: float) -> list[dict[str, Any]] | None:
+    """The jobs failed by revoking the connector; None when it was already revoked."""
     row = con_store.get(conn, tenant_id, connector_id)
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist")
-    con_store.set_fields(conn, connector_id, {"status": "revoked", "revoked_at": at,
-                                              "connected_since": None})  # fmt: skip
+    if not con_store.revoke(conn, connector_id, at):
+        return None
     failed = []
     error = _job_error("CONNECTOR_REVOKED", "the connector was revoked")
     for job in job_store.with_status(conn, connector_id, (queue.QUEUED, *queue.IN_FLIGHT)):
@@ -93,23 +94,60 @@ def _revoke(conn: Any, tenant_id: str, connector_id: str, at: float) -> list[dic
     return failed
 
 
-async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> None:
+async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> bool:
+    """Revoke the connector (True), or find it already revoked (False). Either way any
+    socket its agent still holds is closed; only the first revoke raises the
+    ``revoked`` event and fails the connector's queued jobs, so a repeated DELETE is
+    idempotent."""
     at = now()
     failed = await relay.store.run(_revoke, tenant_id, connector_id, at)
     await relay.hub.disconnect(connector_id, CLOSE_REVOKED, "REVOKED")
     relay.cluster.revoke(connector_id)  # its agent may be on another relay node
+    if failed is None:
+        return False
     relay.events.publish(
         tenant_id, "connector_status_changed", connector_status_data(connector_id, "revoked", at)
     )
     for job in failed:
         relay.notifier.notify(job["id"])
         publish_completed(relay, tenant_id, job)
+    return True
 
 
 # ---------------------------------------------------------------- jobs
 
 
-def _connector_for_job(conn: Any, tenant_id: str, connector_id: str) -> dict[str, Any]:
+class SourceNotFound(MCError):
+    """A job names a source its connector has reported it does not have: 422 at submit
+    (the same code an agent reports on a job, there as a job error)."""
+
+    code = "SOURCE_NOT_FOUND"
+
+    @property
+    def status(self) -> int:
+        return 422
+
+
+def check_source(sources_json: str, source: str) -> None:
+    """Refuse ``source`` if the connector reported sources (its last hello) and it is not
+    one of them. A connector that reported none (never connected, or an agent with no
+    sources configured yet) is not checked: its agent answers for itself."""
+    if sources_json in ("", "[]"):
+        return
+    try:
+        reported = orjson.loads(sources_json)
+        names = {s["name"] for s in reported if isinstance(s, dict) and isinstance(s.get("name"), str)}
+    except (orjson.JSONDecodeError, TypeError):
+        return
+    if names and source not in names:
+        shown = sorted(names)[:20]
+        raise SourceNotFound(
+            f"the connector has no source named {source[:100]!r} (it reported: {', '.join(shown)})",
+            details={"field": "source", "sources": shown},
+        )
+
+
+def _connector_for_job(conn: Any, tenant_id: str, connector_id: str, source: str) -> dict[str, Any]:
     row = con_store.get(conn, tenant_id, connector_id)
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist",
@@ -121,6 +159,7 @@ def _connector_for_job(conn: Any, tenant_id: str, connector_id: str) -> dict[str
             "the connector has never connected, so jobs cannot be sealed to it yet",
             code="CONNECTOR_PENDING",
         )
+    check_source(row["sources"] or "[]", source)
     return row
 
 
@@ -140,7 +179,7 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
     row = _job_row(relay, tenant_id, job_id, {"id": connector_id, "public_key": guess}, spec) if guess else None
     try:
         if row is None or not await relay.store.run(_insert_if_key, row, guess):
-            connector = await relay.store.run(_connector_for_job, tenant_id, connector_id)
+            connector = await relay.store.run(_connector_for_job, tenant_id, connector_id, spec["source"])
             row = _job_row(relay, tenant_id, job_id, connector, spec)
             await relay.store.run(job_store.insert, row)
     except IntegrityError:
@@ -175,9 +214,12 @@ def _job_row(
 
 def _insert_if_key(conn: Any, row: dict[str, Any], public_key: str) -> bool:
     """Queue the job sealed to ``public_key`` if that is still the connector's key and it
-    is not revoked (False: nothing written; the caller reads the connector and reseals)."""
-    if not con_store.accepts_jobs_for(conn, row["tenant_id"], row["connector_id"], public_key):
+    is not revoked (False: nothing written; the caller reads the connector and reseals).
+    A source the connector did not report raises ``SourceNotFound``."""
+    sources = con_store.accepts_jobs_for(conn, row["tenant_id"], row["connector_id"], public_key)
+    if sources is None:
         return False
+    check_source(sources, row["source"])
     job_store.insert(conn, row)
     return True
 

@@ -220,7 +220,7 @@ PATHS: dict[str, S] = {
         "patch": _op("updateConnector", "Rename a connector, or raise its shipped log level for a while",
                      {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID], body="ConnectorPatch"),
         "delete": _op("deleteConnector", "Revoke a connector and disconnect its agent",
-                      {"204": {"description": "revoked"}}, params=[ID]),
+                      {"204": {"description": "revoked (again: 204, no second event)"}}, params=[ID]),
     },
     "/api/v1/connectors/{id}/rotate-key": {
         "post": {**_op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
@@ -244,7 +244,10 @@ PATHS: dict[str, S] = {
         "post": _op("createJob", "Submit a job (sealed to the connector on receipt)",
                     {"202": _json(_ok(_ref("JobAccepted")), "queued"),
                      "200": _json(_ok(_ref("Job")), "the existing job with this jobKey"),
-                     "409": ERR, "413": ERR}, body="NewJob"),
+                     "409": ERR, "413": ERR,
+                     "422": {**ERR, "description": "a field is invalid (VALIDATION_ERROR), or the "
+                             "connector has reported its sources and this is not one (SOURCE_NOT_FOUND)"}},
+                    body="NewJob"),
         "get": _op("listJobs", "List jobs", {"200": _json(_ok(_ref("Job"), list_=True), "jobs")},
                    params=[_q("connectorId", {"type": "string"}), _q("status", {"type": "string"}), *PAGE]),
     },

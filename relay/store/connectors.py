@@ -31,14 +31,19 @@ def get(conn: Connection, tenant_id: str | None, connector_id: str) -> dict[str,
     return _row(conn.execute(_GET_IN_TENANT, params).first())
 
 
-_KEY_STATUS = raw.Sql("SELECT status, public_key FROM connectors WHERE id = :id AND tenant_id = :tenant")
+_KEY_STATUS = raw.Sql(
+    "SELECT status, public_key, sources FROM connectors WHERE id = :id AND tenant_id = :tenant"
+)
 
 
-def accepts_jobs_for(conn: Connection, tenant_id: str, connector_id: str, public_key: str) -> bool:
-    """Is the tenant's connector unrevoked, with ``public_key`` as its key? (A job sealed
-    to that key may be queued for it.)"""
+def accepts_jobs_for(conn: Connection, tenant_id: str, connector_id: str, public_key: str) -> str | None:
+    """The connector's reported sources (its JSON text) if the tenant's connector is
+    unrevoked with ``public_key`` as its key (a job sealed to that key may be queued for
+    it, source permitting); None otherwise."""
     row = raw.one(conn, _KEY_STATUS, {"id": connector_id, "tenant": tenant_id})
-    return row is not None and row[0] != "revoked" and row[1] == public_key
+    if row is None or row[0] == "revoked" or row[1] != public_key:
+        return None
+    return str(row[2] or "[]")
 
 
 def list_page(
@@ -119,6 +124,18 @@ def set_many(conn: Connection, items: list[tuple[str, dict[str, Any]]]) -> None:
         groups.setdefault(tuple(values), []).append({"b_id": connector_id, **values})
     for params in groups.values():
         conn.execute(_SET, params)
+
+
+def revoke(conn: Connection, connector_id: str, at: float) -> bool:
+    """Mark the connector revoked at ``at``; False when it already was (nothing changes:
+    its first ``revoked_at`` stays). One conditional UPDATE, so of two concurrent revokes
+    exactly one sees True."""
+    result = conn.execute(
+        update(t)
+        .where(t.c.id == connector_id, t.c.status != "revoked")
+        .values(status="revoked", revoked_at=at, connected_since=None)
+    )
+    return bool(result.rowcount)
 
 
 def set_offline_unless_revoked(conn: Connection, connector_id: str, last_seen: float) -> None:
