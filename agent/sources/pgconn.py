@@ -30,7 +30,8 @@ way, and ``pgcopy``'s expressions are written to agree): every type psycopg2 did
 (arrays of bit, money, records, multiranges, inet ...) arrives as PostgreSQL's text;
 ``infinity`` dates and timestamps become ``date.max``/``min`` and ``datetime.max``/``min``;
 ``24:00:00`` is ``00:00:00``; a ``timestamptz`` keeps the offset PostgreSQL printed (a
-fixed offset, not the session's zone looked up in Python's own time-zone data).
+fixed offset, not the session's zone looked up in Python's own time-zone data). Parameter
+values are merged as psycopg2 merged them (lists as ``ARRAY[...]``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import psycopg
 import psycopg.postgres
 from psycopg import ClientCursor
-from psycopg.adapt import AdaptersMap, Buffer, Loader
+from psycopg.adapt import AdaptersMap, Buffer, Dumper, Loader, Transformer
 from psycopg.errors import DataError
 from psycopg.types.string import TextLoader
 
@@ -178,8 +179,27 @@ class TimestamptzLoader(Loader):
             raise DataError(f"can't parse timestamptz {raw.decode('utf-8', 'replace')!r}: {exc}") from None
 
 
+class ArrayLiteralDumper(Dumper):
+    """A Python list as psycopg2 merged it: ``ARRAY[1,2]``, ``ARRAY['x',NULL]`` (the
+    element types inferred by the server, ``text[]`` for strings), ``'{}'`` when empty.
+    psycopg 3 would write ``'{1,2}'::int2[]`` and an untyped ``'{x,NULL}'``."""
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        self._tx = Transformer(context)
+
+    def dump(self, obj: Any) -> bytes:
+        return self.quote(obj)
+
+    def quote(self, obj: Any) -> bytes:
+        if not obj:
+            return b"'{}'"
+        return b"ARRAY[" + b",".join(self._tx.as_literal(x) for x in obj) + b"]"
+
+
 def _psycopg2_like() -> AdaptersMap:
     amap = AdaptersMap(psycopg.adapters)
+    amap.register_dumper(list, ArrayLiteralDumper)
     for info in psycopg.postgres.types:
         for oid in (info.oid, info.array_oid):
             if oid and oid not in PSYCOPG2_OIDS:

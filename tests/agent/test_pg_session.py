@@ -218,3 +218,65 @@ def test_the_start_values_survive_discard_all(pg_url: str) -> None:
             "current_setting('standard_conforming_strings'), current_setting('DateStyle')"
         ).fetchone()
     assert values == ("on", "on", "ISO, MDY")
+
+
+# ---------------------------------------------------------------- values as psycopg2 gave them
+
+VALUES = [
+    "'\\x00ff'::bytea", "'{\"a\":[1,2.5,null]}'::json", "'{\"b\":1.10}'::jsonb", "ARRAY['{}'::jsonb]",
+    "int4range(1,5)", "'[2020-01-01,2020-02-01)'::daterange", "'(,)'::numrange", "'empty'::int4range",
+    "tstzrange('2020-01-01','2021-01-01')", "ARRAY[numrange(1,2)]", "'{[1,2]}'::int4multirange",
+    "'1 year 2 mons 3 days 04:05:06.7'::interval", "'-1 year -2 mons'::interval", "ARRAY['1 day'::interval]",
+    "ARRAY[1,2,NULL]", "ARRAY[[1,2],[3,4]]", "'[2:3]={1,2}'::int[]", "ARRAY['a','b\"c']", "'{}'::int[]",
+    "12.3400::numeric", "'NaN'::numeric", "'Infinity'::numeric", "1e-20::numeric", "ARRAY[1.5::numeric]",
+    "'10:11:12.5+05:30'::timetz", "'10:11:12+00:00:12'::timetz", "'24:00:00'::time", "ARRAY['24:00:00'::time]",
+    "'infinity'::date", "'-infinity'::date", "'infinity'::timestamp", "'-infinity'::timestamp",
+    "'infinity'::timestamptz", "'-infinity'::timestamptz", "'2020-01-01 10:00:00.5+00'::timestamptz",
+    "'1850-01-01 10:00:00'::timestamptz", "'1900-01-01 10:00:00'::timestamptz", "'2020-06-01 10:00'::timestamp",
+    "ARRAY['2020-01-01 10:00:00+00'::timestamptz]", "'$1,234.50'::money", "ARRAY['$1'::money]",
+    "'192.168.0.1/24'::inet", "'::ffff:1.2.3.4'::inet", "ARRAY['1.1.1.1'::inet]", "ARRAY['1.1.1.1'::cidr]",
+    "'08:00:2b:01:02:03'::macaddr", "ARRAY['08:00:2b:01:02:03'::macaddr]", "'a'::\"char\"", "B'101'",
+    "ARRAY[B'1']", "'<a/>'::xml", "ARRAY['<a/>'::xml]", "'a b'::tsvector", "point(1,2)", "ROW(1,'a')",
+    "ARRAY[ROW(1,2)]", "'1'::oid", "'pg_class'::regclass", "ARRAY['pg_class'::regclass]", "1.5::float4",
+    "'NaN'::float8", "1e300::float8", "true", "32767::int2", "9223372036854775807::int8", "'x'::name",
+    "'abc'::bpchar(5)", "'00000000-0000-0000-0000-00000000000a'::uuid", "pg_lsn('0/16B3748')",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Africa/Abidjan", "<+03>-03"])
+def test_values_are_what_psycopg2_gave(pg_url: str, zone: str) -> None:
+    """shared/rows.py encodes the agent's (psycopg 3) values exactly as it encoded
+    psycopg2's with SQLAlchemy's uuid registration: the same JSON for every value."""
+    import psycopg2
+    import psycopg2.extras
+
+    from shared.rows import encode_rows
+
+    plain = pg_url.replace("postgresql+psycopg2://", "postgresql://")
+    old = psycopg2.connect(plain)
+    psycopg2.extras.register_uuid(None, old)
+    new = pgconn.connect_for_test(plain)
+    try:
+        old_cur, new_cur = old.cursor(), new.cursor()
+        for cur in (old_cur, new_cur):
+            cur.execute("SET TIME ZONE %s", (zone,))
+        for expr in VALUES:
+            old_cur.execute(f"SELECT {expr}")
+            new_cur.execute(f"SELECT {expr}")
+            assert encode_rows(new_cur.fetchall()) == encode_rows(old_cur.fetchall()), expr
+    finally:
+        old.close()
+        new.close()
+
+
+def test_parameters_are_merged_as_psycopg2_merged_them(canary: tuple[str, str]) -> None:
+    url, schema = canary
+    src = _source(url)
+    try:
+        _, batches = src.query({"sql": "SELECT :a AS a, :b AS b, :c AS c, :d AS d, :e AS e, '100%' AS f, "
+                                       f"(SELECT count(*) FROM {schema}.t WHERE id = ANY(:a)) AS g",
+                                "params": {"a": [1, 2], "b": ["x", None], "c": 5, "d": "it's \\ %", "e": None}})  # fmt: skip
+        rows = [r for b in batches for r in b]
+    finally:
+        src.close()
+    assert rows == [([1, 2], ["x", None], 5, "it's \\ %", None, "100%", 2)]
