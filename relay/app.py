@@ -33,7 +33,7 @@ from .handshake_limit import HandshakeGuard, guarded, note_upgrade
 from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
-from .ratelimit import AUTH_FAILURES, RateLimiter
+from .ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
 from .store import Store, owners
 from .store import chunks as chunk_store
 from .store import jobs as job_store
@@ -117,7 +117,7 @@ def create_app(config: RelayConfig) -> web.Application:
         cipher=config.cipher(),
         events=EventBus(),
         notifier=JobNotifier(),
-        limiter=RateLimiter(config.rate_limit_per_minute),
+        limiter=RequestLimits(config.rate_limits(), config.public_rate_limit),
         verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key),
         hub=hub,
         handshakes=HandshakeGuard(config.handshake_failure_limit, config.handshake_address_failure_limit),

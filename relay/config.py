@@ -29,6 +29,16 @@ DEV_JWT_SECRET = "mini-relay-dev-secret-not-for-production"  # noqa: S105
 DATA_KEY_FILE_NAME = "relay-data.key"
 
 
+# Requests a minute per token by role. admin and support: people, as the seed API (100).
+# service: the platform's workers. bench/small_jobs.py reaches ~1,000 jobs/s, a submit and a
+# read each: 2,000 requests/s = 120,000 a minute from one token (bench/dispatch_latency.py's
+# 100 jobs/s with reads is a tenth of it). Per tenant: the per-token limit times the factor,
+# so a tenant's service tokens together carry twice that (two workers, or a token and its
+# replacement), while admins share one person-sized budget.
+DEFAULT_RATE_LIMITS: dict[str, int] = {"admin": 100, "support": 100, "service": 120_000}
+TENANT_RATE_FACTOR: dict[str, int] = {"admin": 1, "support": 1, "service": 2}
+
+
 class ConfigError(Exception):
     """A configuration the relay cannot start with; the message is one sentence."""
 
@@ -44,7 +54,16 @@ class RelayConfig:
     heartbeat_interval: float = 15.0
     offline_after_missed: int = 3
     hello_timeout: float = 10.0
-    rate_limit_per_minute: int = 100
+    # -- Request limits per minute, per token and per tenant, by role (rate_limits() below;
+    # docs/OPERATIONS.md). None: the default. rate_limit_per_minute (MC_RELAY_RATE_LIMIT) is
+    # the old single knob: when set it is every role's per-token limit not set on its own.
+    rate_limit_per_minute: int | None = None
+    rate_limit_admin: int | None = None
+    rate_limit_support: int | None = None
+    rate_limit_service: int | None = None
+    tenant_rate_limit_admin: int | None = None
+    tenant_rate_limit_support: int | None = None
+    tenant_rate_limit_service: int | None = None
     result_ttl_seconds: float = 86400.0
     log_retention_lines: int = 10_000
     metrics_retention_seconds: float = 86400.0
@@ -93,6 +112,23 @@ class RelayConfig:
     def offline_after(self) -> float:
         return self.heartbeat_interval * self.offline_after_missed
 
+    def rate_limits(self) -> dict[str, tuple[int, int]]:
+        """role -> (requests a minute per token, per tenant). Per token: the role's own
+        setting, else ``MC_RELAY_RATE_LIMIT``, else ``DEFAULT_RATE_LIMITS``. Per tenant: the
+        role's own setting, else the per-token limit times ``TENANT_RATE_FACTOR``."""
+        out: dict[str, tuple[int, int]] = {}
+        for role, default in DEFAULT_RATE_LIMITS.items():
+            own = getattr(self, f"rate_limit_{role}")
+            per_token = own if own is not None else (self.rate_limit_per_minute or default)
+            tenant = getattr(self, f"tenant_rate_limit_{role}")
+            out[role] = (per_token, tenant if tenant is not None else per_token * TENANT_RATE_FACTOR[role])
+        return out
+
+    @property
+    def public_rate_limit(self) -> int:
+        """Counted public routes (downloads, the agent socket's upgrade), per key or address."""
+        return self.rate_limit_per_minute or DEFAULT_RATE_LIMITS["admin"]
+
     def effective_jwt_secret(self) -> str | None:
         if self.jwt_secret:
             return self.jwt_secret
@@ -104,8 +140,12 @@ class RelayConfig:
             raise ConfigError(
                 "MC_RELAY_JWT_SECRET is not set: set it (or run with --dev for a local trial)"
             )
-        if self.heartbeat_interval <= 0 or self.rate_limit_per_minute <= 0:
-            raise ConfigError("heartbeat interval and rate limit must be positive")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("the heartbeat interval must be positive")
+        for name, var in _RATE_VARS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{var} must be a positive number of requests a minute")
         if self.auth_failure_limit <= 0 or self.handshake_address_failure_limit <= 0:
             raise ConfigError("MC_RELAY_AUTH_FAILURES and MC_RELAY_HANDSHAKE_ADDRESS_FAILURES must be positive")
         try:
@@ -186,6 +226,12 @@ _ENV: list[tuple[str, str, Any]] = [
     ("dev", "MC_RELAY_DEV", _bool),
     ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", float),
     ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", _int),
+    ("rate_limit_admin", "MC_RELAY_RATE_LIMIT_ADMIN", _int),
+    ("rate_limit_support", "MC_RELAY_RATE_LIMIT_SUPPORT", _int),
+    ("rate_limit_service", "MC_RELAY_RATE_LIMIT_SERVICE", _int),
+    ("tenant_rate_limit_admin", "MC_RELAY_TENANT_RATE_LIMIT_ADMIN", _int),
+    ("tenant_rate_limit_support", "MC_RELAY_TENANT_RATE_LIMIT_SUPPORT", _int),
+    ("tenant_rate_limit_service", "MC_RELAY_TENANT_RATE_LIMIT_SERVICE", _int),
     ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
     ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
     ("node_id", "MC_RELAY_NODE_ID", str),
@@ -214,6 +260,9 @@ _ENV: list[tuple[str, str, Any]] = [
     ("agent_log_line_max", "MC_RELAY_AGENT_LOG_LINE_MAX", int),
     ("agent_clock_skew", "MC_RELAY_AGENT_CLOCK_SKEW", float),
 ]
+
+
+_RATE_VARS = [(name, var) for name, var, _ in _ENV if "rate_limit" in name]
 
 
 def _decode_key(raw: str, where: str) -> bytes:

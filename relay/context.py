@@ -21,7 +21,7 @@ from .kems import KemDirectory
 from .loglevel import LogLevels
 from .metrics import RelayMetrics
 from .notify import JobNotifier
-from .ratelimit import RateLimiter
+from .ratelimit import RequestLimits
 from .recent import RecentChunks
 from .store import Store
 
@@ -36,7 +36,7 @@ class Relay:
     cipher: DataCipher
     events: EventBus
     notifier: JobNotifier
-    limiter: RateLimiter
+    limiter: RequestLimits  # per token and tenant, by role; its own bucket for public routes
     verifier: TokenVerifier
     hub: Hub
     kems: KemDirectory = field(default_factory=KemDirectory)

@@ -9,7 +9,8 @@ API key itself); every other route needs a valid token, a matching ``X-Tenant-ID
 role allowed by ``auth.ROUTE_ROLES``.
 
 Limits (relay/ratelimit.py): an authenticated request counts against its token's
-quota. A request that fails authentication (401) counts against its client address
+quota and its tenant's, both by the token's role (``RelayConfig.rate_limits``); the
+response reports the tighter. A request that fails authentication (401) counts against its client address
 (relay/clientaddr.py); once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the
 window, its requests are answered 429 before any token is checked, except those bearing a
 token this relay has already verified and that is still valid: a platform that shares an
@@ -102,9 +103,11 @@ def _admit(request: web.Request, route: str, token: str | None) -> None:
     except Unauthorized:
         request[QUOTA] = failures.hit(address_key)
         raise
-    request[QUOTA] = quota = relay.limiter.hit(relay.limiter.key_for(token, None))
+    who = request[PRINCIPAL]
+    request[QUOTA] = quota = relay.limiter.hit_principal(token or "", who.tenant_id, who.role)
     if not quota.allowed:
-        raise rate_limited(quota, f"more than {quota.limit} requests a minute")
+        scope = "this token" if quota.scope == "token" else f"this tenant's {who.role} tokens together"
+        raise rate_limited(quota, f"more than {quota.limit} requests a minute from {scope}")
 
 
 async def _self_checked(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -5,10 +5,19 @@
 Keys are a hash of the bearer token (or the client address when there is none), so a
 token never sits in memory twice. Old windows are dropped as they pass.
 
-The relay keeps two: one per authenticated token (``MC_RELAY_RATE_LIMIT``), and one of
-requests that FAILED authentication, per client address (``MC_RELAY_AUTH_FAILURES``, 10
-by default as the seed API's unauthenticated limit; relay/middleware.py). Made-up tokens
-are all counted against their address, never each in a bucket of its own.
+The relay keeps three kinds (relay/middleware.py):
+
+- ``RequestLimits``: an authenticated request counts against its token AND its tenant,
+  each by the token's role (``RelayConfig.rate_limits``: ``admin`` and ``support`` 100 a
+  minute per token and per tenant, ``service``, the platform, 120,000 per token and
+  240,000 per tenant). The tenant bucket is per role, so people clicking in the console
+  never eat the platform's budget, nor the platform theirs. A response reports the
+  tighter of the two buckets; a request refused by either counts in neither.
+- its ``public`` bucket: unauthenticated routes that are counted (downloads, the agent
+  socket's upgrade) per presented key or client address.
+- ``AUTH_FAILURES``: requests that FAILED authentication, per client address
+  (``MC_RELAY_AUTH_FAILURES``, 10 by default as the seed API's unauthenticated limit).
+  Made-up tokens are all counted against their address, never each in a bucket of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -31,6 +40,7 @@ class Quota:
     reset: int  # epoch seconds when the window ends
     allowed: bool
     retry_after: int
+    scope: str = ""  # which bucket: "token" or "tenant" (RequestLimits), else ""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -84,6 +94,41 @@ class RateLimiter:
             used += 1
             self._counts[key] = used
         return Quota(self.limit, max(0, self.limit - used), int(reset), True, retry)
+
+
+class RequestLimits(RateLimiter):
+    """Per token and per tenant, by role; itself the ``public`` bucket (unauthenticated
+    routes). ``limits``: role -> (per token, per tenant) requests a minute. A role not in
+    it (none reaches here: ``auth.check_role`` refuses it first) gets the strictest."""
+
+    def __init__(
+        self, limits: dict[str, tuple[int, int]], public: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(public, clock)
+        strictest = min(limits.values(), key=lambda pair: pair[0]) if limits else (public, public)
+        self._fallback = (RateLimiter(strictest[0], clock), RateLimiter(strictest[1], clock))
+        self._by_role = {
+            role: (RateLimiter(per_token, clock), RateLimiter(per_tenant, clock))
+            for role, (per_token, per_tenant) in limits.items()
+        }
+
+    def limits_of(self, role: str) -> tuple[int, int]:
+        token, tenant = self._by_role.get(role, self._fallback)
+        return token.limit, tenant.limit
+
+    def hit_principal(self, token: str, tenant_id: str, role: str) -> Quota:
+        """Count one request of ``token`` (of ``tenant_id``, as ``role``) in both its
+        buckets, or in neither when one is used up; the quota of the tighter bucket."""
+        by_token, by_tenant = self._by_role.get(role, self._fallback)
+        token_key = self.key_for(token, None)
+        tenant_key = "n:" + tenant_id
+        for limiter, key, scope in ((by_token, token_key, "token"), (by_tenant, tenant_key, "tenant")):
+            over = limiter.peek(key)
+            if not over.allowed:
+                return replace(over, scope=scope)
+        a = replace(by_token.hit(token_key), scope="token")
+        b = replace(by_tenant.hit(tenant_key), scope="tenant")
+        return a if (a.remaining, a.limit) <= (b.remaining, b.limit) else b
 
 
 # Requests that failed authentication, counted per client address (relay/middleware.py).
