@@ -126,6 +126,46 @@ def translate_params(sql: str, params: Mapping[str, Any] | None) -> tuple[str, d
     return "".join(parts), used
 
 
+def odbc_text(sql: str, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """For an ODBC source whose database is PostgreSQL: the single statement's text with
+    its comments replaced by a space (drivers split at any ``;``, even in a comment),
+    ``:name`` -> ``?`` with the values in order; a bare ``?`` (the jsonb operators) is
+    refused, as drivers read it as a marker. All on the server scanner's view."""
+    text = parse(sql).text
+    try:
+        tokens = parser.scan(text)
+    except parser.ParseError as exc:
+        raise _parse_failed(exc) from exc
+    params = dict(params or {})
+    marks = {start: (end, name) for start, end, name in param_tokens(text)}
+    out: list[str] = []
+    values: list[Any] = []
+    at = 0
+    for tok in tokens:
+        if tok.start < at:
+            continue  # the name after a ':' already taken
+        out.append(text[at : tok.start])  # white space only: comments are tokens here
+        if tok.name in ("C_COMMENT", "SQL_COMMENT"):
+            out.append(" ")
+            at = tok.end + 1
+            continue
+        if tok.start in marks:
+            end, name = marks[tok.start]
+            if name not in params:
+                raise JobError("QUERY_FAILED", f"the query uses :{name} but no value was given for it", retryable=False)
+            out.append("?")
+            values.append(params[name])
+            at = end
+            continue
+        piece = text[tok.start : tok.end + 1]
+        if "?" in piece and not piece.startswith(("'", '"', "$", "U&", "u&", "E'", "e'", "B'", "b'", "X'", "x'", "N'", "n'")):
+            raise JobError("QUERY_FAILED", "a bare '?' is read as a parameter marker by ODBC drivers; "
+                           "use :name parameters (and another operator than ?)", retryable=False)  # fmt: skip
+        out.append(piece)
+        at = tok.end + 1
+    return "".join(out), values
+
+
 def _placeholders(sql: str) -> str:
     """The text with each ``:name`` replaced by ``$n``, so the parser can read it."""
     out, at = [], 0

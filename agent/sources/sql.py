@@ -241,6 +241,9 @@ class SqlSource(Source):
         check_private(sql, dialect, self.opts)
         if self.type == "postgres":
             return self._open_postgres(sql, params, timeout)
+        if dialect == "postgres":  # ODBC to PostgreSQL: the server scanner's view of the text
+            text, ordered = pgguard.odbc_text(sql, params)
+            return SqlStream(self, text, ordered, timeout=timeout, server_side=False)
         sql = _without_trailing_semicolons(sql, dialect)
         if self.odbc:
             # Some ODBC drivers (SQLite's) split the text at any ';', even in a comment.

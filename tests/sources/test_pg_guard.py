@@ -185,3 +185,13 @@ def test_names_in_literals_comments_and_other_names_are_not_private(sql: str) ->
     from agent.sources.sqloptions import parse_sql_options
 
     check_private(sql, "postgres", parse_sql_options(PRIVATE_OPTS))
+
+
+def test_odbc_text_for_postgres_is_cut_on_the_servers_tokens() -> None:
+    text, values = pgguard.odbc_text(
+        f"SELECT :a AS a{SMILE}$x$, ':b' /* ; :c */, x::int -- ;\n, $$;?$$ FROM t WHERE y = :a ;", {"a": 1}
+    )
+    assert text == f"SELECT ? AS a{SMILE}$x$, ':b'  , x::int  \n, $$;?$$ FROM t WHERE y = ?"
+    assert values == [1, 1]
+    with pytest.raises(JobError, match="bare '\\?'"):
+        pgguard.odbc_text("SELECT '{}'::jsonb ? 'a'", {})
