@@ -2,7 +2,8 @@
 
 The hard rule: for every type on the COPY list, each row's object equals (after
 ``orjson.loads``, as Python values, int vs float and -0.0 included) what the cursor path
-produces for the same row, i.e. psycopg2's values encoded by the producer
+produces for the same row, i.e. the driver's values (psycopg 3 loading what psycopg2 loaded,
+``pgconn.PSYCOPG2_LIKE``) encoded by the producer
 (``shared.rows.encode_objects``). And everything the cursor path guarantees holds:
 read-only transaction, timeout, cancel, maxRows, parameters, columns, chunk limits,
 back-pressure, fallbacks.
