@@ -86,6 +86,9 @@ class Parsed:
 
     statements: list[Any]
     functions: list[tuple[str, ...]] = field(default_factory=list)  # as resolved, lower-cased
+    # Names that may be calls in attribute notation: ``(expr).f`` and ``t.col.f`` are
+    # ``f(expr)`` when ``f`` is not a field (PostgreSQL's "functional notation").
+    attribute_calls: list[tuple[str, ...]] = field(default_factory=list)
     relations: list[tuple[str | None, str]] = field(default_factory=list)
     text: str = ""  # the single statement without trailing ';' (when there is one)
 
@@ -202,7 +205,21 @@ def parse(sql: str) -> Parsed:
             parsed.functions.append(tuple(_str(n).lower() for n in node.funcname or ()))
         elif isinstance(node, ast.RangeVar):
             parsed.relations.append((node.schemaname, node.relname))
+        for name in _attribute_names(node):
+            parsed.attribute_calls.append((name,))
     return parsed
+
+
+def _attribute_names(node: Any) -> list[str]:
+    """Field names that PostgreSQL may run as a one-argument function: every name in an
+    indirection (``(x).f``) and the last of a qualified column (``t.x.f``, ``t.f``)."""
+    if isinstance(node, ast.A_Indirection):
+        return [_str(i).lower() for i in node.indirection or () if isinstance(i, ast.String)]
+    if isinstance(node, ast.ColumnRef):
+        names = [f for f in node.fields or () if isinstance(f, ast.String)]
+        if len(names) >= 2 and len(names) == len(node.fields):
+            return [_str(names[-1]).lower()]
+    return []
 
 
 def _str(node: Any) -> str:
@@ -277,6 +294,23 @@ def _check_node(node: Any) -> None:
             raise _reject(f"the function {name}() has side effects or reaches outside the query and is not allowed")
     elif isinstance(node, ast.RangeVar) and node.relname.lower() in DENIED_RELATIONS:
         raise _reject(f"{node.relname} reads the server's configuration files and is not allowed")
+    for name in _attribute_names(node):
+        if _denied_attribute(name):
+            raise _reject(f"{name} in attribute notation calls {name}(), which is not allowed")
+
+
+# Large-object functions by exact name (a column may well be called lo_something).
+_LO_FUNCTIONS = frozenset({
+    "lo_import", "lo_export", "lo_get", "lo_put", "lo_create", "lo_creat", "lo_unlink",
+    "lo_from_bytea", "lo_open", "lo_close", "lo_lseek", "lo_lseek64", "lo_tell", "lo_tell64",
+    "lo_truncate", "lo_truncate64",
+})  # fmt: skip
+
+
+def _denied_attribute(name: str) -> bool:
+    if name in DENIED_FUNCTIONS or name in _LO_FUNCTIONS:
+        return True
+    return name.startswith(tuple(p for p in DENIED_PREFIXES if p != "lo_"))
 
 
 # ------------------------------------------------------------------ the server's word
@@ -296,6 +330,7 @@ VOLATILE_ALLOWED = frozenset({
     "pg_collation_actual_version", "pg_database_collation_actual_version", "pg_stat_have_stats",
     "pg_sequence_last_value", "pg_last_committed_xact", "pg_get_wal_resource_managers",
     "gen_random_bytes", "gen_salt", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4",
+    "system", "bernoulli",  # TABLESAMPLE handlers (internal arguments): also common column names
 })  # fmt: skip
 
 _VOLATILE_SQL = (

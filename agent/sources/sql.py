@@ -265,7 +265,7 @@ class SqlSource(Source):
         streamable = pgguard.streamable(parsed)
         copy = self.opts.copy_fast_path and streamable and wrappable(parsed.text)
         return SqlStream(self, text, values, timeout=timeout, server_side=streamable, copy=copy,
-                         pg_functions=parsed.functions)  # fmt: skip
+                         pg_functions=parsed.functions + parsed.attribute_calls)  # fmt: skip
 
     def close(self) -> None:
         super().close()

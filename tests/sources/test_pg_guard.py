@@ -49,6 +49,8 @@ SPELLINGS = [
     "SELECT pg_reload_conf()",
     "SELECT * FROM pg_ls_waldir()",
     "SELECT * FROM pg_file_settings",
+    "SELECT ('/etc/passwd'::text).pg_read_file", "SELECT (x).\"pg_read_file\" FROM t",
+    "SELECT t.x.pg_read_file FROM t", "SELECT (s).nextval FROM t", "SELECT ('x'::text).lo_import",
 ]  # fmt: skip
 
 STATEMENTS = [
@@ -71,6 +73,7 @@ READS = [
     "SELECT 1 AS \"pg_read_file\"", "SELECT update_date, created_by FROM t",
     "SELECT id FROM t WHERE id = :id AND v::text = :v", "SELECT pg_sleep(0)", "SELECT now(), random()",
     "SELECT * FROM t LIMIT 0 -- FOR UPDATE only in a comment",
+    "SELECT t.lo_price, t.x, (t).y, s.t.c, (t.j).pg_ok FROM s.t",
 ]  # fmt: skip
 
 

@@ -143,6 +143,10 @@ GUARD_ONLY = [
     "SELECT setseed(0.5)", "SELECT pg_export_snapshot()", "SELECT txid_current()",
     "SELECT dblink_exec('dbname=test', 'DELETE FROM {s}.t')", "CALL {s}.nothing()",
     "SELECT pg_switch_wal()", "SELECT pg_create_restore_point('x')",
+    # attribute ("functional") notation: (x).f is f(x)
+    "SELECT ('{secret}'::text).pg_read_file", "SELECT (x).pg_read_file FROM (SELECT '{secret}'::text AS x) t",
+    "SELECT t.x.pg_read_file FROM (SELECT '{secret}'::text AS x) t", "SELECT ('{secret}'::text).\"pg_stat_file\"",
+    "SELECT ('{secret}'::text).lo_import", "SELECT (0.5::float8).setseed", "SELECT ({pid}).pg_terminate_backend",
 ]  # fmt: skip
 
 # Private tables, including inside the hidden region.
