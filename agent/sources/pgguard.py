@@ -60,8 +60,12 @@ DENIED_PREFIXES = (
     "pg_start_backup", "pg_stop_backup", "pg_stat_reset", "pg_wal_replay_", "pg_xlog_",
     "pg_import_", "binary_upgrade_", "brin_",
 )  # fmt: skip
-# Views that read the server's configuration files.
-DENIED_RELATIONS = frozenset({"pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings"})
+# Views that read the server's configuration files, and the catalogues holding credentials
+# (password hashes, foreign-server user mappings), which only a superuser could read.
+DENIED_RELATIONS = frozenset({
+    "pg_hba_file_rules", "pg_ident_file_mappings", "pg_file_settings", "pg_authid", "pg_shadow",
+    "pg_user_mapping", "pg_user_mappings",
+})  # fmt: skip
 
 _READ_KINDS = {ast.SelectStmt: "SELECT", ast.VariableShowStmt: "SHOW", ast.ExplainStmt: "EXPLAIN"}
 _WRITES = {ast.InsertStmt: "INSERT", ast.UpdateStmt: "UPDATE", ast.DeleteStmt: "DELETE",
@@ -285,6 +289,8 @@ def _check_node(node: Any) -> None:
         if node.lockingClause:
             raise _reject("SELECT ... FOR UPDATE/SHARE takes row locks and is not allowed")
     elif isinstance(node, ast.ExplainStmt):
+        if not isinstance(node.query, ast.SelectStmt):
+            raise _reject(f"EXPLAIN is allowed for queries only; this one explains {_kind(node.query)}")
         for opt in node.options or ():
             if str(opt.defname).lower() in ("analyze", "analyse"):
                 raise _reject("EXPLAIN ANALYZE runs the statement and is not allowed")
@@ -293,7 +299,7 @@ def _check_node(node: Any) -> None:
         if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
             raise _reject(f"the function {name}() has side effects or reaches outside the query and is not allowed")
     elif isinstance(node, ast.RangeVar) and node.relname.lower() in DENIED_RELATIONS:
-        raise _reject(f"{node.relname} reads the server's configuration files and is not allowed")
+        raise _reject(f"{node.relname} holds the server's configuration or credentials and is not allowed")
     for name in _attribute_names(node):
         if _denied_attribute(name):
             raise _reject(f"{name} in attribute notation calls {name}(), which is not allowed")

@@ -64,6 +64,8 @@ STATEMENTS = [
     "WITH i AS (INSERT INTO t VALUES (1) RETURNING *) SELECT 1",
     "EXPLAIN ANALYZE DELETE FROM t", "EXPLAIN (ANALYZE) SELECT 1", "EXPLAIN (analyse true) SELECT 1",
     "EXPLAIN INSERT INTO t VALUES (1)", "CREATE TABLE x (a int)", "TRUNCATE t", "DELETE FROM t",
+    "EXPLAIN CREATE TABLE x AS SELECT 1", "EXPLAIN EXECUTE p", "SELECT rolpassword FROM pg_authid",
+    "SELECT * FROM pg_catalog.pg_shadow", "SELECT umoptions FROM pg_user_mappings",
 ]  # fmt: skip
 
 READS = [

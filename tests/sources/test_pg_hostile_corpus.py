@@ -147,6 +147,7 @@ GUARD_ONLY = [
     "SELECT ('{secret}'::text).pg_read_file", "SELECT (x).pg_read_file FROM (SELECT '{secret}'::text AS x) t",
     "SELECT t.x.pg_read_file FROM (SELECT '{secret}'::text AS x) t", "SELECT ('{secret}'::text).\"pg_stat_file\"",
     "SELECT ('{secret}'::text).lo_import", "SELECT (0.5::float8).setseed", "SELECT ({pid}).pg_terminate_backend",
+    "SELECT rolname, rolpassword FROM pg_authid", "EXPLAIN CREATE TABLE {s}.t5 AS SELECT 1",
 ]  # fmt: skip
 
 # Private tables, including inside the hidden region.
