@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,9 @@ import _common  # noqa: F401 - puts the repository on sys.path
 import aiohttp
 import psutil
 from _common import figure, percentile
-from _load import EventClock, client_session, job_body, scrape, select1_stack
+from _load import EventClock, client_session, job_body, scrape
+
+from tests.harness import Source, Stack
 
 METRICS = (
     'mini_relay_agent_frames_refused_total{reason="foreign"}',
@@ -40,6 +43,7 @@ METRICS = (
     "mini_relay_chunk_payloads_decoded_total",
     "mini_relay_agent_log_lines_dropped_total",
     "mini_relay_agent_log_lines_total",
+    'mini_relay_failed_handshakes_total{reason="rate_limited"}',
 )
 
 
@@ -90,6 +94,10 @@ async def attack(ws_url: str, base_url: str, key: str, token: str, tenant: str, 
                         sent["bombs"] += 1
                         i += 1
                     sent["closes"] = sent.get("closes", 0) + 1
+            except aiohttp.WSServerHandshakeError as exc:
+                sent["refused"] = sent.get("refused", 0) + 1  # 429 after a 4008: at once again
+                if exc.status != 429:
+                    raise
             except (aiohttp.ClientError, ConnectionError, RuntimeError):
                 pass
             print(json.dumps(sent), flush=True)
@@ -230,15 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     ap.add_argument("--attack", nargs=6, metavar=("WS", "BASE", "KEY", "TOKEN", "TENANT", "FOREIGN"),
                     help=argparse.SUPPRESS)  # fmt: skip
+    ap.add_argument("--penalty", type=float, default=None,
+                    help="MC_RELAY_AGENT_VIOLATION_PENALTY for the relay (default: its own, 5 s; "
+                         "0 lets the attacker reconnect at once after each 4008)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.attack:
         asyncio.run(attack(*args.attack))
         return 0
-    print(f"hostile agent: {args.seconds:.0f} s quiet, then {args.seconds:.0f} s under attack (SQLite store)")
+    penalty = "relay default" if args.penalty is None else f"{args.penalty:g} s"
+    print(f"hostile agent: {args.seconds:.0f} s quiet, then {args.seconds:.0f} s under attack "
+          f"(SQLite store, violation penalty {penalty})")  # fmt: skip
+    env = {} if args.penalty is None else {"MC_RELAY_AGENT_VIOLATION_PENALTY": str(args.penalty)}
     with tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp:
         work = Path(tmp)
-        with select1_stack(work, 8) as (stack, cid):
-            asyncio.run(measure(stack, cid, args.seconds, work))
+        db = work / "src.db"
+        sqlite3.connect(db).close()
+        with Stack(work / "stack", tenant="bench", heartbeat=5.0, extra_env=env) as stack:
+            stack.start_relay()
+            assert stack.api is not None
+            agent = stack.add_agent("bench", [Source("src", "sqlite", f"sqlite:///{db}")])
+            stack.api.run_job(agent.connector_id, "src", sql="SELECT 1")  # warm
+            asyncio.run(measure(stack, agent.connector_id, args.seconds, work))
     return 0
 
 

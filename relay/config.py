@@ -101,6 +101,7 @@ class RelayConfig:
     agent_log_burst_seconds: float = 10.0  # a burst may use this many seconds of either rate
     agent_log_line_max: int = 8192  # characters of a log line's message kept (the rest cut)
     agent_clock_skew: float = 300.0  # a log timestamp later than receipt + this is clamped
+    agent_violation_penalty: float = 5.0  # after a 4008 close, the key's handshakes get 429 this long
 
     @property
     def sweep_every(self) -> float:
@@ -259,6 +260,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("agent_log_burst_seconds", "MC_RELAY_AGENT_LOG_BURST_SECONDS", float),
     ("agent_log_line_max", "MC_RELAY_AGENT_LOG_LINE_MAX", int),
     ("agent_clock_skew", "MC_RELAY_AGENT_CLOCK_SKEW", float),
+    ("agent_violation_penalty", "MC_RELAY_AGENT_VIOLATION_PENALTY", float),
 ]
 
 

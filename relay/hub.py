@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ DUPLICATE_MESSAGE = ("another agent (another machine or key pair) is already con
 
 FRAMES_IN_FLIGHT = 64  # per agent: frames being handled at once before the socket is not read
 FRAME_DRAIN_SECONDS = 5.0  # at a session's end, how long frames already read may take
+PENALTIES_KEPT = 10_000  # keys in the penalty box before the expired ones are swept out
 READ_SLICE_SECONDS = 0.005  # reading one agent's frames, let other tasks run at least this often
 
 
@@ -137,6 +139,23 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.workers = agentguard.ChunkWorkers()  # sized from the config by the first session
         self.log_throttles: dict[str, agentguard.LogThrottle] = {}  # per connector
+        self.penalties: dict[str, float] = {}  # key hash -> until when its handshakes get 429
+
+    def _punish(self, key_hash: str, seconds: float) -> None:
+        at = now()
+        if len(self.penalties) > PENALTIES_KEPT:
+            self.penalties = {k: t for k, t in self.penalties.items() if t > at}
+        self.penalties[key_hash] = at + seconds
+
+    def _penalty(self, key_hash: str) -> int:
+        """Seconds the key must still wait after a close for protocol violations (0: none)."""
+        until = self.penalties.get(key_hash)
+        if until is None:
+            return 0
+        if until <= now():
+            del self.penalties[key_hash]
+            return 0
+        return max(1, math.ceil(until - now()))
 
     # ------------------------------------------------------------ handshake
 
@@ -147,6 +166,9 @@ class Hub:
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("an Authorization: Bearer <API key> header is required")
         key = keys.validate_key(key.strip())  # KeyFormatError is a 401 too
+        wait = self._penalty(keys.hash_key(key))
+        if wait:  # closed for protocol violations moments ago: no store work, no upgrade
+            return _penalty_response(request, wait)
         connector = await relay.store.run(_find_connector, key, now())
         if connector is None:
             raise Unauthorized("the API key is not valid or has been revoked")
@@ -157,7 +179,7 @@ class Hub:
             raise MCError("this route needs a WebSocket upgrade", code="BAD_REQUEST")
         await ws.prepare(request)
         try:
-            await self._converse(relay, request, ws, connector)
+            await self._converse(relay, request, ws, connector, key)
         except Exception:  # never let one agent's trouble escape into the server
             log.exception("agent session for %s failed", connector["id"])
             with contextlib.suppress(Exception):
@@ -183,7 +205,7 @@ class Hub:
         return msg
 
     async def _converse(
-        self, relay: Relay, request: web.Request, ws: web.WebSocketResponse, connector: dict[str, Any]
+        self, relay: Relay, request: web.Request, ws: web.WebSocketResponse, connector: dict[str, Any], key: str
     ) -> None:
         cid = connector["id"]
         try:
@@ -217,6 +239,7 @@ class Hub:
             connected_since=at, last_heartbeat=at, last_traffic=at,
             budget=agentguard.Budget(cfg.agent_memory_budget),
             log_throttle=self._log_throttle(cfg, cid),
+            key_hash=keys.hash_key(key), penalty=cfg.agent_violation_penalty,
         )  # fmt: skip
         self.sessions[cid] = session
         try:
@@ -430,6 +453,8 @@ class Hub:
         if session.violations >= limit and not session.dead:
             log.warning("closing %s after %d protocol violations", session.connector_id, limit)
             session.request_close(CLOSE["PROTOCOL_VIOLATION"], "PROTOCOL_VIOLATION")
+            if session.penalty > 0 and session.key_hash:  # no sooner back than an honest agent
+                self._punish(session.key_hash, session.penalty)
 
     async def _gone(self, relay: Relay, session: AgentSession) -> None:
         """The socket closed. Unless this session was replaced or swept, mark offline."""
@@ -550,6 +575,18 @@ def _welcome_write(
 ) -> Reconciled:
     con_store.set_fields(conn, connector_id, fields)
     return _reconcile(conn, connector_id, held, fields["connected_since"], lease)
+
+
+def _penalty_response(request: web.Request, wait: int) -> web.Response:
+    from .context import REQUEST_ID
+    from .middleware import envelope_error
+
+    response = envelope_error(
+        429, "RATE_LIMITED", f"this agent was closed for protocol violations; reconnect after {wait} s",
+        {"retryAfter": wait}, request.get(REQUEST_ID, ""),
+    )  # fmt: skip
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, code: str = "PROTOCOL_ERROR") -> None:

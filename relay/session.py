@@ -52,6 +52,8 @@ class AgentSession:
     budget: Budget = field(default_factory=lambda: Budget(64 << 20))  # bytes of frames in hand
     chunk_work: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))  # in threads at once
     log_throttle: LogThrottle = field(default_factory=lambda: LogThrottle(200, 256 << 10, 10))
+    key_hash: str = ""  # of the API key it connected with (the violation penalty's key)
+    penalty: float = 0.0  # seconds its key's handshakes get 429 after a close for violations
     closing: bool = False
     close_request: tuple[int, str] | None = None  # see request_close
     _close_timer: asyncio.TimerHandle | None = None

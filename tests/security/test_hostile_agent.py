@@ -237,7 +237,8 @@ async def test_health_and_an_honest_agent_carry_on_during_the_attacks(start_rela
     """(d) While a hostile agent sends foreign bombs, bombs for its own job and log floods
     (reconnecting after each close), /health keeps answering and an honest agent's jobs
     complete, each within a generous deadline."""
-    client = await start_relay(agent_log_lines_per_second=50.0)
+    # No pause after a 4008 close here: the attacker reconnects at once, the harder case.
+    client = await start_relay(agent_log_lines_per_second=50.0, agent_violation_penalty=0.0)
     api = Api(client)
     con = await api.new_connector("honest")
     honest = await FakeAgent(client, con["apiKey"]).connect()
@@ -317,4 +318,29 @@ async def test_late_frames_of_its_own_jobs_are_dropped_quietly(client: Any, api:
     assert _metric(client, "mini_relay_agent_frames_refused_total", reason="late") == late_before + 2
     assert not [m for m in again.inbox if m.type == "relay.error.v1"], again.inbox
     assert (await api.job(job_id))["status"] == "succeeded"
+    await again.close()
+
+
+async def test_a_key_closed_for_violations_waits_before_it_may_reconnect(start_relay: Callable[..., Any]) -> None:
+    """After a 4008 close the key's handshakes are answered 429 (Retry-After), before any
+    store work, for as long as an honest agent would wait anyway; then it may come back."""
+    client = await start_relay(agent_violation_penalty=1.0)
+    api = Api(client)
+    hostile = await _hostile(client, api)
+    for _ in range(10):
+        await hostile.send_raw("not json")
+    await _errors_until_closed(hostile)
+    assert hostile.close_code == p.CLOSE_CODES["PROTOCOL_VIOLATION"]
+    resp = await client.get("/api/v1/agent/connect", headers={"Authorization": f"Bearer {hostile.api_key}"})
+    body = await resp.json()
+    assert resp.status == 429 and body["error"]["code"] == "RATE_LIMITED", body
+    assert int(resp.headers["Retry-After"]) >= 1
+
+    async def back() -> bool:
+        r = await client.get("/api/v1/agent/connect", headers={"Authorization": f"Bearer {hostile.api_key}"})
+        return r.status != 429
+
+    await wait_until(back, TIMEOUT, "the penalty to end")
+    again = await FakeAgent(client, hostile.api_key).connect()
+    assert again.welcome is not None
     await again.close()
