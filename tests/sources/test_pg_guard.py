@@ -200,3 +200,32 @@ def test_odbc_text_for_postgres_is_cut_on_the_servers_tokens() -> None:
     assert values == [1, 1]
     with pytest.raises(JobError, match="bare '\\?'"):
         pgguard.odbc_text("SELECT '{}'::jsonb ? 'a'", {})
+
+
+def test_a_deeply_nested_text_is_refused_or_read_never_a_crash() -> None:
+    """pglast converts the tree by C recursion: on a normal stack ``SELECT 1 UNION ...``
+    20,000 times killed the process. Run in a child, so a crash would be seen as one."""
+    import subprocess
+    import sys
+
+    code = (
+        "from agent.sources import pgguard\n"
+        "from shared.errors import JobError\n"
+        "import threading\n"
+        "texts = [' UNION '.join(['SELECT 1'] * 20000), 'SELECT ' + '-'.join(['1'] * 60000),\n"
+        "         'SELECT 1' + '::int' * 30000, 'SELECT ' + '(' * 20000 + '1' + ')' * 20000]\n"
+        "def run():\n"
+        "    for t in texts:\n"
+        "        try:\n"
+        "            pgguard.check_read_only(t)\n"
+        "            print('read')\n"
+        "        except JobError as e:\n"
+        "            print(e.code)\n"
+        "w = threading.Thread(target=run); w.start(); w.join()\n"
+    )
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, cwd=root)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["read", "QUERY_FAILED", "read", "QUERY_FAILED"]
