@@ -198,7 +198,7 @@ def _parse_failed(exc: parser.ParseError) -> PgParseError:
 # text that could be that deep (a level costs at least two characters) is first parsed to
 # JSON, whose writer stops cleanly ("stack depth limit exceeded"), then converted on a
 # thread whose stack is far larger than any tree that passed that check needs.
-_DEEP_TEXT = 8192
+_DEEP_TEXT = 1024  # <= 512 levels: fits the smallest thread stacks (1 MiB on Windows)
 _BIG_STACK = 256 << 20
 _stack_lock = threading.Lock()
 
