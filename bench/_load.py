@@ -204,14 +204,14 @@ async def drive(
     assert agent_proc is not None
     async with client_session(concurrency) as http:
         clock = EventClock()
-        listener = asyncio.create_task(clock.run(http, relay.ws_url, api.token, api.tenant or ""))
+        listener = asyncio.create_task(clock.run(http, relay.ws_url, api.jobs_token or "", api.tenant or ""))
         await asyncio.wait_for(clock.ready.wait(), 15)
         before = await scrape(http, api.base_url, metrics) if metrics else {}
         meter = CpuMeter({"relay": relay.proc.pid, "agent": agent_proc.pid, "load generator": os.getpid()})
         meter.start()
         t0 = time.monotonic()
         body = job_body(connector_id, "src", "SELECT 1 AS one")
-        submitted = await submit_all(http, api.base_url, api.token, api.tenant or "", body, n,
+        submitted = await submit_all(http, api.base_url, api.jobs_token or "", api.tenant or "", body, n,
                                      concurrency=concurrency, rate=rate)  # fmt: skip
         submit_secs = time.monotonic() - t0
         complete = await clock.wait_all(set(submitted), wait)

@@ -110,7 +110,7 @@ def results_when_running(api: Api, job_id: str, wait: float) -> Any:
                {"running", "succeeded", "failed", "cancelled", "timed_out"}, wait, interval=0.01)  # fmt: skip
     req = urllib.request.Request(
         f"{api.base_url}/api/v1/jobs/{job_id}/results",
-        headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
+        headers={"Authorization": f"Bearer {api.jobs_token}", "X-Tenant-ID": api.tenant or ""},
     )
     return urllib.request.urlopen(req, timeout=900)
 

@@ -231,11 +231,34 @@ class Response:
 
 
 class Api:
-    """A small synchronous client of the relay's REST API (urllib, Bearer + X-Tenant-ID)."""
+    """A small synchronous client of the relay's REST API (urllib, Bearer + X-Tenant-ID).
 
-    def __init__(self, base_url: str, token: str | None, tenant: str | None) -> None:
+    With a ``platform_token`` (a ``service`` token, ``Relay.platform_api``) it is the
+    platform and its console together, as in production: the jobs routes and connector
+    reads go with the platform's token (the ``service`` limits, sized for dispatch load),
+    the rest (registering, revoking, logs, metrics) with ``token``, a person's ``admin``
+    token and its 100 requests a minute. So no test raises a limit."""
+
+    def __init__(self, base_url: str, token: str | None, tenant: str | None, *,
+                 platform_token: str | None = None) -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.token, self.tenant = token, tenant
+        self.platform_token = platform_token
+
+    @property
+    def jobs_token(self) -> str | None:
+        """The token for jobs, results and events: the platform's if there is one."""
+        return self.platform_token or self.token
+
+    def _token_for(self, method: str, path: str) -> str | None:
+        if self.platform_token is None:
+            return self.token
+        path = path.removeprefix("/api/v1")
+        if path.startswith("/jobs") or path.startswith("/events"):
+            return self.platform_token
+        if method == "GET" and path.startswith("/connectors") and not path.endswith(("/logs", "/metrics")):
+            return self.platform_token
+        return self.token
 
     def call(
         self, method: str, path: str, body: Any = None, *, params: dict[str, Any] | None = None,
@@ -245,8 +268,9 @@ class Api:
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
         headers = {"Accept": "*/*"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        token = self._token_for(method, path)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         if self.tenant:
             headers["X-Tenant-ID"] = self.tenant
         data = None
@@ -358,6 +382,10 @@ class Relay:
     def api(self, tenant: str, role: str = "admin") -> Api:
         return Api(self.url, self.token(tenant, role), tenant)
 
+    def platform_api(self, tenant: str) -> Api:
+        """The platform (a ``service`` token) with its console (an ``admin`` token): ``Api``."""
+        return Api(self.url, self.token(tenant, "admin"), tenant, platform_token=self.token(tenant, "service"))
+
 
 @dataclass
 class Source:
@@ -405,7 +433,6 @@ class Stack:
         env = self._env()
         env.setdefault("MC_RELAY_JWT_SECRET", secrets.token_hex(32))
         env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
-        env.setdefault("MC_RELAY_RATE_LIMIT", "1000000")  # tests poll far above 100/minute
         db = self.workdir / "relay.db"
         argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", "0",
                 "--database-url", f"sqlite:///{db}"]  # fmt: skip
@@ -413,7 +440,7 @@ class Stack:
         self.procs.append(proc)
         m = proc.wait_for_line(_LISTENING, timeout)
         self.relay = Relay(proc, m.group(1), int(m.group(2)), env)
-        self.api = self.relay.api(self.tenant, "admin")
+        self.api = self.relay.platform_api(self.tenant)
         wait_until(lambda: self._healthy(), 15, what="relay /health")
         return self.relay
 
@@ -426,7 +453,6 @@ class Stack:
         port = port or (self.relay.port if self.relay is not None else free_port())
         env = self._env()
         env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
-        env.setdefault("MC_RELAY_RATE_LIMIT", "1000000")
         db = self.workdir / "relay.db"
         argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
                 "--database-url", f"sqlite:///{db}"]  # fmt: skip
@@ -435,7 +461,7 @@ class Stack:
         self.procs.append(proc)
         m = proc.wait_for_line(_LISTENING, timeout)  # SO_REUSEADDR: the port is free at once
         self.relay = Relay(proc, m.group(1), int(m.group(2)), env)
-        self.api = self.relay.api(self.tenant, "admin")
+        self.api = self.relay.platform_api(self.tenant)
         wait_until(lambda: self._healthy(), 15, what="relay /health")
         return self.relay
 
@@ -447,7 +473,6 @@ class Stack:
         self.extra_env.setdefault("MC_RELAY_DATA_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
         env = self._env()
         env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
-        env.setdefault("MC_RELAY_RATE_LIMIT", "1000000")
         n = sum(1 for p in self.procs if p.name.startswith("mini-relay")) + 1
         argv = [*command("mini-relay"), "serve", "--host", "127.0.0.1", "--port", "0",
                 "--database-url", database_url]  # fmt: skip
@@ -455,7 +480,7 @@ class Stack:
         self.procs.append(proc)
         m = proc.wait_for_line(_LISTENING, timeout)
         relay = Relay(proc, m.group(1), int(m.group(2)), env)
-        api = relay.api(self.tenant, "admin")
+        api = relay.platform_api(self.tenant)
         wait_until(lambda: _healthy(api), 15, what=f"relay node {n} /health")
         if self.relay is None:
             self.relay, self.api = relay, api

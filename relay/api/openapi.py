@@ -166,7 +166,17 @@ def _json(schema: S, description: str) -> S:
 
 
 ERR = {"$ref": "#/components/responses/Error"}
-_ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "429": ERR, "500": ERR}
+LIMITED = {"$ref": "#/components/responses/RateLimited"}
+_ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "429": LIMITED, "500": ERR}
+_INT_HEADER = {"schema": {"type": "integer"}}
+RATE_LIMITED = {
+    **_json(_ref("Error"), "RATE_LIMITED: over the token's or the tenant's requests a minute "
+            "(by role), or too many failed authentications from this address; details.retryAfter "
+            "is Retry-After"),
+    "headers": {"Retry-After": {**_INT_HEADER, "description": "seconds until the window ends"},
+                "X-RateLimit-Limit": _INT_HEADER, "X-RateLimit-Remaining": _INT_HEADER,
+                "X-RateLimit-Reset": {**_INT_HEADER, "description": "epoch seconds"}},
+}
 
 
 def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None,
@@ -276,7 +286,7 @@ PATHS: dict[str, S] = {
     },
     "/api/v1/agent/connect": {
         "get": _op("agentConnect", "Agent WebSocket (Authorization: Bearer <API key>)",
-                   {**WS_UPGRADE, "401": ERR, "429": ERR,
+                   {**WS_UPGRADE, "401": ERR, "429": LIMITED,
                     "503": {**ERR, "description": "the relay is shutting down (Retry-After)"}},
                    public=True, tags="agent"),
     },
@@ -286,7 +296,7 @@ PATHS: dict[str, S] = {
                       "<MC_RELAY_METRICS_TOKEN> when that is set, else open",
                       {"200": {"description": "Prometheus text exposition format",
                                "content": {"text/plain": {"schema": {"type": "string"}}}},
-                       "401": ERR}, public=True, tags="operations"),
+                       "401": ERR, "429": LIMITED}, public=True, tags="operations"),
                 "security": [{}, {"metricsToken": []}]},
     },
     "/downloads/{name}": {
@@ -296,7 +306,7 @@ PATHS: dict[str, S] = {
                             "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}}},
                             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                                         "text/plain": {"schema": {"type": "string"}}}},
-                    "404": ERR},
+                    "404": ERR, "429": LIMITED},
                    params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
                    public=True, tags="operations"),
     },
@@ -307,7 +317,10 @@ def document(version: str) -> S:
     return {
         "openapi": "3.1.0",
         "info": {"title": "mini-relay", "version": version,
-                 "description": "The Mini Connector relay's HTTP API (v1)."},
+                 "description": "The Mini Connector relay's HTTP API (v1). Requests are limited "
+                                "per token and per tenant by role (admin and support 100 a minute, "
+                                "service 120,000 per token); every response carries X-RateLimit-Limit, "
+                                "X-RateLimit-Remaining and X-RateLimit-Reset of the tighter limit."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": PATHS,
@@ -318,7 +331,8 @@ def document(version: str) -> S:
                                                  "description": "MC_RELAY_METRICS_TOKEN"}},
             "parameters": {"TenantId": {"name": "X-Tenant-ID", "in": "header", "required": True,
                                         "schema": {"type": "string"}}},
-            "responses": {"Error": _json(_ref("Error"), "an error, in the envelope")},
+            "responses": {"Error": _json(_ref("Error"), "an error, in the envelope"),
+                          "RateLimited": RATE_LIMITED},
         },
     }  # fmt: skip
 

@@ -61,8 +61,7 @@ def tls_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEnv]:
     dataset.create_sqlite(sqlite)
     stack = Stack(work / "stack", tenant="tls", heartbeat=1.0)
     env = stack._env()
-    env.update({"MC_RELAY_JWT_SECRET": "tls-test-secret-" + "x" * 20, "MC_RELAY_HEARTBEAT_INTERVAL": "1",
-                "MC_RELAY_RATE_LIMIT": "1000000"})  # fmt: skip
+    env.update({"MC_RELAY_JWT_SECRET": "tls-test-secret-" + "x" * 20, "MC_RELAY_HEARTBEAT_INTERVAL": "1"})
     argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", "0",
             "--database-url", f"sqlite:///{stack.workdir}/relay.db",
             "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]  # fmt: skip
@@ -74,7 +73,7 @@ def tls_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEnv]:
     try:
         m = proc.wait_for_line(_HTTPS, 30)
         stack.relay = Relay(proc, m.group(1), int(m.group(2)), env)
-        stack.api = stack.relay.api(stack.tenant, "admin")
+        stack.api = stack.relay.platform_api(stack.tenant)
         der = ssl.PEM_cert_to_DER_cert(tls.cert.read_text())
         yield TlsEnv(stack, tls, spki_sha256(der), int(m.group(2)), sqlite)
     finally:

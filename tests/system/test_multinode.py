@@ -75,7 +75,7 @@ def test_two_nodes_serve_one_agent_and_survive_losing_the_node_that_holds_it(
     try:
         node_a = stack.start_relay_node(pg_database)
         node_b = stack.start_relay_node(pg_database)
-        api_b = node_b.api(stack.tenant)
+        api_b = node_b.platform_api(stack.tenant)
         agent = stack.add_agent("multi", [Source("pg", "postgres", table.url)],
                                 relay_url=f"{node_a.ws_url},{node_b.ws_url}")  # fmt: skip
         wait_until(lambda: _on(agent, node_a), 15, what="the agent connected to node A")
