@@ -344,3 +344,30 @@ async def test_a_key_closed_for_violations_waits_before_it_may_reconnect(start_r
     again = await FakeAgent(client, hostile.api_key).connect()
     assert again.welcome is not None
     await again.close()
+
+
+async def test_large_payloads_are_worked_on_off_the_event_loop(
+    client: Any, api: Api, agent: FakeAgent, monkeypatch: Any
+) -> None:
+    """A chunk's payload work runs in the relay's chunk threads, not on the loop's thread,
+    unless it is small enough that the hop would cost more."""
+    import threading
+
+    from relay import agentguard
+
+    threads: list[str] = []
+    real = agentguard.prepare
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(agentguard, "prepare", spy)
+    job_id = await api.submit(agent.connector_id or "")
+    assign = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(assign, ["x"])
+    await agent.chunk(assign, 0, [["y" * 1000]] * 300)  # ~300 KB
+    await agent.chunk(assign, 1, [[1]])
+    await agent.done(assign, 2, 301)
+    assert threads[0].startswith("relay-chunk"), threads
+    assert threads[1] == threading.current_thread().name, threads  # the loop's own thread
