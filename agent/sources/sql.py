@@ -6,7 +6,8 @@ SQLAlchemy makes the engine (URL parsing, dialect, pooling) and serves discovery
 one (psycopg server-side cursor, PyMySQL ``SSCursor``, sqlite3's stepping cursor, ODBC drivers
 told to stream), because SQLAlchemy's row layer costs 40-50 % on bulk reads. Every query
 passes the statement guard and the private-name check, then runs read-only at the
-database too (Postgres ``SET TRANSACTION READ ONLY``, MySQL ``START TRANSACTION READ
+database too (Postgres: one statement on the extended protocol in a session started
+read-only, see ``pgconn``; MySQL ``START TRANSACTION READ
 ONLY``, SQLite ``mode=ro`` + ``PRAGMA query_only``, ODBC access mode + the real
 database's read-only session) in a transaction that is always rolled back.
 This module is imported on the first SQL job, so an idle agent never loads SQLAlchemy.
