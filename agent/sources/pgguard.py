@@ -216,7 +216,10 @@ def _parse_tree(text: str) -> list[Any]:
             box["error"] = exc
 
     with _stack_lock:
-        old = threading.stack_size(_BIG_STACK)
+        try:
+            old = threading.stack_size(_BIG_STACK)
+        except (ValueError, RuntimeError):  # a platform that refuses the size: the JSON gate still holds most
+            old = threading.stack_size()
         try:
             worker = threading.Thread(target=run, name="pg-parse", daemon=True)
             worker.start()
