@@ -8,7 +8,8 @@
   event loop, unless the payload is small enough that the hop would cost more.
 - ``Budget``: the bytes of frames a connection has in hand (read, not yet finished);
   past it the connection's socket is not read until frames finish (TCP pushes back).
-- ``LogThrottle``: lines and bytes per second of ``agent.logs.v1`` per connection.
+- ``LogThrottle``: lines and bytes per second of ``agent.logs.v1`` per connector.
+- ``Penalties``: a key closed for protocol violations gets 429 for a few seconds.
 
 docs/SECURITY.md ("Hostile agents") says what each stops and which tests prove it.
 """
@@ -16,10 +17,13 @@ docs/SECURITY.md ("Hostile agents") says what each stops and which tests prove i
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from shared import protocol
 from shared.crypto import DataCipher
@@ -184,3 +188,42 @@ class LogThrottle:
             return 0
         n, self.dropped, self.summary_at = self.dropped, 0, clock
         return n
+
+
+class Penalties:
+    """API keys (by hash) closed for protocol violations lately: their handshakes are
+    answered 429 until the penalty ends, before any store work (``hub.handle``)."""
+
+    KEEP = 10_000  # keys held before the expired ones are swept out
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def punish(self, key_hash: str, seconds: float) -> None:
+        at = time.time()
+        if len(self._until) > self.KEEP:
+            self._until = {k: t for k, t in self._until.items() if t > at}
+        self._until[key_hash] = at + seconds
+
+    def wait(self, key_hash: str) -> int:
+        """Seconds the key must still wait (0: none)."""
+        until = self._until.get(key_hash)
+        if until is None:
+            return 0
+        left = until - time.time()
+        if left <= 0:
+            del self._until[key_hash]
+            return 0
+        return max(1, math.ceil(left))
+
+
+def penalty_response(request: web.Request, wait: int) -> web.Response:
+    from .context import REQUEST_ID  # here: context imports the hub, which imports this
+    from .middleware import envelope_error
+
+    response = envelope_error(
+        429, "RATE_LIMITED", f"this agent was closed for protocol violations; reconnect after {wait} s",
+        {"retryAfter": wait}, request.get(REQUEST_ID, ""),
+    )  # fmt: skip
+    response.headers["Retry-After"] = str(wait)
+    return response

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,6 @@ DUPLICATE_MESSAGE = ("another agent (another machine or key pair) is already con
 
 FRAMES_IN_FLIGHT = 64  # per agent: frames being handled at once before the socket is not read
 FRAME_DRAIN_SECONDS = 5.0  # at a session's end, how long frames already read may take
-PENALTIES_KEPT = 10_000  # keys in the penalty box before the expired ones are swept out
 READ_SLICE_SECONDS = 0.005  # reading one agent's frames, let other tasks run at least this often
 
 
@@ -139,23 +137,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.workers = agentguard.ChunkWorkers()  # sized from the config by the first session
         self.log_throttles: dict[str, agentguard.LogThrottle] = {}  # per connector
-        self.penalties: dict[str, float] = {}  # key hash -> until when its handshakes get 429
-
-    def _punish(self, key_hash: str, seconds: float) -> None:
-        at = now()
-        if len(self.penalties) > PENALTIES_KEPT:
-            self.penalties = {k: t for k, t in self.penalties.items() if t > at}
-        self.penalties[key_hash] = at + seconds
-
-    def _penalty(self, key_hash: str) -> int:
-        """Seconds the key must still wait after a close for protocol violations (0: none)."""
-        until = self.penalties.get(key_hash)
-        if until is None:
-            return 0
-        if until <= now():
-            del self.penalties[key_hash]
-            return 0
-        return max(1, math.ceil(until - now()))
+        self.penalties = agentguard.Penalties()  # keys closed for violations: 429 for a while
 
     # ------------------------------------------------------------ handshake
 
@@ -166,9 +148,9 @@ class Hub:
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("an Authorization: Bearer <API key> header is required")
         key = keys.validate_key(key.strip())  # KeyFormatError is a 401 too
-        wait = self._penalty(keys.hash_key(key))
+        wait = self.penalties.wait(keys.hash_key(key))
         if wait:  # closed for protocol violations moments ago: no store work, no upgrade
-            return _penalty_response(request, wait)
+            return agentguard.penalty_response(request, wait)
         connector = await relay.store.run(_find_connector, key, now())
         if connector is None:
             raise Unauthorized("the API key is not valid or has been revoked")
@@ -454,7 +436,7 @@ class Hub:
             log.warning("closing %s after %d protocol violations", session.connector_id, limit)
             session.request_close(CLOSE["PROTOCOL_VIOLATION"], "PROTOCOL_VIOLATION")
             if session.penalty > 0 and session.key_hash:  # no sooner back than an honest agent
-                self._punish(session.key_hash, session.penalty)
+                self.penalties.punish(session.key_hash, session.penalty)
 
     async def _gone(self, relay: Relay, session: AgentSession) -> None:
         """The socket closed. Unless this session was replaced or swept, mark offline."""
@@ -575,18 +557,6 @@ def _welcome_write(
 ) -> Reconciled:
     con_store.set_fields(conn, connector_id, fields)
     return _reconcile(conn, connector_id, held, fields["connected_since"], lease)
-
-
-def _penalty_response(request: web.Request, wait: int) -> web.Response:
-    from .context import REQUEST_ID
-    from .middleware import envelope_error
-
-    response = envelope_error(
-        429, "RATE_LIMITED", f"this agent was closed for protocol violations; reconnect after {wait} s",
-        {"retryAfter": wait}, request.get(REQUEST_ID, ""),
-    )  # fmt: skip
-    response.headers["Retry-After"] = str(wait)
-    return response
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, code: str = "PROTOCOL_ERROR") -> None:
