@@ -115,6 +115,34 @@ def check_session(cur: Any) -> None:
             raise RuntimeError(f"the PostgreSQL session did not start with {name}=on")
 
 
+def require_rows(conn: psycopg.Connection[Any], text: str) -> None:
+    """Before the plain path runs ``text``: the server parses it as the unnamed prepared
+    statement and describes it; a statement that returns no rows (``COPY``, ``SET``,
+    ``COMMIT``, ``LISTEN``, a write without ``RETURNING``...) is refused before it runs.
+    The plain path exists for ``SHOW`` and ``EXPLAIN``, which return rows; everything
+    the grammar reads as a query goes by ``DECLARE``, which refuses the rest itself. So
+    even a superuser's ``COPY ... TO PROGRAM`` cannot reach either path without the guard.
+    (The statement is parsed twice; these are small and rare.)"""
+    from psycopg import errors
+    from psycopg.generators import execute
+    from psycopg.pq import ExecStatus
+
+    pg = conn.pgconn
+    for send in (lambda: pg.send_prepare(b"", text.encode(conn.info.encoding)),
+                 lambda: pg.send_describe_prepared(b"")):  # fmt: skip
+        send()
+        results = conn.wait(execute(pg))
+        bad = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
+        if bad is not None:
+            raise errors.error_from_result(bad, encoding=conn.info.encoding)
+    if not results or results[-1].nfields == 0:
+        raise NoRowsError("only statements that return rows may run; this one returns none")
+
+
+class NoRowsError(Exception):
+    """The plain path refused a statement that returns no rows (see ``require_rows``)."""
+
+
 def connect_for_test(conninfo: str) -> psycopg.Connection[Any]:
     """A connection as the agent makes it, without SQLAlchemy (tests, benchmarks)."""
     return psycopg.connect(conninfo, **connect_args())

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import JobError
 
 from ..deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgcopy, pgguard, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, pgcopy, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 
@@ -200,6 +200,10 @@ class SqlStream(QueryStream):
             cursor = conn.cursor(name="mc_" + secrets.token_hex(8))
             cursor.itersize = self.batch_size
         else:
+            try:
+                pgconn.require_rows(conn, text)  # SHOW and EXPLAIN return rows; COPY, SET... none
+            except pgconn.NoRowsError as exc:
+                raise JobError("WRITE_OPERATION_REJECTED", str(exc), retryable=False) from exc
             cursor = conn.cursor()  # pgconn.OneStatementCursor: extended protocol
         with self._mutex:
             self._cursor = cursor

@@ -165,14 +165,46 @@ def test_a_commit_does_not_make_the_session_writable(canary: tuple[str, str]) ->
 
 
 def test_a_write_in_one_statement_is_refused_by_the_session(canary: tuple[str, str]) -> None:
+    """The read-only session alone: each write straight on a pooled connection (no guard,
+    no DECLARE, no describe) is refused by PostgreSQL's read-only transaction."""
+    url, schema = canary
+    src = _source(url)
+    fairy = src.raw_connection()
+    conn = fairy.dbapi_connection
+    writes = [
+        f"DELETE FROM {schema}.t", f"UPDATE {schema}.t SET v = 'x' RETURNING id",
+        f"INSERT INTO {schema}.t VALUES (99, 'x')", f"CREATE TABLE {schema}.t2 (a int)",
+        f"SELECT * INTO {schema}.t3 FROM {schema}.t", f"SELECT * FROM {schema}.t FOR UPDATE",
+        f"WITH d AS (DELETE FROM {schema}.t RETURNING 1) SELECT count(*) FROM d",
+        f"EXPLAIN ANALYZE DELETE FROM {schema}.t",
+    ]  # fmt: skip
+    try:
+        for sql in writes:
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.cursor().execute(sql)
+            conn.rollback()
+    finally:
+        fairy.close()
+        src.close()
+    assert _count(url, schema) == 10
+
+
+def test_the_plain_path_runs_only_statements_that_return_rows(canary: tuple[str, str]) -> None:
+    """The plain path (SHOW, EXPLAIN) asks the server to describe the statement first: one
+    that returns no rows (COPY TO PROGRAM as a superuser, SET, DELETE...) never runs."""
     url, schema = canary
     src = _source(url)
     try:
-        for sql in (f"WITH d AS (DELETE FROM {schema}.t RETURNING 1) SELECT count(*) FROM d",
-                    f"DELETE FROM {schema}.t"):  # fmt: skip
+        assert _run(src, "SHOW DateStyle", server_side=False) == [("ISO, MDY",)]
+        for sql in ("COPY (SELECT 1) TO PROGRAM 'false'", f"DELETE FROM {schema}.t",
+                    "SET default_transaction_read_only = off", "LISTEN x"):  # fmt: skip
             with pytest.raises(JobError) as err:
                 _run(src, sql, server_side=False)
-            assert err.value.code == "WRITE_OPERATION_REJECTED"
+            assert err.value.code == "WRITE_OPERATION_REJECTED", sql
+            assert "return rows" in err.value.message
+        with pytest.raises(JobError) as err:  # rows, so it reaches the read-only session
+            _run(src, f"DELETE FROM {schema}.t RETURNING id", server_side=False)
+        assert err.value.code == "WRITE_OPERATION_REJECTED" and "read-only" in err.value.message
     finally:
         src.close()
     assert _count(url, schema) == 10
