@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from relay.auth import make_token
 from shared import protocol
 
@@ -117,3 +119,25 @@ async def test_delete_of_an_unknown_connector_is_404(api: Api) -> None:
     """Idempotence is for a connector that exists and is revoked; an unknown id stays 404."""
     status, out, _ = await api.call("DELETE", "/connectors/con_nope")
     assert status == 404 and out["error"]["code"] == "NOT_FOUND", out
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_concurrent_deletes_raise_one_revoked_event(store: str, request: Any, start_relay: Any) -> None:
+    """Five DELETEs at once: all 204, exactly one ``revoked`` event (the store's
+    conditional update decides which one revoked; on PostgreSQL in concurrent transactions)."""
+    overrides = {"database_url": request.getfixturevalue("pg_database")} if store == "postgres" else {}
+    client = await start_relay(**overrides)
+    api = Api(client)
+    ws = await client.ws_connect(f"/api/v1/events?token={make_token(SECRET, 't1', 'service', 60)}")
+    con = await api.new_connector()
+    results = await asyncio.gather(*(api.call("DELETE", f"/connectors/{con['id']}") for _ in range(5)))
+    assert [status for status, _, _ in results] == [204] * 5
+    other = await api.new_connector("sentinel")
+    sentinel = await FakeAgent(client, other["apiKey"]).connect()
+    seen = await _events_until(
+        ws, lambda m: m["type"] == "connector_status_changed" and m["data"]["connectorId"] == other["id"]
+    )
+    revoked = [m for m in seen if m["data"].get("status") == "revoked"]
+    assert [m["data"]["connectorId"] for m in revoked] == [con["id"]], seen
+    await sentinel.close()
+    await ws.close()
