@@ -151,7 +151,7 @@ async def _health(http: aiohttp.ClientSession, url: str, stop: asyncio.Event) ->
 
 async def _jobs(http: aiohttp.ClientSession, stack: Any, cid: str, clock: EventClock, stop: asyncio.Event) -> list[float]:
     api = stack.api
-    headers = {"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant, "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {api.jobs_token}", "X-Tenant-ID": api.tenant, "Content-Type": "application/json"}
     took = []
     while not stop.is_set():
         t = time.monotonic()
@@ -169,7 +169,7 @@ async def phase(stack: Any, cid: str, seconds: float) -> dict[str, Any]:
     proc = psutil.Process(relay.proc.pid)
     async with client_session(8) as http:
         clock = EventClock()
-        listener = asyncio.create_task(clock.run(http, relay.ws_url, stack.api.token, stack.api.tenant))
+        listener = asyncio.create_task(clock.run(http, relay.ws_url, stack.api.jobs_token, stack.api.tenant))
         await asyncio.wait_for(clock.ready.wait(), 15)
         before = await scrape(http, stack.api.base_url, METRICS)
         stop = asyncio.Event()
@@ -210,8 +210,9 @@ async def measure(stack: Any, cid: str, seconds: float, work: Path) -> None:
     key = stack.api.create_connector("hostile")["apiKey"]
     foreign = stack.api.call("GET", "/jobs", params={"limit": 1}).data[0]["id"]  # the honest agent's
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The attacker submits its own jobs with the platform's (service) token, as the bench does.
     argv = [sys.executable, __file__, "--attack", stack.relay.ws_url, stack.api.base_url, key,
-            stack.api.token, stack.api.tenant, foreign]  # fmt: skip
+            stack.api.jobs_token, stack.api.tenant, foreign]  # fmt: skip
     with open(work / "attacker.log", "w") as log:
         attacker = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
