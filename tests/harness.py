@@ -341,10 +341,9 @@ class Api:
             "GET", f"/jobs/{job_id}/results", params={"offset": offset}, expect=200, timeout=120
         ).ndjson()
 
-    def results_csv(self, job_id: str) -> str:
-        return self.call(
-            "GET", f"/jobs/{job_id}/results", params={"format": "csv"}, expect=200, timeout=120
-        ).text
+    def results_csv(self, job_id: str, *, raw: bool = False) -> str:
+        params = {"format": "csv", **({"csvFormulas": "raw"} if raw else {})}
+        return self.call("GET", f"/jobs/{job_id}/results", params=params, expect=200, timeout=120).text
 
     def cancel(self, job_id: str) -> Response:
         return self.call("POST", f"/jobs/{job_id}/cancel")

@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from relay.formats import FORMULA_STARTS, PLAIN_NUMBER
 from tests.system import dataset
 from tests.system.conftest import SystemEnv
 
@@ -76,8 +77,16 @@ def test_csv_matches_the_rows(system: SystemEnv) -> None:
                 assert cell == "", f"row {i} {col}: NULL as {cell!r}"
             elif isinstance(value, float):
                 assert float(cell) == value, f"row {i} {col}"
+            elif str(value).startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(str(value)):
+                # A cell a spreadsheet could run is neutralised (docs/SECURITY.md, API hygiene).
+                assert cell == "'" + str(value), f"row {i} {col}: {cell!r} not neutralised"
             else:
                 assert cell == str(value), f"row {i} {col}: {cell!r} != {value!r}"
+    raw = list(csv.reader(io.StringIO(system.api.results_csv(job_id, raw=True), newline="")))
+    for cells, row in zip(raw[1:], rows, strict=True):
+        for cell, value in zip(cells, row.values(), strict=True):
+            if value is not None and not isinstance(value, float):
+                assert cell == str(value)
 
 
 def test_results_offset_starts_at_row_n(system: SystemEnv) -> None:
