@@ -222,11 +222,8 @@ def test_relay_log_formatter_redacts_secrets() -> None:
         assert secret not in line, secret
 
 
-async def test_a_result_whose_data_key_was_removed_gets_a_clear_error(
-    aiohttp_client: Any, make_config: Any
-) -> None:
-    """Reading chunks encrypted under a data key the relay no longer has answers 500 with a
-    sentence naming the key, before any row is sent, never a cut-off 200."""
+async def _result_stored_under_k1(aiohttp_client: Any, make_config: Any) -> str:
+    """A job's one-row result stored by a relay whose data key is k1 = K1; that relay closed."""
     first = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K1}, "k1"))))
     api = Api(first)
     con = await api.new_connector()
@@ -234,6 +231,15 @@ async def test_a_result_whose_data_key_was_removed_gets_a_clear_error(
     job_id = await _run_job(api, agent, [["row"]])
     await agent.close()
     await first.close()
+    return job_id
+
+
+async def test_a_result_whose_data_key_was_removed_gets_a_clear_error(
+    aiohttp_client: Any, make_config: Any
+) -> None:
+    """Reading chunks encrypted under a data key the relay no longer has answers 500 with a
+    sentence naming the key, before any row is sent, never a cut-off 200."""
+    job_id = await _result_stored_under_k1(aiohttp_client, make_config)
     second = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k2": K2}, "k2"))))
     _, body, _ = await Api(second).call("GET", f"/jobs/{job_id}/results", expect=500)
     assert body["error"]["code"] == "INTERNAL_ERROR" and "'k1'" in body["error"]["message"]
@@ -245,13 +251,7 @@ async def test_a_result_stored_under_another_key_of_the_same_id_gets_a_clear_err
 ) -> None:
     """A relay restarted (or another node) with other bytes under the same key id answers
     500 naming the key id before any row, not a stream cut in the middle."""
-    first = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K1}, "k1"))))
-    api = Api(first)
-    con = await api.new_connector()
-    agent = await FakeAgent(first, con["apiKey"]).connect()
-    job_id = await _run_job(api, agent, [["row"]])
-    await agent.close()
-    await first.close()
+    job_id = await _result_stored_under_k1(aiohttp_client, make_config)
     second = await aiohttp_client(create_app(make_config(data_cipher=DataCipher({"k1": K2}, "k1"))))
     _, body, _ = await Api(second).call("GET", f"/jobs/{job_id}/results", expect=500)
     assert body["error"]["code"] == "INTERNAL_ERROR", body
