@@ -36,11 +36,13 @@ values are merged as psycopg2 merged them (lists as ``ARRAY[...]``).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg.postgres
 from psycopg import ClientCursor
@@ -160,10 +162,33 @@ class _Delegating(Loader):
         self._inner = psycopg.adapters.get_loader(oid, psycopg.pq.Format.TEXT)(oid, context)  # type: ignore[misc]
 
     def load(self, data: Buffer) -> Any:
-        raw = bytes(data)
-        if raw in self.special:
-            return self.special[raw]
-        return self._inner.load(data)
+        try:
+            return self._inner.load(data)  # refuses every special text (DataError)
+        except DataError:
+            raw = bytes(data)
+            if raw in self.special:
+                return self.special[raw]
+            raise
+
+
+class JsonLoader(Loader):
+    """``json``/``jsonb`` as ``json.loads`` makes them (psycopg2's and psycopg's default),
+    read by orjson (~3x cheaper) whenever that gives the same Python value: orjson
+    refuses what ``json.loads`` alone accepts (``NaN``, ``1e400``, lone surrogates, a
+    BOM), and only integers past 64 bits differ (orjson makes them floats), so a text
+    with 19 digits in a row goes to ``json.loads`` (``tests/agent/test_pg_session.py``)."""
+
+    def load(self, data: Buffer) -> Any:
+        raw = data if type(data) is bytes else bytes(data)
+        if _LONG_DIGITS(raw) is None:
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+        return json.loads(raw)
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}").search
 
 
 class DateLoader(_Delegating):
@@ -181,6 +206,7 @@ class TimeLoader(_Delegating):
 _TSTZ = re.compile(
     rb"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([-+])(\d\d)(?::(\d\d))?(?::(\d\d))?$"
 )
+_FROM_ISO = datetime.fromisoformat
 _UTC_MAX = datetime.max.replace(tzinfo=UTC)
 _UTC_MIN = datetime.min.replace(tzinfo=UTC)
 
@@ -190,6 +216,12 @@ class TimestamptzLoader(Loader):
 
     def load(self, data: Buffer) -> datetime:
         raw = bytes(data)
+        try:
+            # The same fields as _TSTZ below, in C (~4x cheaper); it refuses what the
+            # regex refuses (infinity, BC, years past 9999).
+            return _FROM_ISO(raw.decode("ascii"))
+        except ValueError:
+            pass
         if raw == b"infinity":
             return _UTC_MAX
         if raw == b"-infinity":
@@ -236,6 +268,8 @@ def _psycopg2_like() -> AdaptersMap:
     amap.register_loader("timestamp", TimestampLoader)
     amap.register_loader("time", TimeLoader)
     amap.register_loader("timestamptz", TimestamptzLoader)
+    amap.register_loader("json", JsonLoader)
+    amap.register_loader("jsonb", JsonLoader)
     return amap
 
 

@@ -312,3 +312,51 @@ def test_parameters_are_merged_as_psycopg2_merged_them(canary: tuple[str, str]) 
     finally:
         src.close()
     assert rows == [([1, 2], ["x", None], 5, "it's \\ %", None, "100%", 2)]
+
+
+# Issue 14: the cheaper loaders (orjson for json/jsonb, fromisoformat for timestamptz,
+# the C loader first for date/timestamp/time) give the same values on their edges.
+FAST_LOADER_VALUES = [
+    "'{\"a\":1,\"a\":2}'::json", "'{\"a\":1,\"a\":2}'::jsonb", "' [ 1 , 2.50 , -0 , -0.0 ] '::json",
+    "'123456789012345678901234567890'::json", "'{\"n\":123456789012345678901234567890}'::jsonb",
+    "'18446744073709551615'::json", "'18446744073709551616'::json", "'-9223372036854775808'::jsonb",
+    "'-9223372036854775809'::jsonb", "'1e400'::json", "'1e-400'::jsonb", "'0.30000000000000004441'::json",
+    "'9007199254740993.0'::json", "'\"1234567890123456789012\"'::json", "'\"\\u0000\"'::json",
+    "'\"\\ud83d\\ude00 é\"'::jsonb", "'{\"deep\":[[[[{\"x\":null}]]]]}'::jsonb", "ARRAY['[1e400]'::json]",
+    "'0001-01-01 00:00:00+00'::timestamptz", "'2020-01-01 10:00:00.000001+00'::timestamptz",
+    "'2020-07-01 10:00:00.123456'::timestamptz", "'9999-12-31 23:59:59.999999+00'::timestamptz",
+    "'0044-03-15 12:00:00+00'::timestamptz", "'1000-01-01 00:00:00 BC'::date", "'2020-02-29'::date",
+    "'23:59:59.999999'::time", "'00:00:00'::time", "'2020-01-01 10:00:00.5'::timestamp",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Africa/Abidjan", "America/St_Johns"])
+def test_fast_loaders_give_what_psycopg2_gave(pg_url: str, zone: str) -> None:
+    import psycopg2
+
+    from shared.rows import encode_rows
+
+    plain = pg_url.replace("postgresql+psycopg2://", "postgresql://")
+    old = psycopg2.connect(plain)
+    new = pgconn.connect_for_test(plain)
+    try:
+        old_cur, new_cur = old.cursor(), new.cursor()
+        for cur in (old_cur, new_cur):
+            cur.execute("SET TIME ZONE %s", (zone,))
+        for expr in FAST_LOADER_VALUES:
+            try:
+                old_cur.execute(f"SELECT {expr}")
+                expected: Any = encode_rows(old_cur.fetchall())
+            except (psycopg2.DataError, ValueError):  # a value psycopg2 could not read
+                old.rollback()
+                expected = "unreadable"
+            try:
+                new_cur.execute(f"SELECT {expr}")
+                got: Any = encode_rows(new_cur.fetchall())
+            except (psycopg.DataError, ValueError):
+                new.rollback()
+                got = "unreadable"
+            assert got == expected, expr
+    finally:
+        old.close()
+        new.close()
