@@ -68,3 +68,22 @@ def test_a_source_that_stays_down_fails_with_its_own_error(
     assert job["status"] == "failed", job
     assert job["attempts"] == 3, job  # the first run and two retries
     assert job["error"]["code"] == "SOURCE_UNAVAILABLE", job["error"]
+
+
+def test_a_job_that_finds_the_pool_exhausted_is_retried(system: SystemEnv) -> None:
+    """Pool exhausted is a retryable SOURCE_UNAVAILABLE: with one connection held by a long
+    job, a second job's attempt times out waiting for the pool, and its retry, after the
+    long job ends, succeeds."""
+    if not system.mysql_url:
+        pytest.skip("MariaDB is not reachable")
+    opts = {"pool_size": "1", "max_overflow": "0", "pool_timeout": "1"}
+    agent = system.stack.add_agent("pool-agent", [Source("one", "mysql", system.mysql_url, opts)])
+    long_id = system.api.submit(agent.connector_id, "one", sql="SELECT SLEEP(5) AS slept")
+    system.api.wait_status(long_id, {"running"}, timeout=20)
+    job_id = system.api.submit(agent.connector_id, "one", sql="SELECT 7 AS seven",
+                               options={"retryLimit": 5, "retryDelaySeconds": 2})  # fmt: skip
+    job = system.api.wait_job(job_id, 40)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] >= 2, job  # the first attempt met the exhausted pool
+    assert system.api.results(job_id) == [{"seven": 7}]
+    assert system.api.wait_job(long_id, 30)["status"] == "succeeded"
