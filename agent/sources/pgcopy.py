@@ -16,8 +16,8 @@ value (the Python value ``pgconn.PSYCOPG2_LIKE`` loads, as psycopg2 did, encoded
 ``shared.rows.encode_rows``), compared after
 ``orjson.loads`` as Python values, int vs float included
 (``tests/agent/test_pg_copy.py`` proves it per type on edge values). Out of the list
-(interval, timetz, json/jsonb, arrays, money, enums, domains, anything else): the cursor
-path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
+(interval, timetz, json/jsonb, arrays other than of bool, integers and strings, money,
+enums, domains, anything else): the cursor path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
 on both paths.
 
 COPY text format (PostgreSQL docs, "COPY" > "Text Format"): rows end with ``\\n``; a
@@ -150,6 +150,11 @@ EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
     1082: _date, 1114: _timestamp, 1184: _timestamptz, 1083: _time,
     17: _bytea,
     2950: _quoted,  # uuid
+    # Arrays whose elements to_json writes as orjson writes the driver's list (any
+    # dimensions; bounds such as [2:3]= dropped by both); float, numeric, date... arrays
+    # are not, and oid[] to_json writes as strings.
+    1000: _text, 1005: _text, 1007: _text, 1016: _text,  # bool[], int2[], int4[], int8[]
+    1009: _text, 1015: _text,  # text[], varchar[] (bpchar[], name[]: no column type without rows)
 }  # fmt: skip
 
 

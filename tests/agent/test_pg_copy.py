@@ -306,7 +306,7 @@ def test_what_the_fast_path_leaves_to_the_cursor_path(
     src = _source(pg_url)
     try:
         for sql in ("SELECT 1 AS a, 2 AS a", "SELECT interval '1 day' AS i", "SELECT '{}'::jsonb AS j",
-                    "SELECT ARRAY[1] AS a", "SHOW server_version", "SELECT '12:00+01'::timetz AS t"):  # fmt: skip
+                    "SELECT ARRAY[1.5] AS a", "SHOW server_version", "SELECT '12:00+01'::timetz AS t"):  # fmt: skip
             stream = src.prepare({"sql": sql})
             stream.start()
             assert stream.copy is None and stream.payloads is None, sql
@@ -476,3 +476,37 @@ def _payload(frame: bytes) -> bytes:
     from shared.protocol import decode_chunk
 
     return decode_chunk(frame).payload
+
+
+ARRAYS = [
+    ("ab", "boolean[]", ["ARRAY[true,false,NULL]", "'{}'"]),
+    ("a2", "int2[]", ["ARRAY[-32768,32767]", "'{{1,2},{3,NULL}}'"]),
+    ("a4", "int4[]", ["'[2:3]={1,2}'", "ARRAY[[[1]],[[2]]]", "'{NULL}'"]),
+    ("a8", "int8[]", ["ARRAY[-9223372036854775808,9223372036854775807]", "'{}'"]),
+    ("at", "text[]", [f"ARRAY[{', '.join(chr(39) + x.replace(chr(39), chr(39) * 2) + chr(39) for x in STRINGS)}]",
+                      "ARRAY['NULL', NULL, '{}', '\"', ',', 'a b']", "'{{a,b},{c,d}}'"]),
+    ("av", "varchar(10)[]", ["ARRAY['x', '', NULL]"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_arrays_on_the_list_match_the_cursor_path(pg_url: str, zone: str) -> None:
+    schema = "mc_copy_a_" + uuid.uuid4().hex[:10]
+    cols = ", ".join(f"{n} {t}" for n, t, _ in ARRAYS)
+    depth = max(len(v) for _, _, v in ARRAYS)
+    inserts = [
+        f"INSERT INTO {schema}.arr (id, {', '.join(n for n, _, v in ARRAYS if k < len(v))}) "
+        f"VALUES ({k}, {', '.join(v[k] for _, _, v in ARRAYS if k < len(v))})"
+        for k in range(depth)
+    ]
+    _exec(pg_url, f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.arr (id int, {cols})", *inserts,
+          f"INSERT INTO {schema}.arr (id) VALUES ({depth})")  # fmt: skip
+    src = _source(pg_url, options=f"-c TimeZone={zone}")
+    try:
+        rows = assert_same(src, {"sql": f"SELECT * FROM {schema}.arr ORDER BY id"})
+        assert rows[0]["a4"] == [1, 2] and rows[1]["a2"] == [[1, 2], [3, None]]
+        assert rows[0]["at"] == STRINGS and rows[0]["ab"] == [True, False, None]
+        assert rows[depth] == {"id": depth, **{n: None for n, _, _ in ARRAYS}}
+    finally:
+        src.close()
+        _exec(pg_url, f"DROP SCHEMA {schema} CASCADE")
