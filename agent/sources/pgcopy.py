@@ -240,6 +240,9 @@ def copy_out(cursor: Any, sql: str, write: Callable[[Any], Any]) -> None:
         conn.wait(_drain(conn.pgconn, write))
 
 
+_JOIN_BYTES = 64 * 1024  # rows gathered in Python before they are written
+
+
 def _drain(pgconn: Any, write: Callable[[Any], Any]) -> Any:
     from psycopg import errors
     from psycopg.generators import fetch_many
@@ -247,16 +250,26 @@ def _drain(pgconn: Any, write: Callable[[Any], Any]) -> Any:
     from psycopg.waiting import Wait
 
     get = pgconn.get_copy_data
+    buf = bytearray()  # the rows libpq holds, written together (a write a row costs more)
     while True:
         nbytes, data = get(1)  # 1: never block; 0 rows buffered -> wait on the socket
         if nbytes > 0:
-            write(data)
+            buf += data
+            if len(buf) < _JOIN_BYTES:
+                continue
+            write(buf)
+            buf = bytearray()
         elif nbytes == 0:
+            if buf:
+                write(buf)
+                buf = bytearray()
             while not (yield Wait.R):
                 continue
             pgconn.consume_input()
         else:
             break
+    if buf:
+        write(buf)
     results = yield from fetch_many(pgconn)
     if len(results) != 1 or results[0].status != ExecStatus.COMMAND_OK:
         bad = next((r for r in results if r.status != ExecStatus.COMMAND_OK), None)
