@@ -180,7 +180,7 @@ class JsonLoader(Loader):
 
     def load(self, data: Buffer) -> Any:
         raw = data if type(data) is bytes else bytes(data)
-        if _LONG_DIGITS(raw) is None:
+        if _NINETEEN not in raw.translate(_DIGITS_TO_ZERO):  # ~4x cheaper than a regex
             try:
                 return orjson.loads(raw)
             except orjson.JSONDecodeError:
@@ -188,7 +188,8 @@ class JsonLoader(Loader):
         return json.loads(raw)
 
 
-_LONG_DIGITS = re.compile(rb"\d{19}").search
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN = b"0" * 19
 
 
 class DateLoader(_Delegating):
