@@ -20,12 +20,13 @@ same read-only transaction. A reader that calls ``fetch`` instead gets the curso
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import JobError
@@ -212,6 +213,7 @@ class SqlStream(QueryStream):
     def _start_mysql(self) -> None:
         conn = self.dbapi
         self._thread_id = conn.thread_id()
+        fast_datetimes(conn)
         with conn.cursor() as cur:
             # Always set (0 = none): the pooled session keeps what the last job left.
             # MariaDB: max_statement_time in seconds; MySQL 5.7+: max_execution_time in ms.
@@ -392,3 +394,41 @@ def _ss_cursor_class(conn: Any) -> Any:
     """The unbuffered cursor of whichever MySQL driver made ``conn`` (PyMySQL or MySQLdb)."""
     module = importlib.import_module(type(conn).__module__.split(".")[0] + ".cursors")
     return module.SSCursor
+
+
+def fast_datetimes(conn: Any) -> None:
+    """PyMySQL: DATETIME and TIMESTAMP values read by ``datetime.fromisoformat`` (C)
+    where that gives what PyMySQL's own ``convert_datetime`` (a regex and int() per
+    field) gives; it was ~16 % of the agent's CPU on a 7-column table."""
+    decoders = getattr(conn, "decoders", None)
+    if type(conn).__module__.startswith("pymysql") and isinstance(decoders, dict):
+        from pymysql.constants import FIELD_TYPE
+
+        decoders[FIELD_TYPE.DATETIME] = decoders[FIELD_TYPE.TIMESTAMP] = mysql_datetime()
+
+
+@functools.cache
+def mysql_datetime() -> Callable[[Any], Any]:
+    """PyMySQL's ``convert_datetime``, cheaper for the text MariaDB/MySQL send,
+    ``YYYY-MM-DD HH:MM:SS[.f]`` (1-6 fraction digits); anything else, and any value
+    ``fromisoformat`` would read differently (an offset, hour 24, a week date), goes to
+    ``convert_datetime`` itself (``tests/agent/test_sql_sources.py``)."""
+    from datetime import datetime
+
+    from pymysql.converters import convert_datetime
+
+    from_iso = datetime.fromisoformat
+
+    def convert(obj: Any) -> Any:
+        if type(obj) is bytes and (len(obj) == 19 or (21 <= len(obj) <= 26 and obj[19] == 46)) \
+                and obj[4] == 45 and obj[7] == 45 and obj[10] == 32 and obj[13] == 58 \
+                and obj[16] == 58 and obj[11:13] != b"24":  # fmt: skip
+            try:
+                value = from_iso(obj.decode("ascii"))
+            except ValueError:
+                return convert_datetime(obj)
+            if value.tzinfo is None:
+                return value
+        return convert_datetime(obj)
+
+    return convert

@@ -310,3 +310,52 @@ def test_sqlite_serves_as_many_concurrent_queries_as_the_pool(tmp_path: Path) ->
         w.join()
     src.close()
     assert results == [10] * threads
+
+
+MYSQL_DATETIME_TEXTS = [
+    b"2025-01-01 00:00:00", b"2025-01-01 00:00:01.5", b"2025-01-01 00:00:01.000000", b"0001-01-01 00:00:00",
+    b"9999-12-31 23:59:59.999999", b"0000-00-00 00:00:00", b"2025-02-30 00:00:00", b"2025-01-01 24:00:00",
+    b"2025-01-01 00:00:00.1234567", b"2025-01-01T00:00:00", b"2025-01-01 00:00:00+00:00",
+    b"2025-01-01 00:00:00.5+01", b"2025-W01-1 00:00:00", b"2025-01-01 00:00:00,5", b"2025-01-01 00:00:00Z",
+    b"2025-01-01 00:00:00.", b"2025-01-01 00:00:00.5 ", b"25-1-1 0:0:0", b"2025-01-01", b"", b"x" * 26,
+    b"2025-01-01 0a:00:00", b"\xff" * 19, b"2025-01-01 00:60:00", b"2024-02-29 12:34:56.000001",
+]  # fmt: skip
+
+
+def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
+    """Issue 14: the agent's cheaper DATETIME/TIMESTAMP converter gives exactly what
+    PyMySQL's convert_datetime gives (a datetime, or the text for what it cannot read)."""
+    import random
+
+    from pymysql.converters import convert_datetime
+
+    from agent.sources.sqlstream import mysql_datetime
+
+    fast = mysql_datetime()
+    rnd = random.Random(14)
+    texts = list(MYSQL_DATETIME_TEXTS)
+    for _ in range(20_000):
+        s = (f"{rnd.randint(0, 10000):04d}-{rnd.randint(0, 13):02d}-{rnd.randint(0, 32):02d} "
+             f"{rnd.randint(0, 25):02d}:{rnd.randint(0, 60):02d}:{rnd.randint(0, 60):02d}")  # fmt: skip
+        frac = rnd.randint(0, 7)
+        texts.append((s + ("." + str(rnd.randint(0, 10**frac - 1)).zfill(frac) if frac else "")).encode())
+    for raw in texts:
+        try:
+            expected: Any = convert_datetime(raw)
+        except Exception as exc:  # both must fail alike
+            expected = type(exc)
+        try:
+            got: Any = fast(raw)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected and type(got) is type(expected), raw
+
+
+@pytest.mark.mysql
+def test_mysql_datetimes_through_the_agent(mysql_db: str) -> None:
+    src = _source("mysql", mysql_db)
+    _, batches = src.query({"sql": "SELECT CAST('2025-01-01 10:00:00.25' AS DATETIME(6)) AS a,"
+                                   " CAST('2025-01-01 10:00:00' AS DATETIME) AS b, TIMESTAMP('2020-02-29') AS c"})  # fmt: skip
+    [row] = decode_rows(encode_rows(next(iter(batches))))
+    assert row == ["2025-01-01T10:00:00.250000", "2025-01-01T10:00:00", "2020-02-29T00:00:00"]
+    src.close()
