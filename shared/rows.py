@@ -73,7 +73,13 @@ def _duration(value: dt.timedelta) -> str:
     exact microseconds in integers (~25 % cheaper): there the float's error (at most half
     an ulp, < 5e-7 s) can neither cross a whole minute (the true value is a multiple of
     1e-6 s) nor change the rounding to 6 decimals, so both give the same text."""
-    n = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    days, secs = value.days, value.seconds
+    if 0 <= days < 49_710:  # days * 86400 + secs < 2**32: the usual case, no big integers
+        micro = value.microseconds
+        sec = secs % 60
+        text = f"{sec}.{micro:06d}".rstrip("0") if micro else str(sec)
+        return f"P{days}DT{secs // 3600}H{secs // 60 % 60}M{text}S"
+    n = (days * 86400 + secs) * 1_000_000 + value.microseconds
     if not -_EXACT_USECS < n < _EXACT_USECS:
         return _float_duration(value)
     sign = ""
