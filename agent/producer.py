@@ -217,6 +217,9 @@ class Producer:
         self._begun_grace = 0.0
         self._seq = 0
         self._names: list[str] | None = None  # unique column names: rows go as objects
+        # ``max_rows`` cut the result: the source had at least one more row (the limit
+        # handed to a source is one more than ``max_rows``, so that row is seen, not sent).
+        self.truncated = False
 
     def start(self, runner: Callable[[Callable[[], None]], None] | None = None) -> None:
         """Run the body in a worker thread (``agent/workers.py``). ``runner`` wraps the
@@ -326,18 +329,22 @@ class Producer:
         target = max(1024, min(TARGET_CHUNK, self.max_chunk_bytes // 2))
         if hasattr(batches, "size"):
             batches.size = FIRST_BATCH  # type: ignore[attr-defined]
-        for batch in batches:
+        it = iter(batches)
+        for batch in it:
             if self.aborted.is_set():
                 raise Aborted
             rows = list(batch)
             if limit is not None and total + len(rows) > limit:
                 rows = rows[: limit - total]
+                self.truncated = True
             encoded = 0
             for payload, count in self._fit(rows):
                 encoded += len(payload)
                 self._emit(payload, count)
             total += len(rows)
             if limit is not None and total >= limit:
+                if not self.truncated:
+                    self.truncated = self._more(batches, it)
                 return
             if hasattr(batches, "size") and rows:
                 per_row = max(1.0, encoded / len(rows))
@@ -345,8 +352,22 @@ class Producer:
                 wanted = int(target / per_row)
                 batches.size = max(1, min(MAX_BATCH, current * 8, wanted))  # type: ignore[attr-defined]
 
+    def _more(self, batches: Any, it: Iterator[Sequence[Any]]) -> bool:
+        """Whether the source has a row past ``max_rows`` (one more fetch, of one row
+        where the batch size can be set)."""
+        if self.aborted.is_set():
+            raise Aborted
+        if hasattr(batches, "size"):
+            batches.size = 1
+        for batch in it:
+            if len(batch):
+                return True
+        return False
+
     def _stream_payloads(self, pump: Callable[..., None]) -> None:
-        """Let the source push ready payloads (object lines) until it ends or ``max_rows``."""
+        """Let the source push ready payloads (object lines) until it ends or ``max_rows``.
+        The source is asked for one row more than ``max_rows``: seeing it marks the result
+        truncated; it is never sent."""
         limit = self.max_rows
         if limit is not None and limit <= 0:
             return
@@ -358,14 +379,15 @@ class Producer:
             if self.aborted.is_set():
                 raise Aborted
             if limit is not None and total + rows > limit:
+                self.truncated = True
                 rows = limit - total
                 payload = payload[: _nth_newline(payload, rows) + 1]
             for part, count in self._split_lines(payload, rows):
                 self._emit(part, count)
             total += rows
-            return limit is None or total < limit
+            return not self.truncated  # at the limit, the next row (if any) is still read
 
-        pump(emit, limit=limit, target=target)
+        pump(emit, limit=None if limit is None else limit + 1, target=target)
 
     def _split_lines(self, payload: bytes, rows: int) -> list[tuple[bytes, int]]:
         """Object lines cut on line boundaries into parts of at most ``max_chunk_bytes``."""

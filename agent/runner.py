@@ -338,6 +338,8 @@ class Runner:
             rowCount=job.rows,
             byteCount=job.bytes,
             error=None if error is None else error.to_dict(),
+            # Only when true, so a relay that predates the field reads the rest.
+            **({"truncated": True} if status == "succeeded" and _truncated(job) else {}),
         )
 
     async def _execute(self, job: Job, sealed: str | None) -> tuple[str, JobError | None]:
@@ -518,3 +520,8 @@ def _end_level(status: str, error: JobError) -> int:
     if error.code in AGENT_FAULTS:
         return logging.ERROR
     return logging.INFO if status == "cancelled" else logging.WARNING
+
+
+def _truncated(job: Job) -> bool:
+    """``maxRows`` cut the job's result: the source had at least one more row."""
+    return bool(getattr(job.producer, "truncated", False))

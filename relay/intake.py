@@ -272,6 +272,7 @@ def _finish(
         "completed_at": at,
         "row_count": msg["rowCount"],
         "byte_count": msg["byteCount"],
+        "truncated": 1 if msg.get("truncated") else 0,
         "chunks": msg["chunks"],
         "error": orjson.dumps(error).decode() if error else None,
         "result_expires_at": at + ttl,
@@ -304,7 +305,7 @@ def _finish_fast(
         return _CAREFUL
     values = {
         "completed_at": at, "row_count": msg["rowCount"], "byte_count": msg["byteCount"],
-        "chunks": msg["chunks"], "error": orjson.dumps(error).decode() if error else None,
+        "truncated": 1 if msg.get("truncated") else 0, "chunks": msg["chunks"], "error": orjson.dumps(error).decode() if error else None,
         "result_expires_at": at + ttl, "lease_expires_at": None,
     }  # fmt: skip
     ended = queue.try_apply(conn, job_id, queue.DONE_EVENTS[msg["status"]], values,
@@ -383,6 +384,7 @@ def publish_completed(relay: Relay, tenant_id: str, job: dict[str, Any]) -> None
             "jobId": job["id"],
             "status": job["status"],
             "rowCount": job.get("row_count") or 0,
+            "truncated": bool(job.get("truncated")),
             "durationMs": duration_ms(job),
         },
     )

@@ -243,6 +243,8 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             "rowCount": F("int", lo=0),
             "byteCount": F("int", lo=0),
             "error": F("obj", nullable=True, required=False),
+            # Optional: maxRows cut the result (the source had at least one more row).
+            "truncated": F("bool", required=False),
         },
     ),
     "agent.logs.v1": (AGENT, {"lines": F("list", max_len=1000, item=_LOG_LINE)}),

@@ -139,6 +139,7 @@ SCHEMAS: dict[str, S] = {
         "queuedAt": TIME, "dispatchedAt": TIME, "startedAt": TIME, "completedAt": TIME,
         "durationMs": _nullable("integer"), "rowCount": _nullable("integer"),
         "byteCount": _nullable("integer"),
+        "truncated": {"type": "boolean", "description": "maxRows cut the result: the source had more rows"},
         "columns": {"type": "array", "items": {"type": "object", "properties": {
             "name": {"type": "string"}, "type": {"type": "string"}}}},
         "error": _ref("JobError"), "jobKey": _nullable("string")}},

@@ -49,6 +49,10 @@ async def get(request: web.Request) -> web.StreamResponse:
     resp.charset = "utf-8"
     resp.headers["X-Request-ID"] = request[REQUEST_ID]
     resp.headers["Cache-Control"] = "no-store"
+    if job.get("status") == "succeeded":
+        # Known once the job has ended: maxRows cut the result (the same as the job's
+        # ``truncated``). A stream that began while the job ran does not carry it.
+        resp.headers["X-Result-Truncated"] = "true" if job.get("truncated") else "false"
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     request[STREAMING] = True

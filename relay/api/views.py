@@ -62,6 +62,7 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "durationMs": duration_ms(row),
         "rowCount": row["row_count"],
         "byteCount": row["byte_count"],
+        "truncated": bool(row.get("truncated")),
         "columns": orjson.loads(row["columns"]) if row["columns"] else [],
         "error": orjson.loads(row["error"]) if row["error"] else None,
         "jobKey": opts.get("jobKey"),

@@ -110,6 +110,7 @@ jobs = Table(
     Column("cancelled_at", Float),
     Column("row_count", Integer),
     Column("byte_count", Integer),
+    Column("truncated", Integer),  # 1 when maxRows cut the result (the agent saw one more row)
     Column("chunks", Integer),
     Column("columns", Text),
     Column("error", Text),
@@ -242,6 +243,10 @@ def _v8_previous_keys(conn: Connection) -> None:
                  .values(prev_key_prefix=None, prev_key_hash=None, prev_key_expires_at=None))  # fmt: skip
 
 
+def _v9_job_truncated(conn: Connection) -> None:
+    _add_columns(conn, "jobs", {"truncated": "INTEGER"})
+
+
 # (version, what it does, how) — append only; never edit an applied migration.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial tables", _v1_initial),
@@ -252,6 +257,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "result chunks stored without compression (PostgreSQL)", _v6_chunks_uncompressed),
     (7, "agent log lines: the relay's receive time", _v7_log_received_at),
     (8, "every previous API key of a connector, each until its own expiry", _v8_previous_keys),
+    (9, "jobs: whether maxRows cut the result", _v9_job_truncated),
 ]
 
 

@@ -437,6 +437,7 @@ def _produce(
             if kind in ("end", "error"):
                 assert producer.finished.wait(scaled(10))
                 assert streams[0].copy is not None, "the COPY fast path was not taken"
+                streams[0].truncated = producer.truncated  # what the job's done will say
                 return items, ahead, streams[0]
 
     return asyncio.run(main())
@@ -460,8 +461,15 @@ def test_producer_with_the_fast_path_max_rows_chunk_limit_and_back_pressure(pg_u
         chunks = [v for k, v in items if k == "chunk"]
         assert sum(c.rows for c in chunks) == 1234 and items[-1] == ("end", None)
         assert (
-            "LIMIT 1234" in stream.copy.sql(1234) and stream._copy_state == "done"
+            "LIMIT 1235" in stream.copy.sql(1235) and stream._copy_state == "done"
         )  # pool keeps it
+        assert stream.truncated  # PostgreSQL had a 1235th row: seen, not sent
+        # At exactly the row count, or above it, nothing was cut; one below, it was.
+        for max_rows, cut in ((3000, False), (5000, False), (2999, True), (1, True)):
+            items, _, stream = _produce(src, sql, max_rows=max_rows, max_chunk_bytes=65536)
+            chunks = [v for k, v in items if k == "chunk"]
+            assert sum(c.rows for c in chunks) == min(max_rows, 3000), max_rows
+            assert stream.truncated is cut, max_rows
         items, _, _ = _produce(src, sql, max_rows=0, max_chunk_bytes=65536)
         assert [k for k, _ in items] == ["columns", "end"]
         items, _, _ = _produce(

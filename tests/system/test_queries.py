@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from relay.formats import FORMULA_STARTS, PLAIN_NUMBER
+from tests.harness import scaled, wait_until
 from tests.system import dataset
 from tests.system.conftest import SystemEnv
 
@@ -182,3 +185,41 @@ def test_unknown_source_fails_source_not_found(system: SystemEnv) -> None:
     job = system.api.wait_job(resp.data["id"])
     assert job["status"] == "failed"
     assert job["error"]["code"] == "SOURCE_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("source", "table"),
+    [
+        ("erp", None),  # SQLite: the cursor path
+        pytest.param("pg", "pg", marks=pytest.mark.postgres),  # the COPY path
+        pytest.param("pg-cursor", "pg", marks=pytest.mark.postgres),  # numeric[]: the cursor path
+        pytest.param("maria", "maria", marks=pytest.mark.mysql),
+    ],
+)
+def test_a_result_cut_by_max_rows_says_so(system: SystemEnv, source: str, table: str | None) -> None:
+    """maxRows below the row count: ``truncated`` on the job, in ``job_completed`` and in
+    the results' ``X-Result-Truncated``; at the row count or above, or with no maxRows, not."""
+    name = {"pg": f"{system.pg_schema}.items", "maria": system.mysql_table}.get(table or "", "items")
+    extra = ", ARRAY[id::numeric] AS arr" if source == "pg-cursor" else ""
+    sql = f"SELECT id{extra} FROM {name} WHERE id <= 10 ORDER BY id"
+    src = "pg" if source == "pg-cursor" else source
+    relay = system.stack.relay
+    assert relay is not None
+    token = relay.token(system.stack.tenant, "admin")
+    url = f"{relay.ws_url}/api/v1/events?token={token}"
+    with ws_connect(url, additional_headers={"X-Tenant-ID": system.stack.tenant}) as events:
+        for max_rows, rows, cut in ((3, 3, True), (9, 9, True), (10, 10, False), (11, 10, False), (None, 10, False)):
+            options = {} if max_rows is None else {"maxRows": max_rows}
+            job, got = system.api.run_job(system.connector_id, src, sql=sql, options=options)
+            assert [r["id"] for r in got] == list(range(1, rows + 1)), max_rows
+            assert (job["rowCount"], job["truncated"]) == (rows, cut), max_rows
+            resp = system.api.call("GET", f"/jobs/{job['id']}/results", expect=200)
+            assert resp.headers.get("X-Result-Truncated") == ("true" if cut else "false")
+
+            def completed(job_id: str = job["id"]) -> dict | None:
+                msg = json.loads(events.recv(timeout=scaled(10)))
+                ok = msg["type"] == "job_completed" and msg["data"]["jobId"] == job_id
+                return msg["data"] if ok else None
+
+            data = wait_until(completed, 10, what="job_completed")
+            assert (data["rowCount"], data["truncated"]) == (rows, cut), max_rows
