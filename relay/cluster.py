@@ -228,7 +228,7 @@ class Cluster:
             await hub.disconnect(connector_id, CLOSE_CODES["SESSION_REPLACED"], "SESSION_REPLACED")
         for row in await relay.store.run(owners.lapsed_online, at, set(here)):
             relay.events.publish(row["tenant_id"], "connector_status_changed",
-                                 connector_status_data(row["id"], "offline", at))  # fmt: skip
+                                 connector_status_data(row["id"], "offline", row["last_seen"]))  # fmt: skip
         if self.shared:
             await self._recancel()
 

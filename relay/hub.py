@@ -448,8 +448,10 @@ class Hub:
         session.dead = True
         await self._mark_offline(relay, session)
 
-    async def _mark_offline(self, relay: Relay, session: AgentSession) -> None:
-        at = now()
+    async def _mark_offline(self, relay: Relay, session: AgentSession, *, silent: bool = False) -> None:
+        """Offline, with ``lastSeen`` the last time the agent was heard: now when its
+        socket closed, its last heartbeat or frame when it went ``silent`` (swept)."""
+        at = max(session.last_heartbeat, session.last_traffic) if silent else now()
         released = False
         with contextlib.suppress(Exception):  # the store may be closing at shutdown
             # Offline unless another relay node holds the agent now (relay/cluster.py).
@@ -500,7 +502,7 @@ class Hub:
             if max(session.last_heartbeat, session.last_traffic) < deadline and not session.dead:
                 del self.sessions[cid]
                 session.dead = True
-                await self._mark_offline(relay, session)
+                await self._mark_offline(relay, session, silent=True)
                 self._spawn(session.close(CLOSE["HEARTBEAT_TIMEOUT"], "HEARTBEAT_TIMEOUT"))
         await self.lapse_leases(relay)
 

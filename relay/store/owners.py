@@ -85,16 +85,18 @@ def startup_offline(conn: Connection, node: str, at: float, *, single_node: bool
 
 def lapsed_online(conn: Connection, at: float, keep: set[str] | list[str]) -> list[dict[str, Any]]:
     """Connectors still ``online`` whose owner stopped renewing (its node died): marked
-    offline now; returns them (id, tenant_id) for the status events. ``keep``: held here
-    (left out in Python: a NOT IN of every agent a node holds was a slow statement)."""
+    offline now; returns them (id, tenant_id, last_seen) for the status events. Their
+    ``last_seen`` stays the last heartbeat the dead node recorded: nobody heard the agent
+    since. ``keep``: held here (left out in Python: a NOT IN of every agent a node holds
+    was a slow statement)."""
     cond = [t.c.status == "online", and_(t.c.owner_node.is_not(None), t.c.owner_expires_at < at)]
     keep = set(keep)
-    rows = [dict(r._mapping) for r in conn.execute(select(t.c.id, t.c.tenant_id).where(*cond))
+    rows = [dict(r._mapping) for r in conn.execute(select(t.c.id, t.c.tenant_id, t.c.last_seen).where(*cond))
             if r.id not in keep]  # fmt: skip
     if rows:
         conn.execute(
             update(t).where(t.c.id.in_([r["id"] for r in rows]), *cond)
-            .values(status="offline", last_seen=at, connected_since=None, active_jobs=0,
+            .values(status="offline", connected_since=None, active_jobs=0,
                     owner_node=None, owner_expires_at=None)
         )  # fmt: skip
     return rows

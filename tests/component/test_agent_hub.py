@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import json
 import time
 
 import aiohttp
 import pytest
 
+from relay.auth import make_token
 from shared import keys, protocol
 
-from .conftest import Api, FakeAgent, wait_until
+from .conftest import SECRET, Api, FakeAgent, wait_until
 
 
 async def _status(api: Api, cid: str) -> str:
@@ -70,6 +74,29 @@ async def test_missed_heartbeats_make_the_connector_offline(start_relay: object)
     assert agent.welcome["heartbeatInterval"] == 0.1
     await wait_until(lambda: _is(api, con["id"], "offline"), what="offline")
     assert await agent.wait_closed() == protocol.CLOSE_CODES["HEARTBEAT_TIMEOUT"]
+
+
+async def test_offline_after_silence_carries_the_last_heartbeat_as_last_seen(start_relay: object) -> None:
+    """``connector_status_changed`` (and the connector's ``lastSeen``) after a heartbeat
+    timeout say when the agent was last heard, not when the relay noticed its silence."""
+    client = await start_relay(heartbeat_interval=0.4)  # silent for 1.2 s: offline
+    api = Api(client)
+    con = await api.new_connector()
+    ws = await client.ws_connect(f"/api/v1/events?token={make_token(SECRET, 't1', 'service', 60)}")
+    agent = await FakeAgent(client, con["apiKey"]).connect()
+    await agent.heartbeat()
+    heard = time.time()  # the heartbeat left (the relay read it a moment later)
+
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.receive_str(), 10))
+        if msg["type"] == "connector_status_changed" and msg["data"]["status"] == "offline":
+            break
+    noticed = time.time()
+    last_seen = dt.datetime.fromisoformat(msg["data"]["lastSeen"].replace("Z", "+00:00")).timestamp()
+    assert noticed - heard >= 1.1  # the relay waited out three intervals ...
+    assert heard - 0.5 <= last_seen <= heard + 0.3, (heard, last_seen, noticed)  # ... and says when it last heard
+    assert (await api.connector(con["id"]))["lastSeen"] == msg["data"]["lastSeen"]
+    await ws.close()
 
 
 async def _is(api: Api, cid: str, status: str) -> bool:
