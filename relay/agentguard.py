@@ -31,6 +31,8 @@ from shared.errors import ProtocolError
 from shared.rows import payload_rows
 
 from . import atrest
+from .envelope import envelope_error
+from .request_keys import REQUEST_ID
 
 INLINE_BYTES = 64 << 10  # a chunk whose payload is at most this is handled on the loop
 CLOSED_KEEP = 4096  # jobs that left a session, remembered to tell late frames from foreign ones
@@ -218,9 +220,6 @@ class Penalties:
 
 
 def penalty_response(request: web.Request, wait: int) -> web.Response:
-    from .context import REQUEST_ID  # here: context imports the hub, which imports this
-    from .middleware import envelope_error
-
     response = envelope_error(
         429, "RATE_LIMITED", f"this agent was closed for protocol violations; reconnect after {wait} s",
         {"retryAfter": wait}, request.get(REQUEST_ID, ""),

@@ -8,20 +8,35 @@ whose owner node stopped renewing its lease, when several nodes share PostgreSQL
 flight by a grace period (their agents reconnect and name them), and starts the sweeper;
 shutdown closes agent sockets with 1001, then the store (``mini-relay serve`` first runs
 ``shutdown.drain`` on SIGTERM: agents are sent away with jittered reconnect delays).
-Besides ``/api/v1`` it serves ``/metrics`` (``relay/metrics.py``) and ``/downloads``.
+Besides ``/api/v1`` it serves ``/metrics`` (``relay/api/prometheus.py``) and ``/downloads``.
+
+This is the composition root: it builds the pieces ``Relay`` holds and wires them to
+one another (the agent route's guards, the cluster's view of the hub), so that those
+modules never import ``relay.context`` or the hub themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from . import loglevel, metrics, queue, services, shutdown
-from .api import connectors, downloads, events, health, jobs, openapi, results, telemetry
+from .api import (
+    connectors,
+    downloads,
+    events,
+    health,
+    jobs,
+    openapi,
+    prometheus,
+    results,
+    telemetry,
+)
 from .auth import TokenVerifier
 from .clientaddr import TRUSTED_PROXIES, parse_networks
 from .cluster import Cluster
@@ -29,7 +44,7 @@ from .config import RelayConfig
 from .context import RELAY, Relay
 from .events import EventBus
 from .formats import now
-from .handshake_limit import HandshakeGuard, guarded, note_upgrade
+from .handshake_limit import HandshakeGuard, guarded
 from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
@@ -43,7 +58,7 @@ log = logging.getLogger("relay.app")
 API = "/api/v1"
 
 
-def _routes(app: web.Application, hub: Hub) -> None:
+def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
     r = app.router
     r.add_get("/health", health.get, name="health.root")
     r.add_get(f"{API}/health", health.get, name="health")
@@ -63,9 +78,9 @@ def _routes(app: web.Application, hub: Hub) -> None:
     r.add_post(f"{API}/jobs/{{id}}/cancel", jobs.cancel, name="jobs.cancel")
     r.add_get(f"{API}/jobs/{{id}}/results", results.get, name="jobs.results")
     r.add_get(f"{API}/events", events.stream, name="events")
-    agent_route = metrics.counting(shutdown.refusing(guarded(hub.handle)))
+    agent_route = metrics.counting(shutdown.refusing(guarded(hub.handle, relay.handshakes)), relay.metrics)
     r.add_get(f"{API}/agent/connect", agent_route, name="agent.connect")
-    r.add_get("/metrics", metrics.get, name="metrics")
+    r.add_get("/metrics", prometheus.get, name="metrics")
     r.add_get("/downloads/{name}", downloads.get, name="downloads")
 
 
@@ -126,7 +141,7 @@ def create_app(config: RelayConfig) -> web.Application:
     app[RELAY] = relay
     app[AUTH_FAILURES] = RateLimiter(config.auth_failure_limit)
     app[TRUSTED_PROXIES] = parse_networks(config.trusted_proxies)
-    _routes(app, hub)
+    _routes(app, relay, hub)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await relay.store.open()
@@ -136,7 +151,10 @@ def create_app(config: RelayConfig) -> web.Application:
         # Nobody watched the agents while the relay was down: give them time to come back
         # (their reconnect backoff tops out at 60 s) before any lease may lapse.
         await relay.store.run(queue.extend_all_leases, now() + config.restart_lease_grace)
-        await relay.cluster.start(relay)
+        await relay.cluster.start(
+            relay.store, hub, relay.notifier, relay.events,
+            lease=config.offline_after, kick=functools.partial(hub.kick, relay),
+        )  # fmt: skip
         sweeper = asyncio.create_task(_sweeper(relay), name="relay-sweeper")
         if not config.metrics_token:
             log.info("GET /metrics is open: set MC_RELAY_METRICS_TOKEN to require a bearer token")
@@ -150,7 +168,7 @@ def create_app(config: RelayConfig) -> web.Application:
     async def on_shutdown(_app: web.Application) -> None:
         await hub.close_all()
 
-    app.on_response_prepare.append(note_upgrade)
+    app.on_response_prepare.append(relay.handshakes.note_upgrade)
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app

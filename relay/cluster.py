@@ -15,6 +15,10 @@ batched by one task, so a stream of chunks costs one ``NOTIFY`` per batch, not p
 A ``LISTEN`` that reconnects, the maintenance sweep (due jobs), the readers' poll and a
 periodic check for cancelled jobs are the safety nets for anything missed. With SQLite
 there is one node: nothing is sent, the leases are still kept.
+
+The cluster takes what it works with when it starts (relay/app.py wires it): the store,
+the notifier and the event bus it forwards, and this node's hub as ``LocalAgents``,
+what it asks of the sessions here.
 """
 
 from __future__ import annotations
@@ -23,24 +27,25 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import Connection, select
 
 from shared.protocol import CLOSE_CODES
 
+from . import connector_status
+from .events import EventBus
 from .formats import now
-from .store import owners, pg
+from .notify import JobNotifier
+from .session import AgentSession
+from .store import Store, owners, pg
 from .store.schema import jobs
-
-if TYPE_CHECKING:
-    from .context import Relay
 
 log = logging.getLogger("relay.cluster")
 CHANNEL = "mini_connector"
 RENEW_SLICE = 500  # connector leases renewed per store call
-CLOSE_REVOKED = 4003
 JOB_IDS_PER_MESSAGE = 100
 # A job's progress (every stored chunk) is forwarded at most this often: a stream of
 # chunks costs one NOTIFY a tick, not one store call and one commit each. Kicks, cancels,
@@ -52,10 +57,25 @@ def new_node_id() -> str:
     return "node_" + secrets.token_hex(8)
 
 
+class LocalAgents(Protocol):
+    """The agent sessions on this node, as the cluster uses them (relay/hub.py's ``Hub``)."""
+
+    sessions: dict[str, AgentSession]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+    async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None: ...
+    async def disconnect(self, connector_id: str, code: int, reason: str) -> None: ...
+
+
 class Cluster:
     def __init__(self, node_id: str | None = None) -> None:
         self.node_id = node_id or new_node_id()
-        self._relay: Relay | None = None
+        self._store: Store | None = None
+        self._hub: LocalAgents | None = None
+        self._notifier: JobNotifier | None = None
+        self._events: EventBus | None = None
+        self._kick: Callable[[str], Awaitable[None]] | None = None
+        self._lease = 0.0  # seconds a connector's owner lease lasts (``offline_after``)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: pg.Listener | None = None
         self._outbox: list[dict[str, Any]] = []
@@ -76,14 +96,21 @@ class Cluster:
 
     # ------------------------------------------------------------ life
 
-    async def start(self, relay: Relay) -> None:
-        self._relay, self._loop = relay, asyncio.get_running_loop()
-        if not relay.store.is_sqlite:
-            self._listener = pg.Listener(relay.store.engine, CHANNEL, self._from_thread, self._resync_from_thread)
+    async def start(
+        self, store: Store, hub: LocalAgents, notifier: JobNotifier, events: EventBus, *,
+        lease: float, kick: Callable[[str], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        """Run beside ``hub``; ``kick(connector_id)`` dispatches to an agent connected here,
+        ``lease`` is how long a connector's owner lease lasts (renewed every third of it)."""
+        self._store, self._hub, self._notifier, self._events = store, hub, notifier, events
+        self._kick, self._lease = kick, lease
+        self._loop = asyncio.get_running_loop()
+        if not store.is_sqlite:
+            self._listener = pg.Listener(store.engine, CHANNEL, self._from_thread, self._resync_from_thread)
             self._listener.start()
             await asyncio.to_thread(self._listener.ready.wait, 10.0)
-            relay.notifier.forward = self._forward_job
-            relay.events.forward = self._forward_event
+            notifier.forward = self._forward_job
+            events.forward = self._forward_event
             self._tasks.append(asyncio.create_task(self._send_loop(), name="relay-cluster-send"))
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="relay-cluster-leases"))
         log.info("relay node %s started (%s)", self.node_id, "shared store" if self.shared else "single node")
@@ -105,11 +132,11 @@ class Cluster:
 
     def kick(self, connector_id: str) -> None:
         """A job was queued: the node holding the connector's agent dispatches it."""
-        if self._relay is not None and connector_id not in self._relay.hub.sessions:
+        if self._hub is not None and connector_id not in self._hub.sessions:
             self._post({"k": "kick", "c": connector_id})
 
     def cancel(self, connector_id: str, job_id: str, attempt: int) -> None:
-        if self._relay is not None and connector_id not in self._relay.hub.sessions:
+        if self._hub is not None and connector_id not in self._hub.sessions:
             self._post({"k": "cancel", "c": connector_id, "j": job_id, "a": attempt})
 
     def revoke(self, connector_id: str) -> None:
@@ -140,7 +167,7 @@ class Cluster:
                 log.warning("cannot notify the other relay nodes: %s", type(exc).__name__)
 
     async def _flush(self) -> None:
-        assert self._relay is not None
+        assert self._store is not None
         self._wake.clear()
         msgs, self._outbox = self._outbox, []
         ids, self._jobs = sorted(self._jobs), set()
@@ -148,7 +175,7 @@ class Cluster:
             msgs.append({"k": "job", "j": ids[i : i + JOB_IDS_PER_MESSAGE]})
         if msgs:
             payloads = [orjson.dumps({**m, "n": self.node_id}).decode() for m in msgs]
-            await self._relay.store.run(pg.notify, CHANNEL, payloads)
+            await self._store.run(pg.notify, CHANNEL, payloads)
 
     # ------------------------------------------------------------ receiving
 
@@ -162,44 +189,45 @@ class Cluster:
 
     def receive(self, payload: str) -> None:
         """One message from another node (on the event loop)."""
-        relay = self._relay
+        hub, kick, notifier, events = self._hub, self._kick, self._notifier, self._events
         if payload.endswith(self._own_tail):
             return  # this node's own message, back through LISTEN
         try:
             msg = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        if relay is None or not isinstance(msg, dict) or msg.get("n") == self.node_id:
+        if hub is None or kick is None or notifier is None or events is None:
+            return  # not started
+        if not isinstance(msg, dict) or msg.get("n") == self.node_id:
             return
-        hub, kind = relay.hub, msg.get("k")
+        kind = msg.get("k")
         if kind == "job":
             for job_id in msg.get("j") or ():
-                relay.notifier.notify_local(job_id)
+                notifier.notify_local(job_id)
         elif kind == "event":
-            relay.events.deliver(msg["t"], msg["e"])
+            events.deliver(msg["t"], msg["e"])
         elif kind == "kick" and msg["c"] in hub.sessions:
-            hub.spawn(hub.kick(relay, msg["c"]))
+            hub.spawn(kick(msg["c"]))
         elif kind == "cancel" and msg["c"] in hub.sessions:
             hub.spawn(hub.cancel(msg["c"], msg["j"], msg["a"]))
         elif kind == "revoke" and msg["c"] in hub.sessions:
-            hub.spawn(hub.disconnect(msg["c"], CLOSE_REVOKED, "REVOKED"))
+            hub.spawn(hub.disconnect(msg["c"], CLOSE_CODES["REVOKED"], "REVOKED"))
 
     def _resync(self) -> None:
         """The LISTEN connection was re-made: wake everything that may have missed news."""
-        relay = self._relay
-        if relay is None:
+        hub, kick, notifier = self._hub, self._kick, self._notifier
+        if hub is None or kick is None or notifier is None:
             return
-        for connector_id in list(relay.hub.sessions):
-            relay.hub.spawn(relay.hub.kick(relay, connector_id))
-        for job_id in relay.notifier.watched():
-            relay.notifier.notify_local(job_id)
+        for connector_id in list(hub.sessions):
+            hub.spawn(kick(connector_id))
+        for job_id in notifier.watched():
+            notifier.notify_local(job_id)
 
     # ------------------------------------------------------------ owner leases
 
     async def _lease_loop(self) -> None:
-        assert self._relay is not None
         while True:
-            await asyncio.sleep(max(0.05, self._relay.config.offline_after / 3))
+            await asyncio.sleep(max(0.05, self._lease / 3))
             try:
                 await self.renew()
             except asyncio.CancelledError:
@@ -210,40 +238,36 @@ class Cluster:
     async def renew(self) -> None:
         """Renew this node's connector leases, close sessions another node took over, mark
         connectors of dead nodes offline, and re-send cancels that may have been missed."""
-        from .intake import connector_status_data  # here: intake imports the context
-
-        relay = self._relay
-        assert relay is not None
-        hub, at = relay.hub, now()
+        hub, store, events = self._hub, self._store, self._events
+        assert hub is not None and store is not None and events is not None
+        at = now()
         here = [cid for cid, s in hub.sessions.items() if not s.dead]
         taken: list[str] = []
         # In slices: one store call for 10,000 agents held the (SQLite) writer long enough
         # to delay every dispatch behind it (docs/BENCHMARKS.md, the swarm).
         for i in range(0, len(here), RENEW_SLICE):
-            taken += await relay.store.run(
-                owners.renew, self.node_id, here[i : i + RENEW_SLICE], at + relay.config.offline_after
-            )
+            taken += await store.run(owners.renew, self.node_id, here[i : i + RENEW_SLICE], at + self._lease)
         for connector_id in taken:
             log.info("connector %s moved to another relay node", connector_id, extra={"connector_id": connector_id})
             await hub.disconnect(connector_id, CLOSE_CODES["SESSION_REPLACED"], "SESSION_REPLACED")
-        for row in await relay.store.run(owners.lapsed_online, at, set(here)):
-            relay.events.publish(row["tenant_id"], "connector_status_changed",
-                                 connector_status_data(row["id"], "offline", row["last_seen"]))  # fmt: skip
+        for row in await store.run(owners.lapsed_online, at, set(here)):
+            events.publish(row["tenant_id"], "connector_status_changed",
+                                 connector_status.changed(row["id"], connector_status.OFFLINE, row["last_seen"]))  # fmt: skip
         if self.shared:
             await self._recancel()
 
     async def _recancel(self) -> None:
-        relay = self._relay
-        assert relay is not None
-        held = {job_id: (cid, attempt) for cid, s in relay.hub.sessions.items() for job_id, attempt in s.in_flight.items()}
+        hub, store = self._hub, self._store
+        assert hub is not None and store is not None
+        held = {job_id: (cid, attempt) for cid, s in hub.sessions.items() for job_id, attempt in s.in_flight.items()}
         if not held:
             self._cancel_sent.clear()
             return
-        for job_id, attempt in await relay.store.run(_cancelled, list(held)):
+        for job_id, attempt in await store.run(_cancelled, list(held)):
             if (job_id, attempt) in self._cancel_sent:
                 continue
             self._cancel_sent.add((job_id, attempt))
-            await relay.hub.cancel(held[job_id][0], job_id, attempt)
+            await hub.cancel(held[job_id][0], job_id, attempt)
         self._cancel_sent &= {(j, a) for j, (_, a) in held.items()}
 
 

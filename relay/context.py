@@ -1,18 +1,26 @@
 """What every handler and service shares, reached through ``request.app[RELAY]``.
 
-One object per app, built by ``create_app``; nothing here is module-level state.
+One object per app, built by ``create_app`` (relay/app.py, the composition root);
+nothing here is module-level state. The modules whose objects ``Relay`` holds never
+import this one: they take the narrower things they need as arguments, so the relay's
+modules import one another in one direction (tests/unit/test_import_graph.py). The
+hub is the exception the other way: it works on the whole ``Relay``, so ``Relay`` holds
+it as ``AgentHub``, what the rest of the relay may ask of it (relay/hub.py's ``Hub``).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from shared.crypto import DataCipher
 
-from .auth import Principal, TokenVerifier
+from .agentguard import ChunkWorkers
+from .auth import TokenVerifier
 from .cluster import Cluster
 from .config import RelayConfig
 from .events import EventBus
@@ -23,10 +31,23 @@ from .metrics import RelayMetrics
 from .notify import JobNotifier
 from .ratelimit import RequestLimits
 from .recent import RecentChunks
+from .session import AgentSession
 from .store import Store
 
-if TYPE_CHECKING:
-    from .hub import Hub
+
+class AgentHub(Protocol):
+    """The live agent sessions on this node, as the API, the services, the cluster and
+    the sweeper use them (implemented by ``relay.hub.Hub``)."""
+
+    sessions: dict[str, AgentSession]  # connector id -> its session here
+    workers: ChunkWorkers  # the threads chunk payloads are worked on
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+    async def kick(self, relay: Relay, connector_id: str) -> None: ...
+    async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None: ...
+    async def disconnect(self, connector_id: str, code: int, reason: str) -> None: ...
+    async def sweep(self, relay: Relay) -> None: ...
+    async def close_all(self) -> None: ...
 
 
 @dataclass
@@ -38,7 +59,7 @@ class Relay:
     notifier: JobNotifier
     limiter: RequestLimits  # per token and tenant, by role; its own bucket for public routes
     verifier: TokenVerifier
-    hub: Hub
+    hub: AgentHub
     kems: KemDirectory = field(default_factory=KemDirectory)
     handshakes: HandshakeGuard = field(default_factory=HandshakeGuard)
     cluster: Cluster = field(default_factory=Cluster)  # this node among several (relay/cluster.py)
@@ -50,8 +71,3 @@ class Relay:
 
 
 RELAY: web.AppKey[Relay] = web.AppKey("relay", Relay)
-
-# Per-request values the middleware sets for handlers.
-REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-STREAMING: web.RequestKey[bool] = web.RequestKey("streaming", bool)

@@ -16,8 +16,8 @@ balancer is a trusted proxy: relay/clientaddr.py) one bad agent cannot lock out 
   address does not lock out the agents already working there.
 
 Each refusal is logged with the address and the reason, never the key (not even its
-prefix). ``guarded(handler)`` wraps the agent-connect handler; the counts live in one
-``HandshakeGuard`` per app (``Relay.handshakes``); ``note_upgrade`` (an
+prefix). ``guarded(handler, guard)`` wraps the agent-connect handler; the counts live in
+one ``HandshakeGuard`` per app (``Relay.handshakes``); its ``note_upgrade`` (an
 ``on_response_prepare`` hook) records the key ids that got through.
 """
 
@@ -35,6 +35,8 @@ from shared import keys
 from shared.errors import MCError
 
 from .clientaddr import client_address
+from .envelope import envelope_error
+from .request_keys import REQUEST_ID
 
 log = logging.getLogger("relay.handshake")
 
@@ -99,23 +101,16 @@ class HandshakeGuard:
         if len(self._good) > KNOWN_GOOD_KEYS:
             self._good.popitem(last=False)
 
-
-async def note_upgrade(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: an agent socket upgraded, so its key id is known-good."""
-    if response.status == 101 and request.match_info.route.name == "agent.connect":
-        from .context import RELAY
-
-        request.app[RELAY].handshakes.succeeded(key_id(request.headers.get("Authorization")))
+    async def note_upgrade(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: an agent socket upgraded, so its key id is known-good."""
+        if response.status == 101 and request.match_info.route.name == "agent.connect":
+            self.succeeded(key_id(request.headers.get("Authorization")))
 
 
-def guarded(handler: Handler) -> Handler:
-    """``handler`` behind the limits on failed handshakes."""
+def guarded(handler: Handler, guard: HandshakeGuard) -> Handler:
+    """``handler`` behind ``guard``'s limits on failed handshakes."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        from .context import RELAY, REQUEST_ID  # here: context imports this module
-        from .middleware import envelope_error
-
-        guard: HandshakeGuard = request.app[RELAY].handshakes
         address = client_address(request)
         kid = key_id(request.headers.get("Authorization"))
         wait = guard.retry_after(address, kid)

@@ -26,8 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from .envelope import envelope_error
 from .formats import new_request_id
-from .middleware import envelope_error
 
 log = logging.getLogger("relay.http")
 

@@ -25,7 +25,7 @@ from shared import keys, protocol
 from shared.crypto import load_public_key
 from shared.errors import MCError, ProtocolError, Unauthorized
 
-from . import agentguard, intake, loglevel, queue
+from . import agentguard, connector_status, intake, loglevel, queue
 from .context import RELAY, Relay
 from .formats import now
 from .session import AgentSession
@@ -265,14 +265,14 @@ class Hub:
         self._given_back(relay, given_back)
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
-            intake.connector_status_data(session.connector_id, "online", session.connected_since),
+            connector_status.changed(session.connector_id, connector_status.ONLINE, session.connected_since),
         )  # fmt: skip
         await session.send(
             "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
             connectorId=session.connector_id, heartbeatInterval=relay.config.heartbeat_interval,
             window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes,
             startedWithoutColumns=True, zstdChunks=True,
-            **await loglevel.welcome_fields(relay, connector, session.connected_since),
+            **await loglevel.welcome_fields(relay.log_levels, relay.store, connector, session.connected_since),
         )  # fmt: skip
         for job_id, attempt in cancelled:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
@@ -460,7 +460,7 @@ class Hub:
             return
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
-            intake.connector_status_data(session.connector_id, "offline", at),
+            connector_status.changed(session.connector_id, connector_status.OFFLINE, at),
         )  # fmt: skip
         log.info("agent disconnected", extra={"connector_id": session.connector_id})
 

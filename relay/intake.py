@@ -22,7 +22,7 @@ from shared.errors import ProtocolError
 
 from . import agentguard, heartbeats, queue
 from .context import Relay
-from .formats import iso, now, parse_iso
+from .formats import now, parse_iso
 from .session import AgentSession
 from .store import chunks as chunk_store
 from .store import connectors as con_store
@@ -502,7 +502,3 @@ def dropped_line(connector_id: str, dropped: int, at: float) -> dict[str, Any]:
         "message": f"{dropped} log lines dropped (over this connection's log budget on the relay)",
         "job_id": None, "line_id": None,
     }  # fmt: skip
-
-
-def connector_status_data(connector_id: str, status: str, last_seen: float | None) -> dict[str, Any]:
-    return {"connectorId": connector_id, "status": status, "lastSeen": iso(last_seen)}

@@ -11,15 +11,13 @@ Minutes may be fractional (0.05 = 3 s), which is what tests use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import ValidationError
 from shared.protocol import LOG_LEVELS
 
+from .store import Store
 from .store import logs as log_store
-
-if TYPE_CHECKING:
-    from .context import Relay
 
 DEFAULT_LEVEL = "INFO"
 DEFAULT_MINUTES = 30.0
@@ -85,10 +83,13 @@ class LogLevels:
         return done
 
 
-async def welcome_fields(relay: Relay, connector: dict[str, Any], at: float) -> dict[str, Any]:
-    """The log fields of ``relay.welcome.v1``: the level in force (noted for the expiry
-    sweep) and ``logsThrough``, the newest line id stored, where the agent's catch-up starts."""
+async def welcome_fields(
+    levels: LogLevels, store: Store, connector: dict[str, Any], at: float
+) -> dict[str, Any]:
+    """The log fields of ``relay.welcome.v1``: the level in force (noted in ``levels`` for
+    the expiry sweep) and ``logsThrough``, the newest line id stored, where the agent's
+    catch-up starts."""
     level, until = effective(connector, at)
-    relay.log_levels.note(connector["id"], level, until)
-    through = await relay.store.run(log_store.last_line_id, connector["id"])
+    levels.note(connector["id"], level, until)
+    through = await store.run(log_store.last_line_id, connector["id"])
     return {"logLevel": level, "logsThrough": through}

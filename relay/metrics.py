@@ -1,27 +1,21 @@
-"""``GET /metrics``: the relay's Prometheus metrics (prometheus-client), one registry per app.
+"""The relay's Prometheus metrics (prometheus-client), one registry per app.
 
 Each app owns a ``CollectorRegistry`` (never the global one), so several apps in one test
 process keep separate numbers. Counters and the histogram are fed where things happen
 (dispatch, job completion, refused handshakes); gauges that mirror state (connected
-agents, jobs by state) are read at scrape time. The route lives outside ``/api/v1`` and
-skips the platform's JWT: when ``MC_RELAY_METRICS_TOKEN`` is set it needs
-``Authorization: Bearer <that token>``, otherwise it is open (serve it on an internal
-network, or block it at the reverse proxy).
+agents, jobs by state) are read at scrape time, by ``GET /metrics``
+(relay/api/prometheus.py).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from shared.errors import MCError, Unauthorized
-
-from .store import jobs as job_store
+from shared.errors import MCError
 
 JOB_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled", "expired", "timed_out")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -103,34 +97,11 @@ class RelayMetrics:
         return generate_latest(self.registry)
 
 
-def _check_token(request: web.Request, token: str | None) -> None:
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
-        raise Unauthorized("GET /metrics needs Authorization: Bearer <MC_RELAY_METRICS_TOKEN>")
-
-
-async def get(request: web.Request) -> web.Response:
-    from .context import RELAY  # here: context imports this module
-
-    relay = request.app[RELAY]
-    _check_token(request, relay.config.metrics_token)
-    by_state = await relay.store.run(job_store.count_by_status)
-    connected = sum(1 for s in relay.hub.sessions.values() if not s.dead)
-    body = relay.metrics.render(connected, by_state, relay.store.batcher)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def counting(handler: Handler) -> Handler:
+def counting(handler: Handler, metrics: RelayMetrics) -> Handler:
     """``handler`` (the agent socket) with refused handshakes counted by reason."""
     reasons = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        from .context import RELAY
-
-        metrics = request.app[RELAY].metrics
         try:
             response = await handler(request)
         except MCError as exc:

@@ -23,22 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
-import orjson
 from aiohttp import web
 
 from shared.errors import MCError, RateLimited, Unauthorized
 
 from . import auth
 from .clientaddr import client_address
-from .context import PRINCIPAL, RELAY, REQUEST_ID, STREAMING
+from .context import RELAY
+from .envelope import envelope_error
 from .formats import new_request_id
 from .ratelimit import AUTH_FAILURES, Quota
+from .request_keys import PRINCIPAL, REQUEST_ID, STREAMING
 
 log = logging.getLogger("relay.http")
 
-# /metrics checks its own token (relay/metrics.py); /downloads serves public builds.
+# /metrics checks its own token (relay/api/prometheus.py); /downloads serves public builds.
 PUBLIC_ROUTES: Final = frozenset(
     {"health", "health.root", "openapi", "openapi.root", "agent.connect", "metrics", "downloads"}
 )
@@ -57,16 +58,6 @@ QUOTA: web.RequestKey[Quota] = web.RequestKey("quota", Quota)
 def rate_limited(quota: Quota, message: str) -> RateLimited:
     return RateLimited(f"{message}; retry after {quota.retry_after} s",
                        details={"retryAfter": quota.retry_after})  # fmt: skip
-
-
-def envelope_error(
-    status: int, code: str, message: str, details: dict[str, Any] | None, request_id: str
-) -> web.Response:
-    body = {
-        "success": False,
-        "error": {"code": code, "message": message, "details": details or {}, "requestId": request_id},
-    }
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 def _authenticate(request: web.Request, route: str | None) -> None:

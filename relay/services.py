@@ -15,10 +15,10 @@ from shared import keys
 from shared.crypto import relay_info
 from shared.errors import Conflict, MCError, NotFound
 
-from . import queue
+from . import connector_status, queue
 from .context import Relay
 from .formats import new_connector_id, new_job_id, now
-from .intake import connector_status_data, publish_completed
+from .intake import publish_completed
 from .store import connectors as con_store
 from .store import jobs as job_store
 
@@ -106,7 +106,7 @@ async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> b
     if failed is None:
         return False
     relay.events.publish(
-        tenant_id, "connector_status_changed", connector_status_data(connector_id, "revoked", at)
+        tenant_id, "connector_status_changed", connector_status.changed(connector_id, connector_status.REVOKED, at)
     )
     for job in failed:
         relay.notifier.notify(job["id"])

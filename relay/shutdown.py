@@ -27,8 +27,9 @@ from aiohttp import web
 
 from shared.protocol import CLOSE_CODES
 
-from .context import RELAY, REQUEST_ID, Relay
-from .middleware import envelope_error
+from .context import RELAY, Relay
+from .envelope import envelope_error
+from .request_keys import REQUEST_ID
 
 log = logging.getLogger("relay.shutdown")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -12,7 +12,8 @@ from aiohttp import web
 from shared.errors import BadRequest, NotFound, PayloadTooLarge, ValidationError
 
 from ..auth import Principal
-from ..context import PRINCIPAL, RELAY, Relay
+from ..context import RELAY, Relay
+from ..request_keys import PRINCIPAL
 
 
 def relay_of(request: web.Request) -> Relay:

@@ -11,8 +11,8 @@ from aiohttp import web
 from shared.errors import ValidationError
 
 from .. import results
-from ..context import REQUEST_ID, STREAMING
 from ..formats import NUMERIC_TYPES
+from ..request_keys import REQUEST_ID, STREAMING
 from ..store import jobs as job_store
 from .common import not_found, principal, query_choice, query_int, relay_of
 

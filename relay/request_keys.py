@@ -1,0 +1,11 @@
+"""Per-request values the middleware (relay/middleware.py) sets for handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import Principal
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+STREAMING: web.RequestKey[bool] = web.RequestKey("streaming", bool)
