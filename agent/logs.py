@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from shared.protocol import LOG_LEVELS
 from shared.redact import redact
 
 from .logship import LineIds, StampFilter, newest_id
@@ -307,7 +308,7 @@ class ShipBuffer(logging.Handler):
         return len(self._lines)
 
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LEVELS = LOG_LEVELS
 
 
 def setup_logging(

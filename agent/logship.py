@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shared.protocol import LOG_LEVEL_NUMBERS
+
 if TYPE_CHECKING:
     from .logs import ShipBuffer
 
@@ -34,7 +36,7 @@ CATCH_UP_AGE = 24 * 3600.0
 BATCH_LINES = 1000  # agent.logs.v1 holds at most 1000 lines
 BATCH_BYTES = 512 * 1024  # well under the 1 MiB text frame
 SHIP_EVERY = 1.0
-LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+LEVEL_NO = LOG_LEVEL_NUMBERS
 SKIPPED_LOGGERS = ("websockets",)  # the transport's own chatter is not the connector's log
 Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
 

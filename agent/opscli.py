@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from shared.protocol import LOG_LEVELS
+
 from .paths import StatePaths
 
 EXIT_CHECK_FAILED = 8  # diagnose: at least one check failed
@@ -23,7 +25,7 @@ EXIT_NO_SERVICE_MANAGER = 12  # service: unit written, but systemd is not runnin
 EXIT_BUNDLE = 13  # diagnose --bundle: the zip could not be written
 
 OPS_COMMANDS = ("diagnose", "logs", "service")
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LEVELS = LOG_LEVELS
 
 
 class OpsError(Exception):

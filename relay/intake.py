@@ -32,8 +32,6 @@ from .store import owners
 
 log = logging.getLogger("relay.hub")
 
-LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-
 
 # ---------------------------------------------------------------- dispatch
 
@@ -469,7 +467,7 @@ async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) ->
                 "timestamp": ts,
                 "received_at": at,
                 "level": line["level"],
-                "level_no": LEVEL_NO[line["level"]],
+                "level_no": protocol.LOG_LEVEL_NUMBERS[line["level"]],
                 "message": message,
                 "logger": line.get("logger"),
                 "job_id": line.get("jobId"),
@@ -498,7 +496,7 @@ def dropped_line(connector_id: str, dropped: int, at: float) -> dict[str, Any]:
     """The relay's own line in a connector's log: how many of its lines it dropped."""
     return {
         "connector_id": connector_id, "timestamp": at, "received_at": at, "level": "WARNING",
-        "level_no": LEVEL_NO["WARNING"], "logger": "relay",
+        "level_no": protocol.LOG_LEVEL_NUMBERS["WARNING"], "logger": "relay",
         "message": f"{dropped} log lines dropped (over this connection's log budget on the relay)",
         "job_id": None, "line_id": None,
     }  # fmt: skip

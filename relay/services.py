@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from shared import keys
 from shared.crypto import relay_info
 from shared.errors import Conflict, MCError, NotFound
+from shared.protocol import CLOSE_CODES
 
 from . import connector_status, queue
 from .context import Relay
@@ -21,8 +22,6 @@ from .formats import new_connector_id, new_job_id, now
 from .intake import publish_completed
 from .store import connectors as con_store
 from .store import jobs as job_store
-
-CLOSE_REVOKED = 4003
 
 
 def _job_error(code: str, message: str, retryable: bool = False) -> str:
@@ -101,7 +100,7 @@ async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> b
     idempotent."""
     at = now()
     failed = await relay.store.run(_revoke, tenant_id, connector_id, at)
-    await relay.hub.disconnect(connector_id, CLOSE_REVOKED, "REVOKED")
+    await relay.hub.disconnect(connector_id, CLOSE_CODES["REVOKED"], "REVOKED")
     relay.cluster.revoke(connector_id)  # its agent may be on another relay node
     if failed is None:
         return False

@@ -56,7 +56,9 @@ RELAY = "relay"
 
 JOB_STATUSES_FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 OPERATIONS = ("query", "discover", "test")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The log levels agents ship and the relay stores, with the numbers of Python's logging.
+LOG_LEVEL_NUMBERS: Final = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+LOG_LEVELS: Final = tuple(LOG_LEVEL_NUMBERS)
 
 # ---------------------------------------------------------------- close reasons
 # WebSocket close code -> (name, terminal?, minimum seconds before reconnecting).

@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared.protocol import LOG_LEVELS
+
 from .common import relay_of
 
 S = dict[str, Any]
@@ -83,7 +85,7 @@ SCHEMAS: dict[str, S] = {
                        "logLevel INFO ends a raise.",
         "properties": {
             "name": NAME,
-            "logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+            "logLevel": {"enum": list(LOG_LEVELS)},
             "logLevelMinutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 30,
                                 "description": "how long the level lasts; fractions allowed"},
         },

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.errors import ValidationError
+from shared.protocol import LOG_LEVEL_NUMBERS
 
 from ..formats import iso, now, parse_iso
-from ..intake import LEVEL_NO
 from ..store import connectors as con_store
 from ..store import logs as log_store
 from .common import not_found, ok, principal, query_int, relay_of
@@ -34,14 +34,14 @@ async def _connector_id(request: web.Request) -> str:
 async def logs(request: web.Request) -> web.Response:
     relay = relay_of(request)
     level = (request.query.get("level") or "DEBUG").upper()
-    if level not in LEVEL_NO:
+    if level not in LOG_LEVEL_NUMBERS:
         raise ValidationError("level must be debug, info, warning, error or critical", field="level")
     since, until = _time(request, "since"), _time(request, "until")
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
     cursor = query_int(request, "cursor", 0, lo=0, hi=10**18 - 1)  # ASCII digits only
     cid = await _connector_id(request)
     rows = await relay.store.run(
-        log_store.page_logs, cid, min_level=LEVEL_NO[level], since=since, until=until,
+        log_store.page_logs, cid, min_level=LOG_LEVEL_NUMBERS[level], since=since, until=until,
         job_id=request.query.get("jobId") or None, after_id=cursor, limit=limit + 1,
     )  # fmt: skip
     more = len(rows) > limit
