@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import loglevel, metrics, queue, services, shutdown
+from . import loglevel, metrics, services, shutdown
 from .api import (
     connectors,
     downloads,
@@ -49,7 +49,7 @@ from .hub import Hub
 from .middleware import envelope_middleware
 from .notify import JobNotifier
 from .ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
-from .store import Store, owners
+from .store import Store, owners, queue
 from .store import chunks as chunk_store
 from .store import jobs as job_store
 from .store import logs as log_store

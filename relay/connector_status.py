@@ -13,7 +13,9 @@ the table is the documentation, and it is tested without a database).
     pending/offline/online --revoke--> revoked   (final: nothing moves a revoked one)
 
 The store writes these conditionally (``UPDATE ... WHERE status ...``), so two relay
-nodes never undo each other; ``FROM[event]`` is the statuses such a condition allows.
+nodes never undo each other; ``FROM[event]`` is the statuses such a condition allows and
+``TO[event]`` the status it writes (relay/store/owners.py and connectors.py write nothing
+else).
 ``changed`` is the ``connector_status_changed`` event's data.
 """
 
@@ -51,6 +53,11 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
 FROM: Final[dict[str, frozenset[str]]] = {
     event: frozenset(s for (s, e) in TRANSITIONS if e == event) for event in EVENTS
 }
+
+# event -> the one status it leads to, from every status it may start from
+TO: Final[dict[str, str]] = {event: after_all for event in EVENTS
+                             for after_all in {TRANSITIONS[(s, event)] for s in FROM[event]}}
+assert all(len({TRANSITIONS[(s, e)] for s in FROM[e]}) == 1 for e in EVENTS)
 
 
 class IllegalTransition(RuntimeError):

@@ -25,13 +25,16 @@ from shared import keys, protocol
 from shared.crypto import load_public_key
 from shared.errors import MCError, ProtocolError, Unauthorized
 
-from . import agentguard, connector_status, intake, loglevel, queue
+from . import agentguard, intake, loglevel
+from . import connector_status as cs
 from .context import RELAY, Relay
 from .formats import now
+from .jobs import lifecycle
 from .session import AgentSession
 from .store import connectors as con_store
+from .store import job_steps as steps
 from .store import jobs as job_store
-from .store import owners
+from .store import owners, queue
 
 log = logging.getLogger("relay.hub")
 CLOSE = protocol.CLOSE_CODES
@@ -91,7 +94,7 @@ def _reconcile(conn: Any, connector_id: str, held: set[tuple[str, int]], at: flo
     """
     kept: dict[str, int] = {}
     given_back: list[dict[str, Any]] = []
-    for job in job_store.with_status(conn, connector_id, queue.IN_FLIGHT):
+    for job in job_store.with_status(conn, connector_id, lifecycle.IN_FLIGHT):
         if (job["id"], job["attempt"]) in held:
             kept[job["id"]] = job["attempt"]
             continue
@@ -108,7 +111,7 @@ def _reconcile(conn: Any, connector_id: str, held: set[tuple[str, int]], at: flo
             continue
         if job["attempt"] != attempt:
             stale.append((job_id, attempt))
-        elif job["status"] == queue.CANCELLED:
+        elif job["status"] == lifecycle.CANCELLED:
             cancelled.append((job_id, attempt))
         else:
             ended.append((job_id, attempt))
@@ -125,7 +128,7 @@ def _lapse(
     for job in lost:
         try:
             queue.abandon(conn, job, at)
-        except queue.IllegalTransition:
+        except lifecycle.IllegalTransition:
             continue  # it moved meanwhile (finished, cancelled, renewed by another node)
         moved.append(job_store.get(conn, None, job["id"]) or job)
     return moved
@@ -248,7 +251,7 @@ class Hub:
         connector: dict[str, Any], hello: protocol.Message,
     ) -> None:  # fmt: skip
         fields = {
-            "status": "online", "hostname": hello["hostname"], "ip_address": request.remote,
+            "status": cs.TO[cs.CONNECT], "hostname": hello["hostname"], "ip_address": request.remote,
             "version": hello["agentVersion"], "os": hello["os"][:20] or connector["os"],
             "capacity": hello["capacity"], "public_key": hello["publicKey"],
             "sources": orjson.dumps(hello["sources"]).decode(), "connected_since": session.connected_since,
@@ -265,7 +268,7 @@ class Hub:
         self._given_back(relay, given_back)
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
-            connector_status.changed(session.connector_id, connector_status.ONLINE, session.connected_since),
+            cs.changed(session.connector_id, cs.ONLINE, session.connected_since),
         )  # fmt: skip
         await session.send(
             "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
@@ -400,7 +403,7 @@ class Hub:
                 return
             try:
                 await self._route(relay, session, frame, ready)
-            except intake.StaleAttempt:
+            except steps.StaleAttempt:
                 pass  # the agent was told to drop that attempt; its frames are ignored
             except ProtocolError as exc:
                 if isinstance(frame, ChunkFrame):
@@ -445,7 +448,7 @@ class Hub:
         if self.sessions.get(session.connector_id) is not session:
             return
         del self.sessions[session.connector_id]
-        session.dead = True
+        session.to("end")
         await self._mark_offline(relay, session)
 
     async def _mark_offline(self, relay: Relay, session: AgentSession, *, silent: bool = False) -> None:
@@ -460,7 +463,7 @@ class Hub:
             return
         relay.events.publish(
             session.tenant_id, "connector_status_changed",
-            connector_status.changed(session.connector_id, connector_status.OFFLINE, at),
+            cs.changed(session.connector_id, cs.OFFLINE, at),
         )  # fmt: skip
         log.info("agent disconnected", extra={"connector_id": session.connector_id})
 
@@ -501,7 +504,7 @@ class Hub:
         for cid, session in list(self.sessions.items()):
             if max(session.last_heartbeat, session.last_traffic) < deadline and not session.dead:
                 del self.sessions[cid]
-                session.dead = True
+                session.to("end")
                 await self._mark_offline(relay, session, silent=True)
                 self._spawn(session.close(CLOSE["HEARTBEAT_TIMEOUT"], "HEARTBEAT_TIMEOUT"))
         await self.lapse_leases(relay)
@@ -534,8 +537,8 @@ class Hub:
             relay.notifier.notify(job["id"])  # a live reader of the abandoned attempt ends
             session = self.sessions.get(job["connector_id"])
             if session is not None:  # its later frames: SUPERSEDED if it went back to the queue
-                session.release_job(job["id"], supersede=job["status"] not in queue.FINAL)
-            if job["status"] in queue.FINAL:
+                session.release_job(job["id"], supersede=job["status"] not in lifecycle.FINAL)
+            if job["status"] in lifecycle.FINAL:
                 intake.publish_completed(relay, job["tenant_id"], job)
             elif session is not None:
                 self._spawn(self.kick(relay, job["connector_id"]))

@@ -2,7 +2,8 @@
 
 ``dispatch`` sends queued jobs up to the session's free capacity; ``on_started``,
 ``on_chunk``, ``on_done``, ``on_heartbeat`` and ``on_logs`` record what the agent reports.
-Every job status change goes through ``queue.apply``. A chunk is written durably before
+Every job status change goes through the lifecycle table (relay/jobs/lifecycle.py), in
+the store steps of relay/store/job_steps.py. A chunk is written durably before
 it is acknowledged; a job becomes final only when every chunk 0..chunks-1 is stored.
 """
 
@@ -18,17 +19,16 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 
 from shared import protocol
-from shared.errors import ProtocolError
 
-from . import agentguard, heartbeats, queue
+from . import agentguard, heartbeats
 from .context import Relay
 from .formats import now, parse_iso
+from .jobs import lifecycle
 from .session import AgentSession
-from .store import chunks as chunk_store
 from .store import connectors as con_store
-from .store import jobs as job_store
+from .store import job_steps as steps
 from .store import logs as log_store
-from .store import owners
+from .store import queue
 
 log = logging.getLogger("relay.hub")
 
@@ -37,34 +37,23 @@ log = logging.getLogger("relay.hub")
 
 
 def _assign_fields(job: dict[str, Any]) -> dict[str, Any]:
-    opts = orjson.loads(job["options"])
     return {
         "jobId": job["id"],
         "attempt": job["attempt"],
         "source": job["source"],
         "operation": job["operation"],
         "sealed": base64.b64encode(job["sealed"]).decode("ascii") if job["sealed"] else None,
-        "options": {"timeoutSeconds": opts.get("timeoutSeconds"), "maxRows": opts.get("maxRows")},
+        "options": lifecycle.JobOptions.from_json(job["options"]).for_agent(),
     }
-
-
-def _claim(
-    conn: Any, connector_id: str, limit: int, at: float, lease: float, node: str | None = None
-) -> list[dict[str, Any]]:
-    """Move up to ``limit`` due queued jobs to dispatched, leased to the connector (none
-    when another relay node holds its agent now: this node's session is stale)."""
-    if node is not None and not owners.owns(conn, connector_id, node):
-        return []
-    return queue.claim(conn, connector_id, limit, at, at + lease)
 
 
 async def dispatch(relay: Relay, session: AgentSession) -> None:
     """Hand queued jobs to the agent, highest priority first, never past its capacity."""
     async with session.dispatch_lock:
-        if session.dead or session.draining or session.free_slots <= 0:
+        if not session.takes_jobs or session.free_slots <= 0:
             return
         jobs = await relay.store.run(
-            _claim, session.connector_id, session.free_slots, now(), relay.config.offline_after,
+            steps.claim, session.connector_id, session.free_slots, now(), relay.config.offline_after,
             relay.cluster.node_id,
         )
         for job in jobs:
@@ -84,35 +73,16 @@ async def _assign(relay: Relay, session: AgentSession, jobs: list[dict[str, Any]
 # ---------------------------------------------------------------- job messages
 
 
-class StaleAttempt(Exception):
-    """A frame about an attempt that was abandoned: not a protocol violation (the agent
-    may well resend what it held), just ignored once the agent has been told to drop it."""
-
-    def __init__(self, job_id: str, attempt: int) -> None:
-        super().__init__(f"attempt {attempt} of job {job_id} is no longer current")
-        self.job_id, self.attempt = job_id, attempt
-
-
-def _check_owned(conn: Any, connector_id: str, job_id: str, attempt: int) -> None:
-    """Inside the store call that records an agent's frame (one call per frame, not a
-    read and then a write): the job must be this connector's, in this attempt."""
-    held = job_store.owner(conn, job_id)
-    if held is None or held[0] != connector_id:
-        raise ProtocolError(f"job {job_id[:64]} is not assigned to this connector")
-    if held[1] != attempt:
-        raise StaleAttempt(job_id, attempt)
-
-
 async def _recorded(
     relay: Relay, session: AgentSession, fn: Any, job_id: str, attempt: int, *args: Any,
     call: Any = None,
 ) -> Any:  # fmt: skip
-    """Run ``fn(conn, job_id, attempt, *args)`` after ``_check_owned``, in one store call
-    (through ``call``, ``_owned_then``'s shape, if given). A stale attempt is refused
+    """Run the store step ``fn`` (relay/store/job_steps.py) after the ownership check, in
+    one store call (through ``call``, ``owned_then``'s shape, if given). A stale attempt is refused
     there; the agent is told (once) to drop it."""
     try:
-        return await relay.store.run(call or _owned_then, fn, session.connector_id, job_id, attempt, *args)
-    except StaleAttempt:
+        return await relay.store.run(call or steps.owned_then, fn, session.connector_id, job_id, attempt, *args)
+    except steps.StaleAttempt:
         # An abandoned attempt: tell the agent (once) to drop it; its data is never used.
         if (job_id, attempt) not in session.superseded:
             session.superseded.add((job_id, attempt))
@@ -120,38 +90,18 @@ async def _recorded(
         raise
 
 
-_CAREFUL = object()  # a fast path's answer: "not the usual case, take the careful path"
-
-
-def _owned_then(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, *args: Any) -> Any:
-    """``fn.fast`` first, if it has one: the usual case in one statement, whose WHERE
-    clause holds the ownership check; ``_CAREFUL`` when it does not apply (nothing
-    written). Then the careful way: ownership, and ``fn``, which says what is wrong."""
-    fast = getattr(fn, "fast", None)
-    if fast is not None:
-        result = fast(conn, connector_id, job_id, attempt, *args)
-        if result is not _CAREFUL:
-            return result
-    return _careful(conn, fn, connector_id, job_id, attempt, *args)
-
-
-def _careful(conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, *args: Any) -> Any:
-    _check_owned(conn, connector_id, job_id, attempt)
-    return fn(conn, job_id, attempt, *args)
-
-
 async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
     job_id, attempt = msg["jobId"], msg["attempt"]
     columns = msg.get("columns")
     encoded = None if columns is None else orjson.dumps(columns).decode()
     try:
-        started_now = await _recorded(relay, session, _start, job_id, attempt, encoded, now())
-    except queue.IllegalTransition as exc:
+        started_now = await _recorded(relay, session, steps.START, job_id, attempt, encoded, now())
+    except lifecycle.IllegalTransition as exc:
         session.in_flight[job_id] = attempt  # the agent holds it (it is this connector's)
-        if exc.status_now == queue.CANCELLED:
+        if exc.status_now == lifecycle.CANCELLED:
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="CANCELLED")
         # Already running (a resumed attempt re-announcing itself): keep the first start.
-        if exc.status_now != queue.RUNNING:
+        if exc.status_now != lifecycle.RUNNING:
             return
     else:
         session.in_flight[job_id] = attempt
@@ -160,40 +110,6 @@ async def on_started(relay: Relay, session: AgentSession, msg: protocol.Message)
                 session.tenant_id, "job_started", {"jobId": job_id, "connectorId": session.connector_id}
             )
     relay.notifier.notify(job_id)
-
-
-def _start(conn: Any, job_id: str, attempt: int, columns: str | None, at: float) -> bool:
-    """The attempt's first job.started.v1 moves the job dispatched -> running (startedAt
-    now); the columns come from whichever started carries them (an agent sends one when
-    it begins and one with the columns once the query has them; an older agent only the
-    latter). A started for a running job records its columns and keeps the first start;
-    anything else is an ``IllegalTransition``. True when the job started now."""
-    values: dict[str, Any] = {"started_at": at}
-    if columns is not None:
-        values["columns"] = columns
-    try:
-        queue.apply(conn, job_id, "start", values, attempt=attempt)
-        return True
-    except queue.IllegalTransition as exc:
-        if exc.status_now != queue.RUNNING or columns is None:
-            raise
-    queue.apply(conn, job_id, "record_columns", {"columns": columns}, attempt=attempt)
-    return False
-
-
-def _start_fast(
-    conn: Any, connector_id: str, job_id: str, attempt: int, columns: str | None, at: float
-) -> Any:
-    """The usual started: the connector's dispatched job, in this attempt, starts now."""
-    values: dict[str, Any] = {"started_at": at}
-    if columns is not None:
-        values["columns"] = columns
-    moved = queue.try_apply(conn, job_id, "start", values, connector_id=connector_id,
-                            attempt=attempt, statuses=(queue.DISPATCHED,))  # fmt: skip
-    return _CAREFUL if moved is None else True
-
-
-_start.fast = _start_fast  # type: ignore[attr-defined]
 
 
 async def on_chunk(
@@ -211,11 +127,11 @@ async def on_chunk(
             prepared = await relay.hub.workers.run(agentguard.prepare, head, data, relay.cipher, compress)
     del data  # the frame's bytes are not needed past this point
     ready()
-    stored = (_store_chunk, head.job_id, head.attempt, head.seq, head.rows, prepared.key_id, prepared.blob)
+    stored = (steps.STORE_CHUNK, head.job_id, head.attempt, head.seq, head.rows, prepared.key_id, prepared.blob)
     try:
         new, through = await _recorded(relay, session, *stored)
     except IntegrityError:  # the same chunk stored meanwhile (a resend racing): look again
-        new, through = await _recorded(relay, session, *stored, call=_careful)
+        new, through = await _recorded(relay, session, *stored, call=steps.careful)
     if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
         relay.recent.put(head.job_id, head.attempt, head.seq, head.rows, prepared.payload)
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
@@ -228,105 +144,8 @@ async def on_chunk(
         await _try_finish(relay, session, pending)
 
 
-def _store_chunk(
-    conn: Any, job_id: str, attempt: int, seq: int, rows: int, key_id: str, blob: bytes
-) -> tuple[bool, int]:
-    """(whether the chunk is new, not a resend, and the gap-free prefix stored now)."""
-    new = chunk_store.insert(conn, job_id, attempt, seq, rows, key_id, blob)
-    return new, chunk_store.acked_through(conn, job_id, attempt)
-
-
-def _store_chunk_fast(
-    conn: Any, connector_id: str, job_id: str, attempt: int, seq: int, rows: int, key_id: str, blob: bytes
-) -> Any:
-    done = chunk_store.insert_owned(conn, connector_id, job_id, attempt, seq, rows, key_id, blob)
-    return _CAREFUL if done is None else done
-
-
-_store_chunk.fast = _store_chunk_fast  # type: ignore[attr-defined]
-
-
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
     await _try_finish(relay, session, msg, first=True)
-
-
-def _finish(
-    conn: Any, job_id: str, attempt: int, msg: protocol.Message, ttl: float, at: float
-) -> tuple[str, dict[str, Any]] | None:
-    """Record how the attempt ended, once every chunk is stored (None while some are
-    missing). Returns (outcome, job): ``final`` (the job ended now), ``retry`` (a
-    retryable failure sent it back to the queue) or ``kept`` (it had ended already)."""
-    stored = [seq for seq, _ in chunk_store.seqs(conn, job_id, attempt)]
-    if stored[: msg["chunks"]] != list(range(msg["chunks"])):
-        return None
-    error = msg.get("error")
-    job = job_store.get(conn, None, job_id) or {}
-    if msg["status"] == queue.FAILED and error and error.get("retryable") and job.get("status") in queue.IN_FLIGHT:
-        delay = queue.retry_delay(job["options"])
-        if queue.give_back(conn, job, "retry", error, at, delay=delay) == queue.QUEUED:
-            return "retry", job_store.get(conn, None, job_id) or job
-        return "final", job_store.get(conn, None, job_id) or job
-    values = {
-        "completed_at": at,
-        "row_count": msg["rowCount"],
-        "byte_count": msg["byteCount"],
-        "truncated": 1 if msg.get("truncated") else 0,
-        "chunks": msg["chunks"],
-        "error": orjson.dumps(error).decode() if error else None,
-        "result_expires_at": at + ttl,
-        "lease_expires_at": None,
-    }
-    event = queue.DONE_EVENTS[msg["status"]]
-    try:
-        status = queue.apply(conn, job_id, event, values, attempt=attempt)
-        return "final", {**job, **values, "status": status}  # what the row now holds
-    except queue.IllegalTransition:
-        # Cancelled by the platform meanwhile (or a resent done): keep that status,
-        # record the counts.
-        values.pop("error")
-        values.pop("completed_at")
-        job_store.set_fields(conn, job_id, values)
-    return "kept", job_store.get(conn, None, job_id) or {}
-
-
-def _finish_fast(
-    conn: Any, connector_id: str, job_id: str, attempt: int, msg: protocol.Message, ttl: float, at: float
-) -> Any:
-    """The usual done: every chunk is stored and the connector's in-flight job ends as the
-    agent says, in one statement after the chunk count. A retryable failure, a missing
-    chunk or a job that is not as expected (cancelled meanwhile, a resent done) takes the
-    careful path."""
-    error = msg.get("error")
-    if msg["status"] == queue.FAILED and error and error.get("retryable"):
-        return _CAREFUL
-    if msg["chunks"] and chunk_store.count_below(conn, job_id, attempt, msg["chunks"]) != msg["chunks"]:
-        return _CAREFUL
-    values = {
-        "completed_at": at, "row_count": msg["rowCount"], "byte_count": msg["byteCount"],
-        "truncated": 1 if msg.get("truncated") else 0, "chunks": msg["chunks"], "error": orjson.dumps(error).decode() if error else None,
-        "result_expires_at": at + ttl, "lease_expires_at": None,
-    }  # fmt: skip
-    ended = queue.try_apply(conn, job_id, queue.DONE_EVENTS[msg["status"]], values,
-                            connector_id=connector_id, attempt=attempt, statuses=queue.IN_FLIGHT)  # fmt: skip
-    if ended is None:
-        return _CAREFUL
-    return "final", {"id": job_id, "connector_id": connector_id, "attempt": attempt, **values, **ended}
-
-
-_finish.fast = _finish_fast  # type: ignore[attr-defined]
-
-
-def _finish_and_refill(
-    conn: Any, fn: Any, connector_id: str, job_id: str, attempt: int, msg: protocol.Message,
-    ttl: float, at: float, refill: tuple[float, str | None] | None,
-) -> tuple[Any, list[dict[str, Any]]]:  # fmt: skip
-    """The attempt's end (``_owned_then(_finish)``) and, when it ended and ``refill``
-    (lease, node) is given, the claim of the next queued job for the slot it frees: one
-    store call and one commit between a job's done and its successor's assign."""
-    result = _owned_then(conn, fn, connector_id, job_id, attempt, msg, ttl, at)
-    if result is None or refill is None:
-        return result, []
-    return result, _claim(conn, connector_id, 1, at, *refill)
 
 
 async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message, first: bool = False) -> None:
@@ -341,8 +160,8 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
         else None
     )  # fmt: skip
     result, claimed = await _recorded(
-        relay, session, _finish, job_id, msg["attempt"], msg, relay.config.result_ttl_seconds, now(), refill,
-        call=_finish_and_refill,
+        relay, session, steps.FINISH, job_id, msg["attempt"], msg, relay.config.result_ttl_seconds, now(), refill,
+        call=steps.finish_and_refill,
     )  # fmt: skip
     if result is None:
         if first:
@@ -354,7 +173,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
     for new in claimed:  # in the same step as the pop: the slot is never counted free
         session.in_flight[new["id"]] = new["attempt"]
     if error.get("code") == "AGENT_SHUTDOWN":
-        session.draining = True  # it takes no new work; leave its retries to the next agent
+        session.to("drain")  # it takes no new work; leave its retries to the next agent
     await session.send("job.done.ack.v1", jobId=job_id, attempt=msg["attempt"])
     relay.notifier.notify(job_id)
     if outcome == "final":  # a platform cancel already announced its own completion

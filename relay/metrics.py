@@ -17,7 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from shared.errors import MCError
 
-JOB_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled", "expired", "timed_out")
+from .jobs.lifecycle import STATUSES
+
+JOB_STATES = STATUSES
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -34,9 +34,10 @@ from shared.rows import (
     object_lines,
 )
 
-from . import atrest, queue
+from . import atrest
 from .context import Relay
 from .formats import csv_cell, now
+from .jobs import lifecycle
 from .store import chunks as chunk_store
 from .store import jobs as job_store
 
@@ -91,8 +92,8 @@ async def wait_for_columns(relay: Relay, job_id: str) -> dict[str, Any]:
                 raise StreamAborted("the job disappeared")
             if job["result_expires_at"] is not None and job["result_expires_at"] < now():
                 raise Gone("this job's results have expired", details={"jobId": job_id})
-            if job["status"] in queue.FINAL:
-                if job["status"] != queue.SUCCEEDED and not job.get("row_count"):
+            if job["status"] in lifecycle.FINAL:
+                if job["status"] != lifecycle.SUCCEEDED and not job.get("row_count"):
                     seqs = await relay.store.run(chunk_store.seqs, job_id, job["attempt"])
                     if not seqs:
                         raise job_error(job)
@@ -137,13 +138,13 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                     continue  # serve what is stored before saying so
                 raise StreamAborted("the attempt being read was abandoned; read the job again")
             _, status, chunks = state
-            if status == queue.SUCCEEDED and next_seq >= (chunks or 0):
+            if status == lifecycle.SUCCEEDED and next_seq >= (chunks or 0):
                 return
             if progressed:
-                if status not in queue.FINAL:  # more will come: wait for it, not ask at once
+                if status not in lifecycle.FINAL:  # more will come: wait for it, not ask at once
                     await watch.wait(relay.config.result_poll_interval)
                 continue
-            if status in queue.FINAL and status != queue.SUCCEEDED:
+            if status in lifecycle.FINAL and status != lifecycle.SUCCEEDED:
                 raise StreamAborted(f"the job ended {status}")
             await watch.wait(relay.config.result_poll_interval)
     finally:

@@ -16,12 +16,14 @@ from shared.crypto import relay_info
 from shared.errors import Conflict, MCError, NotFound
 from shared.protocol import CLOSE_CODES
 
-from . import connector_status, queue
+from . import connector_status as cs
 from .context import Relay
 from .formats import new_connector_id, new_job_id, now
 from .intake import publish_completed
+from .jobs import lifecycle
 from .store import connectors as con_store
 from .store import jobs as job_store
+from .store import queue
 
 
 def _job_error(code: str, message: str, retryable: bool = False) -> str:
@@ -35,7 +37,7 @@ async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) 
     api_key = keys.generate_key()
     row = {
         "id": new_connector_id(), "tenant_id": tenant_id, "name": name, "os": os_,
-        "status": "pending", "sources": "[]", "active_jobs": 0,
+        "status": cs.INITIAL, "sources": "[]", "active_jobs": 0,
         "api_key_prefix": keys.key_prefix(api_key), "api_key_hash": keys.hash_key(api_key),
         "created_at": now(),
     }  # fmt: skip
@@ -49,7 +51,7 @@ def _rotate(
     row = con_store.get(conn, tenant_id, connector_id)
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist")
-    if row["status"] == "revoked":
+    if row["status"] == cs.REVOKED:
         raise Conflict("the connector is revoked", code="CONNECTOR_REVOKED")
     if expires <= at:
         # Grace 0: a key thought stolen. Every earlier key stops now, not only the latest.
@@ -84,10 +86,10 @@ def _revoke(conn: Any, tenant_id: str, connector_id: str, at: float) -> list[dic
         return None
     failed = []
     error = _job_error("CONNECTOR_REVOKED", "the connector was revoked")
-    for job in job_store.with_status(conn, connector_id, (queue.QUEUED, *queue.IN_FLIGHT)):
+    for job in job_store.with_status(conn, connector_id, (lifecycle.QUEUED, *lifecycle.IN_FLIGHT)):
         try:
             queue.apply(conn, job["id"], "fail", {"error": error, "completed_at": at})
-        except queue.IllegalTransition:
+        except lifecycle.IllegalTransition:
             continue
         failed.append(job_store.get(conn, None, job["id"]) or job)
     return failed
@@ -105,7 +107,7 @@ async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> b
     if failed is None:
         return False
     relay.events.publish(
-        tenant_id, "connector_status_changed", connector_status.changed(connector_id, connector_status.REVOKED, at)
+        tenant_id, "connector_status_changed", cs.changed(connector_id, cs.REVOKED, at)
     )
     for job in failed:
         relay.notifier.notify(job["id"])
@@ -151,7 +153,7 @@ def _connector_for_job(conn: Any, tenant_id: str, connector_id: str, source: str
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist",
                        details={"field": "connectorId"})  # fmt: skip
-    if row["status"] == "revoked":
+    if row["status"] == cs.REVOKED:
         raise MCError("the connector is revoked", code="CONNECTOR_REVOKED")
     if not row["public_key"]:
         raise MCError(
@@ -164,7 +166,7 @@ def _connector_for_job(conn: Any, tenant_id: str, connector_id: str, source: str
 
 async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Queue a job (True) or return the tenant's job with the same jobKey (False)."""
-    job_key = spec["options"].get("jobKey")
+    job_key = spec["options"].job_key
     if job_key:
         existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key)
         if existing is not None:
@@ -201,13 +203,13 @@ def _job_row(
         sealed = relay.kems.seal_for(connector, spec.get("query") or {},
                                      relay_info(connector["id"], job_id))  # fmt: skip
         form = "relay"
-    job_key = spec["options"].get("jobKey")
+    options = spec["options"]
     return {
         "id": job_id, "tenant_id": tenant_id, "connector_id": connector["id"],
         "source": spec["source"], "operation": spec["operation"], "sealed": sealed,
-        "seal_form": form, "options": orjson.dumps(spec["options"]).decode(),
-        "priority": spec["options"]["priority"], "job_key": job_key or None,
-        "status": queue.QUEUED, "attempt": 1, "queued_at": now(),
+        "seal_form": form, "options": options.to_json(),
+        "priority": options.priority, "job_key": options.job_key or None,
+        "status": lifecycle.QUEUED, "attempt": 1, "queued_at": now(),
     }  # fmt: skip
 
 
@@ -231,21 +233,21 @@ def _cancel(conn: Any, tenant_id: str, job_id: str, at: float) -> tuple[dict[str
     job = job_store.get(conn, tenant_id, job_id)
     if job is None:
         raise NotFound(f"job {job_id[:80]} does not exist")
-    if job["status"] in queue.FINAL:
+    if job["status"] in lifecycle.FINAL:
         raise MCError(f"the job already ended ({job['status']})", code="JOB_ALREADY_FINISHED",
                       details={"status": job["status"]})  # fmt: skip
     values = {"cancelled_at": at, "completed_at": at,
               "error": _job_error("CANCELLED", "the job was cancelled")}  # fmt: skip
     try:
         queue.apply(conn, job_id, "cancel", values)
-    except queue.IllegalTransition as exc:
+    except lifecycle.IllegalTransition as exc:
         raise MCError(f"the job already ended ({exc.status_now})", code="JOB_ALREADY_FINISHED") from None
     return job_store.get(conn, None, job_id) or job, job["status"]
 
 
 async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any]:
     job, was = await relay.store.run(_cancel, tenant_id, job_id, now())
-    if was in queue.IN_FLIGHT:
+    if was in lifecycle.IN_FLIGHT:
         await relay.hub.cancel(job["connector_id"], job_id, job["attempt"])
         relay.cluster.cancel(job["connector_id"], job_id, job["attempt"])
     relay.notifier.notify(job_id)
@@ -256,13 +258,12 @@ async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any
 def _expire_due(conn: Any, at: float) -> list[dict[str, Any]]:
     expired = []
     for job_id, queued_at, options in job_store.queued_ids(conn):
-        ttl = orjson.loads(options).get("ttlSeconds") or 14400
-        if queued_at + ttl >= at:
+        if not lifecycle.expired(queued_at, lifecycle.JobOptions.from_json(options), at):
             continue
         error = _job_error("EXPIRED", "the job waited longer than its ttlSeconds")
         try:
             queue.apply(conn, job_id, "expire", {"error": error, "completed_at": at})
-        except queue.IllegalTransition:
+        except lifecycle.IllegalTransition:
             continue
         job = job_store.get(conn, None, job_id)
         if job:

@@ -21,6 +21,33 @@ from .agentguard import CLOSED_KEEP, Budget, LogThrottle
 
 log = logging.getLogger("relay.hub")
 
+# The session's own lifecycle, one table every change goes through (``AgentSession.to``):
+#
+#   open --drain--> draining          (the agent said AGENT_SHUTDOWN, or the relay drains)
+#   open/draining --end--> ending     (the relay ended it: close requested, swept, replaced
+#                                      or its socket gone; its message loop is finishing)
+#   open/draining/ending --close--> closing --closed--> closed   (the close handshake)
+#
+# Only an open session takes new jobs; ``dead`` is every state from ending on. An event a
+# state already reflects (drain while ending, end while closing) leaves it where it is;
+# a pair with no entry is a bug and raises.
+OPEN, DRAINING, ENDING, CLOSING, CLOSED = "open", "draining", "ending", "closing", "closed"
+SESSION_STATES = (OPEN, DRAINING, ENDING, CLOSING, CLOSED)
+SESSION_TRANSITIONS: dict[tuple[str, str], str] = {
+    (OPEN, "drain"): DRAINING, (DRAINING, "drain"): DRAINING,
+    (ENDING, "drain"): ENDING, (CLOSING, "drain"): CLOSING, (CLOSED, "drain"): CLOSED,
+    (OPEN, "end"): ENDING, (DRAINING, "end"): ENDING, (ENDING, "end"): ENDING,
+    (CLOSING, "end"): CLOSING, (CLOSED, "end"): CLOSED,
+    (OPEN, "close"): CLOSING, (DRAINING, "close"): CLOSING, (ENDING, "close"): CLOSING,
+    (CLOSING, "closed"): CLOSED,
+}  # fmt: skip
+_DEAD = frozenset({ENDING, CLOSING, CLOSED})
+
+
+class IllegalSessionStep(RuntimeError):
+    """A session event its state has no entry for (a bug, never the agent's doing)."""
+
+
 CLOSE_WAIT_SECONDS = 12.0  # longer than aiohttp's own wait for the peer's close reply
 CLOSE_REQUEST_SECONDS = 0.25  # a close asked of the message loop, done by it or after this
 
@@ -40,8 +67,7 @@ class AgentSession:
     memory_usage: float | None = None
     active_jobs: int = 0
     violations: int = 0
-    dead: bool = False  # closed or being closed by the relay; the loop is ending
-    draining: bool = False  # the agent reported AGENT_SHUTDOWN: it takes no new jobs
+    state: str = OPEN  # SESSION_TRANSITIONS; changed only by ``to``
     last_traffic: float = 0.0  # any frame at all; what keeps the session (and leases) alive
     in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
@@ -54,13 +80,38 @@ class AgentSession:
     log_throttle: LogThrottle = field(default_factory=lambda: LogThrottle(200, 256 << 10, 10))
     key_hash: str = ""  # of the API key it connected with (the violation penalty's key)
     penalty: float = 0.0  # seconds its key's handshakes get 429 after a close for violations
-    closing: bool = False
     close_request: tuple[int, str] | None = None  # see request_close
     _close_timer: asyncio.TimerHandle | None = None
     _close_task: asyncio.Task[None] | None = None
     close_done: asyncio.Event = field(default_factory=asyncio.Event)
     dispatch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def to(self, event: str) -> str:
+        """Take ``event`` (SESSION_TRANSITIONS); returns the new state."""
+        target = SESSION_TRANSITIONS.get((self.state, event))
+        if target is None:
+            raise IllegalSessionStep(f"session {self.connector_id} is {self.state}; it cannot {event}")
+        self.state = target
+        return target
+
+    @property
+    def dead(self) -> bool:
+        """Ended by the relay (or its socket gone): it takes nothing more, its loop ends."""
+        return self.state in _DEAD
+
+    @property
+    def draining(self) -> bool:
+        """The agent is leaving (AGENT_SHUTDOWN) or the relay is: no new jobs for it."""
+        return self.state == DRAINING
+
+    @property
+    def takes_jobs(self) -> bool:
+        return self.state == OPEN
+
+    @property
+    def closing(self) -> bool:
+        return self.state in (CLOSING, CLOSED)
 
     @property
     def free_slots(self) -> int:
@@ -102,7 +153,7 @@ class AgentSession:
         closing from here is safe."""
         if self.dead:
             return
-        self.dead = True
+        self.to("end")
         self.close_request = (code, message)
         loop = asyncio.get_running_loop()
 
@@ -116,18 +167,18 @@ class AgentSession:
         """Close the socket with ``code``, once: frames are handled in tasks of their own
         (relay/hub.py), so two of them may decide to close at the same time; the second
         waits for the first close handshake instead of cutting it short."""
-        self.dead = True
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self.closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.close_done.wait(), CLOSE_WAIT_SECONDS)
             return
-        self.closing = True
+        self.to("close")
         try:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=code, message=message.encode()[:120])
         finally:
+            self.to("closed")
             self.close_done.set()
 
     async def wait_closed(self, timeout: float) -> None:

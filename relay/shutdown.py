@@ -64,7 +64,7 @@ async def drain(relay: Relay, *, rand: Callable[[float, float], float] = random.
     hub = relay.hub
     sessions = [s for s in hub.sessions.values() if not s.dead]
     for s in sessions:
-        s.draining = True  # no new jobs for it
+        s.to("drain")  # no new jobs for it
     sent = await asyncio.gather(
         *(s.send("relay.reconnect.v1", delaySeconds=reconnect_delay(relay, rand)) for s in sessions),
         return_exceptions=True,

@@ -9,6 +9,7 @@ from aiohttp import web
 from shared.errors import ValidationError
 from shared.keys import key_prefix
 
+from .. import connector_status as cs
 from .. import loglevel, services
 from ..auth import check_fields
 from ..formats import iso, now
@@ -26,7 +27,6 @@ from .common import (
 )
 from .views import connector_view
 
-STATUSES = ("pending", "online", "offline", "revoked")
 CREATE_FIELDS = frozenset({"name", "os"})
 ROTATE_FIELDS = frozenset({"gracePeriodSeconds"})
 PATCH_FIELDS = frozenset({"name"}) | loglevel.FIELDS
@@ -69,7 +69,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
-    status = query_choice(request, "status", STATUSES)
+    status = query_choice(request, "status", cs.STATUSES)
     page, limit = paging(request)
     rows, total = await relay.store.run(con_store.list_page, who.tenant_id, status, page, limit)
     previous = await relay.store.run(con_store.previous_keys, [r["id"] for r in rows], now())

@@ -1,6 +1,7 @@
 """Validation of a ``POST /jobs`` body: every field checked, 422 naming the field.
 
-Returns a normalised spec with every option filled in, so the rest of the relay never
+Returns a normalised spec with every option filled in (a ``JobOptions``, validated
+once here by relay/jobs/lifecycle.py), so the rest of the relay never
 meets a missing or mistyped value. A ``sealedQuery`` is decoded from base64 and kept
 opaque; a clear ``query`` is checked for the shape its operation needs.
 """
@@ -14,53 +15,11 @@ from typing import Any, Final
 from shared.errors import ValidationError
 from shared.protocol import MAX_TEXT_FRAME, OPERATIONS
 
+from ..jobs.lifecycle import JobOptions
+
 TOP_LEVEL: Final = {"connectorId", "source", "operation", "query", "sealedQuery", "options"}
 
-# option -> (kind, lo, hi, default, nullable)
-OPTIONS: Final[dict[str, tuple[str, float, float, Any, bool]]] = {
-    "timeoutSeconds": ("int", 1, 86_400, 300, False),
-    "maxRows": ("int", 1, 1_000_000_000_000, None, True),
-    "retryLimit": ("int", 0, 100, 2, False),
-    "retryDelaySeconds": ("num", 0, 86_400, 5, False),
-    "ttlSeconds": ("int", 1, 30 * 86_400, 14_400, False),
-    "priority": ("int", -1000, 1000, 0, False),
-}
 MAX_SEALED_BYTES: Final = MAX_TEXT_FRAME // 2  # it must fit a job.assign.v1 frame as base64
-
-
-def _number(value: Any, kind: str) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return kind == "num" or isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-
-
-def _options(raw: Any) -> dict[str, Any]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValidationError("options must be an object", field="options")
-    out: dict[str, Any] = {}
-    for name in raw:
-        if name not in OPTIONS and name != "jobKey":
-            raise ValidationError(f"options.{name} is not a known option", field=f"options.{name}")
-    for name, (kind, lo, hi, default, nullable) in OPTIONS.items():
-        value = raw.get(name, default)
-        if value is None:
-            if not nullable:
-                raise ValidationError(f"options.{name} must not be null", field=f"options.{name}")
-            out[name] = None
-            continue
-        if not _number(value, kind) or not lo <= value <= hi:
-            word = "an integer" if kind == "int" else "a number"
-            raise ValidationError(f"options.{name} must be {word} from {lo:g} to {hi:g}",
-                                  field=f"options.{name}")  # fmt: skip
-        out[name] = int(value) if kind == "int" else value
-    key = raw.get("jobKey")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
-        raise ValidationError("options.jobKey must be a string of 1 to 200 characters",
-                              field="options.jobKey")  # fmt: skip
-    out["jobKey"] = key
-    return out
 
 
 def _string(body: dict[str, Any], name: str, hi: int) -> str:
@@ -137,5 +96,5 @@ def parse_job(body: dict[str, Any]) -> dict[str, Any]:
         "operation": operation,
         "query": query,
         "sealedQuery": sealed,
-        "options": _options(body.get("options")),
+        "options": JobOptions.parse(body.get("options")),
     }

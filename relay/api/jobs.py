@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import queue, services
+from .. import services
 from ..formats import iso
+from ..jobs import lifecycle
 from ..store import jobs as job_store
 from .common import not_found, ok, paging, principal, query_choice, read_json, relay_of
 from .job_spec import parse_job
@@ -23,7 +24,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
-    status = query_choice(request, "status", queue.STATUSES)
+    status = query_choice(request, "status", lifecycle.STATUSES)
     connector_id = request.query.get("connectorId") or None
     page, limit = paging(request)
     rows, total = await relay.store.run(

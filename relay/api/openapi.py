@@ -13,6 +13,9 @@ from aiohttp import web
 
 from shared.protocol import LOG_LEVELS
 
+from ..connector_status import STATUSES as CONNECTOR_STATUSES
+from ..jobs.lifecycle import MAX_JOB_KEY, OPTIONS
+from ..jobs.lifecycle import STATUSES as JOB_STATUSES
 from .common import relay_of
 
 S = dict[str, Any]
@@ -27,6 +30,15 @@ def _nullable(kind: str, **extra: Any) -> S:
 
 
 TIME = _nullable("string", format="date-time")
+
+
+def _option(name: str) -> S:
+    """A job option's schema, from the lifecycle's one table of options and defaults."""
+    kind, lo, hi, default, nullable = OPTIONS[name]
+    bounds = {"minimum": lo, "maximum": hi, "default": default}
+    if nullable:
+        return _nullable("integer" if kind == "int" else "number", **bounds)
+    return {"type": "integer" if kind == "int" else "number", **bounds}
 # Connector names: no control characters (C0, DEL, C1), line/paragraph separators or
 # bidirectional formatting characters (relay/api/common.py, check_plain_text).
 PLAIN_TEXT = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
@@ -58,7 +70,7 @@ SCHEMAS: dict[str, S] = {
         "type": "object",
         "properties": {
             "id": {"type": "string"}, "name": {"type": "string"},
-            "status": {"enum": ["pending", "online", "offline", "revoked"]},
+            "status": {"enum": list(CONNECTOR_STATUSES)},
             "os": {"type": "string"}, "hostname": _nullable("string"),
             "ipAddress": _nullable("string"), "version": _nullable("string"),
             "lastSeen": TIME, "connectedSince": TIME,
@@ -113,10 +125,8 @@ SCHEMAS: dict[str, S] = {
         "timestamp": {"type": "string", "format": "date-time"}, "cpuUsage": {"type": "number"},
         "memoryUsage": {"type": "number"}, "activeJobs": {"type": "integer"}}},
     "JobOptions": {"type": "object", "additionalProperties": False, "properties": {
-        "timeoutSeconds": {"type": "integer", "minimum": 1}, "maxRows": _nullable("integer"),
-        "retryLimit": {"type": "integer", "minimum": 0}, "retryDelaySeconds": {"type": "number"},
-        "ttlSeconds": {"type": "integer", "minimum": 1}, "priority": {"type": "integer"},
-        "jobKey": _nullable("string")}},
+        **{name: _option(name) for name in OPTIONS},
+        "jobKey": _nullable("string", minLength=1, maxLength=MAX_JOB_KEY)}},
     "NewJob": {
         "type": "object", "required": ["connectorId", "source"], "additionalProperties": False,
         "properties": {
@@ -135,8 +145,7 @@ SCHEMAS: dict[str, S] = {
     "Job": {"type": "object", "properties": {
         "id": {"type": "string"}, "connectorId": {"type": "string"}, "source": {"type": "string"},
         "operation": {"type": "string"},
-        "status": {"enum": ["queued", "dispatched", "running", "succeeded", "failed",
-                            "cancelled", "expired", "timed_out"]},
+        "status": {"enum": list(JOB_STATUSES)},
         "attempts": {"type": "integer"}, "priority": {"type": "integer"},
         "queuedAt": TIME, "dispatchedAt": TIME, "startedAt": TIME, "completedAt": TIME,
         "durationMs": _nullable("integer"), "rowCount": _nullable("integer"),
@@ -226,7 +235,7 @@ PATHS: dict[str, S] = {
                     {"201": _json(_ok(_ref("ConnectorCreated")), "created")}, body="NewConnector"),
         "get": _op("listConnectors", "List connectors",
                    {"200": _json(_ok(_ref("Connector"), list_=True), "connectors")},
-                   params=[_q("status", {"enum": ["pending", "online", "offline", "revoked"]}), *PAGE]),
+                   params=[_q("status", {"enum": list(CONNECTOR_STATUSES)}), *PAGE]),
     },
     "/api/v1/connectors/{id}": {
         "get": _op("getConnector", "A connector", {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID]),

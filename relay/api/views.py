@@ -8,6 +8,7 @@ import orjson
 
 from ..formats import iso
 from ..intake import duration_ms
+from ..jobs.lifecycle import JobOptions
 from ..session import AgentSession
 
 
@@ -45,7 +46,6 @@ def connector_view(
 
 
 def job_view(row: dict[str, Any]) -> dict[str, Any]:
-    opts = orjson.loads(row["options"])
     return {
         "id": row["id"],
         "connectorId": row["connector_id"],
@@ -65,5 +65,5 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "truncated": bool(row.get("truncated")),
         "columns": orjson.loads(row["columns"]) if row["columns"] else [],
         "error": orjson.loads(row["error"]) if row["error"] else None,
-        "jobKey": opts.get("jobKey"),
+        "jobKey": JobOptions.from_json(row["options"]).job_key,
     }

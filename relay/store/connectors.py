@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
+from .. import connector_status as cs
 from . import raw
 from .schema import connector_keys as k
 from .schema import connectors as t
@@ -41,7 +42,7 @@ def accepts_jobs_for(conn: Connection, tenant_id: str, connector_id: str, public
     unrevoked with ``public_key`` as its key (a job sealed to that key may be queued for
     it, source permitting); None otherwise."""
     row = raw.one(conn, _KEY_STATUS, {"id": connector_id, "tenant": tenant_id})
-    if row is None or row[0] == "revoked" or row[1] != public_key:
+    if row is None or row[0] == cs.REVOKED or row[1] != public_key:
         return None
     return str(row[2] or "[]")
 
@@ -132,8 +133,8 @@ def revoke(conn: Connection, connector_id: str, at: float) -> bool:
     exactly one sees True."""
     result = conn.execute(
         update(t)
-        .where(t.c.id == connector_id, t.c.status != "revoked")
-        .values(status="revoked", revoked_at=at, connected_since=None)
+        .where(t.c.id == connector_id, t.c.status.in_(cs.FROM[cs.REVOKE]))
+        .values(status=cs.TO[cs.REVOKE], revoked_at=at, connected_since=None)
     )
     return bool(result.rowcount)
 
@@ -141,14 +142,14 @@ def revoke(conn: Connection, connector_id: str, at: float) -> bool:
 def set_offline_unless_revoked(conn: Connection, connector_id: str, last_seen: float) -> None:
     conn.execute(
         update(t)
-        .where(t.c.id == connector_id, t.c.status != "revoked")
-        .values(status="offline", last_seen=last_seen, connected_since=None, active_jobs=0)
+        .where(t.c.id == connector_id, t.c.status.in_(cs.FROM[cs.LEAVE]))
+        .values(status=cs.TO[cs.LEAVE], last_seen=last_seen, connected_since=None, active_jobs=0)
     )
 
 
 def mark_stale_online_offline(conn: Connection, live_ids: list[str]) -> int:
     """At startup no agent is connected to this node: whatever says online is stale."""
-    q = update(t).where(t.c.status == "online")
+    q = update(t).where(t.c.status == cs.ONLINE)
     if live_ids:
         q = q.where(t.c.id.not_in(live_ids))
-    return conn.execute(q.values(status="offline", connected_since=None)).rowcount or 0
+    return conn.execute(q.values(status=cs.after(cs.ONLINE, cs.LEAVE), connected_since=None)).rowcount or 0

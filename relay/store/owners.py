@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, update
 
+from .. import connector_status as cs
 from . import raw
 from .schema import connectors as t
 
@@ -54,7 +55,7 @@ def held_elsewhere(conn: Connection, connector_id: str, node: str, public_key: s
     """Is the connector online on another live node with a different agent key pair?"""
     row = conn.execute(
         select(t.c.id).where(
-            t.c.id == connector_id, t.c.status == "online", t.c.owner_node != node,
+            t.c.id == connector_id, t.c.status == cs.ONLINE, t.c.owner_node != node,
             t.c.owner_expires_at >= at, t.c.public_key != public_key,
         )
     ).first()  # fmt: skip
@@ -65,9 +66,9 @@ def release(conn: Connection, connector_id: str, node: str, at: float) -> bool:
     """The agent left this node: offline, unless another node holds it now (or revoked)."""
     done = conn.execute(
         update(t)
-        .where(t.c.id == connector_id, t.c.status != "revoked")
+        .where(t.c.id == connector_id, t.c.status.in_(cs.FROM[cs.LEAVE]))
         .where(or_(t.c.owner_node.is_(None), t.c.owner_node == node))
-        .values(status="offline", last_seen=at, connected_since=None, active_jobs=0,
+        .values(status=cs.TO[cs.LEAVE], last_seen=at, connected_since=None, active_jobs=0,
                 owner_node=None, owner_expires_at=None)
     )
     return bool(done.rowcount)
@@ -76,10 +77,10 @@ def release(conn: Connection, connector_id: str, node: str, at: float) -> bool:
 def startup_offline(conn: Connection, node: str, at: float, *, single_node: bool) -> int:
     """At a node's start: connectors it held in a previous life (same ``node``), or whose
     owner lease lapsed, are offline. With one node (SQLite) every ``online`` is stale."""
-    q = update(t).where(t.c.status == "online")
+    q = update(t).where(t.c.status == cs.ONLINE)
     if not single_node:
         q = q.where(or_(t.c.owner_node == node, _lapsed(at)))
-    done = conn.execute(q.values(status="offline", connected_since=None, owner_node=None, owner_expires_at=None))
+    done = conn.execute(q.values(status=cs.after(cs.ONLINE, cs.LEAVE), connected_since=None, owner_node=None, owner_expires_at=None))
     return done.rowcount or 0
 
 
@@ -89,14 +90,14 @@ def lapsed_online(conn: Connection, at: float, keep: set[str] | list[str]) -> li
     ``last_seen`` stays the last heartbeat the dead node recorded: nobody heard the agent
     since. ``keep``: held here (left out in Python: a NOT IN of every agent a node holds
     was a slow statement)."""
-    cond = [t.c.status == "online", and_(t.c.owner_node.is_not(None), t.c.owner_expires_at < at)]
+    cond = [t.c.status == cs.ONLINE, and_(t.c.owner_node.is_not(None), t.c.owner_expires_at < at)]
     keep = set(keep)
     rows = [dict(r._mapping) for r in conn.execute(select(t.c.id, t.c.tenant_id, t.c.last_seen).where(*cond))
             if r.id not in keep]  # fmt: skip
     if rows:
         conn.execute(
             update(t).where(t.c.id.in_([r["id"] for r in rows]), *cond)
-            .values(status="offline", connected_since=None, active_jobs=0,
+            .values(status=cs.after(cs.ONLINE, cs.LEAVE), connected_since=None, active_jobs=0,
                     owner_node=None, owner_expires_at=None)
         )  # fmt: skip
     return rows

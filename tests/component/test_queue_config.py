@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from relay import queue
 from relay.config import ConfigError, RelayConfig
+from relay.jobs import lifecycle
 
 from .conftest import Api, FakeAgent, wait_until
 
 
 def test_transition_table_walk() -> None:
     """Every entry leads to a known status; final statuses have no way out; the rest have one."""
-    events = {e for _, e in queue.TRANSITIONS}
-    for status in queue.STATUSES:
+    events = {e for _, e in lifecycle.TRANSITIONS}
+    for status in lifecycle.STATUSES:
         for event in events:
-            target = queue.next_status(status, event)
-            if status in queue.FINAL:
+            target = lifecycle.next_status(status, event)
+            if status in lifecycle.FINAL:
                 assert target is None, (status, event)
             elif target is not None:
-                assert target in queue.STATUSES
-    for status in set(queue.STATUSES) - queue.FINAL:
-        assert any(s == status for s, _ in queue.TRANSITIONS), status
-    assert queue.next_status("queued", "start") is None
-    assert queue.next_status("running", "requeue") == "queued"
-    assert set(queue.DONE_EVENTS) == {"succeeded", "failed", "cancelled", "timed_out"}
+                assert target in lifecycle.STATUSES
+    for status in set(lifecycle.STATUSES) - lifecycle.FINAL:
+        assert any(s == status for s, _ in lifecycle.TRANSITIONS), status
+    assert lifecycle.next_status("queued", "start") is None
+    assert lifecycle.next_status("running", "requeue") == "queued"
+    assert set(lifecycle.DONE_EVENTS) == {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 async def test_queued_job_past_its_ttl_expires(start_relay: object) -> None:

@@ -6,8 +6,9 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, event, update
 
-from relay import queue
+from relay.jobs import lifecycle
 from relay.store import jobs as job_store
+from relay.store import queue
 from relay.store.schema import jobs, migrate
 
 pytestmark = pytest.mark.postgres
@@ -38,10 +39,10 @@ def test_cancel_that_loses_a_race_with_start_is_judged_again(pg_database: str) -
 
         with engine.begin() as conn:
             event.listen(conn, "before_cursor_execute", node_a_starts_first)
-            assert queue.apply(conn, "job_race", "cancel", {"completed_at": 2.0}) == queue.CANCELLED
+            assert queue.apply(conn, "job_race", "cancel", {"completed_at": 2.0}) == lifecycle.CANCELLED
         assert raced, "the race was not staged"
         with engine.connect() as conn:
-            assert job_store.get(conn, None, "job_race")["status"] == queue.CANCELLED
+            assert job_store.get(conn, None, "job_race")["status"] == lifecycle.CANCELLED
     finally:
         engine.dispose()
         other.dispose()

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import IntegrityError
 
-from relay import queue
+from relay.jobs import lifecycle
 from relay.store import chunks as chunk_store
 from relay.store import jobs as job_store
-from relay.store import raw
+from relay.store import queue, raw
 from relay.store.engine import open_engine
 from relay.store.schema import migrate
 
@@ -34,7 +34,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
     eng.dispose()
 
 
-def _job(conn: Any, job_id: str, *, status: str = queue.QUEUED, priority: int = 0, queued_at: float = 1.0,
+def _job(conn: Any, job_id: str, *, status: str = lifecycle.QUEUED, priority: int = 0, queued_at: float = 1.0,
          connector: str = "con_1", not_before: float | None = None) -> None:  # fmt: skip
     job_store.insert(conn, {
         "id": job_id, "tenant_id": "t", "connector_id": connector, "source": "erp",
@@ -152,41 +152,41 @@ def test_claim_takes_due_jobs_in_priority_then_age_order_and_only_those(engine: 
         _job(conn, "job_urgent", queued_at=3.0, priority=5)
         _job(conn, "job_later", queued_at=0.5, not_before=100.0)  # retry delay pending
         _job(conn, "job_other", queued_at=0.1, connector="con_2")
-        _job(conn, "job_running", status=queue.RUNNING)
+        _job(conn, "job_running", status=lifecycle.RUNNING)
     with engine.begin() as conn:
         claimed = queue.claim(conn, "con_1", 2, 10.0, 40.0)
     assert [j["id"] for j in claimed] == ["job_urgent", "job_old"]
-    assert all(j["status"] == queue.DISPATCHED and j["lease_expires_at"] == 40.0 for j in claimed)
+    assert all(j["status"] == lifecycle.DISPATCHED and j["lease_expires_at"] == 40.0 for j in claimed)
     assert all(j["dispatched_at"] == 10.0 and j["sealed"] == b"\x00sealed\xff" for j in claimed)
     with engine.begin() as conn:
         assert [j["id"] for j in queue.claim(conn, "con_1", 5, 10.0, 40.0)] == ["job_new"]
         assert [j["id"] for j in queue.claim(conn, "con_1", 5, 200.0, 230.0)] == ["job_later"]
         assert queue.claim(conn, "con_1", 5, 200.0, 230.0) == []
-        assert job_store.get(conn, None, "job_other")["status"] == queue.QUEUED  # type: ignore[index]
+        assert job_store.get(conn, None, "job_other")["status"] == lifecycle.QUEUED  # type: ignore[index]
 
 
 def test_try_apply_moves_only_the_job_it_bets_on(engine: Engine) -> None:
     with engine.begin() as conn:
-        _job(conn, "job_c", status=queue.DISPATCHED)
-        kw: dict[str, Any] = {"connector_id": "con_1", "statuses": (queue.DISPATCHED,)}
+        _job(conn, "job_c", status=lifecycle.DISPATCHED)
+        kw: dict[str, Any] = {"connector_id": "con_1", "statuses": (lifecycle.DISPATCHED,)}
         # Another connector, another attempt, another status: nothing changes.
         assert queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **{**kw, "connector_id": "con_2"},
                                attempt=1) is None  # fmt: skip
         assert queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **kw, attempt=2) is None
         assert queue.try_apply(conn, "job_c", "succeed", {"completed_at": 5.0}, connector_id="con_1",
-                               attempt=1, statuses=(queue.RUNNING,)) is None  # fmt: skip
-        assert job_store.get(conn, None, "job_c")["status"] == queue.DISPATCHED  # type: ignore[index]
+                               attempt=1, statuses=(lifecycle.RUNNING,)) is None  # fmt: skip
+        assert job_store.get(conn, None, "job_c")["status"] == lifecycle.DISPATCHED  # type: ignore[index]
         moved = queue.try_apply(conn, "job_c", "start", {"started_at": 5.0}, **kw, attempt=1)
-        assert moved == {"tenant_id": "t", "started_at": 5.0, "dispatched_at": None, "status": queue.RUNNING}
+        assert moved == {"tenant_id": "t", "started_at": 5.0, "dispatched_at": None, "status": lifecycle.RUNNING}
         ended = queue.try_apply(conn, "job_c", "succeed", {"completed_at": 6.0, "row_count": 7},
-                                connector_id="con_1", attempt=1, statuses=queue.IN_FLIGHT)  # fmt: skip
-        assert ended is not None and ended["status"] == queue.SUCCEEDED
+                                connector_id="con_1", attempt=1, statuses=lifecycle.IN_FLIGHT)  # fmt: skip
+        assert ended is not None and ended["status"] == lifecycle.SUCCEEDED
         row = job_store.get(conn, None, "job_c")
-        assert row is not None and (row["status"], row["row_count"], row["completed_at"]) == (queue.SUCCEEDED, 7, 6.0)
+        assert row is not None and (row["status"], row["row_count"], row["completed_at"]) == (lifecycle.SUCCEEDED, 7, 6.0)
         # A final job takes no further step.
         assert queue.try_apply(conn, "job_c", "fail", {}, connector_id="con_1", attempt=1,
-                               statuses=queue.IN_FLIGHT) is None  # fmt: skip
-    for event, statuses in (("start", (queue.RUNNING,)), ("requeue", (queue.QUEUED, queue.RUNNING))):
+                               statuses=lifecycle.IN_FLIGHT) is None  # fmt: skip
+    for event, statuses in (("start", (lifecycle.RUNNING,)), ("requeue", (lifecycle.QUEUED, lifecycle.RUNNING))):
         with pytest.raises(ValueError, match="not one step"), engine.begin() as conn:
             queue.try_apply(conn, "job_c", event, {}, connector_id="con_1", attempt=1, statuses=statuses)
 

@@ -1,4 +1,5 @@
-"""The job state machine, walked entry by entry against a real (SQLite) store."""
+"""The job state machine applied to a real (SQLite) store, entry by entry (the table
+itself, without a store: tests/relay/test_job_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import orjson
 import pytest
 from sqlalchemy import Connection, create_engine, select
 
-from relay import queue
+from relay.jobs import lifecycle
 from relay.store import chunks as chunk_store
 from relay.store import jobs as job_store
+from relay.store import queue
 from relay.store.schema import jobs, migrate
 
-EVENTS = sorted({e for _, e in queue.TRANSITIONS})
+EVENTS = sorted({e for _, e in lifecycle.TRANSITIONS})
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def conn() -> Iterator[Connection]:
         yield c
 
 
-def _job(conn: Connection, status: str = queue.QUEUED, attempt: int = 1, **options: Any) -> dict[str, Any]:
+def _job(conn: Connection, status: str = lifecycle.QUEUED, attempt: int = 1, **options: Any) -> dict[str, Any]:
     job_id = f"job_{len(conn.execute(select(jobs.c.id)).all()):032d}"
     job_store.insert(conn, {
         "id": job_id, "tenant_id": "t", "connector_id": "con_1", "source": "erp",
@@ -36,7 +38,7 @@ def _job(conn: Connection, status: str = queue.QUEUED, attempt: int = 1, **optio
     return job_store.get(conn, None, job_id) or {}
 
 
-@pytest.mark.parametrize("status", queue.STATUSES)
+@pytest.mark.parametrize("status", lifecycle.STATUSES)
 @pytest.mark.parametrize("event", EVENTS)
 def test_every_status_event_pair_moves_as_the_table_says_or_is_refused(
     conn: Connection, status: str, event: str
@@ -44,11 +46,11 @@ def test_every_status_event_pair_moves_as_the_table_says_or_is_refused(
     """Each (status, event) either lands exactly where the table says or raises
     IllegalTransition and leaves the job untouched; final statuses never move."""
     job = _job(conn, status)
-    target = queue.next_status(status, event)
-    if status in queue.FINAL:
+    target = lifecycle.next_status(status, event)
+    if status in lifecycle.FINAL:
         assert target is None
     if target is None:
-        with pytest.raises(queue.IllegalTransition) as err:
+        with pytest.raises(lifecycle.IllegalTransition) as err:
             queue.apply(conn, job["id"], event)
         assert err.value.code == "CONFLICT" and err.value.status_now == status
         assert job_store.get(conn, None, job["id"])["status"] == status  # type: ignore[index]
@@ -60,50 +62,42 @@ def test_every_status_event_pair_moves_as_the_table_says_or_is_refused(
 def test_the_table_has_the_documented_shape() -> None:
     """Lost or failed attempts go back to the queue from dispatched and running only;
     only a queued job can expire; every live status has a way out."""
-    for status in queue.IN_FLIGHT:
-        assert queue.next_status(status, "requeue") == queue.QUEUED
-        assert queue.next_status(status, "retry") == queue.QUEUED
-    assert [s for (s, e) in queue.TRANSITIONS if e == "expire"] == [queue.QUEUED]
-    for status in set(queue.STATUSES) - queue.FINAL:
-        assert any(s == status for s, _ in queue.TRANSITIONS), status
+    for status in lifecycle.IN_FLIGHT:
+        assert lifecycle.next_status(status, "requeue") == lifecycle.QUEUED
+        assert lifecycle.next_status(status, "retry") == lifecycle.QUEUED
+    assert [s for (s, e) in lifecycle.TRANSITIONS if e == "expire"] == [lifecycle.QUEUED]
+    for status in set(lifecycle.STATUSES) - lifecycle.FINAL:
+        assert any(s == status for s, _ in lifecycle.TRANSITIONS), status
 
 
 def test_columns_are_recorded_on_a_running_job_without_a_status_change(conn: Connection) -> None:
     """A job started without columns learns them later by ``record_columns``: running
     stays running, startedAt is kept; no other status takes the event."""
-    job = _job(conn, queue.DISPATCHED)
-    assert queue.apply(conn, job["id"], "start", {"started_at": 5.0}) == queue.RUNNING
-    assert queue.apply(conn, job["id"], "record_columns", {"columns": '[{"name":"a","type":"int"}]'}) == queue.RUNNING
+    job = _job(conn, lifecycle.DISPATCHED)
+    assert queue.apply(conn, job["id"], "start", {"started_at": 5.0}) == lifecycle.RUNNING
+    assert queue.apply(conn, job["id"], "record_columns", {"columns": '[{"name":"a","type":"int"}]'}) == lifecycle.RUNNING
     got = job_store.get(conn, None, job["id"]) or {}
-    assert got["status"] == queue.RUNNING and got["started_at"] == 5.0 and got["columns"]
-    assert [s for (s, e) in queue.TRANSITIONS if e == "record_columns"] == [queue.RUNNING]
-    with pytest.raises(queue.IllegalTransition):
+    assert got["status"] == lifecycle.RUNNING and got["started_at"] == 5.0 and got["columns"]
+    assert [s for (s, e) in lifecycle.TRANSITIONS if e == "record_columns"] == [lifecycle.RUNNING]
+    with pytest.raises(lifecycle.IllegalTransition):
         queue.apply(conn, job["id"], "start", {"started_at": 9.0})  # a second start stays refused
 
 
 def test_a_pinned_status_or_attempt_that_no_longer_holds_is_refused(conn: Connection) -> None:
-    job = _job(conn, queue.RUNNING, attempt=2)
-    with pytest.raises(queue.IllegalTransition):
+    job = _job(conn, lifecycle.RUNNING, attempt=2)
+    with pytest.raises(lifecycle.IllegalTransition):
         queue.apply(conn, job["id"], "requeue", attempt=1)
-    with pytest.raises(queue.IllegalTransition):
-        queue.apply(conn, job["id"], "cancel", expect=queue.DISPATCHED)
-    with pytest.raises(queue.IllegalTransition):
+    with pytest.raises(lifecycle.IllegalTransition):
+        queue.apply(conn, job["id"], "cancel", expect=lifecycle.DISPATCHED)
+    with pytest.raises(lifecycle.IllegalTransition):
         queue.apply(conn, "job_missing", "cancel")
-    assert queue.apply(conn, job["id"], "succeed", attempt=2) == queue.SUCCEEDED
-
-
-def test_retry_policy_counts_retries_after_the_first_attempt() -> None:
-    assert queue.should_retry(1, 2) and queue.should_retry(2, 2) and not queue.should_retry(3, 2)
-    assert not queue.should_retry(1, 0)
-    assert queue.retry_limit("{}") == queue.DEFAULT_RETRY_LIMIT
-    assert queue.retry_limit({"retryLimit": 0}) == 0
-    assert queue.retry_delay('{"retryDelaySeconds": 1.5}') == 1.5
+    assert queue.apply(conn, job["id"], "succeed", attempt=2) == lifecycle.SUCCEEDED
 
 
 def test_lost_attempt_is_requeued_as_the_next_attempt_and_its_chunks_discarded(conn: Connection) -> None:
-    job = _job(conn, queue.RUNNING, retryLimit=1)
+    job = _job(conn, lifecycle.RUNNING, retryLimit=1)
     chunk_store.insert(conn, job["id"], 1, 0, 1, "k1", b"data")
-    assert queue.abandon(conn, job, at=10.0) == queue.QUEUED
+    assert queue.abandon(conn, job, at=10.0) == lifecycle.QUEUED
     again = job_store.get(conn, None, job["id"]) or {}
     assert again["attempt"] == 2 and again["not_before"] is None and again["dispatched_at"] is None
     assert chunk_store.seqs(conn, job["id"], 1) == []
@@ -113,21 +107,21 @@ def test_retryable_failure_waits_its_delay_and_past_the_limit_fails_with_the_las
     conn: Connection,
 ) -> None:
     error = {"code": "SOURCE_UNAVAILABLE", "message": "db down", "retryable": True}
-    job = _job(conn, queue.RUNNING, retryLimit=1, retryDelaySeconds=7)
-    assert queue.give_back(conn, job, "retry", error, 100.0, delay=7) == queue.QUEUED
+    job = _job(conn, lifecycle.RUNNING, retryLimit=1, retryDelaySeconds=7)
+    assert queue.give_back(conn, job, "retry", error, 100.0, delay=7) == lifecycle.QUEUED
     job = job_store.get(conn, None, job["id"]) or {}
     assert job["attempt"] == 2 and job["not_before"] == 107.0
     assert job_store.next_queued(conn, "con_1", 10, at=106.0) == []
     assert [j["id"] for j in job_store.next_queued(conn, "con_1", 10, at=107.0)] == [job["id"]]
     queue.apply(conn, job["id"], "dispatch")
     job = job_store.get(conn, None, job["id"]) or {}
-    assert queue.give_back(conn, job, "retry", error, 200.0) == queue.FAILED
+    assert queue.give_back(conn, job, "retry", error, 200.0) == lifecycle.FAILED
     final = job_store.get(conn, None, job["id"]) or {}
     assert orjson.loads(final["error"]) == error and final["completed_at"] == 200.0
 
 
 def test_leases_renew_lapse_and_are_extended_at_startup(conn: Connection) -> None:
-    job = _job(conn, queue.QUEUED)
+    job = _job(conn, lifecycle.QUEUED)
     queue.apply(conn, job["id"], "dispatch", {"lease_expires_at": 5.0})
     assert [j["id"] for j in queue.lapsed(conn, 6.0)] == [job["id"]]
     queue.renew_leases(conn, "con_1", 20.0)

@@ -1,16 +1,11 @@
-"""The job state machine: one table of allowed transitions, one function that applies them.
+"""The job queue: the lifecycle's steps applied to the store.
 
-Everything that changes a job's status goes through ``apply`` (run inside a store
-transaction), which looks the (status, event) pair up in ``TRANSITIONS`` and updates the
-row only if it is still in the status it was read in (compare-and-set), so two racing
-changes cannot both win. A pair with no entry raises ``IllegalTransition``, never a
-surprise. Like h11's ``_state.py``: the whole machine can be read here at a glance.
-
-Around the table sit the two policies that decide *which* event a lost or failed attempt
-takes, each a pure function over the job's options: ``should_retry`` (attempts left under
-``retryLimit``) and the lease rules. A dispatched job is leased to its connector until
-``lease_expires_at``; the agent's traffic renews the lease (``renew_leases``), a lapsed
-lease or an agent that no longer holds the job abandons the attempt (``abandon``): the job
+What is legal is decided in relay/jobs/lifecycle.py (pure: the statuses, the transition
+table, retry and lease policy, options). Here each step is applied to a job's row as a
+compare-and-set (``apply``): the row changes only if it is still in the status it was
+read in, so two racing changes cannot both win. The hot path takes one statement per step
+(``try_apply``, ``claim``); leases are renewed by the agent's traffic (``renew_leases``)
+and a lapsed lease or a lost attempt is given back (``abandon``, ``give_back``): the job
 goes back to the queue as attempt + 1 with the old attempt's chunks discarded, or, past
 its ``retryLimit``, fails with the last error.
 """
@@ -22,74 +17,20 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import Connection, bindparam, select, update
 
-from shared.errors import Conflict
-
-from .store import chunks as chunk_store
-from .store import owners, pg, raw
-from .store.schema import jobs
-
-QUEUED, DISPATCHED, RUNNING = "queued", "dispatched", "running"
-SUCCEEDED, FAILED, CANCELLED, EXPIRED, TIMED_OUT = (
-    "succeeded", "failed", "cancelled", "expired", "timed_out",
-)  # fmt: skip
-STATUSES: Final = (QUEUED, DISPATCHED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED, TIMED_OUT)
-FINAL: Final = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED, TIMED_OUT})
-IN_FLIGHT: Final = (DISPATCHED, RUNNING)
-
-# (status, event) -> next status. An agent may finish a job it never reported as started
-# (e.g. it could not open the seal), hence the dispatched -> final entries. ``requeue`` is
-# an attempt that was lost (lease lapsed, agent no longer holds it): back at once;
-# ``retry`` is an attempt that failed with a retryable error: back after the delay.
-# ``record_columns`` changes no status: a running job (started without columns) learns
-# its result's columns.
-TRANSITIONS: Final[dict[tuple[str, str], str]] = {
-    (QUEUED, "dispatch"): DISPATCHED,
-    (QUEUED, "cancel"): CANCELLED,
-    (QUEUED, "fail"): FAILED,  # connector revoked while the job waited
-    (QUEUED, "expire"): EXPIRED,
-    (DISPATCHED, "start"): RUNNING,
-    (DISPATCHED, "succeed"): SUCCEEDED,
-    (DISPATCHED, "fail"): FAILED,
-    (DISPATCHED, "cancel"): CANCELLED,
-    (DISPATCHED, "time_out"): TIMED_OUT,
-    (DISPATCHED, "requeue"): QUEUED,
-    (DISPATCHED, "retry"): QUEUED,
-    (RUNNING, "record_columns"): RUNNING,
-    (RUNNING, "succeed"): SUCCEEDED,
-    (RUNNING, "fail"): FAILED,
-    (RUNNING, "cancel"): CANCELLED,
-    (RUNNING, "time_out"): TIMED_OUT,
-    (RUNNING, "requeue"): QUEUED,
-    (RUNNING, "retry"): QUEUED,
-}
-
-# What an agent's job.done.v1 status means as an event.
-DONE_EVENTS: Final = {
-    SUCCEEDED: "succeed", FAILED: "fail", CANCELLED: "cancel", TIMED_OUT: "time_out",
-}  # fmt: skip
-
-DEFAULT_RETRY_LIMIT: Final = 2
-LOST_ERROR: Final = {
-    "code": "AGENT_LOST",
-    "message": "the agent stopped holding the job (it restarted or went silent) too many times",
-    "retryable": True,
-}
-
-
-class IllegalTransition(Conflict):
-    """A job cannot take this step from the status it is in."""
-
-    def __init__(self, job_id: str, status: str, event: str) -> None:
-        super().__init__(
-            f"job {job_id} is {status}; it cannot {event.replace('_', ' ')}",
-            details={"jobId": job_id, "status": status, "event": event},
-        )
-        self.status_now = status
-
-
-def next_status(status: str, event: str) -> str | None:
-    return TRANSITIONS.get((status, event))
-
+from ..jobs.lifecycle import (
+    IN_FLIGHT,
+    LOST_ERROR,
+    QUEUED,
+    TRANSITIONS,
+    IllegalTransition,
+    JobOptions,
+    next_status,
+    one_step,
+    should_retry,
+)
+from . import chunks as chunk_store
+from . import owners, pg, raw
+from .schema import jobs
 
 _CAS_TRIES: Final = 3  # a job changes state a handful of times in its life
 
@@ -161,10 +102,7 @@ def try_apply(
     Returns the job's ``tenant_id``, ``started_at`` and ``dispatched_at`` (as the row now
     holds them) and its new ``status``; None when the job is not as bet, and nothing
     changed."""
-    targets = {TRANSITIONS.get((s, event)) for s in statuses}
-    if len(targets) != 1 or None in targets or not 1 <= len(statuses) <= 2:
-        raise ValueError(f"{event} from {statuses} is not one step")
-    (target,) = targets
+    target = one_step(event, statuses)
     params = {**values, "status": target, "b_id": job_id, "b_connector": connector_id,
               "b_attempt": attempt, "b_status1": statuses[0], "b_status2": statuses[-1]}  # fmt: skip
     row = raw.one(conn, _try_apply_sql(tuple(values)), params)
@@ -209,24 +147,6 @@ def claim(conn: Connection, connector_id: str, limit: int, at: float, lease_unti
 # ---------------------------------------------------------------- retry policy
 
 
-def retry_limit(options: str | dict[str, Any] | None) -> int:
-    opts = orjson.loads(options) if isinstance(options, str) else (options or {})
-    value = opts.get("retryLimit")
-    return DEFAULT_RETRY_LIMIT if not isinstance(value, int) or isinstance(value, bool) else value
-
-
-def retry_delay(options: str | dict[str, Any] | None) -> float:
-    opts = orjson.loads(options) if isinstance(options, str) else (options or {})
-    value = opts.get("retryDelaySeconds")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 5.0
-
-
-def should_retry(attempt: int, limit: int) -> bool:
-    """Attempt ``attempt`` ended without a result: is there another? (``retryLimit``
-    counts retries after the first attempt, so attempts run at most ``limit + 1`` times.)"""
-    return attempt <= limit
-
-
 def give_back(
     conn: Connection, job: dict[str, Any], event: str, error: dict[str, Any], at: float,
     *, delay: float = 0.0,
@@ -235,7 +155,7 @@ def give_back(
     (``event`` is ``requeue`` or ``retry``) while retries remain, else fail it with
     ``error``. The ended attempt's chunks are discarded either way. Returns the status."""
     attempt = job["attempt"]
-    if should_retry(attempt, retry_limit(job["options"])):
+    if should_retry(attempt, JobOptions.from_json(job["options"]).retry_limit):
         values = {
             "attempt": attempt + 1, "dispatched_at": None, "started_at": None, "columns": None,
             "lease_expires_at": None, "not_before": at + delay if delay > 0 else None,

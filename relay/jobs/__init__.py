@@ -1,0 +1,1 @@
+"""Jobs: their lifecycle (a pure table), the queue that applies it, results."""
