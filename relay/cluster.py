@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Connection, select
 
 from shared.protocol import CLOSE_CODES
 
@@ -40,8 +39,7 @@ from .events import EventBus
 from .formats import now
 from .notify import JobNotifier
 from .session import AgentSession
-from .store import Store, owners, pg
-from .store.schema import jobs
+from .store import Store, job_steps, owners, pg
 
 log = logging.getLogger("relay.cluster")
 CHANNEL = "mini_connector"
@@ -263,7 +261,7 @@ class Cluster:
         if not held:
             self._cancel_sent.clear()
             return
-        for job_id, attempt in await store.run(_cancelled, list(held)):
+        for job_id, attempt in await store.run(job_steps.cancelled_of, list(held)):
             if (job_id, attempt) in self._cancel_sent:
                 continue
             self._cancel_sent.add((job_id, attempt))
@@ -271,6 +269,3 @@ class Cluster:
         self._cancel_sent &= {(j, a) for j, (_, a) in held.items()}
 
 
-def _cancelled(conn: Connection, job_ids: list[str]) -> list[tuple[str, int]]:
-    rows = conn.execute(select(jobs.c.id, jobs.c.attempt).where(jobs.c.id.in_(job_ids), jobs.c.status == "cancelled"))
-    return [(r.id, r.attempt) for r in rows]

@@ -16,8 +16,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-# fn(conn, *args) writes one heartbeat inside the batch's transaction.
-ItemWriter = Callable[..., None]
+# fn(conn, [args, ...]) writes every heartbeat of the batch that names it, inside the
+# batch's transaction (one executemany per statement instead of one statement each).
+ItemWriter = Callable[[Any, list[tuple[Any, ...]]], None]
 
 
 class HeartbeatWriter:
@@ -31,7 +32,8 @@ class HeartbeatWriter:
         self.written = 0  # heartbeats written
 
     async def write(self, fn: ItemWriter, *args: Any) -> None:
-        """Write ``fn(conn, *args)`` in the next batch; return once it is committed."""
+        """Write ``args`` in the next batch, with every other item naming ``fn``:
+        ``fn(conn, [args, ...])``; return once it is committed."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.append((fn, args, fut))
@@ -59,19 +61,12 @@ class HeartbeatWriter:
 
 
 def _write_all(conn: Any, items: list[tuple[ItemWriter, tuple[Any, ...]]]) -> None:
-    """Every item, in order; an item writer with a ``bulk(conn, [args, ...])`` attribute
-    gets all of its items at once (one executemany per statement instead of one
-    statement per heartbeat)."""
+    """Every item, grouped by its writer, writers in the order they first appear."""
     groups: dict[ItemWriter, list[tuple[Any, ...]]] = {}
     for fn, args in items:
         groups.setdefault(fn, []).append(args)
     for fn, arg_list in groups.items():
-        bulk = getattr(fn, "bulk", None)
-        if bulk is not None:
-            bulk(conn, arg_list)
-        else:
-            for args in arg_list:
-                fn(conn, *args)
+        fn(conn, arg_list)
 
 
 _WRITERS: weakref.WeakKeyDictionary[Any, HeartbeatWriter] = weakref.WeakKeyDictionary()

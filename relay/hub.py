@@ -31,10 +31,8 @@ from .context import RELAY, Relay
 from .formats import now
 from .jobs import lifecycle
 from .session import AgentSession
-from .store import connectors as con_store
+from .store import connector_steps, owners, queue
 from .store import job_steps as steps
-from .store import jobs as job_store
-from .store import owners, queue
 
 log = logging.getLogger("relay.hub")
 CLOSE = protocol.CLOSE_CODES
@@ -70,70 +68,6 @@ def _resolve(turn: asyncio.Future[None]) -> None:
         turn.set_result(None)
 
 
-def _find_connector(conn: Any, key: str, at: float) -> dict[str, Any] | None:
-    for row in con_store.by_key_prefix(conn, keys.key_prefix(key)):
-        if keys.key_matches(key, row["api_key_hash"]):
-            return row
-        expires = row["prev_key_expires_at"]
-        if expires is not None and expires > at and keys.key_matches(key, row["prev_key_hash"]):
-            return row
-    return None
-
-
-Reconciled = tuple[
-    dict[str, int], list[dict[str, Any]], list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]
-]
-
-
-def _reconcile(conn: Any, connector_id: str, held: set[tuple[str, int]], at: float, lease: float) -> Reconciled:
-    """Keep in-flight jobs the agent still holds; give back the rest at once.
-
-    Returns (kept job -> attempt, jobs given back (requeued or, past their retryLimit,
-    failed), held jobs cancelled meanwhile, held attempts that are no longer current,
-    held jobs that ended meanwhile (the agent may resend their frames)).
-    """
-    kept: dict[str, int] = {}
-    given_back: list[dict[str, Any]] = []
-    for job in job_store.with_status(conn, connector_id, lifecycle.IN_FLIGHT):
-        if (job["id"], job["attempt"]) in held:
-            kept[job["id"]] = job["attempt"]
-            continue
-        # The abandoned attempt's rows are discarded: the next attempt starts from scratch.
-        queue.abandon(conn, job, at)
-        given_back.append(job_store.get(conn, None, job["id"]) or job)
-    queue.renew_leases(conn, connector_id, at + lease)
-    cancelled, stale, ended = [], [], []
-    for job_id, attempt in held:
-        if job_id in kept:
-            continue
-        job = job_store.get(conn, None, job_id)
-        if not job or job["connector_id"] != connector_id:
-            continue
-        if job["attempt"] != attempt:
-            stale.append((job_id, attempt))
-        elif job["status"] == lifecycle.CANCELLED:
-            cancelled.append((job_id, attempt))
-        else:
-            ended.append((job_id, attempt))
-    return kept, given_back, cancelled, stale, ended
-
-
-def _lapse(
-    conn: Any, lost: list[dict[str, Any]], renew: set[str], at: float, until: float
-) -> list[dict[str, Any]]:
-    """Give back the jobs whose lease lapsed; renew the leases of live connectors."""
-    for connector_id in renew:
-        queue.renew_leases(conn, connector_id, until)
-    moved = []
-    for job in lost:
-        try:
-            queue.abandon(conn, job, at)
-        except lifecycle.IllegalTransition:
-            continue  # it moved meanwhile (finished, cancelled, renewed by another node)
-        moved.append(job_store.get(conn, None, job["id"]) or job)
-    return moved
-
-
 class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, AgentSession] = {}
@@ -154,7 +88,7 @@ class Hub:
         wait = self.penalties.wait(keys.hash_key(key))
         if wait:  # closed for protocol violations moments ago: no store work, no upgrade
             return agentguard.penalty_response(request, wait)
-        connector = await relay.store.run(_find_connector, key, now())
+        connector = await relay.store.run(connector_steps.find_connector, key, now())
         if connector is None:
             raise Unauthorized("the API key is not valid or has been revoked")
         ws = web.WebSocketResponse(
@@ -260,7 +194,7 @@ class Hub:
         }  # fmt: skip
         held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
         kept, given_back, cancelled, stale, ended = await relay.store.run(
-            _welcome_write, session.connector_id, fields, held, relay.config.offline_after
+            connector_steps.welcome, session.connector_id, fields, held, relay.config.offline_after
         )
         session.in_flight.update(kept)
         for job_id, attempt in (*cancelled, *ended):  # their frames may come again: dropped
@@ -526,7 +460,7 @@ class Hub:
                 renew.add(job["connector_id"])
             else:
                 lost.append(job)
-        moved = await relay.store.run(_lapse, lost, renew, at, at + lease)
+        moved = await relay.store.run(connector_steps.lapse, lost, renew, at, at + lease)
         for job in moved:
             log.info("lease of job %s lapsed", job["id"], extra={"job_id": job["id"]})
         self._given_back(relay, moved)
@@ -555,13 +489,6 @@ class Hub:
             await asyncio.wait(list(self._tasks), timeout=3.0)
         for task in list(self._tasks):
             task.cancel()
-
-
-def _welcome_write(
-    conn: Any, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]], lease: float
-) -> Reconciled:
-    con_store.set_fields(conn, connector_id, fields)
-    return _reconcile(conn, connector_id, held, fields["connected_since"], lease)
 
 
 async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, code: str = "PROTOCOL_ERROR") -> None:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import IntegrityError
 
 from shared import protocol
 
@@ -25,10 +24,10 @@ from .context import Relay
 from .formats import now, parse_iso
 from .jobs import lifecycle
 from .session import AgentSession
-from .store import connectors as con_store
+from .store import connector_steps
 from .store import job_steps as steps
 from .store import logs as log_store
-from .store import queue
+from .store.engine import DuplicateRow
 
 log = logging.getLogger("relay.hub")
 
@@ -130,7 +129,7 @@ async def on_chunk(
     stored = (steps.STORE_CHUNK, head.job_id, head.attempt, head.seq, head.rows, prepared.key_id, prepared.blob)
     try:
         new, through = await _recorded(relay, session, *stored)
-    except IntegrityError:  # the same chunk stored meanwhile (a resend racing): look again
+    except DuplicateRow:  # the same chunk stored meanwhile (a resend racing): look again
         new, through = await _recorded(relay, session, *stored, call=steps.careful)
     if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
         relay.recent.put(head.job_id, head.attempt, head.seq, head.rows, prepared.payload)
@@ -239,28 +238,11 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
     # Its traffic keeps its jobs leased; an agent holding none has no lease to renew.
     lease_until = at + relay.config.offline_after if session.in_flight or session.active_jobs else None
     # Coalesced with other agents' heartbeats into one transaction (relay/heartbeats.py).
-    await heartbeats.writer_for(relay.store).write(_heartbeat_write, session.connector_id, fields, sample, lease_until)
+    await heartbeats.writer_for(relay.store).write(connector_steps.heartbeats, session.connector_id, fields, sample, lease_until)
     if grew:
         await dispatch(relay, session)
 
 
-def _heartbeat_write(
-    conn: Any, connector_id: str, fields: dict[str, Any], sample: dict[str, Any], lease_until: float | None
-) -> None:
-    _heartbeats_bulk(conn, [(connector_id, fields, sample, lease_until)])
-
-
-def _heartbeats_bulk(conn: Any, items: list[tuple[Any, ...]]) -> None:
-    """Many agents' heartbeats: one executemany per statement. Leases are renewed only
-    for agents holding jobs (``lease_until`` None: nothing in flight to renew)."""
-    con_store.set_many(conn, [(cid, fields) for cid, fields, _, _ in items])
-    log_store.add_samples(conn, [sample for _, _, sample, _ in items])
-    for cid, _, _, until in items:
-        if until is not None:
-            queue.renew_leases(conn, cid, until)  # its traffic keeps its jobs leased
-
-
-_heartbeat_write.bulk = _heartbeats_bulk  # type: ignore[attr-defined]  # relay/heartbeats.py
 
 
 async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:

@@ -78,6 +78,11 @@ LOST_ERROR: Final = {
 }
 
 
+def error_json(code: str, message: str, retryable: bool = False) -> str:
+    """A job's ``error`` as stored."""
+    return orjson.dumps({"code": code, "message": message, "retryable": retryable}).decode()
+
+
 class IllegalTransition(Conflict):
     """A job cannot take this step from the status it is in."""
 

@@ -5,6 +5,6 @@
 ``Connection`` first, so services call ``await store.run(jobs.get, tenant, job_id)``.
 """
 
-from .engine import Store
+from .engine import DuplicateRow, Store
 
-__all__ = ["Store"]
+__all__ = ["DuplicateRow", "Store"]

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
+
+from shared.errors import Conflict
 
 from .batching import GroupCommitter, sqlite_explicit_transactions
 from .schema import migrate
@@ -90,6 +92,10 @@ def ping_when_idle(engine: Engine, idle: float = PING_AFTER_IDLE) -> None:
             raise DisconnectionError("the pooled connection is gone") from exc  # the pool retries
 
 
+class DuplicateRow(Conflict):
+    """A write lost a race for a unique key (a resent chunk, a jobKey submitted twice)."""
+
+
 class Store:
     """The engine plus the thread pool every store call runs in."""
 
@@ -112,10 +118,14 @@ class Store:
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(conn, *args, **kwargs)`` in one transaction, in the store's thread pool,
         and return once that transaction is committed (on SQLite one shared with the calls
-        that arrived meanwhile, each in its own savepoint)."""
-        if self.batcher is not None:
-            return await self.batcher.run(fn, *args, **kwargs)  # type: ignore[no-any-return]
-        return await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
+        that arrived meanwhile, each in its own savepoint). A unique key another
+        transaction took first raises ``DuplicateRow`` (nothing of ``fn`` was written)."""
+        try:
+            if self.batcher is not None:
+                return await self.batcher.run(fn, *args, **kwargs)  # type: ignore[no-any-return]
+            return await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
+        except IntegrityError as exc:  # callers meet our error, not the driver's
+            raise DuplicateRow("a row with the same key was stored meanwhile") from exc
 
     def _in_tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with self.engine.begin() as conn:

@@ -1,4 +1,5 @@
-"""The transactions that record what a live agent reports about its jobs.
+"""A job's transactions: its submission (``insert_if_key``, ``connector_for_job``), a
+cancel, the TTL sweep, and what a live agent reports about it.
 
 Each agent frame is one store call: the job must be this connector's, in this attempt
 (``check_owned``; a frame about an abandoned attempt raises ``StaleAttempt``, one about a
@@ -15,17 +16,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from shared import protocol
-from shared.errors import ProtocolError
+from shared.errors import MCError, NotFound, ProtocolError
 
+from .. import connector_status as cs
 from ..jobs import lifecycle
+from ..jobs.lifecycle import error_json
+from ..jobs.sources import check_source
 from . import chunks as chunk_store
+from . import connectors as con_store
 from . import jobs as job_store
 from . import owners
 from .queue import apply, give_back, try_apply
 from .queue import claim as queue_claim
+from .schema import jobs as jobs_table
 
 
 def claim(
@@ -224,3 +230,74 @@ def finish_and_refill(
     return result, claim(conn, connector_id, 1, at, *refill)
 
 
+def connector_for_job(conn: Connection, tenant_id: str, connector_id: str, source: str) -> dict[str, Any]:
+    row = con_store.get(conn, tenant_id, connector_id)
+    if row is None:
+        raise NotFound(f"connector {connector_id[:80]} does not exist",
+                       details={"field": "connectorId"})  # fmt: skip
+    if row["status"] == cs.REVOKED:
+        raise MCError("the connector is revoked", code="CONNECTOR_REVOKED")
+    if not row["public_key"]:
+        raise MCError(
+            "the connector has never connected, so jobs cannot be sealed to it yet",
+            code="CONNECTOR_PENDING",
+        )
+    check_source(row["sources"] or "[]", source)
+    return row
+
+
+
+
+def insert_if_key(conn: Connection, row: dict[str, Any], public_key: str) -> bool:
+    """Queue the job sealed to ``public_key`` if that is still the connector's key and it
+    is not revoked (False: nothing written; the caller reads the connector and reseals).
+    A source the connector did not report raises ``SourceNotFound``."""
+    sources = con_store.accepts_jobs_for(conn, row["tenant_id"], row["connector_id"], public_key)
+    if sources is None:
+        return False
+    check_source(sources, row["source"])
+    job_store.insert(conn, row)
+    return True
+
+
+
+
+def cancel(conn: Connection, tenant_id: str, job_id: str, at: float) -> tuple[dict[str, Any], str]:
+    job = job_store.get(conn, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id[:80]} does not exist")
+    if job["status"] in lifecycle.FINAL:
+        raise MCError(f"the job already ended ({job['status']})", code="JOB_ALREADY_FINISHED",
+                      details={"status": job["status"]})  # fmt: skip
+    values = {"cancelled_at": at, "completed_at": at,
+              "error": error_json("CANCELLED", "the job was cancelled")}  # fmt: skip
+    try:
+        apply(conn, job_id, "cancel", values)
+    except lifecycle.IllegalTransition as exc:
+        raise MCError(f"the job already ended ({exc.status_now})", code="JOB_ALREADY_FINISHED") from None
+    return job_store.get(conn, None, job_id) or job, job["status"]
+
+
+
+
+def expire_due(conn: Connection, at: float) -> list[dict[str, Any]]:
+    expired = []
+    for job_id, queued_at, options in job_store.queued_ids(conn):
+        if not lifecycle.expired(queued_at, lifecycle.JobOptions.from_json(options), at):
+            continue
+        error = error_json("EXPIRED", "the job waited longer than its ttlSeconds")
+        try:
+            apply(conn, job_id, "expire", {"error": error, "completed_at": at})
+        except lifecycle.IllegalTransition:
+            continue
+        job = job_store.get(conn, None, job_id)
+        if job:
+            expired.append(job)
+    return expired
+
+
+
+
+def cancelled_of(conn: Connection, job_ids: list[str]) -> list[tuple[str, int]]:
+    rows = conn.execute(select(jobs_table.c.id, jobs_table.c.attempt).where(jobs_table.c.id.in_(job_ids), jobs_table.c.status == lifecycle.CANCELLED))
+    return [(r.id, r.attempt) for r in rows]
