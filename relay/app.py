@@ -4,7 +4,7 @@ Routes are registered with names; those names key the role table (``auth.ROUTE_R
 and the middleware's public list. Startup opens the store and applies migrations, marks
 connectors left ``online`` by a previous run as offline (only those this node held or
 whose owner node stopped renewing its lease, when several nodes share PostgreSQL:
-``relay/cluster.py``), extends the leases of jobs in
+``relay/agents/cluster.py``), extends the leases of jobs in
 flight by a grace period (their agents reconnect and name them), and starts the sweeper;
 shutdown closes agent sockets with 1001, then the store (``mini-relay serve`` first runs
 ``shutdown.drain`` on SIGTERM: agents are sent away with jittered reconnect delays).
@@ -25,7 +25,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import loglevel, metrics, services, shutdown
+from . import metrics, shutdown
+from .agents import loglevel
+from .agents.cluster import Cluster
+from .agents.handshake_limit import HandshakeGuard, guarded
+from .agents.hub import Hub
 from .api import (
     connectors,
     downloads,
@@ -37,22 +41,20 @@ from .api import (
     results,
     telemetry,
 )
-from .auth import TokenVerifier
-from .clientaddr import TRUSTED_PROXIES, parse_networks
-from .cluster import Cluster
 from .config import RelayConfig
 from .context import RELAY, Relay
 from .events import EventBus
-from .formats import now
-from .handshake_limit import HandshakeGuard, guarded
-from .hub import Hub
-from .middleware import envelope_middleware
-from .notify import JobNotifier
-from .ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
+from .ids_and_times import now
+from .jobs import submission
+from .jobs.notify import JobNotifier
 from .store import Store, owners, queue
 from .store import chunks as chunk_store
 from .store import jobs as job_store
 from .store import logs as log_store
+from .web.auth import TokenVerifier
+from .web.clientaddr import TRUSTED_PROXIES, parse_networks
+from .web.middleware import envelope_middleware
+from .web.ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
 
 log = logging.getLogger("relay.app")
 API = "/api/v1"
@@ -87,7 +89,7 @@ def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
 async def _maintain(relay: Relay) -> None:
     """Expire queued jobs past their TTL, drop old samples and expired results, and
     dispatch jobs whose retry delay has passed to agents connected here."""
-    await services.expire_jobs(relay)
+    await submission.expire_jobs(relay)
     at = now()
     for connector_id in await relay.store.run(job_store.connectors_with_due_jobs, at):
         if connector_id in relay.hub.sessions:

@@ -26,8 +26,8 @@ from aiohttp import web
 from shared.fdlimit import raise_nofile
 from shared.redact import redact
 
-from .auth import ROLES, make_token
 from .config import DEV_JWT_SECRET, ConfigError, RelayConfig, tls_context
+from .web.auth import ROLES, make_token
 
 VERSION = "0.1.0"
 
@@ -105,12 +105,12 @@ def quiet_gc() -> None:
 async def _serve(config: RelayConfig) -> None:
     from .app import create_app
     from .context import RELAY
-    from .httpserver import EnvelopeAppRunner
     from .shutdown import drain
+    from .web.httpserver import EnvelopeAppRunner
 
     app = create_app(config)
     # Requests aiohttp cannot parse (a header over 8 KB, a bad request line) are answered
-    # in the JSON envelope, not aiohttp's plain text (relay/httpserver.py).
+    # in the JSON envelope, not aiohttp's plain text (relay/web/httpserver.py).
     runner = EnvelopeAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)

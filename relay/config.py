@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.crypto import DataCipher, write_secret_file
 
-from .clientaddr import parse_networks
+from .web.clientaddr import parse_networks
 
 DEFAULT_DATABASE_URL = "sqlite:///./relay.db"
 # Documented dev secret: `mini-relay serve --dev` and `mini-relay token --dev` agree on it
@@ -82,7 +82,7 @@ class RelayConfig:
     result_poll_interval: float = 1.0
     maintenance_interval: float = 5.0  # job TTL expiry, sample and result pruning
     restart_lease_grace: float = 75.0  # at startup, in-flight leases last at least this
-    node_id: str | None = None  # this relay node among several (relay/cluster.py); default random
+    node_id: str | None = None  # this relay node among several (relay/agents/cluster.py); default random
     downloads_url_base: str = "/downloads"
     downloads_dir: str | None = None  # the folder GET /downloads/<name> serves (relay/api/downloads.py)
     metrics_token: str | None = field(default=None, repr=False)  # GET /metrics needs it when set
@@ -93,7 +93,7 @@ class RelayConfig:
     tls_key: str | None = None
     data_cipher: DataCipher | None = field(default=None, repr=False)
     version: str = "0.1.0"
-    # Hostile agents (issue 13; relay/agentguard.py, docs/OPERATIONS.md): per agent connection.
+    # Hostile agents (issue 13; relay/agents/guard.py, docs/OPERATIONS.md): per agent connection.
     agent_memory_budget: int = 64 << 20  # bytes of frames in hand before its socket is not read
     chunk_threads: int = 2  # threads that decompress, check and seal chunk payloads (per node)
     agent_log_lines_per_second: float = 200.0  # log lines kept per second; the rest dropped

@@ -5,7 +5,7 @@ nothing here is module-level state. The modules whose objects ``Relay`` holds ne
 import this one: they take the narrower things they need as arguments, so the relay's
 modules import one another in one direction (tests/unit/test_import_graph.py). The
 hub is the exception the other way: it works on the whole ``Relay``, so ``Relay`` holds
-it as ``AgentHub``, what the rest of the relay may ask of it (relay/hub.py's ``Hub``).
+it as ``AgentHub``, what the rest of the relay may ask of it (relay/agents/hub.py's ``Hub``).
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from aiohttp import web
 
 from shared.crypto import DataCipher
 
-from .agentguard import ChunkWorkers
-from .auth import TokenVerifier
-from .cluster import Cluster
+from .agents.cluster import Cluster
+from .agents.guard import ChunkWorkers
+from .agents.handshake_limit import HandshakeGuard
+from .agents.kems import KemDirectory
+from .agents.loglevel import LogLevels
+from .agents.session import AgentSession
 from .config import RelayConfig
 from .events import EventBus
-from .handshake_limit import HandshakeGuard
-from .kems import KemDirectory
-from .loglevel import LogLevels
+from .jobs.live_chunks import RecentChunks
+from .jobs.notify import JobNotifier
 from .metrics import RelayMetrics
-from .notify import JobNotifier
-from .ratelimit import RequestLimits
-from .recent import RecentChunks
-from .session import AgentSession
 from .store import Store
+from .web.auth import TokenVerifier
+from .web.ratelimit import RequestLimits
 
 
 class AgentHub(Protocol):
     """The live agent sessions on this node, as the API, the services, the cluster and
-    the sweeper use them (implemented by ``relay.hub.Hub``)."""
+    the sweeper use them (implemented by ``relay.agents.hub.Hub``)."""
 
     sessions: dict[str, AgentSession]  # connector id -> its session here
     workers: ChunkWorkers  # the threads chunk payloads are worked on
@@ -62,7 +62,7 @@ class Relay:
     hub: AgentHub
     kems: KemDirectory = field(default_factory=KemDirectory)
     handshakes: HandshakeGuard = field(default_factory=HandshakeGuard)
-    cluster: Cluster = field(default_factory=Cluster)  # this node among several (relay/cluster.py)
+    cluster: Cluster = field(default_factory=Cluster)  # this node among several (relay/agents/cluster.py)
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     log_levels: LogLevels = field(default_factory=LogLevels)
     recent: RecentChunks = field(default_factory=RecentChunks)  # chunks stored lately, for live readers

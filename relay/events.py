@@ -3,7 +3,7 @@
 An in-process fan-out: each subscriber (one ``/events`` WebSocket) gets a bounded queue;
 a subscriber too slow to keep up loses its oldest events rather than growing memory or
 slowing the publisher. Events are ``{"type", "data", "timestamp"}``. With several relay
-nodes, ``forward`` (set by ``relay.cluster``) passes each published event on to the other
+nodes, ``forward`` (set by ``relay.agents.cluster``) passes each published event on to the other
 nodes, which hand it to their own subscribers with ``deliver``.
 """
 
@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from .formats import iso, now
+from .ids_and_times import iso, now
 
 QUEUE_SIZE = 1000
 

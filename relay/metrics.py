@@ -51,7 +51,7 @@ class RelayMetrics:
         self.log_lines = Counter(
             "mini_relay_agent_log_lines", "Agent log lines stored (duplicates excluded)", registry=r
         )
-        # Hostile agents (relay/agentguard.py, docs/SECURITY.md "Hostile agents").
+        # Hostile agents (relay/agents/guard.py, docs/SECURITY.md "Hostile agents").
         self.agent_frames_refused = Counter(
             "mini_relay_agent_frames_refused",
             "Agent frames refused or dropped, by reason (foreign, stale, late, header: before any "

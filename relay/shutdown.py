@@ -28,8 +28,8 @@ from aiohttp import web
 from shared.protocol import CLOSE_CODES
 
 from .context import RELAY, Relay
-from .envelope import envelope_error
-from .request_keys import REQUEST_ID
+from .web.envelope import envelope_error
+from .web.request_keys import REQUEST_ID
 
 log = logging.getLogger("relay.shutdown")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

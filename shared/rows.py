@@ -302,7 +302,7 @@ def row_count(payload: bytes, expected: int) -> int | None:
     separators says ``expected``, no parse is needed (0.3 ms instead of 3 ms for 500 KB).
     Otherwise (strings or nested arrays holding ``],[``, or a wrong count) the payload is
     parsed and counted exactly. A payload crafted to fool the cheap count is still caught
-    when a reader parses it (``relay.results`` checks every chunk's row count).
+    when a reader parses it (``relay.jobs.results`` checks every chunk's row count).
     """
     body = payload.strip(b" \t\r\n")
     if body[:1] != b"[" or body[-1:] != b"]":

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from shared.errors import BadRequest, NotFound, PayloadTooLarge, ValidationError
 
-from ..auth import Principal
 from ..context import RELAY, Relay
-from ..request_keys import PRINCIPAL
+from ..web.auth import Principal
+from ..web.request_keys import PRINCIPAL
 
 
 def relay_of(request: web.Request) -> Relay:

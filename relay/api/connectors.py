@@ -9,11 +9,11 @@ from aiohttp import web
 from shared.errors import ValidationError
 from shared.keys import key_prefix
 
-from .. import connector_status as cs
-from .. import loglevel, services
-from ..auth import check_fields
-from ..formats import iso, now
+from ..agents import connector_status as cs
+from ..agents import loglevel, registration
+from ..ids_and_times import iso, now
 from ..store import connectors as con_store
+from ..web.auth import check_fields
 from .common import (
     check_fields_known,
     not_found,
@@ -55,7 +55,7 @@ async def create(request: web.Request) -> web.Response:
     os_ = body.get("os")
     if os_ not in OSES:
         raise ValidationError("os must be linux or windows", field="os")
-    row, api_key = await services.register_connector(relay, who.tenant_id, (name or "").strip(), os_)
+    row, api_key = await registration.register_connector(relay, who.tenant_id, (name or "").strip(), os_)
     data = {
         "id": row["id"],
         "name": row["name"],
@@ -98,7 +98,7 @@ async def get(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     """Rename (admin), or raise the shipped log level for a while (admin or support:
-    the one write support may make, so it can debug an agent; relay/loglevel.py)."""
+    the one write support may make, so it can debug an agent; relay/agents/loglevel.py)."""
     relay, who = relay_of(request), principal(request)
     body = await read_json(request)
     check_fields(who, "connectors.update", set(body))
@@ -126,7 +126,7 @@ async def update(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
-    await services.revoke_connector(relay, who.tenant_id, request.match_info["id"])
+    await registration.revoke_connector(relay, who.tenant_id, request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -141,5 +141,5 @@ async def rotate_key(request: web.Request) -> web.Response:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 30 * 86400:
                 raise ValidationError("gracePeriodSeconds must be 0 to 2592000", field="gracePeriodSeconds")
             grace = float(value)
-    key, expires = await services.rotate_key(relay, who.tenant_id, request.match_info["id"], grace)
+    key, expires = await registration.rotate_key(relay, who.tenant_id, request.match_info["id"], grace)
     return ok({"apiKey": key, "apiKeyPrefix": key_prefix(key), "previousKeyExpiresAt": iso(expires)})

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import services
-from ..formats import iso
-from ..jobs import lifecycle
+from ..ids_and_times import iso
+from ..jobs import lifecycle, submission
 from ..store import jobs as job_store
 from .common import not_found, ok, paging, principal, query_choice, read_json, relay_of
 from .job_spec import parse_job
@@ -16,7 +15,7 @@ from .views import job_view
 async def create(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
     spec = parse_job(await read_json(request))
-    job, created = await services.submit_job(relay, who.tenant_id, spec)
+    job, created = await submission.submit_job(relay, who.tenant_id, spec)
     if not created:
         return ok(job_view(job), status=200)
     return ok({"id": job["id"], "status": job["status"], "queuedAt": iso(job["queued_at"])}, status=202)
@@ -44,5 +43,5 @@ async def get(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
-    job = await services.cancel_job(relay, who.tenant_id, request.match_info["id"])
+    job = await submission.cancel_job(relay, who.tenant_id, request.match_info["id"])
     return ok({"id": job["id"], "status": job["status"], "cancelledAt": iso(job["cancelled_at"])})

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from shared.protocol import LOG_LEVELS
 
-from ..connector_status import STATUSES as CONNECTOR_STATUSES
+from ..agents.connector_status import STATUSES as CONNECTOR_STATUSES
 from ..jobs.lifecycle import MAX_JOB_KEY, OPTIONS
 from ..jobs.lifecycle import STATUSES as JOB_STATUSES
 from .common import relay_of

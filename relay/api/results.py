@@ -1,6 +1,6 @@
 """``GET /jobs/{id}/results``: NDJSON (default) or CSV, from ``offset``, tailing a live job.
 
-CSV neutralises formula cells (``formats.csv_cell``) unless ``csvFormulas=raw``."""
+CSV neutralises formula cells (``csv_cells.csv_cell``) unless ``csvFormulas=raw``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from aiohttp import web
 
 from shared.errors import ValidationError
 
-from .. import results
-from ..formats import NUMERIC_TYPES
-from ..request_keys import REQUEST_ID, STREAMING
+from ..jobs import results
+from ..jobs.csv_cells import NUMERIC_TYPES
 from ..store import jobs as job_store
+from ..web.request_keys import REQUEST_ID, STREAMING
 from .common import not_found, principal, query_choice, query_int, relay_of
 
 log = logging.getLogger("relay.results")

@@ -7,7 +7,7 @@ from aiohttp import web
 from shared.errors import ValidationError
 from shared.protocol import LOG_LEVEL_NUMBERS
 
-from ..formats import iso, now, parse_iso
+from ..ids_and_times import iso, now, parse_iso
 from ..store import connectors as con_store
 from ..store import logs as log_store
 from .common import not_found, ok, principal, query_int, relay_of

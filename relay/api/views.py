@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from ..formats import iso
-from ..intake import duration_ms
+from ..agents.messages import duration_ms
+from ..agents.session import AgentSession
+from ..ids_and_times import iso
 from ..jobs.lifecycle import JobOptions
-from ..session import AgentSession
 
 
 def connector_view(

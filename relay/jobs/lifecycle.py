@@ -4,7 +4,7 @@ retry and lease policy, and the options with their defaults.
 The table is the documentation (like h11's ``_state.py``). Every change of a job's status
 is an *event* looked up here: ``step(status, event)`` returns the next status or raises
 ``IllegalTransition``. The store applies the step as a compare-and-set, so two racing
-changes cannot both win (relay/queue.py); this module only says what is legal.
+changes cannot both win (relay/store/queue.py); this module only says what is legal.
 
 ::
 

@@ -62,7 +62,7 @@ def insert(
 # ack; then the blob by binary COPY (a bytea parameter goes as hex text, and PostgreSQL's
 # lexer spends ~0.4 ms on the 100 KB literal of a 50 KB blob: more than the insert). No
 # savepoint: a copy of the chunk racing in meanwhile fails the whole store call with
-# IntegrityError, and the caller takes the careful path (relay/intake.py).
+# IntegrityError, and the caller takes the careful path (relay/agents/messages.py).
 _STATE_PG = raw.Sql(
     "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = :job_id AND connector_id = :connector_id AND attempt = :attempt), "
     "COALESCE(bool_or(seq = :seq), false), COALESCE(SUM(rows) FILTER (WHERE seq < :seq), 0), MAX(seq), COUNT(*) "

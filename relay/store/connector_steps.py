@@ -1,7 +1,7 @@
 """The transactions of a connector's life: its agent's key found at the handshake, the
 welcome (the session's jobs reconciled with what the agent holds), heartbeats, lapsed
 leases given back, key rotation and revocation. Plain values in and out; status writes
-go through the connector status table (relay/connector_status.py) and job steps through
+go through the connector status table (relay/agents/connector_status.py) and job steps through
 the lifecycle (relay/jobs/lifecycle.py, applied by ``queue``).
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from shared import keys
 from shared.errors import Conflict, NotFound
 
-from .. import connector_status as cs
+from ..agents import connector_status as cs
 from ..jobs import lifecycle
 from ..jobs.lifecycle import error_json
 from . import connectors as con_store

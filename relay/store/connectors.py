@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
-from .. import connector_status as cs
+from ..agents import connector_status as cs
 from . import raw
 from .schema import connector_keys as k
 from .schema import connectors as t
@@ -64,7 +64,7 @@ def by_key_prefix(conn: Connection, prefix: str, at: float | None = None) -> lis
     """Connectors (not revoked) whose current key, or a previous key unexpired at ``at``,
     starts with ``prefix``. A previous key comes back as a copy of its connector's row with
     ``prev_key_prefix``/``prev_key_hash``/``prev_key_expires_at`` set to it, one row per
-    such key, so the handshake checks each the same way (relay/hub.py)."""
+    such key, so the handshake checks each the same way (relay/agents/hub.py)."""
     rows = [dict(r._mapping) for r in conn.execute(
         select(t).where(t.c.api_key_prefix == prefix, t.c.revoked_at.is_(None))
     ).all()]  # fmt: skip

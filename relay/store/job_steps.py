@@ -5,7 +5,7 @@ Each agent frame is one store call: the job must be this connector's, in this at
 (``check_owned``; a frame about an abandoned attempt raises ``StaleAttempt``, one about a
 job that is not the connector's a ``ProtocolError``), then the step. A step is a pair
 (``Step``): the usual case in one statement, and the careful path that says what is wrong
-(relay/intake.py calls ``owned_then(conn, START, ...)``). Status changes go through the
+(relay/agents/messages.py calls ``owned_then(conn, START, ...)``). Status changes go through the
 lifecycle table (relay/jobs/lifecycle.py) as applied by ``queue``.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select
 from shared import protocol
 from shared.errors import MCError, NotFound, ProtocolError
 
-from .. import connector_status as cs
+from ..agents import connector_status as cs
 from ..jobs import lifecycle
 from ..jobs.lifecycle import error_json
 from ..jobs.sources import check_source

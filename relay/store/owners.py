@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select, update
 
-from .. import connector_status as cs
+from ..agents import connector_status as cs
 from . import raw
 from .schema import connectors as t
 

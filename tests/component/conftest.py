@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from relay.app import create_app
-from relay.auth import make_token
 from relay.config import RelayConfig
 from relay.context import RELAY, Relay
+from relay.web.auth import make_token
 from shared import protocol
 from shared.crypto import DataCipher, generate_private_key, open_job, public_key_b64
 from shared.rows import encode_rows

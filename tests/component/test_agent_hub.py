@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from relay.auth import make_token
+from relay.web.auth import make_token
 from shared import keys, protocol
 
 from .conftest import SECRET, Api, FakeAgent, wait_until

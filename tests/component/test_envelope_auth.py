@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from relay.auth import ROUTE_ROLES
+from relay.web.auth import ROUTE_ROLES
 
 from .conftest import SECRET, Api, relay_of
 
@@ -66,7 +66,7 @@ async def test_tenant_header_must_match_the_token(client: object) -> None:
 
 def test_every_authenticated_route_is_in_the_roles_table(client: object) -> None:
     """The role table and the router agree: no protected route falls through to a default."""
-    from relay.middleware import PUBLIC_ROUTES
+    from relay.web.middleware import PUBLIC_ROUTES
 
     names = {r.name for r in client.server.app.router.routes() if r.name}
     assert names - PUBLIC_ROUTES - {"events"} == set(ROUTES)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from relay.config import DEFAULT_RATE_LIMITS, ConfigError, RelayConfig
-from relay.ratelimit import RequestLimits
+from relay.web.ratelimit import RequestLimits
 
 from .conftest import Api, relay_of
 

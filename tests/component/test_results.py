@@ -148,7 +148,7 @@ async def test_unknown_job_results_is_404(api: Api) -> None:
 async def test_recently_stored_chunks_are_served_from_memory_with_the_same_bytes(
     api: Api, agent: FakeAgent, client: object
 ) -> None:
-    """A reader takes chunks this node stored lately from memory (relay/recent.py); the
+    """A reader takes chunks this node stored lately from memory (relay/jobs/live_chunks.py); the
     bytes are those a reader gets back from the store once they are gone from it."""
     relay = relay_of(client)
     job_id = await _finished_job(api, agent)

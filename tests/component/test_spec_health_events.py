@@ -7,8 +7,8 @@ import json
 
 from openapi_spec_validator import validate
 
-from relay.auth import make_token
 from relay.store.engine import open_engine
+from relay.web.auth import make_token
 
 from .conftest import SECRET, Api, FakeAgent, relay_of
 

@@ -1,6 +1,6 @@
 """The store's hot paths, on SQLite and on PostgreSQL alike: statements run on the
 driver's cursor (relay/store/raw.py), chunks moved with binary COPY on PostgreSQL
-(relay/store/pg.py), the one-statement claim and compare-and-set (relay/queue.py)."""
+(relay/store/pg.py), the one-statement claim and compare-and-set (relay/store/queue.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from relay.auth import make_token
+from relay.web.auth import make_token
 from shared import protocol
 
 from .conftest import SECRET, Api, FakeAgent, relay_of, wait_until

@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.auth import make_token
-from relay.clientaddr import parse_networks, resolve
 from relay.config import ConfigError, RelayConfig
+from relay.web.auth import make_token
+from relay.web.clientaddr import parse_networks, resolve
 from shared import keys
 from tests.component.conftest import SECRET, Api, wait_until
 

@@ -21,7 +21,7 @@ import orjson
 import zstandard
 
 from relay.config import RelayConfig
-from relay.formats import parse_iso
+from relay.ids_and_times import parse_iso
 from shared import protocol as p
 from tests.component.conftest import TIMEOUT, Api, FakeAgent, relay_of, wait_until
 
@@ -353,16 +353,16 @@ async def test_large_payloads_are_worked_on_off_the_event_loop(
     unless it is small enough that the hop would cost more."""
     import threading
 
-    from relay import agentguard
+    from relay.agents import guard
 
     threads: list[str] = []
-    real = agentguard.prepare
+    real = guard.prepare
 
     def spy(*args: Any) -> Any:
         threads.append(threading.current_thread().name)
         return real(*args)
 
-    monkeypatch.setattr(agentguard, "prepare", spy)
+    monkeypatch.setattr(guard, "prepare", spy)
     job_id = await api.submit(agent.connector_id or "")
     assign = await agent.expect("job.assign.v1", jobId=job_id)
     await agent.start(assign, ["x"])

@@ -16,9 +16,9 @@ import pytest
 from agent import platform_win
 from agent.keyring import KeyFiles, load_keyring, rotate_keys
 from agent.paths import StatePaths
+from relay.agents.kems import KemDirectory
 from relay.app import create_app
 from relay.config import ConfigError, RelayConfig, cipher_from_env, load_data_cipher
-from relay.kems import KemDirectory
 from shared import crypto
 from shared.crypto import DataCipher
 from shared.errors import DecryptionFailed
@@ -205,8 +205,8 @@ def test_relay_log_formatter_redacts_secrets() -> None:
     message and in a stack trace."""
     import logging
 
-    from relay.auth import make_token
     from relay.cli import JsonLines
+    from relay.web.auth import make_token
     from shared.keys import generate_key
 
     key, token = generate_key(), make_token("s" * 32, "t", "admin")

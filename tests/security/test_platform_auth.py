@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.auth import ROUTE_ROLES
 from relay.config import RelayConfig
+from relay.web.auth import ROUTE_ROLES
 from shared import keys
 from tests.component.conftest import SECRET, Api, FakeAgent, wait_until
 
@@ -155,7 +155,7 @@ def _documented_roles() -> dict[str, set[str]]:
 
 
 def test_documented_roles_table_is_the_enforced_one() -> None:
-    """docs/SECURITY.md's roles table and relay.auth.ROUTE_ROLES say the same thing."""
+    """docs/SECURITY.md's roles table and relay.web.auth.ROUTE_ROLES say the same thing."""
     assert _documented_roles() == {route: set(roles) for route, roles in ROUTE_ROLES.items()}
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from relay.formats import FORMULA_STARTS, PLAIN_NUMBER
+from relay.jobs.csv_cells import FORMULA_STARTS, PLAIN_NUMBER
 from tests.harness import scaled, wait_until
 from tests.system import dataset
 from tests.system.conftest import SystemEnv

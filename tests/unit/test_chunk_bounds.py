@@ -9,7 +9,7 @@ import orjson
 import pytest
 import zstandard
 
-from relay import agentguard
+from relay.agents import guard
 from shared import protocol as p
 from shared import zstdframes
 from shared.errors import ProtocolError
@@ -97,24 +97,24 @@ class _Session:
 @pytest.mark.parametrize(
     ("job", "attempt", "verdict"),
     [
-        ("job_a", 2, agentguard.ADMIT),
-        ("job_a", 1, agentguard.STALE),  # an older attempt of a job it holds
-        ("job_s", 1, agentguard.LATE),  # told SUPERSEDED already
-        ("job_done", 1, agentguard.LATE),  # ended here: a resend
-        ("job_back", 3, agentguard.STALE),  # given back to the queue
-        ("job_done", 2, agentguard.STALE),
-        ("job_other", 1, agentguard.FOREIGN),
+        ("job_a", 2, guard.ADMIT),
+        ("job_a", 1, guard.STALE),  # an older attempt of a job it holds
+        ("job_s", 1, guard.LATE),  # told SUPERSEDED already
+        ("job_done", 1, guard.LATE),  # ended here: a resend
+        ("job_back", 3, guard.STALE),  # given back to the queue
+        ("job_done", 2, guard.STALE),
+        ("job_other", 1, guard.FOREIGN),
     ],
 )
 def test_admission_from_the_header_alone(job: str, attempt: int, verdict: str) -> None:
     head = p.ChunkHead(job, attempt, 0, 1, 0, 10, 5, None)
-    assert agentguard.admit(_Session(), head) == verdict
+    assert guard.admit(_Session(), head) == verdict
 
 
 def test_log_throttle_drops_past_the_burst_and_summarises_once() -> None:
-    throttle = agentguard.LogThrottle(lines_per_second=1, bytes_per_second=1 << 20, burst_seconds=5)
+    throttle = guard.LogThrottle(lines_per_second=1, bytes_per_second=1 << 20, burst_seconds=5)
     kept = sum(throttle.allow(10) for _ in range(100))
     assert kept == 5
     assert throttle.summary() == 95 and throttle.summary() == 0
-    big = agentguard.LogThrottle(lines_per_second=1000, bytes_per_second=100, burst_seconds=1)
+    big = guard.LogThrottle(lines_per_second=1000, bytes_per_second=100, burst_seconds=1)
     assert not big.allow(101) and big.allow(100)

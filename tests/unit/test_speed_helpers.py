@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from agent.producer import compression_pays
-from relay.heartbeats import HeartbeatWriter, writer_for
-from relay.results import ndjson
+from relay.agents.heartbeats import HeartbeatWriter, writer_for
+from relay.jobs.results import ndjson
 from shared.fdlimit import raise_nofile
 from shared.rows import row_count
 

@@ -1,4 +1,4 @@
-"""A verified platform token is remembered until it expires (relay/auth.py)."""
+"""A verified platform token is remembered until it expires (relay/web/auth.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from relay import auth
-from relay.auth import TokenVerifier, make_token
+from relay.web import auth
+from relay.web.auth import TokenVerifier, make_token
 from shared.errors import Unauthorized
 
 SECRET = "s" * 64

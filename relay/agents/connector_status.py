@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .formats import iso
+from ..ids_and_times import iso
 
 PENDING: Final = "pending"  # registered; its agent never connected
 ONLINE: Final = "online"

@@ -1,10 +1,10 @@
-"""The connector status table (relay/connector_status.py): pure, no database."""
+"""The connector status table (relay/agents/connector_status.py): pure, no database."""
 
 from __future__ import annotations
 
 import pytest
 
-from relay import connector_status as cs
+from relay.agents import connector_status as cs
 
 
 def test_every_status_and_event_is_in_the_vocabulary() -> None:

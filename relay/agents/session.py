@@ -17,7 +17,7 @@ from aiohttp import web
 
 from shared import protocol
 
-from .agentguard import CLOSED_KEEP, Budget, LogThrottle
+from .guard import CLOSED_KEEP, Budget, LogThrottle
 
 log = logging.getLogger("relay.hub")
 
@@ -165,7 +165,7 @@ class AgentSession:
 
     async def close(self, code: int, message: str = "") -> None:
         """Close the socket with ``code``, once: frames are handled in tasks of their own
-        (relay/hub.py), so two of them may decide to close at the same time; the second
+        (relay/agents/hub.py), so two of them may decide to close at the same time; the second
         waits for the first close handshake instead of cutting it short."""
         if self._close_timer is not None:
             self._close_timer.cancel()

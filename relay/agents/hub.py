@@ -25,14 +25,14 @@ from shared import keys, protocol
 from shared.crypto import load_public_key
 from shared.errors import MCError, ProtocolError, Unauthorized
 
-from . import agentguard, intake, loglevel
+from ..context import RELAY, Relay
+from ..ids_and_times import now
+from ..jobs import lifecycle
+from ..store import connector_steps, owners, queue
+from ..store import job_steps as steps
 from . import connector_status as cs
-from .context import RELAY, Relay
-from .formats import now
-from .jobs import lifecycle
+from . import guard, loglevel, messages
 from .session import AgentSession
-from .store import connector_steps, owners, queue
-from .store import job_steps as steps
 
 log = logging.getLogger("relay.hub")
 CLOSE = protocol.CLOSE_CODES
@@ -72,9 +72,9 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, AgentSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.workers = agentguard.ChunkWorkers()  # sized from the config by the first session
-        self.log_throttles: dict[str, agentguard.LogThrottle] = {}  # per connector
-        self.penalties = agentguard.Penalties()  # keys closed for violations: 429 for a while
+        self.workers = guard.ChunkWorkers()  # sized from the config by the first session
+        self.log_throttles: dict[str, guard.LogThrottle] = {}  # per connector
+        self.penalties = guard.Penalties()  # keys closed for violations: 429 for a while
 
     # ------------------------------------------------------------ handshake
 
@@ -87,7 +87,7 @@ class Hub:
         key = keys.validate_key(key.strip())  # KeyFormatError is a 401 too
         wait = self.penalties.wait(keys.hash_key(key))
         if wait:  # closed for protocol violations moments ago: no store work, no upgrade
-            return agentguard.penalty_response(request, wait)
+            return guard.penalty_response(request, wait)
         connector = await relay.store.run(connector_steps.find_connector, key, now())
         if connector is None:
             raise Unauthorized("the API key is not valid or has been revoked")
@@ -136,7 +136,7 @@ class Hub:
             return
         held_elsewhere = await relay.store.run(
             owners.held_elsewhere, cid, relay.cluster.node_id, hello["publicKey"], now()
-        )  # another relay node holds another agent with this key (relay/cluster.py)
+        )  # another relay node holds another agent with this key (relay/agents/cluster.py)
         live = self.sessions.get(cid)
         if held_elsewhere:
             await _refuse(ws, DUPLICATE_MESSAGE, CLOSE["DUPLICATE_CONNECTION"], code="DUPLICATE_CONNECTION")
@@ -148,7 +148,7 @@ class Hub:
                 return
             del self.sessions[cid]
             await live.close(CLOSE["SESSION_REPLACED"], "SESSION_REPLACED")
-        relay.kems.note_hello(cid, hello)  # which KEM its jobs are sealed with (relay/kems.py)
+        relay.kems.note_hello(cid, hello)  # which KEM its jobs are sealed with (relay/agents/kems.py)
         at = now()
         cfg = relay.config
         session = AgentSession(
@@ -156,7 +156,7 @@ class Hub:
             public_key=hello["publicKey"], capacity=hello["capacity"],
             hostname=hello["hostname"], version=hello["agentVersion"],
             connected_since=at, last_heartbeat=at, last_traffic=at,
-            budget=agentguard.Budget(cfg.agent_memory_budget),
+            budget=guard.Budget(cfg.agent_memory_budget),
             log_throttle=self._log_throttle(cfg, cid),
             key_hash=keys.hash_key(key), penalty=cfg.agent_violation_penalty,
         )  # fmt: skip
@@ -170,12 +170,12 @@ class Hub:
             # disconnection must finish anyway, so it runs as its own task.
             await asyncio.shield(self._spawn(self._gone(relay, session)))
 
-    def _log_throttle(self, cfg: Any, connector_id: str) -> agentguard.LogThrottle:
+    def _log_throttle(self, cfg: Any, connector_id: str) -> guard.LogThrottle:
         """The connector's log budget, kept across its sessions: reconnecting does not
         refill it (it refills with time)."""
         throttle = self.log_throttles.get(connector_id)
         if throttle is None:
-            throttle = self.log_throttles[connector_id] = agentguard.LogThrottle(
+            throttle = self.log_throttles[connector_id] = guard.LogThrottle(
                 cfg.agent_log_lines_per_second, cfg.agent_log_bytes_per_second, cfg.agent_log_burst_seconds
             )  # fmt: skip
         return throttle
@@ -217,7 +217,7 @@ class Hub:
             session.superseded.add((job_id, attempt))
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
         log.info("agent connected", extra={"connector_id": session.connector_id})
-        await intake.dispatch(relay, session)
+        await messages.dispatch(relay, session)
 
     # ------------------------------------------------------------ message loop
 
@@ -308,18 +308,18 @@ class Hub:
         except ProtocolError:
             refused.labels(reason="header").inc()
             raise
-        verdict = agentguard.admit(session, head)
-        if verdict == agentguard.ADMIT:
+        verdict = guard.admit(session, head)
+        if verdict == guard.ADMIT:
             try:
                 return ChunkFrame(protocol.bound_chunk(head, data), data)
             except ProtocolError:
                 refused.labels(reason="header").inc()
                 raise
         refused.labels(reason=verdict).inc()
-        if verdict == agentguard.FOREIGN:
+        if verdict == guard.FOREIGN:
             raise ProtocolError(f"chunk {head.seq} for job {head.job_id} attempt {head.attempt}: "
                                 "that job is not leased to this connector")  # fmt: skip
-        if verdict == agentguard.STALE and (head.job_id, head.attempt) not in session.superseded:
+        if verdict == guard.STALE and (head.job_id, head.attempt) not in session.superseded:
             session.superseded.add((head.job_id, head.attempt))
             await session.send("job.cancel.v1", jobId=head.job_id, attempt=head.attempt, reason="SUPERSEDED")
         return None
@@ -356,7 +356,7 @@ class Hub:
 
     async def _route(self, relay: Relay, session: AgentSession, frame: Frame, ready: Callable[[], None]) -> None:
         if isinstance(frame, ChunkFrame):
-            await intake.on_chunk(relay, session, frame.head, frame.data, ready)
+            await messages.on_chunk(relay, session, frame.head, frame.data, ready)
             return
         ready()  # a text frame's first step is its store call
         handler = _HANDLERS.get(frame.type)
@@ -378,7 +378,7 @@ class Hub:
     async def _gone(self, relay: Relay, session: AgentSession) -> None:
         """The socket closed. Unless this session was replaced or swept, mark offline."""
         with contextlib.suppress(Exception):  # the store may be closing at shutdown
-            await intake.flush_log_drops(relay, session)
+            await messages.flush_log_drops(relay, session)
         if self.sessions.get(session.connector_id) is not session:
             return
         del self.sessions[session.connector_id]
@@ -391,7 +391,7 @@ class Hub:
         at = max(session.last_heartbeat, session.last_traffic) if silent else now()
         released = False
         with contextlib.suppress(Exception):  # the store may be closing at shutdown
-            # Offline unless another relay node holds the agent now (relay/cluster.py).
+            # Offline unless another relay node holds the agent now (relay/agents/cluster.py).
             released = await relay.store.run(owners.release, session.connector_id, relay.cluster.node_id, at)
         if not released:
             return
@@ -406,7 +406,7 @@ class Hub:
     async def kick(self, relay: Relay, connector_id: str) -> None:
         session = self.sessions.get(connector_id)
         if session is not None and not session.dead:
-            await intake.dispatch(relay, session)
+            await messages.dispatch(relay, session)
 
     async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None:
         session = self.sessions.get(connector_id)
@@ -473,7 +473,7 @@ class Hub:
             if session is not None:  # its later frames: SUPERSEDED if it went back to the queue
                 session.release_job(job["id"], supersede=job["status"] not in lifecycle.FINAL)
             if job["status"] in lifecycle.FINAL:
-                intake.publish_completed(relay, job["tenant_id"], job)
+                messages.publish_completed(relay, job["tenant_id"], job)
             elif session is not None:
                 self._spawn(self.kick(relay, job["connector_id"]))
 
@@ -500,8 +500,8 @@ async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, c
 
 
 _HANDLERS = {
-    "agent.heartbeat.v1": intake.on_heartbeat,
-    "job.started.v1": intake.on_started,
-    "job.done.v1": intake.on_done,
-    "agent.logs.v1": intake.on_logs,
+    "agent.heartbeat.v1": messages.on_heartbeat,
+    "job.started.v1": messages.on_started,
+    "job.done.v1": messages.on_done,
+    "agent.logs.v1": messages.on_logs,
 }

@@ -1,5 +1,5 @@
 """The job state machine applied to a real (SQLite) store, entry by entry (the table
-itself, without a store: tests/relay/test_job_lifecycle.py)."""
+itself, without a store: tests/relay/jobs/test_lifecycle.py)."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from typing import Any
 from shared.errors import ValidationError
 from shared.protocol import LOG_LEVELS
 
-from .store import Store
-from .store import logs as log_store
+from ..store import Store
+from ..store import logs as log_store
 
 DEFAULT_LEVEL = "INFO"
 DEFAULT_MINUTES = 30.0

@@ -1,8 +1,8 @@
-"""relay/recent.py: the clear chunks a node keeps for live readers, bounded in bytes."""
+"""relay/jobs/live_chunks.py: the clear chunks a node keeps for live readers, bounded in bytes."""
 
 from __future__ import annotations
 
-from relay.recent import RecentChunks
+from relay.jobs.live_chunks import RecentChunks
 
 
 def test_holds_chunks_by_job_attempt_and_seq() -> None:

@@ -1,4 +1,4 @@
-"""The relay's agent session lifecycle (relay/session.py SESSION_TRANSITIONS), pure."""
+"""The relay's agent session lifecycle (relay/agents/session.py SESSION_TRANSITIONS), pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from relay import session as s
+from relay.agents import session as s
 
 EVENTS = sorted({e for _, e in s.SESSION_TRANSITIONS})
 

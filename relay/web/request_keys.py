@@ -1,4 +1,4 @@
-"""Per-request values the middleware (relay/middleware.py) sets for handlers."""
+"""Per-request values the middleware (relay/web/middleware.py) sets for handlers."""
 
 from __future__ import annotations
 

@@ -1,73 +1,21 @@
-"""What the API's write operations do, apart from HTTP: register, rotate, revoke, submit,
-cancel, expire. Each runs its store work in one transaction, then tells the hub, the
-event bus and any result readers, and the other relay nodes (``relay/cluster.py``).
+"""A job's submission, cancel and expiry, apart from HTTP: the store work in one
+transaction (relay/store/job_steps.py), then the hub (dispatch now), the event bus,
+result readers and the other relay nodes are told.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from shared import keys
 from shared.crypto import relay_info
-from shared.protocol import CLOSE_CODES
 
-from . import connector_status as cs
-from .context import Relay
-from .formats import new_connector_id, new_job_id, now
-from .intake import publish_completed
-from .jobs import lifecycle
-from .store import connector_steps, job_steps
-from .store import connectors as con_store
-from .store import jobs as job_store
-from .store.engine import DuplicateRow
-
-# ---------------------------------------------------------------- connectors
-
-
-async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) -> tuple[dict[str, Any], str]:
-    api_key = keys.generate_key()
-    row = {
-        "id": new_connector_id(), "tenant_id": tenant_id, "name": name, "os": os_,
-        "status": cs.INITIAL, "sources": "[]", "active_jobs": 0,
-        "api_key_prefix": keys.key_prefix(api_key), "api_key_hash": keys.hash_key(api_key),
-        "created_at": now(),
-    }  # fmt: skip
-    await relay.store.run(con_store.insert, row)
-    return row, api_key
-
-
-async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
-    """A new key; the replaced one works ``grace`` seconds more, earlier ones until their
-    own expiry. ``grace`` 0 ends every earlier key at once."""
-    new_key = keys.generate_key()
-    at = now()
-    expires = at + max(0.0, grace)
-    await relay.store.run(connector_steps.rotate, tenant_id, connector_id, new_key, expires, at)
-    return new_key, expires
-
-
-async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> bool:
-    """Revoke the connector (True), or find it already revoked (False). Either way any
-    socket its agent still holds is closed; only the first revoke raises the
-    ``revoked`` event and fails the connector's queued jobs, so a repeated DELETE is
-    idempotent."""
-    at = now()
-    failed = await relay.store.run(connector_steps.revoke, tenant_id, connector_id, at)
-    await relay.hub.disconnect(connector_id, CLOSE_CODES["REVOKED"], "REVOKED")
-    relay.cluster.revoke(connector_id)  # its agent may be on another relay node
-    if failed is None:
-        return False
-    relay.events.publish(
-        tenant_id, "connector_status_changed", cs.changed(connector_id, cs.REVOKED, at)
-    )
-    for job in failed:
-        relay.notifier.notify(job["id"])
-        publish_completed(relay, tenant_id, job)
-    return True
-
-
-# ---------------------------------------------------------------- jobs
+from ..agents.messages import publish_completed
+from ..context import Relay
+from ..ids_and_times import new_job_id, now
+from ..store import job_steps
+from ..store import jobs as job_store
+from ..store.engine import DuplicateRow
+from . import lifecycle
 
 
 async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -117,10 +65,6 @@ def _job_row(
         "priority": options.priority, "job_key": options.job_key or None,
         "status": lifecycle.QUEUED, "attempt": 1, "queued_at": now(),
     }  # fmt: skip
-
-
-def decode_sealed(value: str) -> bytes:
-    return base64.b64decode(value, validate=True)
 
 
 async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any]:

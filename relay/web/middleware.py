@@ -8,10 +8,10 @@ its stack and answered 500 ``INTERNAL_ERROR`` without one. Routes named in
 API key itself); every other route needs a valid token, a matching ``X-Tenant-ID`` and a
 role allowed by ``auth.ROUTE_ROLES``.
 
-Limits (relay/ratelimit.py): an authenticated request counts against its token's
+Limits (relay/web/ratelimit.py): an authenticated request counts against its token's
 quota and its tenant's, both by the token's role (``RelayConfig.rate_limits``); the
 response reports the tighter. A request that fails authentication (401) counts against its client address
-(relay/clientaddr.py); once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the
+(relay/web/clientaddr.py); once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the
 window, its requests are answered 429 before any token is checked, except those bearing a
 token this relay has already verified and that is still valid: a platform that shares an
 address (a NAT, a proxy not configured as trusted) with a scanner keeps working, while the
@@ -29,11 +29,11 @@ from aiohttp import web
 
 from shared.errors import MCError, RateLimited, Unauthorized
 
+from ..context import RELAY
+from ..ids_and_times import new_request_id
 from . import auth
 from .clientaddr import client_address
-from .context import RELAY
 from .envelope import envelope_error
-from .formats import new_request_id
 from .ratelimit import AUTH_FAILURES, Quota
 from .request_keys import PRINCIPAL, REQUEST_ID, STREAMING
 

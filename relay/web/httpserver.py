@@ -26,8 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from ..ids_and_times import new_request_id
 from .envelope import envelope_error
-from .formats import new_request_id
 
 log = logging.getLogger("relay.http")
 

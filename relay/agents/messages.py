@@ -19,15 +19,15 @@ import orjson
 
 from shared import protocol
 
-from . import agentguard, heartbeats
-from .context import Relay
-from .formats import now, parse_iso
-from .jobs import lifecycle
+from ..context import Relay
+from ..ids_and_times import now, parse_iso
+from ..jobs import lifecycle
+from ..store import connector_steps
+from ..store import job_steps as steps
+from ..store import logs as log_store
+from ..store.engine import DuplicateRow
+from . import guard, heartbeats
 from .session import AgentSession
-from .store import connector_steps
-from .store import job_steps as steps
-from .store import logs as log_store
-from .store.engine import DuplicateRow
 
 log = logging.getLogger("relay.hub")
 
@@ -119,11 +119,11 @@ async def on_chunk(
     is called just before the store call (a job's frames make theirs in arrival order)."""
     compress = relay.config.store_compression == "zstd"
     relay.metrics.chunk_payloads.inc()
-    if agentguard.inline(head):
-        prepared = agentguard.prepare(head, data, relay.cipher, compress)
+    if guard.inline(head):
+        prepared = guard.prepare(head, data, relay.cipher, compress)
     else:
         async with session.chunk_work:  # one agent cannot take every worker thread
-            prepared = await relay.hub.workers.run(agentguard.prepare, head, data, relay.cipher, compress)
+            prepared = await relay.hub.workers.run(guard.prepare, head, data, relay.cipher, compress)
     del data  # the frame's bytes are not needed past this point
     ready()
     stored = (steps.STORE_CHUNK, head.job_id, head.attempt, head.seq, head.rows, prepared.key_id, prepared.blob)
@@ -131,7 +131,7 @@ async def on_chunk(
         new, through = await _recorded(relay, session, *stored)
     except DuplicateRow:  # the same chunk stored meanwhile (a resend racing): look again
         new, through = await _recorded(relay, session, *stored, call=steps.careful)
-    if new:  # a live reader takes it from here, not back from the store (relay/recent.py)
+    if new:  # a live reader takes it from here, not back from the store (relay/jobs/live_chunks.py)
         relay.recent.put(head.job_id, head.attempt, head.seq, head.rows, prepared.payload)
     # Acks are cumulative (the agent drops every chunk up to the acked seq), so only a
     # gap-free prefix is ever acknowledged; a chunk past a gap waits for the resend.
@@ -237,7 +237,7 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
     }  # fmt: skip
     # Its traffic keeps its jobs leased; an agent holding none has no lease to renew.
     lease_until = at + relay.config.offline_after if session.in_flight or session.active_jobs else None
-    # Coalesced with other agents' heartbeats into one transaction (relay/heartbeats.py).
+    # Coalesced with other agents' heartbeats into one transaction (relay/agents/heartbeats.py).
     await heartbeats.writer_for(relay.store).write(connector_steps.heartbeats, session.connector_id, fields, sample, lease_until)
     if grew:
         await dispatch(relay, session)

@@ -3,7 +3,7 @@
 A reader takes a ``watch(job_id)`` *before* reading the store, so a chunk stored between
 its read and its wait still wakes it (the watch is armed the whole time). Readers also
 wake on a timeout and re-check the store: the safety net. With several relay nodes,
-``forward`` (set by ``relay.cluster``) passes each notification on to the other nodes,
+``forward`` (set by ``relay.agents.cluster``) passes each notification on to the other nodes,
 which wake their own readers with ``notify_local``.
 """
 

@@ -5,7 +5,7 @@
 Keys are a hash of the bearer token (or the client address when there is none), so a
 token never sits in memory twice. Old windows are dropped as they pass.
 
-The relay keeps three kinds (relay/middleware.py):
+The relay keeps three kinds (relay/web/middleware.py):
 
 - ``RequestLimits``: an authenticated request counts against its token AND its tenant,
   each by the token's role (``RelayConfig.rate_limits``: ``admin`` and ``support`` 100 a
@@ -131,5 +131,5 @@ class RequestLimits(RateLimiter):
         return a if (a.remaining, a.limit) <= (b.remaining, b.limit) else b
 
 
-# Requests that failed authentication, counted per client address (relay/middleware.py).
+# Requests that failed authentication, counted per client address (relay/web/middleware.py).
 AUTH_FAILURES: web.AppKey[RateLimiter] = web.AppKey("auth_failures", RateLimiter)

@@ -34,12 +34,12 @@ import orjson
 
 from shared.protocol import CLOSE_CODES
 
+from ..events import EventBus
+from ..ids_and_times import now
+from ..jobs.notify import JobNotifier
+from ..store import Store, job_steps, owners, pg
 from . import connector_status
-from .events import EventBus
-from .formats import now
-from .notify import JobNotifier
 from .session import AgentSession
-from .store import Store, job_steps, owners, pg
 
 log = logging.getLogger("relay.cluster")
 CHANNEL = "mini_connector"
@@ -56,7 +56,7 @@ def new_node_id() -> str:
 
 
 class LocalAgents(Protocol):
-    """The agent sessions on this node, as the cluster uses them (relay/hub.py's ``Hub``)."""
+    """The agent sessions on this node, as the cluster uses them (relay/agents/hub.py's ``Hub``)."""
 
     sessions: dict[str, AgentSession]
 

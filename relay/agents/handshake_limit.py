@@ -5,7 +5,7 @@ noise: an address that keeps presenting bad keys (a misconfigured fleet, a scann
 answered 429 with ``Retry-After`` for the rest of the window, before any store lookup.
 
 Counted two ways, so that behind a load balancer (many agents, one address unless the
-balancer is a trusted proxy: relay/clientaddr.py) one bad agent cannot lock out the rest:
+balancer is a trusted proxy: relay/web/clientaddr.py) one bad agent cannot lock out the rest:
 
 - per (address, key id): ``MC_RELAY_HANDSHAKE_FAILURES`` (20) a minute. The key id is the
   key's public prefix (``vmc_`` + 8 characters; ``malformed`` for anything else). A
@@ -34,9 +34,9 @@ from aiohttp import web
 from shared import keys
 from shared.errors import MCError
 
-from .clientaddr import client_address
-from .envelope import envelope_error
-from .request_keys import REQUEST_ID
+from ..web.clientaddr import client_address
+from ..web.envelope import envelope_error
+from ..web.request_keys import REQUEST_ID
 
 log = logging.getLogger("relay.handshake")
 

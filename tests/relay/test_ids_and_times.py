@@ -1,4 +1,4 @@
-"""relay/formats.py: the timestamps every event and API answer carries."""
+"""relay/ids_and_times.py: the timestamps every event and API answer carries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from relay.formats import iso, parse_iso
+from relay.ids_and_times import iso, parse_iso
 
 
 def _by_datetime(ts: float) -> str:

@@ -30,9 +30,9 @@ from shared.crypto import DataCipher
 from shared.errors import ProtocolError
 from shared.rows import payload_rows
 
-from . import atrest
-from .envelope import envelope_error
-from .request_keys import REQUEST_ID
+from .. import atrest
+from ..web.envelope import envelope_error
+from ..web.request_keys import REQUEST_ID
 
 INLINE_BYTES = 64 << 10  # a chunk whose payload is at most this is handled on the loop
 CLOSED_KEEP = 4096  # jobs that left a session, remembered to tell late frames from foreign ones

@@ -34,12 +34,13 @@ from shared.rows import (
     object_lines,
 )
 
-from . import atrest
-from .context import Relay
-from .formats import csv_cell, now
-from .jobs import lifecycle
-from .store import chunks as chunk_store
-from .store import jobs as job_store
+from .. import atrest
+from ..context import Relay
+from ..ids_and_times import now
+from ..store import chunks as chunk_store
+from ..store import jobs as job_store
+from . import lifecycle
+from .csv_cells import csv_cell
 
 
 class StreamAborted(Exception):
@@ -181,7 +182,7 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
 
 
 async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:
-    recent = relay.recent.get(job_id, attempt, seq)  # stored here just now (relay/recent.py)
+    recent = relay.recent.get(job_id, attempt, seq)  # stored here just now (relay/jobs/live_chunks.py)
     if recent is not None:
         declared, data = recent
     else:
@@ -254,7 +255,7 @@ def _object_values(batch: ObjectLines) -> list[list[Any]]:
 
 def csv_rows(batch: Batch, numeric: list[bool] | None = None) -> bytes:
     """CSV lines. ``numeric`` (one flag per column: typed integer/number/decimal) turns on
-    formula neutralising (``formats.csv_cell``); None writes cells raw."""
+    formula neutralising (``csv_cells.csv_cell``); None writes cells raw."""
     if isinstance(batch, ObjectLines):
         batch = _object_values(batch)
     buf = io.StringIO()
