@@ -40,8 +40,8 @@ from .config import (
 )
 from .config import api_key as read_api_key
 from .logs import redact
-from .netchecks import Check, show_proxy
-from .opscli import EXIT_BUNDLE, OpsError
+from .netchecks import Check, format_check, show_proxy
+from .opserrors import EXIT_BUNDLE, OpsError
 from .paths import StatePaths
 from .status import read_status
 
@@ -200,7 +200,6 @@ def write_bundle(
     target = Path(dest).expanduser().resolve()
     scrub = Scrubber(_known_secrets(paths, env))
     status = read_status(paths.status_file)
-    from .diagnose import format_check
 
     members: dict[str, str] = {
         "README.txt": (f"Mini Connector support bundle, made by mini-connector {__version__} on "

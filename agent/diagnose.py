@@ -35,9 +35,10 @@ from .netchecks import (
     check_proxy,
     check_tcp,
     check_tls,
+    format_check,
     proxy_for,
 )
-from .opscli import EXIT_CHECK_FAILED
+from .opserrors import EXIT_CHECK_FAILED
 from .paths import StatePaths
 from .transport import Transport, connect_options
 
@@ -139,13 +140,6 @@ def account_checks(paths: StatePaths, *, report: Report | None = None) -> list[C
         if report is not None:
             report(check)
     return out
-
-
-def format_check(check: Check) -> str:
-    line = f"{check.status.upper():<5} {check.name:<7} {check.detail}"
-    if check.fix and check.status != OK:
-        line += f". Fix: {check.fix}"
-    return line
 
 
 def summary(checks: list[Check]) -> str:

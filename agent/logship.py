@@ -22,14 +22,23 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from shared.protocol import LOG_LEVEL_NUMBERS
 
-if TYPE_CHECKING:
-    from .logs import ShipBuffer
+
+class ShipSource(Protocol):
+    """What the shipper needs of the buffer it ships (``logs.ShipBuffer`` has this shape)."""
+
+    log_file: Any
+    level: int
+    dropped: int
+
+    def take(self, limit: int = ...) -> list[dict[str, Any]]: ...
+
+    def put_back(self, lines: list[dict[str, Any]]) -> None: ...
 
 CATCH_UP_LINES = 10_000
 CATCH_UP_AGE = 24 * 3600.0
@@ -169,7 +178,7 @@ def _batches(lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return out
 
 
-async def ship_forever(send: Send, buffer: ShipBuffer, through: int | None) -> None:
+async def ship_forever(send: Send, buffer: ShipSource, through: int | None) -> None:
     """Catch up from the local log after ``through``, then ship the buffer, forever.
     ``send`` raises when the connection is gone; live lines not sent go back in the buffer
     (the file has them too: the next connection's catch-up finds them)."""

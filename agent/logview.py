@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from .opscli import EXIT_NO_LOG, LEVELS, OpsError
+from .opserrors import EXIT_NO_LOG, LEVELS, OpsError
 from .paths import StatePaths
 
 FOLLOW_POLL = 0.25

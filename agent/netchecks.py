@@ -376,3 +376,10 @@ def _health_summary(status: int, body: bytes) -> str:
     if not isinstance(data, dict):
         return f"health HTTP {status}"
     return f"relay {data.get('status', '?')}, version {data.get('version', '?')}"
+
+
+def format_check(check: Check) -> str:
+    line = f"{check.status.upper():<5} {check.name:<7} {check.detail}"
+    if check.fix and check.status != OK:
+        line += f". Fix: {check.fix}"
+    return line

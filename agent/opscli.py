@@ -13,27 +13,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from shared.protocol import LOG_LEVELS
-
+from .opserrors import LEVELS, OpsError
 from .paths import StatePaths
 
-EXIT_CHECK_FAILED = 8  # diagnose: at least one check failed
-EXIT_NO_LOG = 9  # logs: there is no local log to read
-EXIT_SERVICE = 10  # service: the service manager refused or failed
-EXIT_NEEDS_ADMIN = 11  # service: needs root / Administrator
-EXIT_NO_SERVICE_MANAGER = 12  # service: unit written, but systemd is not running here
-EXIT_BUNDLE = 13  # diagnose --bundle: the zip could not be written
-
 OPS_COMMANDS = ("diagnose", "logs", "service")
-LEVELS = LOG_LEVELS
-
-
-class OpsError(Exception):
-    """A failure an admin can act on: one sentence and an exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
 
 
 def add_ops_commands(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import load_config
-from .opscli import (
+from .opserrors import (
     EXIT_NEEDS_ADMIN,
     EXIT_NO_SERVICE_MANAGER,
     EXIT_SERVICE,

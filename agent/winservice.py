@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .opscli import EXIT_NEEDS_ADMIN, EXIT_SERVICE, OpsError
+from .opserrors import EXIT_NEEDS_ADMIN, EXIT_SERVICE, OpsError
 from .paths import StatePaths
 
 SERVICE_NAME = "MiniConnector"

@@ -24,13 +24,13 @@ and listed with their sources in docs/SOURCES.md ("How the guard reads MariaDB/M
   lone surrogates (they cannot be sent as UTF-8) and non-ASCII characters straight after
   an ``@`` name (the server's ``user@host`` scan stops at some of them).
 
-Tokens are ``sqltext.Token``; anything the server would not read the same way is a
+Tokens are ``sqltokens.Token``; anything the server would not read the same way is a
 ``SqlTextError``, so the guard refuses it rather than guess.
 """
 
 from __future__ import annotations
 
-from .sqltext import (
+from .sqltokens import (
     COMMENT,
     IDENT,
     NUMBER,

@@ -20,14 +20,22 @@ import logging
 import time
 from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shared.errors import JobError
 
-from .webclient import Channel
+from .webclient import Channel, Endpoint
 
-if TYPE_CHECKING:
-    from .sap_b1 import SapB1Source
+
+class ServiceLayerTarget(Protocol):
+    """What a session needs of its source (``sap_b1.SapB1Source`` has this shape)."""
+
+    name: str
+    endpoint: Endpoint
+    service_root: str
+    company_db: str
+    username: str
+    password: str
 
 log = logging.getLogger("agent.sources")
 
@@ -58,7 +66,7 @@ def sap_message(body: bytes, status: int, reason: str = "") -> tuple[str, str | 
 class ServiceLayerSession:
     """A logged-in session over one connection. Used by one job; ``abort`` from anywhere."""
 
-    def __init__(self, source: SapB1Source, *, deadline: float | None) -> None:
+    def __init__(self, source: ServiceLayerTarget, *, deadline: float | None) -> None:
         self.source = source
         self.channel = Channel(source.endpoint, deadline=deadline)
         self.cookies: dict[str, str] = {}

@@ -10,16 +10,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import JobError
 from shared.rows import type_name_for_python
 
 from .base import Column, Row
 from .errors import invalidate_on_error, map_db_error
-
-if TYPE_CHECKING:
-    from .sql import SqlSource
+from .sqlhandle import SqlHandle
 
 MAX_TABLES = 10_000
 
@@ -70,7 +68,7 @@ _TABLES_SQL = {
 }
 
 
-def test(source: SqlSource) -> dict[str, Any]:
+def test(source: SqlHandle) -> dict[str, Any]:
     """Connect, run ``SELECT 1``, read the server version and count the tables."""
     started = time.perf_counter()
     fairy = source.raw_connection()
@@ -100,7 +98,7 @@ def _release(fairy: Any, dialect: str) -> None:
         fairy.invalidate()
 
 
-def discover(source: SqlSource, request: dict[str, Any]) -> list[dict[str, Any]]:
+def discover(source: SqlHandle, request: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per table or view: schema, name, kind, rowEstimate, columns, keys."""
     try:
         return _discover(source, request)
@@ -110,7 +108,7 @@ def discover(source: SqlSource, request: dict[str, Any]) -> list[dict[str, Any]]
         raise map_db_error(exc) from exc
 
 
-def _discover(source: SqlSource, request: dict[str, Any]) -> list[dict[str, Any]]:
+def _discover(source: SqlHandle, request: dict[str, Any]) -> list[dict[str, Any]]:
     from sqlalchemy import inspect
     from sqlalchemy.engine.reflection import ObjectKind
 
@@ -182,7 +180,7 @@ def _fk(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _row_estimates(source: SqlSource, schema: str | None) -> dict[str, int | None]:
+def _row_estimates(source: SqlHandle, schema: str | None) -> dict[str, int | None]:
     if source.dialect == "sqlite":
         return {}
     if source.dialect == "postgres":

@@ -17,16 +17,14 @@ import decimal
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.errors import JobError
 
 from .errors import invalidate_on_error
+from .sqlhandle import SqlHandle
 from .sqloptions import SqlOptions
-
-if TYPE_CHECKING:
-    from .sql import SqlSource
 
 _FLAVOURS = (
     # (pattern in the DBMS or driver name, flavour)
@@ -165,7 +163,7 @@ def redacted(conn_str: str) -> str:
 # ---------------------------------------------------------------- pool
 
 
-def make_pool(source: SqlSource, conn_str: str, opts: SqlOptions) -> Any:
+def make_pool(source: SqlHandle, conn_str: str, opts: SqlOptions) -> Any:
     """A SQLAlchemy ``QueuePool`` of pyodbc connections, read-only access mode requested."""
     import pyodbc
     from sqlalchemy.pool import QueuePool
@@ -206,7 +204,7 @@ def make_pool(source: SqlSource, conn_str: str, opts: SqlOptions) -> Any:
 # ---------------------------------------------------------------- per job
 
 
-def begin_job(source: SqlSource, conn: Any, timeout: float | None) -> None:
+def begin_job(source: SqlHandle, conn: Any, timeout: float | None) -> None:
     """The read-only session / transaction and the statement timeout of the real database."""
     flavour = source.flavour
     cur = conn.cursor()
@@ -247,7 +245,7 @@ def _mysql_text_rules(conn: Any) -> None:
     conn.rollback()
 
 
-def end_job(source: SqlSource, conn: Any) -> None:
+def end_job(source: SqlHandle, conn: Any) -> None:
     """Back to the pool clean: rolled back, and named / advisory locks released (they are
     not transactional). SQL Server: a rollback; session-owned application locks need EXEC
     (refused by the guard), and this pool does not run sp_reset_connection."""
@@ -279,7 +277,7 @@ _SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "sys", "mysql",
                              "performance_schema", "INFORMATION_SCHEMA"})  # fmt: skip
 
 
-def test(source: SqlSource) -> dict[str, Any]:
+def test(source: SqlHandle) -> dict[str, Any]:
     import pyodbc
 
     started = time.perf_counter()
@@ -318,7 +316,7 @@ def _table_list(cur: Any, schema: str | None = None) -> list[tuple[Any, Any, str
     return out
 
 
-def discover(source: SqlSource, request: dict[str, Any], max_tables: int) -> list[dict[str, Any]]:
+def discover(source: SqlHandle, request: dict[str, Any], max_tables: int) -> list[dict[str, Any]]:
     wanted = request.get("schemas") or ([request["schema"]] if request.get("schema") else [None])
     fairy = source.raw_connection()
     with invalidate_on_error(fairy):
@@ -369,7 +367,7 @@ _ESTIMATE_SQL = {
 }
 
 
-def _estimates(source: SqlSource, cur: Any, wanted: set[tuple[Any, Any]]) -> dict[tuple[Any, Any], int | None]:
+def _estimates(source: SqlHandle, cur: Any, wanted: set[tuple[Any, Any]]) -> dict[tuple[Any, Any], int | None]:
     """Row estimates from the catalogue (never counting); unknown where there is none."""
     sql = _ESTIMATE_SQL.get(source.flavour)
     if sql is None or not wanted:

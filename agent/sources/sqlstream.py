@@ -27,7 +27,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import JobError
 
@@ -35,9 +35,7 @@ from ..deadlines import DEADLINES, Deadline
 from . import mysqlsession, pgconn, pgcopy, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
-
-if TYPE_CHECKING:
-    from .sql import SqlSource
+from .sqlhandle import SqlHandle
 
 log = logging.getLogger("agent.sources")
 
@@ -49,7 +47,7 @@ class SqlStream(QueryStream):
 
     def __init__(
         self,
-        source: SqlSource,
+        source: SqlHandle,
         sql: str,
         params: Any,
         *,

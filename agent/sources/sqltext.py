@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import JobError
+from .mysqllex import tokenize_mysql
+from .sqltokens import (
+    COMMENT,
+    IDENT,
+    NUMBER,
+    PARAM,
+    PUNCT,
+    SEMI,
+    STRING,
+    WORD,
+    WS,
+    SqlTextError,
+    Token,
+)
 
-WS, COMMENT, STRING, IDENT, WORD, NUMBER, PARAM, PUNCT, SEMI = (
-    "ws", "comment", "string", "ident", "word", "number", "param", "punct", "semi",
-)  # fmt: skip
 DIALECTS = ("postgres", "mysql", "sqlite", "mssql", "generic")
 
 _WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
@@ -27,29 +36,9 @@ _PARAM = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
-class SqlTextError(JobError):
-    """The statement cannot be read safely (unterminated literal, hidden code...)."""
-
-    def __init__(self, message: str, code: str = "QUERY_FAILED") -> None:
-        super().__init__(code, message, retryable=False)
-
-
-@dataclass(frozen=True)
-class Token:
-    kind: str
-    text: str
-    pos: int
-
-    @property
-    def upper(self) -> str:
-        return self.text.upper()
-
-
 def tokenize(sql: str, dialect: str = "generic") -> list[Token]:
     """Split ``sql`` into tokens; raise ``SqlTextError`` on anything unterminated."""
     if dialect == "mysql":
-        from .mysqllex import tokenize_mysql
-
         return tokenize_mysql(sql)
     mysql, pg = dialect == "mysql", dialect == "postgres"
     nested = pg or dialect == "mssql"  # block comments nest in PostgreSQL and T-SQL

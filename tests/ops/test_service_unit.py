@@ -84,7 +84,7 @@ def test_config_under_home_is_refused_for_the_hardened_unit() -> None:
     home_cfg = Path("/root/.config/mini-connector-test-nonexistent/agent.toml")
     r = run_agent_cli(home_cfg, "service", "install", "--dry-run")
     assert r.code == 3  # no config there: the config check comes first
-    from agent.opscli import OpsError
+    from agent.opserrors import OpsError
     from agent.service import _check_visible
 
     with pytest.raises(OpsError) as err:
@@ -101,7 +101,7 @@ def test_service_run_is_windows_only() -> None:
 def test_windows_service_module_is_importable_and_inert_here(tmp_path: Path) -> None:
     """agent.winservice imports on Linux, knows pywin32 is absent, and refuses to act."""
     from agent import winservice
-    from agent.opscli import OpsError
+    from agent.opserrors import OpsError
     from agent.paths import StatePaths
 
     assert winservice.AVAILABLE is False

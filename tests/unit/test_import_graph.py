@@ -105,17 +105,6 @@ def test_the_finder_sees_hidden_imports_and_loops(tmp_path: Path) -> None:
     assert loops({"p.a": {"p.b"}, "p.b": set()}) == []
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        "relay",
-        pytest.param(
-            "agent",
-            marks=pytest.mark.xfail(
-                strict=False, reason="issue 15: the agent's admin loop is being untangled"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("package", ["relay", "agent"])
 def test_no_import_loop(package: str) -> None:
     assert loops(import_graph(package)) == []
