@@ -21,17 +21,17 @@ from typing import Any
 from shared import __version__
 
 from .config import AgentConfig, SecretBox, agent_endpoint, api_key, normalise_relay_url
-from .keyring import load_keyring
+from .jobs.keyring import load_keyring
+from .jobs.producer import compression_pays
+from .jobs.runner import Runner
+from .jobs.spool import AsyncSpool, Spool
+from .link.relays import Endpoint, RelayChoice
+from .link.session import Session, SessionConfig
+from .link.transport import Transport, connect_options
 from .logs import ShipBuffer
 from .paths import StatePaths
-from .producer import compression_pays
-from .relays import Endpoint, RelayChoice
-from .runner import Runner
-from .session import Session, SessionConfig
-from .sourceset import SourceSet
-from .spool import AsyncSpool, Spool
+from .sources.configured import SourceSet
 from .status import write_status
-from .transport import Transport, connect_options
 
 log = logging.getLogger("agent")
 
@@ -52,7 +52,7 @@ async def run_agent(
     """Run until stopped; returns why the session ended ("stopped", "SESSION_REPLACED")."""
     box = SecretBox(paths.secret_key)
     key = api_key(cfg, box)
-    # Plain ws:// off localhost is refused here too; several relay nodes: agent/relays.py.
+    # Plain ws:// off localhost is refused here too; several relay nodes: agent/link/relays.py.
     transport = Transport.from_config(cfg)
     endpoints = []
     for shown in cfg.all_relay_urls():

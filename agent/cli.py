@@ -22,6 +22,14 @@ from shared import __version__
 from shared.errors import JobError, KeyFormatError
 from shared.keys import validate_key
 
+from .admin.opscli import OPS_COMMANDS, add_ops_commands, run_ops_command
+from .admin.seccli import (
+    SECURITY_COMMANDS,
+    add_security_commands,
+    add_transport_options,
+    apply_transport_options,
+    run_security_command,
+)
 from .config import (
     KNOWN_TYPES,
     SUPPORTED_TYPES,
@@ -37,17 +45,9 @@ from .config import (
     split_odbc_password,
     split_url_password,
 )
-from .keyring import ensure_keys
-from .opscli import OPS_COMMANDS, add_ops_commands, run_ops_command
+from .jobs.keyring import ensure_keys
+from .link.relays import split_urls
 from .paths import StatePaths, resolve_config_path
-from .relays import split_urls
-from .seccli import (
-    SECURITY_COMMANDS,
-    add_security_commands,
-    add_transport_options,
-    apply_transport_options,
-    run_security_command,
-)
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--capacity", type=int)
     p.add_argument("--allow-insecure", action="store_true", help="allow plain ws:// off localhost")
-    add_transport_options(p)  # --ca-file, --pin-sha256, --proxy (agent/seccli.py)
+    add_transport_options(p)  # --ca-file, --pin-sha256, --proxy (agent/admin/seccli.py)
 
     p = sub.add_parser("source", help="manage local sources")
     _config_option(p)
@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the running agent's state")
     _config_option(p)
     p.add_argument("--json", action="store_true")
-    add_ops_commands(sub, _config_option)  # diagnose, logs, service (agent/opscli.py)
-    add_security_commands(sub, _config_option)  # rotate-keys (agent/seccli.py)
+    add_ops_commands(sub, _config_option)  # diagnose, logs, service (agent/admin/opscli.py)
+    add_security_commands(sub, _config_option)  # rotate-keys (agent/admin/seccli.py)
     return parser
 
 
@@ -298,7 +298,7 @@ def cmd_source_remove(args: argparse.Namespace, paths: StatePaths) -> int:
 
 
 def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
-    from .sourceset import SourceSet
+    from .sources.configured import SourceSet
 
     cfg = load_config(paths.config)
     if args.name not in cfg.sources:

@@ -67,8 +67,8 @@ class AgentConfig:
     capacity: int = DEFAULT_CAPACITY
     allow_insecure: bool = False
     sources: dict[str, SourceConfig] = field(default_factory=dict)
-    transport: dict[str, Any] = field(default_factory=dict)  # agent/transport.py reads it
-    relay_urls: list[str] = field(default_factory=list)  # several relay nodes (agent/relays.py)
+    transport: dict[str, Any] = field(default_factory=dict)  # agent/link/transport.py reads it
+    relay_urls: list[str] = field(default_factory=list)  # several relay nodes (agent/link/relays.py)
 
     def all_relay_urls(self) -> list[str]:
         return list(self.relay_urls) or ([self.relay_url] if self.relay_url else [])

@@ -174,7 +174,7 @@ def account_finding(source_cfg: SourceConfig, box: SecretBox) -> tuple[Finding |
     timeout, one connection, closed afterwards; never raises."""
     from shared.errors import JobError
 
-    from ..sourceset import SourceSet
+    from .configured import SourceSet
 
     options = dict(source_cfg.options)
     given = str(options.get("connect_timeout") or "5")

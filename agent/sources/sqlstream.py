@@ -31,7 +31,7 @@ from typing import Any
 
 from shared.errors import JobError
 
-from ..deadlines import DEADLINES, Deadline
+from ..jobs.deadlines import DEADLINES, Deadline
 from . import mysqlsession, pgconn, pgcopy, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error

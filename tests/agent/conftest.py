@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from agent.config import SecretBox, SourceConfig
-from agent.runner import Runner
-from agent.session import Session, SessionConfig
-from agent.sourceset import SourceSet
+from agent.jobs.runner import Runner
+from agent.link.session import Session, SessionConfig
+from agent.sources.configured import SourceSet
 from shared.crypto import generate_private_key, public_key_b64
 from shared.keys import generate_key
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from agent.config import SecretBox, SourceConfig
-from agent.runner import Runner
-from agent.sourceset import SourceSet
+from agent.jobs.runner import Runner
+from agent.sources.configured import SourceSet
 from shared import crypto
 from shared.crypto import generate_private_key, public_key_b64
 from shared.protocol import (

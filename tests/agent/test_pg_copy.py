@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from agent.producer import QUEUE_DEPTH, Producer
+from agent.jobs.producer import QUEUE_DEPTH, Producer
 from agent.sources import create_source, pgcopy
 from agent.sources.base import Batches
 from agent.sources.sql import SqlSource

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.netchecks import Target, proxy_for
+from agent.admin.netchecks import Target, proxy_for
 from shared.keys import generate_key
 from tests.fakes.tls import make_tls
 from tests.harness import Stack, command, run_cli
@@ -179,7 +179,7 @@ def test_untrusted_certificate_fails_tls_with_the_ca_fix(tls_server: tuple[int, 
 
 def test_configured_ca_file_and_pin_are_checked(tls_server: tuple[int, Path], tmp_path: Path) -> None:
     """--ca-file makes the chain trusted; a wrong --pin-sha256 fails tls, the right one matches."""
-    from agent.transport import spki_sha256
+    from agent.link.transport import spki_sha256
 
     port, cert = tls_server
     env = _clean_env()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service import unit_text
+from agent.admin.service import unit_text
 from tests.conftest import services_required
 from tests.harness import command
 from tests.ops.conftest import run_agent_cli
@@ -84,8 +84,8 @@ def test_config_under_home_is_refused_for_the_hardened_unit() -> None:
     home_cfg = Path("/root/.config/mini-connector-test-nonexistent/agent.toml")
     r = run_agent_cli(home_cfg, "service", "install", "--dry-run")
     assert r.code == 3  # no config there: the config check comes first
-    from agent.opserrors import OpsError
-    from agent.service import _check_visible
+    from agent.admin.errors import OpsError
+    from agent.admin.service import _check_visible
 
     with pytest.raises(OpsError) as err:
         _check_visible(str(home_cfg), "config")
@@ -99,9 +99,9 @@ def test_service_run_is_windows_only() -> None:
 
 
 def test_windows_service_module_is_importable_and_inert_here(tmp_path: Path) -> None:
-    """agent.winservice imports on Linux, knows pywin32 is absent, and refuses to act."""
-    from agent import winservice
-    from agent.opserrors import OpsError
+    """agent.admin.winservice imports on Linux, knows pywin32 is absent, and refuses to act."""
+    from agent.admin import winservice
+    from agent.admin.errors import OpsError
     from agent.paths import StatePaths
 
     assert winservice.AVAILABLE is False

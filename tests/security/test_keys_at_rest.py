@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent import platform_win
-from agent.keyring import KeyFiles, load_keyring, rotate_keys
+from agent.jobs.keyring import KeyFiles, load_keyring, rotate_keys
 from agent.paths import StatePaths
 from relay.agents.kems import KemDirectory
 from relay.app import create_app

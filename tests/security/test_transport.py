@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.transport import spki_sha256
+from agent.link.transport import spki_sha256
 from tests.fakes.tls import TlsFiles, make_tls
 from tests.harness import Agent, Proc, Relay, Source, Stack, command, scaled, wait_until
 from tests.system import dataset

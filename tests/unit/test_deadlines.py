@@ -1,11 +1,11 @@
-"""One deadline thread for every job (agent/deadlines.py)."""
+"""One deadline thread for every job (agent/jobs/deadlines.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from agent.deadlines import Deadlines
+from agent.jobs.deadlines import Deadlines
 
 
 def test_due_calls_run_in_order_and_cancelled_ones_never() -> None:

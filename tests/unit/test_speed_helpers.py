@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from agent.producer import compression_pays
+from agent.jobs.producer import compression_pays
 from relay.agents.heartbeats import HeartbeatWriter, writer_for
 from relay.jobs.results import ndjson
 from shared.fdlimit import raise_nofile

@@ -1,11 +1,11 @@
-"""Job threads kept for the next job (agent/workers.py)."""
+"""Job threads kept for the next job (agent/jobs/workers.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from agent.workers import Workers
+from agent.jobs.workers import Workers
 
 
 def _wait(cond, what: str, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

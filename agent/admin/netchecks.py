@@ -239,7 +239,7 @@ def check_tls(
     detail = (f"{version}, certificate for {target.host} verified against {trusted}, "
               f"issued by {issuer}, valid until {not_after:%Y-%m-%d} ({days} days)")  # fmt: skip
     if pins:
-        from .transport import spki_sha256
+        from ..link.transport import spki_sha256
 
         actual = spki_sha256(der)
         if actual not in pins:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import InvalidInput
+from ..config import InvalidInput
 
 
 def split_urls(values: Iterable[str]) -> list[str]:

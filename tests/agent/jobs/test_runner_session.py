@@ -9,8 +9,8 @@ import logging
 from agent.logs import ShipBuffer
 from shared.rows import decode_payload
 
-from .conftest import ROWS
-from .fake_relay import FakeRelay
+from ..conftest import ROWS
+from ..fake_relay import FakeRelay
 
 SLOW_SQL = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "

@@ -9,6 +9,11 @@ entry for the current state is a bug and raises ``IllegalTransition`` with both 
     connecting/hello_sent/ready --drain--> draining  (SIGTERM: finish jobs, take no more)
     draining --lost/idle--> closed
     any but closed --terminal/stop--> closed         (4010 SESSION_REPLACED, second signal)
+
+An event that arrives after the link has moved on (a welcome read while SIGTERM was
+already draining, a second stop) is in the table too and leaves the state as it is, so
+the session fires every event where it happens and never asks first; only a pair
+missing from the table raises.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (DRAINING, "lost"): CLOSED,
     (DRAINING, "idle"): CLOSED,
     (DRAINING, "drain"): DRAINING,
+    # late events: the link already moved on; nothing changes
+    (DRAINING, "hello"): DRAINING,
+    (DRAINING, "welcome"): DRAINING,
+    (CLOSED, "hello"): CLOSED,
+    (CLOSED, "welcome"): CLOSED,
+    (CLOSED, "drain"): CLOSED,
+    (CLOSED, "stop"): CLOSED,
 }
 for _state in (CONNECTING, HELLO_SENT, READY, DRAINING):
     TRANSITIONS[(_state, "terminal")] = CLOSED
@@ -66,9 +78,6 @@ class LinkState:
         if old != new and self._on_change is not None:
             self._on_change(old, event, new)
         return new
-
-    def can(self, event: str) -> bool:
-        return (self.state, event) in TRANSITIONS
 
     @property
     def public(self) -> str:

@@ -4,7 +4,7 @@ Order: config, DNS, proxy, TCP, TLS, API key, clock. A check that cannot mean an
 after an earlier failure is shown as ``skip`` with the reason, so the first ``FAIL`` is
 the one to fix. Any ``fail`` makes the exit code ``EXIT_CHECK_FAILED``. Lines are printed
 as each check finishes (the network ones can take up to ``--timeout`` each).
-``--bundle FILE.zip`` also writes a support bundle (``agent.bundle``) with the results.
+``--bundle FILE.zip`` also writes a support bundle (``agent.admin.bundle``) with the results.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ import orjson
 from shared.errors import KeyFormatError
 from shared.keys import key_prefix, validate_key
 
-from .config import ConfigError, SecretBox, agent_endpoint, api_key, load_config
+from ..config import ConfigError, SecretBox, agent_endpoint, api_key, load_config
+from ..link.transport import Transport, connect_options
+from ..paths import StatePaths
+from .errors import EXIT_CHECK_FAILED
 from .netchecks import (
     FAIL,
     OK,
@@ -38,9 +41,6 @@ from .netchecks import (
     format_check,
     proxy_for,
 )
-from .opserrors import EXIT_CHECK_FAILED
-from .paths import StatePaths
-from .transport import Transport, connect_options
 
 Report = Callable[[Check], None]
 
@@ -115,7 +115,7 @@ def run_checks(
 def account_checks(paths: StatePaths, *, report: Report | None = None) -> list[Check]:
     """One ``account`` line per SQL source: WARN when its account is privileged (with the
     SQL for a least-privilege reader as the fix), never FAIL (the exit code is the relay's)."""
-    from .sources.privilege import account_finding
+    from ..sources.privilege import account_finding
 
     try:
         cfg = load_config(paths.config)

@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.held import Job
-from agent.producer import ChunkItem
-from agent.runner import Runner
-from agent.spool import AsyncSpool, Spool
+from agent.jobs.job import Job
+from agent.jobs.producer import ChunkItem
+from agent.jobs.runner import Runner
+from agent.jobs.spool import AsyncSpool, Spool
 from shared.crypto import generate_private_key
 from shared.protocol import Chunk, Message, decode_chunk, encode_chunk, make
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import ClientConnection
 
-from .config import (
+from ..config import (
     AgentConfig,
     InvalidInput,
     SecretBox,

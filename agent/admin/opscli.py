@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .opserrors import LEVELS, OpsError
-from .paths import StatePaths
+from ..paths import StatePaths
+from .errors import LEVELS, OpsError
 
 OPS_COMMANDS = ("diagnose", "logs", "service")
 

@@ -36,11 +36,11 @@ from shared.protocol import (
     make,
 )
 
-from . import linkstate as ls
-from .logs import ShipBuffer
-from .logship import ship_forever
+from ..jobs.runner import Runner
+from ..logs import ShipBuffer
+from ..logship import ship_forever
+from . import state as ls
 from .relays import Endpoint, RelayChoice
-from .runner import Runner
 from .telemetry import Telemetry
 
 log = logging.getLogger("agent.session")
@@ -64,8 +64,8 @@ class SessionConfig:
     backoff_max: float = 60.0
     drain_grace: float = 30.0
     hello_extra: dict[str, Any] = field(default_factory=dict)  # optional hello fields (kems)
-    connect_options: dict[str, Any] = field(default_factory=dict)  # agent/transport.py
-    relays: RelayChoice | None = None  # several relay URLs (agent/relays.py); else ``url``
+    connect_options: dict[str, Any] = field(default_factory=dict)  # agent/link/transport.py
+    relays: RelayChoice | None = None  # several relay URLs (agent/link/relays.py); else ``url``
 
 
 class _WsLink:
@@ -227,8 +227,7 @@ class Session:
             **self.cfg.hello_extra,
         )
         await ws.send(encode(hello))
-        if self.state.state == ls.CONNECTING:
-            self.state.fire("hello")
+        self.state.fire("hello")
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return
@@ -237,8 +236,7 @@ class Session:
         self.connected_since = time.time()
         if self.ship is not None and welcome.get("logLevel"):
             self.ship.setLevel(welcome["logLevel"])
-        if self.state.state == ls.HELLO_SENT:
-            self.state.fire("welcome")
+        self.state.fire("welcome")
         await self.runner.attach(
             _WsLink(ws),
             connector_id=welcome["connectorId"],
@@ -329,8 +327,7 @@ class Session:
     # ------------------------------------------------------------ stopping
 
     async def _drain(self) -> None:
-        if self.state.can("drain"):
-            self.state.fire("drain")
+        self.state.fire("drain")
         self.runner.draining = True
         await self.runner.drain(self.cfg.drain_grace)
         if self.runner.active_jobs:
@@ -344,8 +341,7 @@ class Session:
         await self._close_now()
 
     async def _close_now(self) -> None:
-        if self.state.can("stop"):
-            self.state.fire("stop")
+        self.state.fire("stop")
         self.end_reason = self.end_reason or "stopped"
         ws = self._ws
         if ws is not None:

@@ -32,8 +32,8 @@ from shared.crypto import (
     write_secret_file,
 )
 
-from . import platform_win
-from .paths import StatePaths
+from .. import platform_win
+from ..paths import StatePaths
 
 DEFAULT_GRACE_SECONDS = 7 * 86400.0  # longer than a job's default TTL (4 h) by far
 

@@ -8,7 +8,7 @@ import pytest
 
 from agent import cli
 from agent.config import InvalidInput, load_config
-from agent.relays import Endpoint, RelayChoice, split_urls
+from agent.link.relays import Endpoint, RelayChoice, split_urls
 
 
 def test_repeated_and_comma_separated_relay_urls_are_stored_as_one_list(tmp_path: Path, api_key: str) -> None:

@@ -5,7 +5,7 @@ Each job runs as one asyncio task; its rows are read by a ``Producer`` in a work
 Chunks go out numbered from 0, never more than ``window`` unacknowledged; what the relay
 has not acknowledged stays here and is resent (with ``job.done.v1``) when the session
 reattaches after a reconnect. Every started/chunk/done/ack also goes to the spool
-(``agent.spool``), so a finished job survives an agent restart (``restore``); a redelivered
+(``agent.jobs.spool``), so a finished job survives an agent restart (``restore``); a redelivered
 finished job is answered or handed over, never run twice. Cancel and timeout stop the
 query at the database through the source's stream. The runner never touches the socket:
 the session hands it a ``Link``.
@@ -24,12 +24,12 @@ from shared.crypto import PrivateKey
 from shared.errors import JobError
 from shared.protocol import FLAG_ZSTD, Message, chunk_flags, decode_chunk, encode_chunk, make
 
-from .held import Job, from_spool, rekey_frames
-from .jobwork import Opener, open_request, reader
-from .logs import current_job
+from ..logs import current_job
+from ..sources.base import Source
+from .job import Job, from_spool, rekey_frames
 from .producer import ChunkItem, Producer
-from .sources.base import Source
 from .spool import FINISHED_KEEP_COUNT, AsyncSpool, Spool, SpooledJob
+from .work import Opener, open_request, reader
 
 log = logging.getLogger("agent.runner")
 

@@ -1,7 +1,7 @@
 """The agent's security options and commands, registered by ``agent.cli``.
 
 ``configure`` gains ``--ca-file``, ``--pin-sha256`` (repeatable), ``--proxy``; ``rotate-keys``
-makes new job-opening key pairs (``agent.keyring``). Kept apart so the main CLI only
+makes new job-opening key pairs (``agent.jobs.keyring``). Kept apart so the main CLI only
 registers them.
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import AgentConfig, InvalidInput, SecretBox, load_config
-from .keyring import DEFAULT_GRACE_SECONDS, rotate_keys
-from .paths import StatePaths
-from .transport import Transport, check_pin
+from ..config import AgentConfig, InvalidInput, SecretBox, load_config
+from ..jobs.keyring import DEFAULT_GRACE_SECONDS, rotate_keys
+from ..link.transport import Transport, check_pin
+from ..paths import StatePaths
 
 SECURITY_COMMANDS = ("rotate-keys",)
 

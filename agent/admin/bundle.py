@@ -30,7 +30,7 @@ import orjson
 
 from shared import __version__
 
-from .config import (
+from ..config import (
     ConfigError,
     SecretBox,
     env_name_for_source,
@@ -38,12 +38,12 @@ from .config import (
     redact_url,
     source_password,
 )
-from .config import api_key as read_api_key
-from .logs import redact
+from ..config import api_key as read_api_key
+from ..logs import redact
+from ..paths import StatePaths
+from ..status import read_status
+from .errors import EXIT_BUNDLE, OpsError
 from .netchecks import Check, format_check, show_proxy
-from .opserrors import EXIT_BUNDLE, OpsError
-from .paths import StatePaths
-from .status import read_status
 
 MAX_LOG_BYTES = 5 << 20
 DISTRIBUTIONS = ("websockets", "psutil", "cryptography", "orjson", "SQLAlchemy", "psycopg",
@@ -86,8 +86,8 @@ def _known_secrets(paths: StatePaths, env: Mapping[str, str]) -> list[str]:
         except ConfigError:
             pass
     try:
-        from .config import split_url_password
-        from .transport import Transport
+        from ..config import split_url_password
+        from ..link.transport import Transport
 
         proxy = Transport.from_config(cfg).proxy_url(box)
         found.append((split_url_password(proxy)[1] or "") if proxy else "")

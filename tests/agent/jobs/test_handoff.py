@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from agent.config import SecretBox, SourceConfig
-from agent.producer import Aborted, ChunkItem, Handoff
-from agent.runner import Runner
-from agent.sourceset import SourceSet
+from agent.jobs.producer import Aborted, ChunkItem, Handoff
+from agent.jobs.runner import Runner
+from agent.sources.configured import SourceSet
 from shared.crypto import generate_private_key, relay_info, seal_query
 from shared.protocol import Message, decode_chunk, make
 
-from .conftest import DoneRecorder, until
+from ..conftest import DoneRecorder, until
 
 TIMEOUT = 10.0
 

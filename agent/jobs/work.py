@@ -4,7 +4,7 @@
 ``DECRYPTION_FAILED``), through an ``Opener`` that tries first the key that opened the
 last job; ``reader`` returns the blocking function the job's worker thread
 runs: the source's ``test``/``discover``, or a query stream started on the source. The
-runner (``agent.runner``) owns the job's life around these.
+runner (``agent.jobs.runner``) owns the job's life around these.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from shared.crypto import (
 )
 from shared.errors import DecryptionFailed, JobError
 
-from .held import Job
-from .sources.base import (
+from ..sources.base import (
     DISCOVER_COLUMNS,
     TEST_COLUMNS,
     Batches,
@@ -34,6 +33,7 @@ from .sources.base import (
     discover_rows,
     test_row,
 )
+from .job import Job
 
 
 class Opener:

@@ -33,7 +33,7 @@ from shared.errors import JobError
 from shared.protocol import Chunk, encode_chunk
 from shared.rows import encode_objects, encode_rows, unique_names
 
-from .sources.base import Column
+from ..sources.base import Column
 from .workers import WORKERS
 
 log = logging.getLogger("agent.runner")
@@ -222,7 +222,7 @@ class Producer:
         self.truncated = False
 
     def start(self, runner: Callable[[Callable[[], None]], None] | None = None) -> None:
-        """Run the body in a worker thread (``agent/workers.py``). ``runner`` wraps the
+        """Run the body in a worker thread (``agent/jobs/workers.py``). ``runner`` wraps the
         body (the caller passes ``ctx.run``)."""
         body = self._body if runner is None else (lambda: runner(self._body))
 

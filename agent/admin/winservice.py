@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .opserrors import EXIT_NEEDS_ADMIN, EXIT_SERVICE, OpsError
-from .paths import StatePaths
+from ..paths import StatePaths
+from .errors import EXIT_NEEDS_ADMIN, EXIT_SERVICE, OpsError
 
 SERVICE_NAME = "MiniConnector"
 DISPLAY_NAME = "Mini Connector agent"
@@ -63,9 +63,9 @@ class _AgentThread(threading.Thread):
     def run(self) -> None:
         import logging
 
-        from .app import run_agent
-        from .config import load_config
-        from .logs import setup_logging
+        from ..app import run_agent
+        from ..config import load_config
+        from ..logs import setup_logging
 
         paths = StatePaths(self.config)
         try:
@@ -124,7 +124,7 @@ def install(paths: StatePaths, *, dry_run: bool) -> int:
               f"restart on failure): {program} {arguments}")  # fmt: skip
         return 0
     _require()
-    from .config import load_config
+    from ..config import load_config
 
     load_config(paths.config)
     try:  # pragma: no cover - Windows only

@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import orjson
 
-from .opserrors import EXIT_NO_LOG, LEVELS, OpsError
-from .paths import StatePaths
+from ..paths import StatePaths
+from .errors import EXIT_NO_LOG, LEVELS, OpsError
 
 FOLLOW_POLL = 0.25
 _RANK = {name: i for i, name in enumerate(LEVELS)}

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from agent.held import Job
-from agent.jobwork import Opener, open_request
-from agent.keyring import KeyRing, load_keyring, rotate_keys
+from agent.jobs.job import Job
+from agent.jobs.keyring import KeyRing, load_keyring, rotate_keys
+from agent.jobs.runner import Runner
+from agent.jobs.work import Opener, open_request
 from agent.paths import StatePaths
-from agent.runner import Runner
 from shared import crypto
 from shared.errors import DecryptionFailed
 from shared.protocol import make
 
-from .conftest import DoneRecorder
+from ..conftest import DoneRecorder
 
 QUERY = {"sql": "SELECT 1 AS one", "params": {}}
 

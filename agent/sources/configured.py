@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 from shared.errors import JobError
 
-from .config import SecretBox, SourceConfig, source_password
-from .sources import Source, create_source
+from ..config import SecretBox, SourceConfig, source_password
+from . import Source, create_source
 
 
 class SourceSet:

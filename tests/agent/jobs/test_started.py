@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from agent.runner import Runner
+from agent.jobs.runner import Runner
 from shared.crypto import generate_private_key
 from shared.protocol import Message, make
 
-from .conftest import SentLink, until
+from ..conftest import SentLink, until
 
 TIMEOUT = 10.0
 
@@ -92,7 +92,7 @@ async def test_a_quick_job_announces_itself_once_and_logs_one_line(caplog: Any) 
 
 
 async def test_a_job_still_running_after_a_while_logs_that_it_started(caplog: Any, monkeypatch: Any) -> None:
-    import agent.runner as runner_module
+    import agent.jobs.runner as runner_module
 
     monkeypatch.setattr(runner_module, "STARTED_LOG_AFTER", 0.05)
     source = _SlowSource()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.producer import Producer
+from agent.jobs.producer import Producer
 
 
 class Batches:

@@ -8,7 +8,7 @@ text comes from the pure function ``unit_text`` so tests check it with
 ``ProtectSystem=strict`` with the state folder as the one writable path, ``ProtectHome``,
 ``PrivateTmp`` and the other sandboxing switches, ``Restart=always`` with a back-off
 (``RestartSteps``/``RestartMaxDelaySec`` where systemd is 254 or newer).
-Windows: ``agent.winservice`` (pywin32). ``--dry-run`` prints the plan and changes nothing.
+Windows: ``agent.admin.winservice`` (pywin32). ``--dry-run`` prints the plan and changes nothing.
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import load_config
-from .opserrors import (
-    EXIT_NEEDS_ADMIN,
-    EXIT_NO_SERVICE_MANAGER,
-    EXIT_SERVICE,
-    OpsError,
-)
-from .paths import StatePaths
+from ..config import load_config
+from ..paths import StatePaths
+from .errors import EXIT_NEEDS_ADMIN, EXIT_NO_SERVICE_MANAGER, EXIT_SERVICE, OpsError
 
 SERVICE_NAME = "mini-connector"
 DEFAULT_USER = "mini-connector"
