@@ -5,7 +5,7 @@ rows shaped like ``throughput.py``'s table (id, name, amount, created, flag, sco
 at the agent's target chunk size, and times ``encode_chunk`` (the agent, per codec) and
 ``decode_chunk`` (the relay) over them. Prints MB/s, the compression ratio and CPU seconds
 per million rows, and zstd's figures as a ratio to zlib's. No database needed. No
-pass/fail. Compression is used only off loopback (``agent.producer.compression_pays``).
+pass/fail. Compression is used only off loopback (``agent.jobs.producer.compression_pays``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from _common import figure
 
-from agent.producer import TARGET_CHUNK
+from agent.jobs.producer import TARGET_CHUNK
 from shared.protocol import Chunk, decode_chunk, encode_chunk
 from shared.rows import encode_objects
 
