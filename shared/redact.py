@@ -9,11 +9,13 @@ from typing import Final
 
 _PATTERNS: Final[list[tuple[re.Pattern[str], str]]] = [
     (re.compile(r"vmc_[A-Za-z0-9]{4,}"), "vmc_****"),
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1****"),
+    # "bearer token", "Bearer header": a word about the scheme, not a credential
+    (re.compile(r"(?i)(bearer\s+)(?!(?:tokens?|header|scheme|auth|authentication|authorization)\b)[A-Za-z0-9._~+/=-]+"), r"\1****"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "<jwt ****>"),
     (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@"), r"\1:****@"),
     (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s;&,]+)"),
+        # MySQL's "(using password: YES)" says whether one was sent, not what it was
+        re.compile(r"(?i)\b(?!password: (?:YES|NO)\))(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s;&,]+)"),
         r"\1\2****",
     ),
     (

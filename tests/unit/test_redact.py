@@ -58,6 +58,32 @@ def test_secrets_never_pass(text: str, secret: str) -> None:
     assert secret not in redact(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Access denied for user 'bob'@'localhost' (using password: YES)",
+        "Access denied for user 'bob'@'localhost' (using password: NO)",
+        "GET /metrics needs a bearer token with the admin role",
+        "send the Bearer header; Bearer authentication failed",
+    ],
+)
+def test_words_about_credentials_are_not_taken_for_them(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("(using password: YESMAN)", "YESMAN"),
+        ("password: YES", "YES"),  # not MySQL's phrase: a value like any other
+        ("Bearer tokenized123", "tokenized123"),
+        ("bearer authx", "authx"),
+    ],
+)
+def test_the_exemptions_are_exact(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+
+
 def test_a_text_without_any_trigger_comes_back_as_it_is() -> None:
     text = "job job_0123456789abcdef0123456789abcdef succeeded: 1 rows in 1 chunks, 3 ms; query on source src (attempt 1)"
     assert redact(text) is text
