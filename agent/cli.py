@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -123,11 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``status | head -1``): stop quietly, as other Unix tools
+        # do. Python's final flush of stdout would fail again: point it at devnull first.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     paths = StatePaths(resolve_config_path(getattr(args, "config", None)))
     try:
         return _dispatch(args, paths)
+    except BrokenPipeError:
+        raise
     except CliError as exc:
         _err(exc.message)
         return exc.code

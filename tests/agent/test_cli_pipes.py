@@ -1,0 +1,46 @@
+"""A closed output pipe (``mini-connector status | head -1``) ends a command quietly with
+141, like a Unix tool ended by SIGPIPE, never "unexpected error: BrokenPipeError"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from agent.paths import StatePaths
+
+
+def _closed_reader(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    # stdout is a pipe whose reading end is closed before the child writes: the child's
+    # first write fails with EPIPE (Python ignores SIGPIPE, so it is BrokenPipeError).
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args],
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["source", "list"], ["logs"]])
+def test_a_closed_pipe_ends_quietly(args: list[str], tmp_path: Path, api_key: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key]) == 0
+    log = StatePaths(cfg).logs_dir / "agent.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(
+        f'{{"timestamp": "2026-12-04T00:00:0{i}Z", "level": "INFO", "logger": "agent.session", "message": "line {i}"}}\n'
+        for i in range(5)
+    ))  # fmt: skip
+    done = _closed_reader([*args, "--config", str(cfg)] if args != ["--help"] else args)
+    # --help's text sits in stdout's buffer until exit, where Python drops it silently
+    expected = (0, cli.EXIT_BROKEN_PIPE) if args == ["--help"] else (cli.EXIT_BROKEN_PIPE,)
+    assert done.returncode in expected, done.stderr
+    assert b"BrokenPipe" not in done.stderr and b"Traceback" not in done.stderr and b"unexpected" not in done.stderr
