@@ -32,6 +32,7 @@ from .admin.seccli import (
     run_security_command,
 )
 from .config import (
+    DEFAULT_CAPACITY,
     KNOWN_TYPES,
     SUPPORTED_TYPES,
     ConfigError,
@@ -48,7 +49,7 @@ from .config import (
 )
 from .jobs.keyring import ensure_keys
 from .link.relays import split_urls
-from .paths import StatePaths, resolve_config_path
+from .paths import StatePaths, default_config_path, resolve_config_path
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected
@@ -73,7 +74,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_option(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subparser's default must not overwrite a value given before its name.
-    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="agent config file")
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                   help=f"agent config file (default: $MC_AGENT_CONFIG, else {default_config_path()})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(p)
     p.add_argument("--relay-url", required=True, action="append",
                    help="the relay's URL; repeat it (or separate with commas) for several relay nodes")
-    p.add_argument("--api-key", required=True)
-    p.add_argument("--name")
-    p.add_argument("--capacity", type=int)
+    p.add_argument("--api-key", required=True,
+                   help="the connector's API key (vmc_...), shown once when the connector was registered")
+    p.add_argument("--name", help="a name for this agent, shown in its status file and support bundles")
+    p.add_argument("--capacity", type=int,
+                   help=f"jobs run at once (default {DEFAULT_CAPACITY})")
     p.add_argument("--allow-insecure", action="store_true", help="allow plain ws:// off localhost")
     add_transport_options(p)  # --ca-file, --pin-sha256, --proxy (agent/admin/seccli.py)
 
@@ -97,28 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="source_command", required=True, parser_class=_Parser)
     a = ssub.add_parser("add", help="add or replace a source")
     _config_option(a)
-    a.add_argument("name")
-    a.add_argument("--type", required=True, choices=KNOWN_TYPES)
-    a.add_argument("--url", required=True)
+    a.add_argument("name", help="the source's name, as jobs name it")
+    a.add_argument("--type", required=True, choices=KNOWN_TYPES, help="the kind of system")
+    a.add_argument("--url", required=True,
+                   help="where it is: a SQLAlchemy URL (postgresql://user@host/db, sqlite:////path), "
+                        "an ODBC connection string, or the Service Layer / Tally HTTP address")
     a.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    a.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    a.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a source option (repeatable); docs/SOURCES.md lists each type's options")
     lst = ssub.add_parser("list", help="list sources (never shows passwords)")
     _config_option(lst)
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="one JSON array instead of lines")
     for name, text in (("test", "test a source's connection"), ("remove", "remove a source")):
         sp = ssub.add_parser(name, help=text)
         _config_option(sp)
-        sp.add_argument("name")
+        sp.add_argument("name", help="the source's name")
         if name == "test":
-            sp.add_argument("--json", action="store_true")
+            sp.add_argument("--json", action="store_true", help="one JSON object instead of lines")
 
     p = sub.add_parser("run", help="run the agent in the foreground")
     _config_option(p)
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="the lowest level logged and shipped (default INFO)")
 
     p = sub.add_parser("status", help="show the running agent's state")
     _config_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     add_ops_commands(sub, _config_option)  # diagnose, logs, service (agent/admin/opscli.py)
     add_security_commands(sub, _config_option)  # rotate-keys (agent/admin/seccli.py)
     return parser

@@ -39,7 +39,7 @@ def add_ops_commands(
                    help="how many of the newest lines to show first (0: all; default 100)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the JSON lines as stored")
 
-    p = sub.add_parser("service", help="install or remove the system service")
+    p = sub.add_parser("service", help="install or uninstall the system service")
     config_option(p)
     p.add_argument("action", choices=("install", "uninstall", "run"),
                    help="install or uninstall ('run' is what the Windows service manager calls)")  # fmt: skip
