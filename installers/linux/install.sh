@@ -18,8 +18,10 @@ DRY_RUN=0 INSECURE=0
 STATE=/etc/mini-connector
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
-die() { echo "install.sh: $*" >&2; exit "${2:-1}"; }
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# die MESSAGE [EXIT_CODE]: one line on stderr (the message only), then exit.
+die() { echo "install.sh: $1" >&2; exit "${2:-1}"; }
+# usage [EXIT_CODE]: the header above; 0 when asked for (--help).
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
