@@ -41,7 +41,7 @@ function Step([string] $Show, [scriptblock] $Action) {
 }
 
 if (-not $ApiKey.StartsWith("vmc_")) { throw "the API key must start with 'vmc_'" }
-if (-not (Test-Path $Exe)) { throw "mini-connector.exe not found at $Exe: pass -Exe PATH" }
+if (-not (Test-Path $Exe)) { throw "mini-connector.exe not found at ${Exe}: pass -Exe PATH" }
 if (-not $DryRun) {
   $admin = ([Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()
            ).IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)
