@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build dist/mini-connector_<version>_<arch>.deb from dist/mini-connector with dpkg-deb.
 # Contents: /usr/bin/mini-connector, /lib/systemd/system/mini-connector.service (the unit
-# from agent.service.unit_text for the packaged paths), the operations guide, and the
+# from agent.admin.service.unit_text for the packaged paths), the operations guide, and the
 # maintainer scripts in installers/linux/debian/ (service user, 0700 /etc/mini-connector,
 # stop/disable on removal, user and config removed on purge).
 # Usage: installers/linux/build_deb.sh [PYTHON]   (run build_binary.sh first)
@@ -17,7 +17,7 @@ rm -rf "$ROOT"
 install -d -m 0755 "$ROOT/DEBIAN" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" \
   "$ROOT/usr/share/doc/mini-connector"
 install -m 0755 "$BIN" "$ROOT/usr/bin/mini-connector"
-"$PY" -c 'import sys; from agent.service import unit_text
+"$PY" -c 'import sys; from agent.admin.service import unit_text
 sys.stdout.write(unit_text(exec_path="/usr/bin/mini-connector", config_path="/etc/mini-connector/agent.toml"))' \
   > "$ROOT/lib/systemd/system/mini-connector.service"
 chmod 0644 "$ROOT/lib/systemd/system/mini-connector.service"
