@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(p)
     p.add_argument("--relay-url", required=True, action="append",
                    help="the relay's URL; repeat it (or separate with commas) for several relay nodes")
-    p.add_argument("--api-key", required=True,
-                   help="the connector's API key (vmc_...), shown once when the connector was registered")
+    p.add_argument("--api-key",
+                   help="the connector's API key (vmc_...), shown once when the connector was registered; "
+                        "needed the first time, kept when omitted later")
     p.add_argument("--name", help="a name for this agent, shown in its status file and support bundles")
     p.add_argument("--capacity", type=int,
                    help=f"jobs run at once (default {DEFAULT_CAPACITY})")
@@ -198,8 +199,14 @@ def _dispatch(args: argparse.Namespace, paths: StatePaths) -> int:
 
 
 def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
-    key = validate_key(args.api_key)  # first: a typo must not half-write a config
+    # The key first: a typo must not half-write a config. Without --api-key, the key the
+    # config already holds stays (it was shown once; changing only the relay URL must
+    # not need it again).
+    key = validate_key(args.api_key) if args.api_key is not None else None
     cfg = load_config(paths.config, missing_ok=True)
+    if key is None and not cfg.api_key_enc:
+        raise CliError("--api-key is required the first time (the key shown when the connector was created)",
+                       EXIT_USAGE)  # fmt: skip
     urls = [normalise_relay_url(u, allow_insecure=bool(args.allow_insecure)) for u in split_urls(args.relay_url)]
     cfg.relay_url, cfg.relay_urls = urls[0], urls
     cfg.allow_insecure = bool(args.allow_insecure)
@@ -212,7 +219,8 @@ def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
             raise InvalidInput("--capacity must be a whole number from 1 to 256")
         cfg.capacity = args.capacity
     box = SecretBox(paths.secret_key)
-    cfg.api_key_enc = box.encrypt(key, "api_key")
+    if key is not None:
+        cfg.api_key_enc = box.encrypt(key, "api_key")
     apply_transport_options(args, cfg, box)
     save_config(paths.config, cfg)
     created = ensure_keys(paths)  # X25519 (+ the post-quantum hybrid pair), 0600

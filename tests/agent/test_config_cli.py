@@ -141,3 +141,17 @@ def test_redaction_removes_keys_passwords_and_url_credentials(api_key: str) -> N
     rec = logging.LogRecord("agent.x", logging.INFO, __file__, 1, "connecting with %s", (api_key,), None)
     RedactFilter().filter(rec)
     assert api_key not in JsonFormatter().format(rec)
+
+
+def test_configure_keeps_the_key_when_only_the_relay_changes(tmp_path: Path, api_key: str, capsys) -> None:
+    """The key is shown once: moving the agent to another relay URL must not need it."""
+    from agent.config import api_key as stored_key
+
+    cfg = tmp_path / "agent.toml"
+    assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:9"]) == cli.EXIT_USAGE
+    assert "--api-key is required the first time" in capsys.readouterr().err and not cfg.exists()
+    assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key]) == 0
+    assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:7", "--capacity", "3"]) == 0
+    loaded = load_config(cfg)
+    assert loaded.relay_url == "ws://127.0.0.1:7" and loaded.capacity == 3
+    assert stored_key(loaded, SecretBox(StatePaths(cfg).secret_key), env={}) == api_key
