@@ -294,9 +294,10 @@ def check_auth(
     """A real WebSocket handshake with the key; closed at once, before any hello."""
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-    fix_key = ("the key is wrong, revoked or was rotated out: get a new one (POST "
-               "/connectors/{id}/rotate-key, or the console) and run "
-               "'mini-connector configure --relay-url URL --api-key NEW'")  # fmt: skip
+    fix_key = ("the key is wrong, revoked or was rotated out: get a new key for this connector "
+               "(POST /connectors/{id}/rotate-key, or the console); a revoked connector gets no new "
+               "key (rotate-key answers 409): register a new connector (POST /connectors) instead; "
+               "then run 'mini-connector configure --relay-url URL --api-key NEW'")  # fmt: skip
     try:
         asyncio.run(_handshake(endpoint, api_key, timeout, options or {}))
     except InvalidStatus as exc:

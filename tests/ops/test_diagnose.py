@@ -66,6 +66,8 @@ def test_revoked_key_fails_with_the_api_key_fix(ops_stack: Stack) -> None:
     auth = _line(r.out, "auth")
     assert auth.startswith("FAIL") and "HTTP 401" in auth, r.out
     assert "rotate-key" in auth and "configure" in auth and "--api-key NEW" in auth
+    # rotate-key answers 409 for a revoked connector: the fix names the way that works
+    assert "a revoked connector gets no new key" in auth and "POST /connectors)" in auth
     assert _line(r.out, "tcp").startswith("OK")
     assert "1 check failed: auth" in r.out
     assert agent.api_key not in r.out + r.err
