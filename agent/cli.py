@@ -43,6 +43,7 @@ from .config import (
     check_source_url,
     load_config,
     normalise_relay_url,
+    redact_url,
     save_config,
     split_odbc_password,
     split_url_password,
@@ -269,6 +270,8 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
                 check_driver_args(checked.driver_args)
         except (OptionError, ValueError) as exc:
             raise InvalidInput(str(exc)) from exc
+    if args.type == "sqlite":
+        _check_sqlite_file(url)
     box = SecretBox(paths.secret_key)
     enc = box.encrypt(password, f"source:{name}") if password else None
     replaced = name in cfg.sources
@@ -283,6 +286,25 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
 
 
 PRIVILEGE_TYPES = ("postgres", "mysql", "mssql", "odbc")
+
+
+def _check_sqlite_file(url: str) -> None:
+    """A SQLite source is opened read-only, so its file must exist: say so at ``source
+    add`` instead of at the first job."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(url).database or ""
+    except Exception as exc:
+        raise InvalidInput(f"{redact_url(url)!r} is not a SQLite URL (sqlite:////absolute/path.db)") from exc
+    if not path or path == ":memory:":
+        raise InvalidInput("a sqlite source needs a file path: sqlite:////absolute/path.db")
+    if not os.path.isfile(path):
+        # A warning, not a refusal: the file may be made later, or be readable only by the
+        # service's account (like the privilege note, what is found is said, not enforced).
+        print(f"warning: no SQLite database file at {path} (yet): the agent opens it read-only and "
+              "never creates it, so jobs fail until it exists; check the path "
+              "(sqlite:////absolute/path.db has four slashes)", file=sys.stderr)  # fmt: skip
 
 
 def _privilege_note(source_cfg: SourceConfig, box: SecretBox, *, when_unreachable: bool) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sqlite3
 import threading
 from typing import Any
@@ -287,7 +288,10 @@ def _without_trailing_semicolons(sql: str, dialect: str) -> str:
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     # mode=ro: the file is opened read-only by SQLite itself; query_only refuses writes
-    # even to temporary objects. The file must exist (ro never creates it).
+    # even to temporary objects. The file must exist (ro never creates it); SQLite's own
+    # "unable to open database file" does not say which file, so say it first.
+    if not os.path.isfile(path):
+        raise sqlite3.OperationalError(f"unable to open database file {path}: no such file")
     conn = sqlite3.connect(
         f"file:{quote(path)}?mode=ro", uri=True, check_same_thread=False, timeout=10
     )

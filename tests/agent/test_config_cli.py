@@ -113,7 +113,9 @@ def test_source_add_list_test_remove(tmp_path: Path, api_key: str, sample_db: Pa
 def test_source_test_failure_exits_non_zero(tmp_path: Path, api_key: str, capsys) -> None:
     cfg = str(tmp_path / "agent.toml")
     cli.main(["configure", "--config", cfg, "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key])
-    cli.main(["source", "add", "gone", "--type", "sqlite", "--url", f"sqlite:///{tmp_path}/absent.db", "--config", cfg])
+    (tmp_path / "absent.db").write_bytes(b"")  # there when added (source add checks), gone by the test
+    assert cli.main(["source", "add", "gone", "--type", "sqlite", "--url", f"sqlite:///{tmp_path}/absent.db", "--config", cfg]) == 0
+    (tmp_path / "absent.db").unlink()
     assert cli.main(["source", "test", "gone", "--config", cfg]) == 4
     assert "SOURCE_UNAVAILABLE" in capsys.readouterr().err
 
@@ -155,3 +157,23 @@ def test_configure_keeps_the_key_when_only_the_relay_changes(tmp_path: Path, api
     loaded = load_config(cfg)
     assert loaded.relay_url == "ws://127.0.0.1:7" and loaded.capacity == 3
     assert stored_key(loaded, SecretBox(StatePaths(cfg).secret_key), env={}) == api_key
+
+
+def test_a_sqlite_source_needs_its_file_and_its_errors_name_it(tmp_path: Path, api_key: str, capsys) -> None:
+    """A SQLite source is opened read-only and never created: a missing file is a warning at
+    ``source add`` (it may be made later), and ``source test`` names the path."""
+    cfg = tmp_path / "agent.toml"
+    assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key]) == 0
+    missing = tmp_path / "nope.db"
+    capsys.readouterr()
+    assert cli.main(["source", "add", "s", "--type", "sqlite", "--url", f"sqlite:///{missing}", "--config", str(cfg)]) == 0
+    assert f"warning: no SQLite database file at {missing}" in capsys.readouterr().err
+    db = tmp_path / "real.db"
+    import sqlite3
+
+    sqlite3.connect(db).close()
+    assert cli.main(["source", "add", "s", "--type", "sqlite", "--url", f"sqlite:///{db}", "--config", str(cfg)]) == 0
+    db.unlink()
+    capsys.readouterr()
+    assert cli.main(["source", "test", "s", "--config", str(cfg)]) != 0
+    assert str(db) in capsys.readouterr().err
