@@ -143,6 +143,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         message = {404: "no such route", 405: f"method {request.method} is not allowed here",
                    413: "the request body is too large"}.get(exc.status, exc.reason)  # fmt: skip
         response = envelope_error(exc.status, code, message, None, request_id)
+        if "Allow" in exc.headers:  # a 405 says which methods the route takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
     except asyncio.CancelledError:
         raise
     except Exception:

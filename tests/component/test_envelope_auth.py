@@ -144,3 +144,20 @@ async def test_internal_errors_have_no_stack_trace(api: Api, client: object) -> 
     status, body, _ = await api.call("GET", "/connectors")
     assert status == 500 and body["error"]["code"] == "INTERNAL_ERROR"
     assert "Traceback" not in str(body) and "File " not in str(body)
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("TRACE", "/api/v1/health", {"GET", "HEAD"}),
+    ("PUT", "/api/v1/jobs", {"GET", "HEAD", "POST"}),
+    ("DELETE", "/api/v1/jobs/job_x", {"GET", "HEAD"}),
+    ("PATCH", "/openapi.json", {"GET", "HEAD"}),
+])  # fmt: skip
+async def test_a_method_the_route_does_not_take_is_405_with_allow(
+    client: object, method: str, path: str, allowed: set[str]
+) -> None:
+    """405 in the envelope, with the Allow header RFC 9110 asks for (it was dropped when
+    the error was wrapped), for public and authenticated routes alike."""
+    resp = await client.request(method, path)  # type: ignore[attr-defined]
+    assert resp.status == 405
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
+    assert (await resp.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
