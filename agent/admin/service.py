@@ -30,6 +30,7 @@ DEFAULT_USER = "mini-connector"
 UNIT_DIR = Path("/etc/systemd/system")
 STOP_TIMEOUT = 45  # the agent drains for up to 30 s on SIGTERM, then acknowledges
 _HIDDEN_ROOTS = ("/home", "/root", "/run/user")  # what ProtectHome=yes hides
+_PRIVATE_TMP = ("/tmp", "/var/tmp")  # noqa: S108 - PrivateTmp=yes gives the service its own, empty ones
 
 
 def unit_text(
@@ -141,11 +142,25 @@ def _check_visible(path: str, what: str) -> None:
         )
 
 
+def private_tmp_warning(path: str) -> str | None:
+    """A warning when ``path`` is under /tmp or /var/tmp, which the service does not see
+    (a warning, not a refusal: a dry run from a test folder is fine)."""
+    root = next((r for r in _PRIVATE_TMP if path == r or path.startswith(r + "/")), None)
+    if root is not None:
+        return (f"warning: the config {path} is under {root}, "
+                "which the service does not see (PrivateTmp=yes gives it an empty one of its own): "
+                "the installed service would not find it; use /etc/mini-connector/agent.toml")
+    return None
+
+
 def install(paths: StatePaths, *, user: str, dry_run: bool) -> int:
     load_config(paths.config)  # a service without a config would only restart in a loop
     exe, config = agent_executable(), str(paths.config.resolve())
     _check_visible(config, "config")
     _check_visible(exe, "program")
+    warning = private_tmp_warning(config)
+    if warning:
+        print(warning, file=sys.stderr)
     unit_path = UNIT_DIR / f"{SERVICE_NAME}.service"
     plan = Plan(unit=unit_text(exec_path=exe, config_path=config, user=user,
                                systemd_version=systemd_version()))  # fmt: skip

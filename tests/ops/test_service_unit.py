@@ -111,3 +111,25 @@ def test_windows_service_module_is_importable_and_inert_here(tmp_path: Path) -> 
     with pytest.raises(OpsError) as err:
         winservice.uninstall(StatePaths(tmp_path / "agent.toml"), dry_run=False)
     assert "Windows" in err.value.message
+
+
+def test_a_config_under_tmp_is_warned_about() -> None:
+    """PrivateTmp=yes gives the service an empty /tmp (and /var/tmp) of its own: a config
+    there would not be found by the installed service, so install says so."""
+    from agent.admin.service import private_tmp_warning
+
+    for path in ("/tmp/x/agent.toml", "/var/tmp/agent.toml"):
+        warning = private_tmp_warning(path)
+        assert warning is not None and "PrivateTmp=yes" in warning and path in warning
+    assert private_tmp_warning("/etc/mini-connector/agent.toml") is None
+    assert private_tmp_warning("/tmpfoo/agent.toml") is None
+
+
+def test_dry_run_of_a_config_under_tmp_warns(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    if not str(config.resolve()).startswith("/tmp/"):
+        pytest.skip(f"pytest's tmp_path is not under /tmp here ({tmp_path})")
+    run_agent_cli(config, "configure", "--relay-url", "wss://relay.example.com",
+                  "--api-key", __import__("shared.keys", fromlist=["x"]).generate_key())  # fmt: skip
+    r = run_agent_cli(config, "service", "install", "--dry-run")
+    assert r.code == 0 and "warning: the config" in r.err and "PrivateTmp=yes" in r.err
