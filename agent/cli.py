@@ -278,6 +278,7 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
     cfg.sources[name] = SourceConfig(name=name, type=args.type, url=url, password_enc=enc, options=options)
     save_config(paths.config, cfg)
     print(f"source {name!r} {'replaced' if replaced else 'added'} ({args.type}, {url})")
+    _restart_note(paths)
     if password:
         print("its password is stored encrypted, not in the config")
     if args.type in PRIVILEGE_TYPES:
@@ -350,7 +351,19 @@ def cmd_source_remove(args: argparse.Namespace, paths: StatePaths) -> int:
     del cfg.sources[args.name]
     save_config(paths.config, cfg)
     print(f"source {args.name!r} removed")
+    _restart_note(paths)
     return EXIT_OK
+
+
+def _restart_note(paths: StatePaths) -> None:
+    """A running agent reads its sources when it starts: say so when one is running."""
+    from .status import read_status
+
+    st = read_status(paths.status_file)
+    if st["running"]:
+        print(f"note: the running agent (pid {st.get('pid')}) uses this after a restart "
+              "(restart it, or its service); 'mini-connector status' shows what it uses now",
+              file=sys.stderr)  # fmt: skip
 
 
 def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
@@ -412,11 +425,28 @@ def _when(ts: Any) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _sources_changed_note(running: list[dict[str, Any]], configured: list[dict[str, Any]]) -> str | None:
+    """What the config says now that the running agent does not use yet (it reads its
+    sources when it starts)."""
+    have = {(s.get("name"), s.get("type")) for s in running}
+    want = {(s.get("name"), s.get("type")) for s in configured}
+    if have == want:
+        return None
+    added = sorted(str(n) for n, _ in want - have)
+    removed = sorted(str(n) for n, _ in have - want)
+    parts = ([f"added or changed {', '.join(added)}"] if added else []) + (
+        [f"removed {', '.join(removed)}"] if removed else [])  # fmt: skip
+    return (f"note:           the config changed since the agent started ({'; '.join(parts)}): "
+            "restart the agent (or its service) to use it")
+
+
 def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
     from .status import read_status
 
     cfg = load_config(paths.config)
     st = read_status(paths.status_file)
+    configured = [s.public() for s in cfg.sources.values()]
+    running_sources = st.get("sources") if isinstance(st.get("sources"), list) else configured
     if args.json:
         out = {
             "running": st["running"],
@@ -426,7 +456,9 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
             "connectorId": st.get("connectorId"),
             "lastHeartbeat": st.get("lastHeartbeat"),
             "activeJobs": st.get("activeJobs", []) if st["running"] else [],
-            "sources": [s.public() for s in cfg.sources.values()],
+            "sources": running_sources if st["running"] else configured,
+            "configSources": configured,
+            "lastError": st.get("lastError") if st["running"] else None,
             "pid": st.get("pid") if st["running"] else None,
         }
         print(orjson.dumps(out).decode())
@@ -435,6 +467,8 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
         print(f"the agent is not running (config {paths.config}, relay {cfg.relay_url or 'not set'})")
         return EXIT_NOT_RUNNING
     print(f"state:          {st.get('state')}")
+    if st.get("state") != "connected" and st.get("lastError"):
+        print(f"why:            {st['lastError']}")
     print(f"relay:          {st.get('relayUrl', cfg.relay_url)}")
     if len(cfg.all_relay_urls()) > 1:
         print(f"relays:         {', '.join(cfg.all_relay_urls())} (tried in turn)")
@@ -444,8 +478,11 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
     print(f"active jobs:    {len(jobs)}")
     for j in jobs:
         print(f"  {j.get('jobId')} {j.get('operation')} on {j.get('source')} ({j.get('state')}, {j.get('rows')} rows)")
-    names = ", ".join(f"{s.name} ({s.type})" for s in cfg.sources.values()) or "none"
+    names = ", ".join(f"{s['name']} ({s['type']})" for s in running_sources) or "none"
     print(f"sources:        {names}")
+    note = _sources_changed_note(running_sources, configured)
+    if note:
+        print(note)
     print(f"pid:            {st.get('pid')}")
     return EXIT_OK
 

@@ -125,6 +125,8 @@ class Session:
             "activeJobs": self.runner.snapshot(),
             "capacity": self.cfg.capacity,
             "sources": self.cfg.sources,
+            # why it is not connected: the last failure logged (cleared once welcomed)
+            "lastError": self._failure or None,
         }
 
     def request_stop(self) -> None:
