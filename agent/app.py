@@ -16,11 +16,20 @@ import platform
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from shared import __version__
 
-from .config import AgentConfig, SecretBox, agent_endpoint, api_key, normalise_relay_url
+from .config import (
+    AgentConfig,
+    ConfigError,
+    SecretBox,
+    agent_endpoint,
+    api_key,
+    load_config,
+    normalise_relay_url,
+)
 from .jobs.keyring import load_keyring
 from .jobs.producer import compression_pays
 from .jobs.runner import Runner
@@ -95,12 +104,14 @@ async def run_agent(
     )  # fmt: skip
     started = time.time()
     status_task = asyncio.create_task(_write_status_forever(session, cfg, paths, started))
+    watch_task = asyncio.create_task(_watch_sources(paths, sources, session))
     try:
         reason = await session.run()
     finally:
-        status_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await status_task
+        for task in (status_task, watch_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         _write(session, cfg, paths, started)
         await spool.close()  # every write submitted so far is on disk
         await asyncio.to_thread(sources.close)
@@ -122,6 +133,40 @@ def _write(session: Session, cfg: AgentConfig, paths: StatePaths, started: float
         write_status(paths.status_file, data)
     except OSError as exc:
         log.debug("cannot write the status file: %s", exc)
+
+
+SOURCES_EVERY = 1.0  # seconds between looks at the config file for changed sources
+
+
+async def _watch_sources(paths: StatePaths, sources: SourceSet, session: Session) -> None:
+    """Apply 'source add/remove' to the running agent: when the config file changes, its
+    sources are reloaded (new ones usable at once, removed or changed ones closed) and the
+    relay told. A config that cannot be read (half-written, a typo by hand) is skipped
+    with a warning; the sources in use stay as they were."""
+    seen = _mtime(paths.config)
+    while True:
+        await asyncio.sleep(SOURCES_EVERY)
+        now = _mtime(paths.config)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            fresh = await asyncio.to_thread(load_config, paths.config)
+        except ConfigError as exc:
+            log.warning("the config changed but cannot be read (%s); keeping the sources in use", exc)
+            continue
+        if await asyncio.to_thread(sources.update, fresh.sources):
+            public = sources.public()
+            log.info("sources changed: now %s", ", ".join(f"{s['name']} ({s['type']})" for s in public) or "none")
+            await session.sources_changed(public)
+
+
+def _mtime(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
 
 
 async def _write_status_forever(

@@ -356,14 +356,14 @@ def cmd_source_remove(args: argparse.Namespace, paths: StatePaths) -> int:
 
 
 def _restart_note(paths: StatePaths) -> None:
-    """A running agent reads its sources when it starts: say so when one is running."""
+    """A running agent reloads its sources when the config changes (agent/app.py): say
+    when it will, since the change is not in use the moment the command returns."""
     from .status import read_status
 
     st = read_status(paths.status_file)
     if st["running"]:
-        print(f"note: the running agent (pid {st.get('pid')}) uses this after a restart "
-              "(restart it, or its service); 'mini-connector status' shows what it uses now",
-              file=sys.stderr)  # fmt: skip
+        print(f"note: the running agent (pid {st.get('pid')}) picks this up within a few seconds; "
+              "'mini-connector status' shows the sources it uses", file=sys.stderr)  # fmt: skip
 
 
 def cmd_source_test(args: argparse.Namespace, paths: StatePaths) -> int:
@@ -426,8 +426,8 @@ def _when(ts: Any) -> str:
 
 
 def _sources_changed_note(running: list[dict[str, Any]], configured: list[dict[str, Any]]) -> str | None:
-    """What the config says now that the running agent does not use yet (it reads its
-    sources when it starts)."""
+    """What the config says that the running agent does not use (yet: it reloads its
+    sources within seconds of a change)."""
     have = {(s.get("name"), s.get("type")) for s in running}
     want = {(s.get("name"), s.get("type")) for s in configured}
     if have == want:
@@ -436,8 +436,8 @@ def _sources_changed_note(running: list[dict[str, Any]], configured: list[dict[s
     removed = sorted(str(n) for n, _ in have - want)
     parts = ([f"added or changed {', '.join(added)}"] if added else []) + (
         [f"removed {', '.join(removed)}"] if removed else [])  # fmt: skip
-    return (f"note:           the config changed since the agent started ({'; '.join(parts)}): "
-            "restart the agent (or its service) to use it")
+    return (f"note:           the config differs from what the agent uses ({'; '.join(parts)}): "
+            "it reloads within seconds; if this stays, see its log (a config it cannot read is kept out)")
 
 
 def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:

@@ -250,6 +250,10 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
         },
     ),
     "agent.logs.v1": (AGENT, {"lines": F("list", max_len=1000, item=_LOG_LINE)}),
+    # The agent's sources changed while it runs (its admin ran 'source add/remove'): the
+    # whole new list, as in the hello. Sent only to a relay whose welcome says
+    # ``sourceUpdates``; an older relay learns the list at the next hello.
+    "agent.sources.v1": (AGENT, {"sources": F("list", max_len=1000, item=_SOURCE)}),
     # relay -> agent
     "relay.welcome.v1": (
         RELAY,
@@ -269,6 +273,8 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
             # Optional: the relay takes zstd-compressed chunks (flag bit 1); an older relay
             # does not, and the agent compresses with zlib as before.
             "zstdChunks": F("bool", required=False),
+            # Optional: the relay takes agent.sources.v1 (a running agent's new source list).
+            "sourceUpdates": F("bool", required=False),
         },
     ),
     "job.assign.v1": (

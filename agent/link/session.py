@@ -110,6 +110,8 @@ class Session:
         self._stop_requests = 0
         self._welcomed = False
         self._failure = ""  # the last failure reason logged, to avoid repeating it
+        self._source_updates = False  # the relay takes agent.sources.v1 (its welcome said so)
+        self._sources_in_hello: list[dict[str, str]] = []
         self._asked_delay: float | None = None  # from relay.reconnect.v1
 
     # ------------------------------------------------------------ public
@@ -216,6 +218,7 @@ class Session:
             return 0.0, welcomed
 
     async def _converse(self, ws: ClientConnection) -> None:
+        self._sources_in_hello = list(self.cfg.sources)
         hello = make(
             "agent.hello.v1",
             protocolVersion=PROTOCOL_VERSION,
@@ -224,7 +227,7 @@ class Session:
             os=self.cfg.os_name,
             publicKey=self.cfg.public_key,
             capacity=self.cfg.capacity,
-            sources=self.cfg.sources,
+            sources=self._sources_in_hello,
             heldJobs=self.runner.held_jobs(),
             **self.cfg.hello_extra,
         )
@@ -238,7 +241,11 @@ class Session:
         self.connected_since = time.time()
         if self.ship is not None and welcome.get("logLevel"):
             self.ship.setLevel(welcome["logLevel"])
+        self._source_updates = bool(welcome.get("sourceUpdates"))
         self.state.fire("welcome")
+        if self._source_updates and self._sources_in_hello != self.cfg.sources:
+            # changed between the hello and the welcome: the relay has the old list
+            await ws.send(encode(make("agent.sources.v1", sources=self.cfg.sources)))
         await self.runner.attach(
             _WsLink(ws),
             connector_id=welcome["connectorId"],
@@ -294,6 +301,16 @@ class Session:
             log.info("the relay asked the agent to reconnect after %.1f s; reconnecting in %.1f s",
                      asked, self._asked_delay)  # fmt: skip
             await ws.close(1000, "reconnect requested")
+
+    async def sources_changed(self, sources: list[dict[str, str]]) -> None:
+        """The admin changed the sources while the agent runs: the next hello carries the
+        new list, and a relay that takes ``agent.sources.v1`` hears it now."""
+        self.cfg.sources = sources
+        ws = self._ws
+        if ws is None or not self._source_updates or self.state.state != ls.READY:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(encode(make("agent.sources.v1", sources=sources)))
 
     async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
         while True:

@@ -60,6 +60,22 @@ class SourceSet:
             self._open[name] = src
             return src
 
+    def update(self, configs: Mapping[str, SourceConfig]) -> bool:
+        """The config's sources changed while the agent runs: use ``configs`` from now on.
+        A removed or changed source's open pool is closed (a job already running on it
+        keeps the connection it holds until it ends); the others stay open. True when the
+        list differs."""
+        configs = dict(configs)
+        with self._mutex:
+            if configs == self._configs:
+                return False
+            stale = [name for name, cfg in self._configs.items() if configs.get(name) != cfg]
+            closing = [self._open.pop(name) for name in stale if name in self._open]
+            self._configs = configs
+        for src in closing:
+            src.close()
+        return True
+
     def close(self) -> None:
         with self._mutex:
             opened, self._open = list(self._open.values()), {}

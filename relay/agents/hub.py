@@ -208,7 +208,7 @@ class Hub:
             "relay.welcome.v1", protocolVersion=protocol.PROTOCOL_VERSION,
             connectorId=session.connector_id, heartbeatInterval=relay.config.heartbeat_interval,
             window=relay.config.window, maxChunkBytes=relay.config.max_chunk_bytes,
-            startedWithoutColumns=True, zstdChunks=True,
+            startedWithoutColumns=True, zstdChunks=True, sourceUpdates=True,
             **await loglevel.welcome_fields(relay.log_levels, relay.store, connector, session.connected_since),
         )  # fmt: skip
         for job_id, attempt in cancelled:
@@ -504,4 +504,5 @@ _HANDLERS = {
     "job.started.v1": messages.on_started,
     "job.done.v1": messages.on_done,
     "agent.logs.v1": messages.on_logs,
+    "agent.sources.v1": messages.on_sources,
 }

@@ -217,6 +217,15 @@ def duration_ms(job: dict[str, Any]) -> int | None:
 # ---------------------------------------------------------------- heartbeats and logs
 
 
+async def on_sources(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
+    """The running agent's sources changed: jobs are checked against the new list from now
+    on (submission reads it from the store)."""
+    sources = orjson.dumps(msg["sources"]).decode()
+    await relay.store.run(connector_steps.set_sources, session.connector_id, sources)
+    log.info("agent sources changed: %s", ", ".join(s["name"] for s in msg["sources"]) or "none",
+             extra={"connector_id": session.connector_id})  # fmt: skip
+
+
 async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
     at = now()
     session.last_heartbeat = at

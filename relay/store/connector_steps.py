@@ -148,3 +148,8 @@ def heartbeats(conn: Connection, items: list[tuple[Any, ...]]) -> None:
     for cid, _, _, until in items:
         if until is not None:
             queue.renew_leases(conn, cid, until)  # its traffic keeps its jobs leased
+
+
+def set_sources(conn: Connection, connector_id: str, sources_json: str) -> None:
+    """The sources the connector's running agent reported (agent.sources.v1)."""
+    con_store.set_fields(conn, connector_id, {"sources": sources_json})

@@ -141,3 +141,27 @@ async def test_concurrent_deletes_raise_one_revoked_event(store: str, request: A
     assert [m["data"]["connectorId"] for m in revoked] == [con["id"]], seen
     await sentinel.close()
     await ws.close()
+
+
+async def test_a_running_agents_new_source_list_is_used_at_once(api: Api, agent: FakeAgent) -> None:
+    """agent.sources.v1 (offered by the welcome's sourceUpdates) replaces the connector's
+    sources: a job for the new one is taken, one for the dropped one refused, and the
+    connector's view shows the new list. A malformed list is a protocol error that
+    changes nothing."""
+    cid = agent.connector_id or ""
+    assert agent.welcome is not None and agent.welcome.get("sourceUpdates") is True
+    await agent.send("agent.sources.v1", sources=[{"name": "crm", "type": "postgres"}])
+
+    async def crm_taken() -> bool:
+        return (await _post_job(api, cid, "crm"))[0] == 202
+
+    await wait_until(crm_taken, what="a job for crm to be taken")
+    status, out = await _post_job(api, cid, "erp")
+    assert status == 422 and out["error"]["details"]["sources"] == ["crm"], out
+    _, view, _ = await api.call("GET", f"/connectors/{cid}", expect=200)
+    assert view["data"]["sources"] == [{"name": "crm", "type": "postgres"}]
+    await agent.send_raw(json.dumps({"type": "agent.sources.v1", "sources": [{"name": 7}]}))
+    error = await agent.expect("relay.error.v1")
+    assert error["code"] == "PROTOCOL_ERROR"
+    _, view, _ = await api.call("GET", f"/connectors/{cid}", expect=200)
+    assert view["data"]["sources"] == [{"name": "crm", "type": "postgres"}]

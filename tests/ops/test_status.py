@@ -38,25 +38,50 @@ def test_status_of_a_stopped_agent_is_exit_6(ops_stack: Stack) -> None:
     assert r.code == 6 and json.loads(r.out)["running"] is False
 
 
-def test_status_shows_the_running_agents_sources_and_says_when_the_config_changed(
+def test_a_source_added_or_removed_while_the_agent_runs_is_used_without_a_restart(
     ops_stack: Stack, tmp_path
 ) -> None:
-    """A source added while the agent runs is not in use until a restart: source add says
-    so, and status shows what the agent uses now, the config's list, and the note."""
+    """source add on a running agent: it says the agent picks it up, the agent reloads it
+    and tells the relay, and a job on it succeeds, all without a restart; source remove
+    takes it away the same way (a job on it is then SOURCE_NOT_FOUND at submission)."""
     import sqlite3
 
     agent = ops_stack.add_agent("status-changed", [Source("erp", "sqlite", f"sqlite:///{tmp_path / 'e.db'}")])
-    wait_until(lambda: json.loads(run_agent_cli(agent.config, "status", "--json", env=agent.env).out)["state"]
-               == "connected", 15, what="connected")  # fmt: skip
-    sqlite3.connect(tmp_path / "crm.db").close()
+    assert ops_stack.api is not None and agent.proc is not None
+    pid = agent.proc.pid
+
+    def status() -> dict:
+        return json.loads(run_agent_cli(agent.config, "status", "--json", env=agent.env).out)
+
+    wait_until(lambda: status()["state"] == "connected", 15, what="connected")
+    db = sqlite3.connect(tmp_path / "crm.db")
+    db.execute("CREATE TABLE c (id INTEGER)")
+    db.execute("INSERT INTO c VALUES (7)")
+    db.commit()
+    db.close()
     added = run_agent_cli(agent.config, "source", "add", "crm", "--type", "sqlite",
                           "--url", f"sqlite:///{tmp_path / 'crm.db'}", env=agent.env)  # fmt: skip
-    assert added.code == 0 and "uses this after a restart" in added.err, added.err
-    data = json.loads(run_agent_cli(agent.config, "status", "--json", env=agent.env).out)
-    assert data["sources"] == [{"name": "erp", "type": "sqlite"}]
-    assert {s["name"] for s in data["configSources"]} == {"erp", "crm"}
+    assert added.code == 0 and "picks this up" in added.err, added.err
+    wait_until(lambda: {s["name"] for s in status()["sources"]} == {"erp", "crm"}, 15,
+               what="the running agent to use crm")  # fmt: skip
+    job, rows = ops_stack.api.run_job(agent.connector_id, "crm", sql="SELECT id FROM c")
+    assert job["status"] == "succeeded" and rows == [{"id": 7}], (job, rows)
     text = run_agent_cli(agent.config, "status", env=agent.env).out
-    assert "sources:        erp (sqlite)" in text and "added or changed crm" in text and "restart" in text
+    assert "crm (sqlite)" in text and "note:" not in text
+    removed = run_agent_cli(agent.config, "source", "remove", "crm", env=agent.env)
+    assert removed.code == 0
+    wait_until(lambda: [s["name"] for s in status()["sources"]] == ["erp"], 15, what="crm gone")
+    wait_until(lambda: _refused(ops_stack, agent.connector_id), 15, what="the relay to refuse crm")
+    assert agent.proc.pid == pid and agent.proc.popen.poll() is None  # never restarted
+
+
+def _refused(stack: Stack, connector_id: str) -> bool:
+    assert stack.api is not None
+    try:
+        stack.api.submit(connector_id, "crm", sql="SELECT 1")
+    except Exception as exc:
+        return "SOURCE_NOT_FOUND" in str(exc)
+    return False
 
 
 def test_status_says_why_it_is_not_connected(ops_stack: Stack, tmp_path) -> None:
