@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean fuzz-api package
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+fuzz-api: $(STAMP)  ## schemathesis, every check and phase, against a relay with an agent (docs/API.md)
+	$(PY) scripts/fuzz_api.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

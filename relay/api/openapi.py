@@ -6,17 +6,18 @@ document with openapi-spec-validator.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from shared.protocol import LOG_LEVELS
+from shared.protocol import LOG_LEVELS, OPERATIONS
 
 from ..agents.connector_status import STATUSES as CONNECTOR_STATUSES
 from ..jobs.lifecycle import MAX_JOB_KEY, OPTIONS
 from ..jobs.lifecycle import STATUSES as JOB_STATUSES
 from .common import relay_of
+from .job_spec import MAX_SEALED_BYTES
 
 S = dict[str, Any]
 
@@ -30,6 +31,7 @@ def _nullable(kind: str, **extra: Any) -> S:
 
 
 TIME = _nullable("string", format="date-time")
+DATE_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, e.g. 2026-12-04T03:00:00Z"}
 
 
 def _option(name: str) -> S:
@@ -41,8 +43,26 @@ def _option(name: str) -> S:
     return {"type": "integer" if kind == "int" else "number", **bounds}
 # Connector names: no control characters (C0, DEL, C1), line/paragraph separators or
 # bidirectional formatting characters (relay/api/common.py, check_plain_text).
+# Some character that Python's str.strip() keeps (the relay's test of "blank"): spelled
+# out, because \S differs between regex engines (\x1c-\x1f, \x85, \ufeff).
+NOT_BLANK = r"[^\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 PLAIN_TEXT = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
-NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": PLAIN_TEXT}
+NAME = {"type": "string", "minLength": 1, "maxLength": 100,
+        "allOf": [{"pattern": PLAIN_TEXT}, {"pattern": NOT_BLANK}]}
+# An identifier or name: at least one character that is not white space.
+TEXT_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NOT_BLANK}
+# Standard base64 with padding, at least one byte.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+# The shapes of a clear query, told apart by their first key in this order (job_spec.py).
+QUERY_SHAPE = {"type": "object", "anyOf": [
+    {"required": ["sql"], "properties": {
+        "sql": {"type": "string", "minLength": 1, "maxLength": 256 * 1024, "pattern": NOT_BLANK},
+        "params": {"type": ["object", "null"], "description": "named parameters"}}},
+    {"required": ["entity"], "not": {"required": ["sql"]},
+     "properties": {"entity": {"type": "string", "minLength": 1}}},
+    {"required": ["collection"], "not": {"anyOf": [{"required": ["sql"]}, {"required": ["entity"]}]},
+     "properties": {"collection": {"type": "string", "minLength": 1}}},
+]}
 SCHEMAS: dict[str, S] = {
     "Error": {
         "type": "object", "required": ["success", "error"],
@@ -63,8 +83,12 @@ SCHEMAS: dict[str, S] = {
     },
     "ConnectorCreated": {
         "type": "object",
-        "properties": {k: {"type": "string"} for k in
-                       ("id", "name", "apiKey", "apiKeyPrefix", "downloadUrl", "setupInstructions")},
+        "properties": {
+            **{k: {"type": "string"} for k in ("id", "name", "apiKey", "apiKeyPrefix", "setupInstructions")},
+            "downloadUrl": _nullable("string", description="the agent build for this os: a path on this "
+                                     "relay (/downloads/...), or under MC_RELAY_DOWNLOADS_URL; null when "
+                                     "the relay serves none (docs/OPERATIONS.md)"),
+        },
     },
     "Connector": {
         "type": "object",
@@ -129,13 +153,32 @@ SCHEMAS: dict[str, S] = {
         "jobKey": _nullable("string", minLength=1, maxLength=MAX_JOB_KEY)}},
     "NewJob": {
         "type": "object", "required": ["connectorId", "source"], "additionalProperties": False,
+        "description": "A query job carries query (its shape by the source's type) or sealedQuery, "
+                       "never both; discover and test take neither (one given is ignored).",
         "properties": {
-            "connectorId": {"type": "string"}, "source": {"type": "string"},
-            "operation": {"enum": ["query", "discover", "test"]},
-            "query": {"type": "object", "description": "SQL: {sql, params}; sap_b1: {entity, select, filter, orderBy, top}; tally: {collection, fields, company, fromDate, toDate, filter}"},
-            "sealedQuery": {"type": "string", "contentEncoding": "base64"},
-            "options": _ref("JobOptions"),
+            "connectorId": TEXT_ID, "source": {**TEXT_ID, "maxLength": 200},
+            "operation": {"enum": list(OPERATIONS), "default": "query"},
+            "query": {"type": ["object", "null"], "description": "SQL: {sql, params}; sap_b1: {entity, "
+                      "select, filter, orderBy, top}; tally: {collection, fields, company, fromDate, "
+                      "toDate, filter}. The relay checks the key that names the shape (sql, entity or "
+                      "collection); the agent checks the rest against the source"},
+            "sealedQuery": _nullable("string", pattern=BASE64, maxLength=4 * (MAX_SEALED_BYTES // 3 + 1),
+                                     description="the query sealed to the connector's publicKey "
+                                                 "(docs/API.md, Sealing a job), base64"),
+            "options": {"anyOf": [_ref("JobOptions"), {"type": "null"}]},
         },
+        "allOf": [
+            # never both query and sealedQuery
+            {"not": {"required": ["query", "sealedQuery"],
+                     "properties": {"query": {"type": "object"}, "sealedQuery": {"type": "string"}}}},
+            # a query job (operation left out means query) needs one of them, query in a known shape
+            {"if": {"anyOf": [{"not": {"required": ["operation"]}},
+                              {"required": ["operation"], "properties": {"operation": {"const": "query"}}}]},
+             "then": {"anyOf": [
+                 {"required": ["sealedQuery"], "properties": {"sealedQuery": {"type": "string"}}},
+                 {"required": ["query"], "properties": {"query": QUERY_SHAPE}},
+             ]}},
+        ],
     },
     "JobAccepted": {"type": "object", "properties": {
         "id": {"type": "string"}, "status": {"const": "queued"},
@@ -191,8 +234,12 @@ RATE_LIMITED = {
 }
 
 
+TENANT_HEADER: S = {"name": "X-Tenant-ID", "in": "header", "required": True, "schema": {"type": "string"},
+                    "description": "the tenant; must match the token's tenantId"}
+
+
 def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None,
-        body: str | None = None, public: bool = False, tags: str = "relay") -> S:  # fmt: skip
+        body: str | None = None, public: bool = False, tags: str = "relay", events: bool = False) -> S:  # fmt: skip
     op: S = {"operationId": op_id, "summary": summary, "tags": [tags],
              "responses": {**responses, **({} if public else _ERRORS)}}  # fmt: skip
     if params:
@@ -201,6 +248,8 @@ def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
     if public:
         op["security"] = []
+    elif events:  # the token names the tenant; X-Tenant-ID, when sent, must match it
+        op["parameters"] = [*op.get("parameters", []), {**TENANT_HEADER, "required": False}]
     else:
         op["parameters"] = [*op.get("parameters", []), {"$ref": "#/components/parameters/TenantId"}]
     return op
@@ -210,8 +259,10 @@ def _q(name: str, schema: S, description: str = "") -> S:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-PAGE = [_q("page", {"type": "integer", "minimum": 1}), _q("limit", {"type": "integer", "minimum": 1, "maximum": 100})]
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+      "description": "the connector's or job's id (con_... or job_...)"}
+PAGE = [_q("page", {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}, "page number, from 1"),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "items a page")]
 
 
 def _health(op_id: str) -> S:
@@ -235,7 +286,7 @@ PATHS: dict[str, S] = {
                     {"201": _json(_ok(_ref("ConnectorCreated")), "created")}, body="NewConnector"),
         "get": _op("listConnectors", "List connectors",
                    {"200": _json(_ok(_ref("Connector"), list_=True), "connectors")},
-                   params=[_q("status", {"enum": list(CONNECTOR_STATUSES)}), *PAGE]),
+                   params=[_q("status", {"enum": list(CONNECTOR_STATUSES)}, "only connectors in this status"), *PAGE]),
     },
     "/api/v1/connectors/{id}": {
         "get": _op("getConnector", "A connector", {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID]),
@@ -246,21 +297,28 @@ PATHS: dict[str, S] = {
     },
     "/api/v1/connectors/{id}/rotate-key": {
         "post": {**_op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
-                       {"200": _json(_ok(_ref("RotatedKey")), "new key")}, params=[ID]),
+                       {"200": _json(_ok(_ref("RotatedKey")), "new key"),
+                        "409": {**ERR, "description": "CONNECTOR_REVOKED: a revoked connector gets no new key"}},
+                       params=[ID]),
                  "requestBody": {"required": False, "content": {"application/json": {
                      "schema": _ref("RotateKeyRequest")}}}},
     },
     "/api/v1/connectors/{id}/logs": {
         "get": _op("getConnectorLogs", "The agent's shipped log lines, oldest first",
                    {"200": _json(_ok(_ref("LogPage")), "log lines")},
-                   params=[ID, _q("level", {"type": "string"}), _q("since", {"type": "string", "format": "date-time"}),
-                           _q("until", {"type": "string", "format": "date-time"}), _q("jobId", {"type": "string"}),
-                           _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("cursor", {"type": "string"})]),
+                   params=[ID, _q("level", {"enum": [*LOG_LEVELS, *(v.lower() for v in LOG_LEVELS)], "default": "DEBUG"},
+                              "the lowest level shown (either case)"),
+                           _q("since", DATE_TIME, "lines logged at or after this time"),
+                           _q("until", DATE_TIME, "lines logged at or before this time"),
+                           _q("jobId", {"type": "string", "minLength": 1}, "only lines about this job"),
+                           _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "lines a page"),
+                           _q("cursor", {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+                              "the previous page's nextCursor")]),
     },
     "/api/v1/connectors/{id}/metrics": {
         "get": _op("getConnectorMetrics", "Heartbeat samples (kept 24 h)",
                    {"200": _json(_ok({"type": "array", "items": _ref("MetricSample")}), "samples")},
-                   params=[ID, _q("since", {"type": "string", "format": "date-time"})]),
+                   params=[ID, _q("since", DATE_TIME, "samples at or after this time (at most 24 h back)")]),
     },
     "/api/v1/jobs": {
         "post": _op("createJob", "Submit a job (sealed to the connector on receipt)",
@@ -271,7 +329,8 @@ PATHS: dict[str, S] = {
                              "connector has reported its sources and this is not one (SOURCE_NOT_FOUND)"}},
                     body="NewJob"),
         "get": _op("listJobs", "List jobs", {"200": _json(_ok(_ref("Job"), list_=True), "jobs")},
-                   params=[_q("connectorId", {"type": "string"}), _q("status", {"type": "string"}), *PAGE]),
+                   params=[_q("connectorId", {"type": "string", "minLength": 1}, "only this connector's jobs"),
+                           _q("status", {"enum": list(JOB_STATUSES)}, "only jobs in this status"), *PAGE]),
     },
     "/api/v1/jobs/{id}": {
         "get": _op("getJob", "A job's metadata", {"200": _json(_ok(_ref("Job")), "job")}, params=[ID]),
@@ -286,15 +345,19 @@ PATHS: dict[str, S] = {
                        "application/x-ndjson": {"schema": {"type": "string"}},
                        "text/csv": {"schema": {"type": "string"}}}},
                     "409": ERR, "410": ERR},
-                   params=[ID, _q("format", {"enum": ["ndjson", "csv"]}), _q("offset", {"type": "integer", "minimum": 0}),
+                   params=[ID, _q("format", {"enum": ["ndjson", "csv"], "default": "ndjson"}, "rows as NDJSON or CSV"),
+                           _q("offset", {"type": "integer", "minimum": 0, "maximum": 10**15, "default": 0},
+                              "start at this row (0 is the first): resume a cut download"),
                            _q("csvFormulas", {"enum": ["escape", "raw"], "default": "escape"},
-                              "CSV only: 'escape' (default) prefixes ' to text cells starting with = + - @ tab "
+                              "CSV (ignored for NDJSON): 'escape' (default) prefixes ' to text cells starting with = + - @ tab "
                               "or CR, so spreadsheets show them instead of running them (plain numbers in "
                               "integer/number/decimal columns stay as they are); 'raw' writes every cell as is")]),
     },
     "/api/v1/events": {
         "get": _op("events", "Tenant events over a WebSocket: connector_status_changed, job_started, job_completed",
-                   WS_UPGRADE, params=[{"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}]),
+                   WS_UPGRADE, params=[_q("token", {"type": "string", "minLength": 1},
+                                          "the bearer token, for clients (browsers) that cannot set "
+                                          "Authorization on a WebSocket")], events=True),
     },
     "/api/v1/agent/connect": {
         "get": _op("agentConnect", "Agent WebSocket (Authorization: Bearer <API key>)",
@@ -319,10 +382,41 @@ PATHS: dict[str, S] = {
                             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                                         "text/plain": {"schema": {"type": "string"}}}},
                     "404": ERR, "429": LIMITED},
-                   params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                   params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "a file name from SHA256SUMS, or that name with .sha256"}],
                    public=True, tags="operations"),
     },
 }  # fmt: skip
+
+
+def _link(op_id: str, description: str, *, body: S | None = None) -> S:
+    link: S = {"operationId": op_id, "description": description}
+    if body is None:
+        link["parameters"] = {"id": "$response.body#/data/id"}
+    else:
+        link["requestBody"] = body
+    return link
+
+
+# OpenAPI links: what a created connector or job's id leads to (clients and stateful
+# fuzzers follow them; schemathesis's stateful phase does, in `make fuzz-api`).
+_CONNECTOR_LINKS: Final = {
+    "GetConnector": _link("getConnector", "the connector just created"),
+    "UpdateConnector": _link("updateConnector", "rename it or raise its log level"),
+    "RotateConnectorKey": _link("rotateConnectorKey", "issue it a new API key"),
+    "GetConnectorLogs": _link("getConnectorLogs", "its agent's log lines"),
+    "GetConnectorMetrics": _link("getConnectorMetrics", "its heartbeat samples"),
+    "CreateJob": _link("createJob", "a job for it", body={"connectorId": "$response.body#/data/id"}),
+    "DeleteConnector": _link("deleteConnector", "revoke it"),
+}
+_JOB_LINKS: Final = {
+    "GetJob": _link("getJob", "the job's metadata"),
+    "GetJobResults": _link("getJobResults", "its rows"),
+    "CancelJob": _link("cancelJob", "cancel it"),
+}
+PATHS["/api/v1/connectors"]["post"]["responses"]["201"]["links"] = _CONNECTOR_LINKS
+for _status in ("200", "202"):
+    PATHS["/api/v1/jobs"]["post"]["responses"][_status]["links"] = _JOB_LINKS
 
 
 def document(version: str) -> S:
@@ -341,8 +435,7 @@ def document(version: str) -> S:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                                 "metricsToken": {"type": "http", "scheme": "bearer",
                                                  "description": "MC_RELAY_METRICS_TOKEN"}},
-            "parameters": {"TenantId": {"name": "X-Tenant-ID", "in": "header", "required": True,
-                                        "schema": {"type": "string"}}},
+            "parameters": {"TenantId": TENANT_HEADER},
             "responses": {"Error": _json(_ref("Error"), "an error, in the envelope"),
                           "RateLimited": RATE_LIMITED},
         },

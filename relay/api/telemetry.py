@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from aiohttp import web
 
 from shared.errors import ValidationError
@@ -12,15 +15,24 @@ from ..store import connectors as con_store
 from ..store import logs as log_store
 from .common import not_found, ok, principal, query_int, relay_of
 
+# RFC 3339's date-time, which the OpenAPI document's ``format: date-time`` names: Python's
+# ``fromisoformat`` alone would also take "2026-12-04", "20261204T0300" or no offset at all.
+RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
 
 def _time(request: web.Request, name: str) -> float | None:
     raw = request.query.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
+        if not RFC3339.fullmatch(raw):
+            raise ValueError(raw)
         return parse_iso(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be an ISO 8601 time", field=name) from None
+    except (ValueError, OverflowError):
+        raise ValidationError(f"{name} must be an RFC 3339 time such as 2026-12-04T03:00:00Z",
+                              field=name) from None
 
 
 async def _connector_id(request: web.Request) -> str:

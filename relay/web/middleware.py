@@ -27,7 +27,7 @@ from typing import Final
 
 from aiohttp import web
 
-from shared.errors import MCError, RateLimited, Unauthorized
+from shared.errors import MCError, RateLimited, Unauthorized, ValidationError
 
 from ..context import RELAY
 from ..ids_and_times import new_request_id
@@ -101,6 +101,21 @@ def _admit(request: web.Request, route: str, token: str | None) -> None:
         raise rate_limited(quota, f"more than {quota.limit} requests a minute from {scope}")
 
 
+def check_query(request: web.Request) -> None:
+    """Every query parameter named, once, and with a value: ``?status=&status=x`` is a
+    mistake (which one did the caller mean?), not a request to ignore, so it is 422."""
+    seen: set[str] = set()
+    for name, value in request.query.items():
+        shown = name[:40]
+        if name == "":
+            raise ValidationError("a query parameter has no name", field="")
+        if name in seen:
+            raise ValidationError(f"query parameter {shown} is given more than once", field=shown)
+        if value == "":
+            raise ValidationError(f"query parameter {shown} is empty; leave it out instead", field=shown)
+        seen.add(name)
+
+
 async def _self_checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A public route that checks its own token (``/metrics``): its 401s count against the
     client address like any failed authentication, and an address over the limit waits."""
@@ -125,6 +140,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         if route is not None and route not in PUBLIC_ROUTES:
             _admit(request, route, _presented_token(request))
+            check_query(request)
             response = await handler(request)
         elif route in SELF_CHECKED_ROUTES:
             response = await _self_checked(request, handler)

@@ -210,6 +210,36 @@ async def test_csv_neutralises_formula_cells(api: Api, agent: Any, objects: bool
 
 async def test_csv_formulas_option_is_checked(api: Api, agent: Any) -> None:
     job_id = await _csv_job(api, agent, objects=False)
-    for query in ("format=csv&csvFormulas=yes", "csvFormulas=raw"):
-        status, body, _ = await api.call("GET", f"/jobs/{job_id}/results?{query}")
-        assert status == 422 and body["error"]["details"]["field"] == "csvFormulas", (query, body)
+    status, body, _ = await api.call("GET", f"/jobs/{job_id}/results?format=csv&csvFormulas=yes")
+    assert status == 422 and body["error"]["details"]["field"] == "csvFormulas", body
+    # NDJSON has no formulas to escape: the option is ignored there (as the document says)
+    status, _, _ = await api.call("GET", f"/jobs/{job_id}/results?csvFormulas=raw")
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=", "status"),  # empty: leave it out to mean "any"
+        ("status=online&status=offline", "status"),  # which one?
+        ("page=1&page=2", "page"),
+        ("=online", ""),  # a value without a name
+    ],
+)
+async def test_query_parameters_come_once_and_with_a_value(api: Api, query: str, field: str) -> None:
+    status, body = await _get(api, f"/connectors?{query}")
+    assert status == 422, body
+    assert body["error"]["code"] == "VALIDATION_ERROR"
+    assert body["error"]["details"]["field"] == field
+    status, body = await _get(api, "/connectors?status=online&page=1")  # one each: fine
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("value", ["2026-12-04", "2026-12-04T03:00:00", "yesterday", "2026-02-30T00:00:00Z"])
+async def test_log_times_are_rfc_3339(api: Api, value: str) -> None:
+    con = await api.new_connector()
+    for name in ("since", "until"):
+        status, body = await _get(api, f"/connectors/{con['id']}/logs?{name}={quote(value)}")
+        assert status == 422 and body["error"]["details"]["field"] == name, body
+    status, body = await _get(api, f"/connectors/{con['id']}/logs?since={quote('2026-12-04T03:00:00+05:30')}")
+    assert status == 200, body
