@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import random
 import signal
 import sqlite3
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +121,31 @@ LIMIT :top
 """
 
 
+def download_check(relay_url: str, download_url: str | None) -> str:
+    """Fetch the connector's downloadUrl and check it against the relay's SHA256SUMS."""
+    if download_url is None:
+        return ("agent download: none yet (this relay serves no build; `make package` builds "
+                "dist/downloads/, which `make demo` then serves)")  # fmt: skip
+    with urllib.request.urlopen(relay_url + download_url, timeout=60) as resp:  # noqa: S310 (our own relay)
+        body = resp.read()
+    with urllib.request.urlopen(relay_url + "/downloads/SHA256SUMS", timeout=10) as resp:  # noqa: S310
+        sums = resp.read().decode()
+    name = download_url.rsplit("/", 1)[-1]
+    if f"{hashlib.sha256(body).hexdigest()}  {name}" not in sums.splitlines():
+        raise HarnessError(f"{download_url} does not match the relay's SHA256SUMS")
+    return f"agent download: {download_url}, {len(body) / 1e6:.1f} MB, SHA-256 matches SHA256SUMS"
+
+
 def run_demo(work: Path) -> None:
     step(f"Sample ERP database in {work}")
     erp = work / "erp.db"
     make_erp(erp)
     print("  customers: 500, invoices: 3000 (totals in decimals, dates, statuses)")
 
-    stack = Stack(work / "stack", tenant="demo-tenant", heartbeat=2.0)
+    # What `make package` built (installers/stage_downloads.sh), served as a relay would.
+    builds = ROOT / "dist" / "downloads"
+    served = {"MC_RELAY_DOWNLOADS_DIR": str(builds)} if builds.is_dir() else {}
+    stack = Stack(work / "stack", tenant="demo-tenant", heartbeat=2.0, extra_env=served)
     try:
         step("Starting the relay (embedded SQLite store)")
         relay = stack.start_relay()
@@ -136,6 +156,7 @@ def run_demo(work: Path) -> None:
         step("Registering a connector and starting the agent with source 'erp'")
         agent = stack.add_agent("demo-erp", [Source("erp", "sqlite", f"sqlite:///{erp}")], start=False)
         print(f"  connector {agent.connector_id}, API key {agent.api_key[:12]}... (shown once)")
+        print("  " + download_check(relay.url, agent.download_url))
         print("  " + agent.cli("source", "list").strip().replace("\n", "\n  "))
         stack.start_agent(agent, timeout=30)
         print("  agent online")

@@ -401,6 +401,7 @@ class Agent:
     connector_id: str
     api_key: str
     env: dict[str, str]
+    download_url: str | None = None  # the connector's downloadUrl, as POST /connectors answered
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> str:
         return run_cli([*command("mini-connector"), "--config", str(self.config), *args],
@@ -508,7 +509,7 @@ class Stack:
         home.mkdir(parents=True, exist_ok=True)
         env = self._env()
         env["HOME"] = str(home)  # keeps any per-user default paths inside the temp folder
-        agent = Agent(None, home / "agent.toml", created["id"], created["apiKey"], env)
+        agent = Agent(None, home / "agent.toml", created["id"], created["apiKey"], env, created.get("downloadUrl"))
         agent.cli("configure", "--relay-url", relay_url or self.relay.ws_url, "--api-key", created["apiKey"],
                   "--name", name)  # fmt: skip
         for src in sources:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from shared.keys import key_prefix
 
 from ..agents import connector_status as cs
 from ..agents import loglevel, registration
+from ..config import RelayConfig
 from ..ids_and_times import iso, now
 from ..store import connectors as con_store
 from ..web.auth import check_fields
@@ -33,17 +35,30 @@ PATCH_FIELDS = frozenset({"name"}) | loglevel.FIELDS
 OSES = ("linux", "windows")
 
 
-def _download_url(base: str, os_: str) -> str:
-    return f"{base.rstrip('/')}/mini-connector-{'windows.exe' if os_ == 'windows' else 'linux'}"
+def _download_url(config: RelayConfig, os_: str) -> str | None:
+    """Where this connector's agent build is: a path on this relay when its downloads
+    folder holds the build, ``MC_RELAY_DOWNLOADS_URL``'s own place when that is set
+    (a CDN the relay cannot check), else None rather than a link that answers 404."""
+    name = f"mini-connector-{'windows.exe' if os_ == 'windows' else 'linux'}"
+    base = config.downloads_url_base.rstrip("/")
+    if base != "/downloads":
+        return f"{base}/{name}"
+    folder = config.downloads_dir
+    if not folder or not (Path(folder) / name).is_file():
+        return None
+    return f"{base}/{name}"
 
 
-def _setup(request: web.Request, os_: str, api_key: str) -> str:
+def _setup(request: web.Request, os_: str, api_key: str, download_url: str | None) -> str:
     relay_url = f"{request.scheme}://{request.host}"
     cfg = f"mini-connector configure --relay-url {relay_url} --api-key {api_key}"
+    get = ("Download the agent" if download_url else
+           "This relay serves no agent build for this system yet: get it from your provider "
+           "(docs/OPERATIONS.md, 'Where the agent comes from')")  # fmt: skip
     if os_ == "windows":
-        return (f"Run the installer, then in an administrator prompt: {cfg}; add a source with "
+        return (f"{get}; run the installer, then in an administrator prompt: {cfg}; add a source with "
                 "'mini-connector source add', then 'mini-connector service install'.")  # fmt: skip
-    return (f"Download the agent, then run: {cfg}; add a source with 'mini-connector source add', "
+    return (f"{get}, then run: {cfg}; add a source with 'mini-connector source add', "
             "then 'sudo mini-connector service install' (or 'mini-connector run').")  # fmt: skip
 
 
@@ -56,13 +71,14 @@ async def create(request: web.Request) -> web.Response:
     if os_ not in OSES:
         raise ValidationError("os must be linux or windows", field="os")
     row, api_key = await registration.register_connector(relay, who.tenant_id, (name or "").strip(), os_)
+    download_url = _download_url(relay.config, os_)
     data = {
         "id": row["id"],
         "name": row["name"],
         "apiKey": api_key,
         "apiKeyPrefix": row["api_key_prefix"],
-        "downloadUrl": _download_url(relay.config.downloads_url_base, os_),
-        "setupInstructions": _setup(request, os_, api_key),
+        "downloadUrl": download_url,
+        "setupInstructions": _setup(request, os_, api_key, download_url),
     }
     return ok(data, status=201)
 

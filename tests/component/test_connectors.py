@@ -20,14 +20,15 @@ async def test_register_shows_the_key_once_with_setup_instructions(api: Api) -> 
     """POST /connectors answers 201 with a valid vmc_ key, its prefix, download URL and setup text."""
     con = await api.new_connector("Delhi Warehouse", "windows")
     assert keys.is_valid_key(con["apiKey"]) and con["apiKey"].startswith(con["apiKeyPrefix"])
-    assert con["downloadUrl"] == "/downloads/mini-connector-windows.exe"
+    # This relay serves no builds: no link that would answer 404 (docs/OPERATIONS.md)
+    assert con["downloadUrl"] is None and "serves no agent build" in con["setupInstructions"]
     assert "mini-connector configure --relay-url" in con["setupInstructions"]
     assert con["apiKey"] in con["setupInstructions"]
     got = await api.connector(con["id"])
     assert set(got) == CONNECTOR_FIELDS
     assert got["status"] == "pending" and got["os"] == "windows" and "apiKey" not in got
     linux = await api.new_connector("x", "linux")
-    assert linux["downloadUrl"] == "/downloads/mini-connector-linux"
+    assert linux["downloadUrl"] is None
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,22 @@ async def test_downloads_serve_builds_with_checksums(start_relay: Any, tmp_path:
     assert head.status == 200 and len(head.headers["X-Checksum-SHA256"]) == 64
 
 
+async def test_download_url_names_only_what_is_served(start_relay: Any, tmp_path: Path) -> None:
+    """A build missing from the folder gives downloadUrl null (not a 404 link); a CDN base
+    (MC_RELAY_DOWNLOADS_URL) is named as configured, which the relay cannot check."""
+    folder = tmp_path / "only-linux"
+    folder.mkdir()
+    (folder / "mini-connector-linux").write_bytes(b"\x7fELF")
+    api = Api(await start_relay(downloads_dir=str(folder)))
+    assert (await api.new_connector("l", "linux"))["downloadUrl"] == "/downloads/mini-connector-linux"
+    windows = await api.new_connector("w", "windows")
+    assert windows["downloadUrl"] is None and "serves no agent build" in windows["setupInstructions"]
+    cdn = Api(await start_relay(downloads_url_base="https://cdn.example.com/agent/"))
+    got = await cdn.new_connector("w", "windows")
+    assert got["downloadUrl"] == "https://cdn.example.com/agent/mini-connector-windows.exe"
+    assert got["setupInstructions"].startswith("Download the agent")
+
+
 async def test_downloads_404_in_the_envelope_and_no_path_escapes(start_relay: Any, tmp_path: Path) -> None:
     """A missing build, traversal attempts and a symlink out of the folder are all 404."""
     client = await start_relay(downloads_dir=str(_folder(tmp_path)))

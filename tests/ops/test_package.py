@@ -7,6 +7,7 @@ as root), so it runs only with ``MC_TEST_PACKAGE=1``. It builds with the scripts
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -15,6 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,8 @@ def test_binary_runs_a_job_and_the_deb_installs_and_removes(tmp_path: Path) -> N
     binary = ROOT / "dist" / "mini-connector"
     assert re.fullmatch(r"mini-connector \d+\.\d+\.\d+\n", _sh(str(binary), "--version"))
     deb = Path(_sh("installers/linux/build_deb.sh", str(PY)).strip().splitlines()[-1])
+    staged = _sh("installers/stage_downloads.sh").split()
+    assert "mini-connector-linux" in staged and deb.name in staged
     built = time.monotonic() - started
 
     # The binary against a real relay: configure, add a source, run, one query.
@@ -57,11 +61,27 @@ def test_binary_runs_a_job_and_the_deb_installs_and_removes(tmp_path: Path) -> N
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total TEXT)")
         conn.executemany("INSERT INTO invoices VALUES (?, ?)", [(i, f"{i}.50") for i in range(1, 11)])
-    stack = Stack(tmp_path / "stack", tenant="pkg")
+    # The relay serves what make package staged; the agent is the one a connector's
+    # downloadUrl gives, checked against the relay's SHA256SUMS.
+    stack = Stack(tmp_path / "stack", tenant="pkg",
+                  extra_env={"MC_RELAY_DOWNLOADS_DIR": str(ROOT / "dist" / "downloads")})  # fmt: skip
     try:
         stack.start_relay()
         assert stack.api is not None and stack.relay is not None
         created = stack.api.create_connector("binary")
+        url = created["downloadUrl"]
+        assert url == "/downloads/mini-connector-linux", created
+        with urllib.request.urlopen(stack.relay.url + url, timeout=60) as resp:
+            body = resp.read()
+            announced = resp.headers["X-Checksum-SHA256"]
+        with urllib.request.urlopen(stack.relay.url + "/downloads/SHA256SUMS", timeout=10) as resp:
+            sums = resp.read().decode()
+        assert body == binary.read_bytes()
+        assert f"{hashlib.sha256(body).hexdigest()}  mini-connector-linux" in sums.splitlines()
+        assert announced == hashlib.sha256(body).hexdigest()
+        binary = tmp_path / "mini-connector-linux"
+        binary.write_bytes(body)
+        binary.chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MC_AGENT_")}
         env["HOME"] = str(tmp_path)
         config = tmp_path / "agent" / "agent.toml"
