@@ -121,7 +121,23 @@ def config_view(paths: StatePaths, env: Mapping[str, str]) -> dict[str, Any]:
     return {"path": str(paths.config), "relayUrl": cfg.relay_url, "name": cfg.name,
             "capacity": cfg.capacity, "allowInsecure": cfg.allow_insecure, "apiKeyKept": key_state,
             "sources": sources, "transport": _transport_view(cfg.transport),
-            "stateFiles": sorted(p.name for p in paths.folder.iterdir()) if paths.folder.is_dir() else []}  # fmt: skip
+            **_state_files(paths)}  # fmt: skip
+
+
+# What the agent itself keeps beside its config (agent/paths.py, agent/jobs/keyring.py).
+_OWN_FILES = frozenset({"secret.key", "agent_key.pem", "agent_key.prev.pem", "agent_key.prev.json",
+                        "agent_kem.key", "agent_kem.prev.key", "spool.db", "spool.db-wal", "spool.db-shm",
+                        "spool.db-journal", "logs", "status.json"})  # fmt: skip
+
+
+def _state_files(paths: StatePaths) -> dict[str, Any]:
+    """The agent's own files by name; anything else in the folder only counted: a config
+    kept in a shared folder (a source tree, a home) must not list that folder's files."""
+    if not paths.folder.is_dir():
+        return {"stateFiles": [], "otherFiles": 0}
+    names = sorted(p.name for p in paths.folder.iterdir())
+    own = [n for n in names if n in _OWN_FILES or n == paths.config.name]
+    return {"stateFiles": own, "otherFiles": len(names) - len(own)}
 
 
 def _transport_view(transport: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def test_bundle_holds_facts_and_no_secret(ops_stack: Stack, tmp_path: Path) -> N
     wait_until(lambda: (agent.config.parent / "logs" / "agent.log").exists(), 15, what="the agent's log")
     wait_until(lambda: "connected" in run_agent_cli(agent.config, "status", env=agent.env).out, 15,
                what="status to say connected")  # fmt: skip
+    (agent.config.parent / "runner.py").write_text("# someone else's file in the config folder\n")
     target = tmp_path / "support.zip"
     r = run_agent_cli(agent.config, "diagnose", "--bundle", str(target), env=agent.env)
     assert r.code == 0, r.out + r.err
@@ -50,6 +51,9 @@ def test_bundle_holds_facts_and_no_secret(ops_stack: Stack, tmp_path: Path) -> N
     cfg = json.loads(blobs["mini-connector-bundle/config.json"])
     assert cfg["relayUrl"] == ops_stack.relay.ws_url  # type: ignore[union-attr]
     assert cfg["apiKeyKept"] == "stored encrypted"
+    # The agent's own files by name; another file in its folder is only counted.
+    assert {"agent.toml", "secret.key", "agent_key.pem", "logs", "status.json"} <= set(cfg["stateFiles"])
+    assert "runner.py" not in cfg["stateFiles"] and cfg["otherFiles"] >= 1  # (+ the harness's run log)
     pg = next(s for s in cfg["sources"] if s["name"] == "pg")
     assert pg["passwordKept"] == "stored encrypted" and PASSWORD not in pg["url"]
     versions = json.loads(blobs["mini-connector-bundle/versions.json"])

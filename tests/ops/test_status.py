@@ -97,3 +97,36 @@ def test_status_says_why_it_is_not_connected(ops_stack: Stack, tmp_path) -> None
     out = wait_until(why, 20, what="status to say why it is not connected")
     assert "state:          connecting" in out and "cannot reach the relay" in out
     assert json.loads(run_agent_cli(agent.config, "status", "--json", env=agent.env).out)["lastError"]
+
+
+def test_status_says_when_another_agent_holds_the_connector(ops_stack: Stack, tmp_path) -> None:
+    """A second agent with the same key (a copied config folder) is refused with
+    DUPLICATE_CONNECTION: its status says 'connecting' and why, not just 'connecting'."""
+    import shutil
+
+    from tests.harness import Agent, Proc
+
+    first = ops_stack.add_agent("status-dup", [])
+    copy = tmp_path / "copied-config"
+    # The config and key, not the agent's own key pair: another machine, the same API key.
+    shutil.copytree(first.config.parent, copy, ignore=shutil.ignore_patterns(
+        "status.json", "logs", "spool.db*", "agent_key*", "agent_kem*"))  # fmt: skip
+    second = Agent(None, copy / "agent.toml", first.connector_id, first.api_key, first.env)
+    ops_stack.procs.append(Proc("second-agent", [*ops_stack_command(), "--config", str(second.config), "run"],
+                                second.env, tmp_path / "second.log"))  # fmt: skip
+
+    def why() -> str | None:
+        out = run_agent_cli(second.config, "status", env=second.env).out
+        return out if "why:" in out else None
+
+    out = wait_until(why, 30, what="the second agent's status to say why")
+    assert "state:          connecting" in out, out
+    assert "DUPLICATE_CONNECTION" in out or "already connected" in out, out
+    first_status = json.loads(run_agent_cli(first.config, "status", "--json", env=first.env).out)
+    assert first_status["state"] == "connected"  # the first keeps the connector
+
+
+def ops_stack_command() -> list[str]:
+    from tests.harness import command
+
+    return command("mini-connector")

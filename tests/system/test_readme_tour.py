@@ -55,6 +55,9 @@ def test_the_tour_runs_as_pasted_and_leaves_the_tree_clean(tmp_path: Path) -> No
     assert "state:          connected" in done.stdout, out[-2000:]
     assert '{"id":1,"name":"Ada","balance":120.5}' in done.stdout, out[-2000:]
     assert '{"id":2,"name":"Grace","balance":80.0}' in done.stdout and "Linus" not in done.stdout
+    # Every sample output the README shows (a "# {...}" line under a command) is printed.
+    samples = [line[2:] for b in blocks for line in b.splitlines() if line.startswith("# {")]
+    assert samples and [x for x in samples if x not in done.stdout] == [], out[-2000:]
     assert _written_since(t0) == [], "the tour wrote into the source tree"
     assert not list(tmp_path.glob("mini-connector-tour.*")), "the tour's clean-up left its folder"
     assert not os.environ.get("MC_TOUR_PORT")  # the test's port never leaks into this process
