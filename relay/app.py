@@ -32,6 +32,7 @@ from .agents.handshake_limit import HandshakeGuard, guarded
 from .agents.hub import Hub
 from .api import (
     connectors,
+    console,
     downloads,
     events,
     health,
@@ -84,6 +85,8 @@ def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
     r.add_get(f"{API}/agent/connect", agent_route, name="agent.connect")
     r.add_get("/metrics", prometheus.get, name="metrics")
     r.add_get("/downloads/{name}", downloads.get, name="downloads")
+    r.add_get("/console", console.page, name="console")
+    r.add_get("/console/assets/{name}", console.asset, name="console.assets")
 
 
 async def _maintain(relay: Relay) -> None:

@@ -4,7 +4,8 @@ In a temporary folder: generate a small ERP database (SQLite), start ``mini-rela
 its embedded store, register a connector through the API, configure and start
 ``mini-connector`` with the source "erp", run a query (with named parameters), a schema
 discovery and a connection test, print the results, the connector's status (CPU, memory)
-and the agent's logs as the relay serves them, then stop everything. Exit 0 on success;
+and the agent's logs as the relay serves them, print a link that opens the web console
+signed in (and, in a terminal, wait for Enter), then stop everything. Exit 0 on success;
 non-zero with a one-line reason (and the processes' output) on any failure, in bounded time.
 """
 
@@ -205,6 +206,14 @@ def run_demo(work: Path) -> None:
         for line in logs[-25:]:
             print(f"  {line['timestamp']} {line['level']:<7} {line.get('logger') or ''}: "
                   f"{line['message']}")  # fmt: skip
+
+        step("The support console")
+        # A link that opens the console signed in (docs/CONSOLE.md): the token rides in the
+        # fragment, which the browser never sends to a server.
+        print(f"  {relay.url}/console#token={relay.token(stack.tenant, 'admin')}")
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            signal.alarm(0)  # the reader's time, not the demo's
+            input("  open it in a browser on this machine; press Enter to stop the demo ")
 
         step("Stopping the agent and the relay")
     except BaseException:

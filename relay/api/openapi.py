@@ -374,6 +374,24 @@ PATHS: dict[str, S] = {
                        "401": ERR, "429": LIMITED}, public=True, tags="operations"),
                 "security": [{}, {"metricsToken": []}]},
     },
+    "/console": {
+        "get": _op("getConsole", "The support and admin web console (HTML; docs/CONSOLE.md). It signs in "
+                   "in the browser with a token (the form, or /console#token=<JWT>&to=<view>) and calls "
+                   "this API; strict Content-Security-Policy",
+                   {"200": {"description": "the console page",
+                            "headers": {"Content-Security-Policy": {"schema": {"type": "string"}}},
+                            "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "429": LIMITED}, public=True, tags="console"),
+    },
+    "/console/assets/{name}": {
+        "get": _op("getConsoleAsset", "A console asset, named by its content hash (cached for a year)",
+                   {"200": {"description": "a script or style sheet", "content": {
+                       "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                    "404": ERR, "429": LIMITED},
+                   params=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "the hashed file name the console page names"}],
+                   public=True, tags="console"),
+    },
     "/downloads/{name}": {
         "get": _op("getDownload", "An agent build from the relay's downloads folder (X-Checksum-SHA256 "
                    "header); <name>.sha256 is its checksum line, SHA256SUMS lists them all",

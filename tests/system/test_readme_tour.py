@@ -53,6 +53,7 @@ def test_the_tour_runs_as_pasted_and_leaves_the_tree_clean(tmp_path: Path) -> No
     assert done.returncode == 0, out[-4000:]
     assert '"status":"healthy"' in done.stdout.replace(" ", "") or "healthy" in done.stdout, out[-2000:]
     assert "state:          connected" in done.stdout, out[-2000:]
+    assert f"127.0.0.1:{env['MC_TOUR_PORT']}/console#token=ey" in done.stdout, out[-2000:]  # step 8's link
     assert '{"id":1,"name":"Ada","balance":120.5}' in done.stdout, out[-2000:]
     assert '{"id":2,"name":"Grace","balance":80.0}' in done.stdout and "Linus" not in done.stdout
     # Every sample output the README shows (a "# {...}" line under a command) is printed.
