@@ -26,7 +26,7 @@ from shared.protocol import FLAG_ZSTD, Message, chunk_flags, decode_chunk, encod
 
 from ..logs import current_job
 from ..sources.base import Source
-from .job import Job, from_spool, rekey_frames
+from .job import FINISHED, Job, from_spool, rekey_frames
 from .producer import ChunkItem, Producer
 from .spool import FINISHED_KEEP_COUNT, AsyncSpool, Spool, SpooledJob
 from .work import Opener, open_request, reader
@@ -124,7 +124,8 @@ class Runner:
             self.zstd_chunks = zstd_chunks
             for job in list(self.jobs.values()):
                 job.sent_through = -1
-                job.done_sent = False
+                if job.done_sent:
+                    job.fire("resend")  # a new connection: the done message goes out again
                 # The columns go out again before any chunk unless the relay acked one
                 # (then it has them); a job still waiting for its columns says it began.
                 if job.started_msg is not None and not job.any_acked:
@@ -136,7 +137,7 @@ class Runner:
                     job.sent_through = seq
                 if job.done_msg is not None:
                     await link.send_message(job.done_msg)
-                    job.done_sent = True
+                    job.fire("send_done")
                 job.acked.set()  # the window may have changed
 
     @property
@@ -221,12 +222,11 @@ class Runner:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or not job.running:
             return
-        if job.stop_reason is None:
-            job.stop_reason = reason
+        job.request_stop(reason)
         _stop(job)
 
     def _abandon(self, job: Job) -> None:
-        job.stop_reason = job.stop_reason or "cancelled"
+        job.request_stop("cancelled")
         _stop(job)
         self.jobs.pop(job.job_id, None)
         self._spool(Spool.drop, job.job_id, job.attempt)
@@ -248,7 +248,7 @@ class Runner:
             job.done_msg = make("job.done.v1", **{**job.done_msg.data, "attempt": attempt})
             if job.started_msg is not None:
                 job.started_msg = make("job.started.v1", **{**job.started_msg.data, "attempt": attempt})
-            job.done_sent = False
+            job.fire("resend")  # the same result, as the new attempt
             spooled = SpooledJob(job.job_id, attempt, job.source, job.operation,
                                  job.started_msg.data if job.started_msg else None,
                                  job.done_msg.data, dict(frames))  # fmt: skip
@@ -262,7 +262,7 @@ class Runner:
                     await self._link.send_binary(self._wire(frame))
                     job.sent_through = seq
                 await self._link.send_message(job.done_msg)
-                job.done_sent = True
+                job.fire("send_done")
 
     def _remember_finished(self, job_id: str, attempt: int) -> None:
         self.finished.pop(job_id, None)  # (re-inserted last: the newest is kept longest)
@@ -285,7 +285,7 @@ class Runner:
                     started, job.done_msg.data, dict(job.unacked))  # fmt: skip
 
     def _finish_now(self, job: Job, error: JobError) -> None:
-        job.done_msg = self._done(job, "failed", error)
+        job.finish(self._done(job, "failed", error))
         self._spool_done(job)
         self._spawn(self._send_done(job))
 
@@ -318,7 +318,7 @@ class Runner:
         ms = round((time.monotonic() - t0) * 1000)
         if self.jobs.get(job.job_id) is not job:
             return  # abandoned for a newer attempt: say nothing about this one
-        job.done_msg = self._done(job, status, error)
+        job.finish(self._done(job, status, error))
         self._spool_done(job)
         if error is None:
             log.info("job %s succeeded: %d rows in %d chunks, %d ms; %s",
@@ -388,8 +388,7 @@ class Runner:
             if timer is not None:
                 timer.cancel()
             producer.stop_watching_begun()
-        reason = job.stop_reason or "timed_out"
-        job.stop_reason = reason
+        reason = job.request_stop("timed_out")  # unless it was asked to stop for another reason
         producer.abort()
         self._spawn(self._stop_at_database(job, producer))
         if reason == "timed_out":
@@ -414,11 +413,12 @@ class Runner:
                 # executes; the columns follow in a second job.started.v1. Only a job whose
                 # columns take longer than BEGUN_GRACE gets this item (Producer.watch_begun):
                 # one frame and one store write fewer per small job.
-                job.begun = True
+                job.fire("begin")
                 async with self._send_lock:
                     if self._link is not None and self.started_without_columns and self.jobs.get(job.job_id) is job:
                         await self._link.send_message(self._begun_msg(job))
             elif kind == "columns":
+                job.fire("columns")
                 job.started_msg = make(
                     "job.started.v1", jobId=job.job_id, attempt=job.attempt, columns=value
                 )
@@ -463,9 +463,9 @@ class Runner:
 
     async def _send_done(self, job: Job) -> None:
         async with self._send_lock:
-            if self._link is not None and job.done_msg is not None and not job.done_sent:
+            if self._link is not None and job.phase == FINISHED:
                 await self._link.send_message(job.done_msg)
-                job.done_sent = True
+                job.fire("send_done")
 
     async def _stop_at_database(self, job: Job, producer: Producer) -> None:
         """Cancel the statement, and again every second while the worker still runs."""
