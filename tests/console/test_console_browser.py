@@ -260,3 +260,26 @@ def test_a_bad_token_link_is_refused_with_a_sentence(stack: tuple[Stack, Agent],
     _ready(browser)
     assert "not a usable token" in browser.find_element(By.ID, "banner").text
     assert browser.find_elements(By.ID, "signin")  # back at the form
+
+
+def test_search_filter_and_download(stack: tuple[Stack, Agent], browser: Any) -> None:
+    st, agent = stack
+    assert st.api is not None
+    pending = st.api.create_connector("Warehouse Lagos")
+    _open(browser, st, "admin")
+    _go(browser, "#/connectors?q=lagos")
+    shown = [r.get_attribute("data-connector") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-connector]")]
+    assert shown == [pending["id"]]
+    _go(browser, "#/connectors?status=online")
+    statuses = {e.get_attribute("data-status") for e in browser.find_elements(By.CSS_SELECTOR, "#connectors [data-status]")}
+    assert statuses == {"online"}
+    # Download: the lines shown, as NDJSON (the blob handed to the browser is read back).
+    _go(browser, f"#/connectors/{agent.connector_id}/logs?level=WARNING")
+    browser.execute_script("window.__blobs = []; const make = URL.createObjectURL;"
+                           "URL.createObjectURL = (b) => { window.__blobs.push(b); return make(b); };")  # fmt: skip
+    browser.find_element(By.ID, "download").click()
+    text = browser.execute_async_script("const done = arguments[0]; window.__blobs[0].text().then(done);")
+    lines = [line for line in text.splitlines() if line]
+    shown_rows = browser.find_elements(By.CSS_SELECTOR, "#logs tbody tr")
+    assert lines and len(lines) == len(shown_rows)
+    assert all('"level":"warning"' in line or '"level":"error"' in line for line in lines)
