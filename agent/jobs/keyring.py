@@ -72,7 +72,6 @@ class KeyRing:
     current: X25519PrivateKey
     hybrid: HybridKeyPair
     previous: list[PrivateKey] = field(default_factory=list)
-    previous_until: float | None = None
 
     def opening_keys(self) -> list[PrivateKey]:
         """Every key a sealed job may have been sealed to, most likely first."""
@@ -129,7 +128,6 @@ def load_keyring(paths: StatePaths, *, now: float | None = None) -> KeyRing:
         if until <= at:
             _forget_previous(files)
         else:
-            ring.previous_until = until
             if files.previous.exists():
                 ring.previous.append(load_private_key(files.previous))
             if files.previous_hybrid.exists():

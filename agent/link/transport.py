@@ -26,7 +26,6 @@ from ..config import (
     AgentConfig,
     InvalidInput,
     SecretBox,
-    normalise_relay_url,
     split_url_password,
     url_with_password,
 )
@@ -125,11 +124,6 @@ class Transport:
             return None
         password = box.decrypt(self.proxy_password_enc, PROXY_PURPOSE) if self.proxy_password_enc else None
         return url_with_password(self.proxy, password)
-
-
-def checked_relay_url(cfg: AgentConfig) -> str:
-    """The relay URL, refused at run time too if it is plain ws:// off localhost."""
-    return normalise_relay_url(cfg.relay_url, allow_insecure=cfg.allow_insecure)
 
 
 def connect_options(url: str, transport: Transport, box: SecretBox) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import re
 import time
 import uuid
 from typing import Any
@@ -154,10 +153,6 @@ def _dsn_driver(dsn: str) -> str:
         return str(pyodbc.dataSources().get(dsn, ""))
     except pyodbc.Error:
         return ""
-
-
-def redacted(conn_str: str) -> str:
-    return re.sub(r"(?i)((?:pwd|password)\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)", r"\1***", conn_str)
 
 
 # ---------------------------------------------------------------- pool

@@ -45,7 +45,6 @@ _INTS = {
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _BOOLS = ("pool_pre_ping", "copy_fast_path")
-AGENT_OPTIONS = frozenset({*_INTS, *_BOOLS, "private_tables", "private_columns"})
 
 
 def parse_sql_options(options: Mapping[str, str] | None, *, pool_size: int = 4) -> SqlOptions:

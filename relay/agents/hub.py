@@ -460,7 +460,8 @@ class Hub:
                 renew.add(job["connector_id"])
             else:
                 lost.append(job)
-        moved = await relay.store.run(connector_steps.lapse, lost, renew, at, at + lease)
+        moved = await relay.store.run(connector_steps.lapse, lost, renew, at,
+                                     lifecycle.lease_expiry(at, lease))
         for job in moved:
             log.info("lease of job %s lapsed", job["id"], extra={"job_id": job["id"]})
         self._given_back(relay, moved)

@@ -245,7 +245,8 @@ async def on_heartbeat(relay: Relay, session: AgentSession, msg: protocol.Messag
         "memory_usage": session.memory_usage, "active_jobs": session.active_jobs,
     }  # fmt: skip
     # Its traffic keeps its jobs leased; an agent holding none has no lease to renew.
-    lease_until = at + relay.config.offline_after if session.in_flight or session.active_jobs else None
+    held = session.in_flight or session.active_jobs
+    lease_until = lifecycle.lease_expiry(at, relay.config.offline_after) if held else None
     # Coalesced with other agents' heartbeats into one transaction (relay/agents/heartbeats.py).
     await heartbeats.writer_for(relay.store).write(connector_steps.heartbeats, session.connector_id, fields, sample, lease_until)
     if grew:

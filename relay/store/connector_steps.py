@@ -54,7 +54,7 @@ def reconcile(conn: Connection, connector_id: str, held: set[tuple[str, int]], a
         # The abandoned attempt's rows are discarded: the next attempt starts from scratch.
         queue.abandon(conn, job, at)
         given_back.append(job_store.get(conn, None, job["id"]) or job)
-    queue.renew_leases(conn, connector_id, at + lease)
+    queue.renew_leases(conn, connector_id, lifecycle.lease_expiry(at, lease))
     cancelled, stale, ended = [], [], []
     for job_id, attempt in held:
         if job_id in kept:

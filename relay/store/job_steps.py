@@ -41,7 +41,7 @@ def claim(
     when another relay node holds its agent now: this node's session is stale)."""
     if node is not None and not owners.owns(conn, connector_id, node):
         return []
-    return queue_claim(conn, connector_id, limit, at, at + lease)
+    return queue_claim(conn, connector_id, limit, at, lifecycle.lease_expiry(at, lease))
 
 
 
