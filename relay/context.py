@@ -3,7 +3,7 @@
 One object per app, built by ``create_app`` (relay/app.py, the composition root);
 nothing here is module-level state. The modules whose objects ``Relay`` holds never
 import this one: they take the narrower things they need as arguments, so the relay's
-modules import one another in one direction (tests/unit/test_import_graph.py). The
+modules import one another in one direction (tests/test_import_graph.py). The
 hub is the exception the other way: it works on the whole ``Relay``, so ``Relay`` holds
 it as ``AgentHub``, what the rest of the relay may ask of it (relay/agents/hub.py's ``Hub``).
 """

@@ -176,7 +176,7 @@ class JsonLoader(Loader):
     read by orjson (~3x cheaper) whenever that gives the same Python value: orjson
     refuses what ``json.loads`` alone accepts (``NaN``, ``1e400``, lone surrogates, a
     BOM), and only integers past 64 bits differ (orjson makes them floats), so a text
-    with 19 digits in a row goes to ``json.loads`` (``tests/agent/test_pg_session.py``)."""
+    with 19 digits in a row goes to ``json.loads`` (``tests/agent/sources/test_pg_session.py``)."""
 
     def load(self, data: Buffer) -> Any:
         raw = data if type(data) is bytes else bytes(data)

@@ -15,7 +15,7 @@ Exactness: each expression below writes the JSON the cursor path writes for the 
 value (the Python value ``pgconn.PSYCOPG2_LIKE`` loads, as psycopg2 did, encoded by
 ``shared.rows.encode_rows``), compared after
 ``orjson.loads`` as Python values, int vs float included
-(``tests/agent/test_pg_copy.py`` proves it per type on edge values). Out of the list
+(``tests/agent/sources/test_pg_copy.py`` proves it per type on edge values). Out of the list
 (interval, timetz, json/jsonb, arrays other than of bool, integers and strings, money,
 enums, domains, anything else): the cursor path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
 on both paths.

@@ -410,7 +410,7 @@ def mysql_datetime() -> Callable[[Any], Any]:
     """PyMySQL's ``convert_datetime``, cheaper for the text MariaDB/MySQL send,
     ``YYYY-MM-DD HH:MM:SS[.f]`` (1-6 fraction digits); anything else, and any value
     ``fromisoformat`` would read differently (an offset, hour 24, a week date), goes to
-    ``convert_datetime`` itself (``tests/agent/test_sql_sources.py``)."""
+    ``convert_datetime`` itself (``tests/agent/sources/test_sql_sources.py``)."""
     from datetime import datetime
 
     from pymysql.converters import convert_datetime

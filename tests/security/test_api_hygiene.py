@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.component.conftest import Api
+from tests.relay.conftest import Api
 
 # Digits ``str.isdigit`` or ``int()`` take that are not ASCII 0-9, and other near-integers.
 NOT_ASCII_INTEGERS = [

@@ -14,7 +14,7 @@ from relay.config import ConfigError, RelayConfig
 from relay.web.auth import make_token
 from relay.web.clientaddr import parse_networks, resolve
 from shared import keys
-from tests.component.conftest import SECRET, Api, wait_until
+from tests.relay.conftest import SECRET, Api, wait_until
 
 CONNECT = "/api/v1/agent/connect"
 

@@ -23,7 +23,7 @@ import zstandard
 from relay.config import RelayConfig
 from relay.ids_and_times import parse_iso
 from shared import protocol as p
-from tests.component.conftest import TIMEOUT, Api, FakeAgent, relay_of, wait_until
+from tests.relay.conftest import TIMEOUT, Api, FakeAgent, relay_of, wait_until
 
 BOMB_SIZE = 64 << 20
 MEMORY_GROWTH_MAX = 100 << 20

@@ -18,7 +18,7 @@ from aiohttp import web
 from relay.app import create_app
 from relay.config import RelayConfig
 from relay.web.httpserver import EnvelopeAppRunner
-from tests.component.conftest import TIMEOUT
+from tests.relay.conftest import TIMEOUT
 
 SECRET_ISH = "Bearer " + "s3cr3t" * 2000  # an oversized header that must not be echoed or logged
 

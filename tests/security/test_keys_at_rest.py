@@ -22,8 +22,8 @@ from relay.config import ConfigError, RelayConfig, cipher_from_env, load_data_ci
 from shared import crypto
 from shared.crypto import DataCipher
 from shared.errors import DecryptionFailed
-from tests.component.conftest import Api, FakeAgent
 from tests.harness import command
+from tests.relay.conftest import Api, FakeAgent
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from relay.config import RelayConfig
 from relay.web.auth import ROUTE_ROLES
 from shared import keys
-from tests.component.conftest import SECRET, Api, FakeAgent, wait_until
+from tests.relay.conftest import SECRET, Api, FakeAgent, wait_until
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md"
 

@@ -1,5 +1,5 @@
 """``maxRows`` and ``truncated`` on the cursor path: a real Producer over batches whose
-boundaries fall before, on and after the limit (the COPY path: tests/agent/test_pg_copy.py;
+boundaries fall before, on and after the limit (the COPY path: tests/agent/sources/test_pg_copy.py;
 through a relay: tests/system/test_queries.py)."""
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ from shared.protocol import (
     decode_chunk,
     make,
 )
-
-from .conftest import SentLink, until
+from tests.agent.conftest import SentLink, until
 
 ROWS = 20_000  # ~1.1 MB of object lines: the first chunks are small, the later ones large
 

@@ -12,8 +12,7 @@ import pytest
 
 from relay.web.auth import make_token
 from shared import keys, protocol
-
-from .conftest import SECRET, Api, FakeAgent, wait_until
+from tests.relay.conftest import SECRET, Api, FakeAgent, wait_until
 
 
 async def _status(api: Api, cid: str) -> str:

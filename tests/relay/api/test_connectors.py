@@ -8,8 +8,7 @@ import aiohttp
 import pytest
 
 from shared import keys
-
-from .conftest import Api, FakeAgent, wait_until
+from tests.relay.conftest import Api, FakeAgent, wait_until
 
 CONNECTOR_FIELDS = {"id", "name", "status", "os", "hostname", "ipAddress", "version", "lastSeen",
                     "connectedSince", "cpuUsage", "memoryUsage", "activeJobs", "capacity", "sources",

@@ -9,8 +9,7 @@ from openapi_spec_validator import validate
 
 from relay.store.engine import open_engine
 from relay.web.auth import make_token
-
-from .conftest import SECRET, Api, FakeAgent, relay_of
+from tests.relay.conftest import SECRET, Api, FakeAgent, relay_of
 
 
 async def test_openapi_is_valid_and_covers_every_route(client: object) -> None:

@@ -11,8 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.shutdown import drain
 from shared import protocol
-
-from .conftest import Api, FakeAgent, relay_of, wait_until
+from tests.relay.conftest import Api, FakeAgent, relay_of, wait_until
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

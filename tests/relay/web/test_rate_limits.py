@@ -18,8 +18,7 @@ import pytest
 
 from relay.config import DEFAULT_RATE_LIMITS, ConfigError, RelayConfig
 from relay.web.ratelimit import RequestLimits
-
-from .conftest import Api, relay_of
+from tests.relay.conftest import Api, relay_of
 
 DEFAULTS: dict[str, Any] = {"rate_limit_per_minute": None}  # make_config's raise removed: the shipped defaults
 

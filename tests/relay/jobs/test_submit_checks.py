@@ -15,8 +15,7 @@ import pytest
 
 from relay.web.auth import make_token
 from shared import protocol
-
-from .conftest import SECRET, Api, FakeAgent, relay_of, wait_until
+from tests.relay.conftest import SECRET, Api, FakeAgent, relay_of, wait_until
 
 
 async def _post_job(api: Api, cid: str, source: str, operation: str = "query") -> tuple[int, Any]:

@@ -6,8 +6,7 @@ import time
 
 from shared import protocol
 from shared.rows import encode_rows
-
-from .conftest import Api, FakeAgent, wait_until
+from tests.relay.conftest import Api, FakeAgent, wait_until
 
 
 async def _sync(agent: FakeAgent) -> None:

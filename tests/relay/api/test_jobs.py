@@ -6,8 +6,7 @@ import pytest
 
 from relay.store import jobs as job_store
 from shared.crypto import seal_query_for_platform
-
-from .conftest import Api, FakeAgent, relay_of, wait_until
+from tests.relay.conftest import Api, FakeAgent, relay_of, wait_until
 
 
 def _body(cid: str, **over: object) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 from relay.web import middleware
 from shared import errors
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOC = (ROOT / "docs" / "API.md").read_text()
 
 

@@ -8,8 +8,7 @@ import jwt
 import pytest
 
 from relay.web.auth import ROUTE_ROLES
-
-from .conftest import SECRET, Api, relay_of
+from tests.relay.conftest import SECRET, Api, relay_of
 
 # One example request per named route (path ids need not exist: 404 still proves access).
 ROUTES = {

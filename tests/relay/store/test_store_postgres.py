@@ -7,8 +7,7 @@ import json
 import pytest
 
 from relay.app import create_app
-
-from .conftest import Api, FakeAgent
+from tests.relay.conftest import Api, FakeAgent
 
 
 @pytest.mark.postgres

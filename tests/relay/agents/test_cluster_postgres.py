@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.app import create_app
-
-from .conftest import Api, FakeAgent, wait_until
+from tests.relay.conftest import Api, FakeAgent, wait_until
 
 pytestmark = pytest.mark.postgres
 

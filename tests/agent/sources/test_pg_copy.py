@@ -33,8 +33,7 @@ from agent.sources.base import Batches
 from agent.sources.sql import SqlSource
 from shared.errors import JobError
 from shared.rows import encode_objects
-
-from ..conftest import scaled, wait_until
+from tests.conftest import scaled, wait_until
 
 pytestmark = pytest.mark.postgres
 

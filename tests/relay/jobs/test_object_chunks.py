@@ -16,8 +16,7 @@ import pytest
 from relay.store import chunks as chunk_store
 from shared import protocol
 from shared.rows import encode_objects, encode_rows
-
-from .conftest import Api, FakeAgent, relay_of
+from tests.relay.conftest import Api, FakeAgent, relay_of
 
 NAMES = ["id", "name", "amount", "meta", "score"]
 ROWS: list[list[Any]] = [

@@ -6,8 +6,7 @@ import pytest
 
 from relay.config import ConfigError, RelayConfig
 from relay.jobs import lifecycle
-
-from .conftest import Api, FakeAgent, wait_until
+from tests.relay.conftest import Api, FakeAgent, wait_until
 
 
 def test_transition_table_walk() -> None:

@@ -10,8 +10,7 @@ import aiohttp
 import pytest
 
 from relay.store import chunks as chunk_store
-
-from .conftest import Api, FakeAgent, relay_of
+from tests.relay.conftest import Api, FakeAgent, relay_of
 
 
 async def _finished_job(api: Api, agent: FakeAgent) -> str:

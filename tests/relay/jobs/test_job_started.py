@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from .conftest import Api, FakeAgent, relay_of, wait_until
+from tests.relay.conftest import Api, FakeAgent, relay_of, wait_until
 
 
 async def test_welcome_says_started_may_come_without_columns(agent: FakeAgent) -> None:

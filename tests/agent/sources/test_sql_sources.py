@@ -17,9 +17,8 @@ from agent.sources import create_source
 from agent.sources.sql import SqlSource
 from shared.errors import JobError
 from shared.rows import decode_rows, encode_rows
-
-from ..conftest import scaled
-from .conftest import make_sample_db
+from tests.agent.conftest import make_sample_db
+from tests.conftest import scaled
 
 N = 5000
 
