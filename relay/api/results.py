@@ -30,13 +30,14 @@ async def get(request: web.Request) -> web.StreamResponse:
     job = await relay.store.run(job_store.get, who.tenant_id, job_id)
     if job is None:
         raise not_found("job", job_id)
+    src = results.Sources(relay.store, relay.cipher, relay.recent, relay.notifier, relay.config.result_poll_interval)
     # Headers wait until the columns are known, so a job that fails before its first row
     # still gets a proper 409 instead of an empty 200.
     try:
-        job = await results.wait_for_columns(relay, job_id)
+        job = await results.wait_for_columns(src, job_id)
     except results.StreamAborted as exc:
         raise not_found("job", job_id) from exc
-    await results.check_readable(relay, job)
+    await results.check_readable(src, job)
     columns = results.columns_of(job)
     names = [c["name"] for c in columns]
     # CSV cells that a spreadsheet would run as formulas get a leading ' unless the
@@ -57,7 +58,7 @@ async def get(request: web.Request) -> web.StreamResponse:
     if fmt == "csv":
         await resp.write(results.csv_header(names, neutralise=numeric is not None))
     try:
-        async for batch in results.rows(relay, job, offset):
+        async for batch in results.rows(src, job, offset):
             await resp.write(results.csv_rows(batch, numeric) if fmt == "csv" else results.ndjson(names, batch))
     except results.StreamAborted as exc:
         # Cut the connection without the last chunk: the reader sees an error, not an end.

@@ -19,10 +19,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from shared.crypto import DataCipher
 from shared.errors import DecryptionFailed, Gone, MCError
 from shared.protocol import MAX_DECOMPRESSED
 from shared.rows import (
@@ -35,12 +37,26 @@ from shared.rows import (
 )
 
 from .. import atrest
-from ..context import Relay
 from ..ids_and_times import now
+from ..store import Store
 from ..store import chunks as chunk_store
 from ..store import jobs as job_store
 from . import lifecycle
 from .csv_cells import csv_cell
+from .live_chunks import RecentChunks
+from .notify import JobNotifier
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What serving a result reads, and nothing else of the relay: the store, the data
+    cipher, the chunks this node stored lately, the job notifier and the poll interval."""
+
+    store: Store
+    cipher: DataCipher
+    recent: RecentChunks
+    notifier: JobNotifier
+    poll_interval: float
 
 
 class StreamAborted(Exception):
@@ -80,45 +96,45 @@ def job_error(job: dict[str, Any]) -> MCError:
     return MCError(f"the job ended {job['status']} before any row", code=code, details={"jobId": job["id"]})
 
 
-async def wait_for_columns(relay: Relay, job_id: str) -> dict[str, Any]:
+async def wait_for_columns(src: Sources, job_id: str) -> dict[str, Any]:
     """Wait until the job has started (its columns are known) or has ended; return it.
 
     Raises the job's error (409) if it ended without rows, 410 past the result TTL.
     """
-    watch = relay.notifier.watch(job_id)
+    watch = src.notifier.watch(job_id)
     try:
         while True:
-            job = await relay.store.run(job_store.get, None, job_id)
+            job = await src.store.run(job_store.get, None, job_id)
             if job is None:
                 raise StreamAborted("the job disappeared")
             if job["result_expires_at"] is not None and job["result_expires_at"] < now():
                 raise Gone("this job's results have expired", details={"jobId": job_id})
             if job["status"] in lifecycle.FINAL:
                 if job["status"] != lifecycle.SUCCEEDED and not job.get("row_count"):
-                    seqs = await relay.store.run(chunk_store.seqs, job_id, job["attempt"])
+                    seqs = await src.store.run(chunk_store.seqs, job_id, job["attempt"])
                     if not seqs:
                         raise job_error(job)
                 return job
             if job.get("columns"):
                 return job
-            await watch.wait(relay.config.result_poll_interval)
+            await watch.wait(src.poll_interval)
     finally:
         watch.close()
 
 
-async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[Batch]:
+async def rows(src: Sources, job: dict[str, Any], offset: int) -> AsyncIterator[Batch]:
     """Batches of rows from ``offset`` on, following the job until it ends: lists of rows
     (array chunks) or ``ObjectLines`` (object-line chunks)."""
     job_id, attempt = job["id"], job["attempt"]
     names = [c["name"] for c in columns_of(job)]
     next_seq, skip = 0, offset
-    watch = relay.notifier.watch(job_id)
+    watch = src.notifier.watch(job_id)
     try:
         while True:
             # The job's state and its new chunks in one statement, read after the watch
             # was (re)armed: whatever is committed later wakes the watch, whatever was
             # committed before is in this answer, so no chunk and no end is missed.
-            state, stored = await relay.store.run(chunk_store.follow, job_id, attempt, next_seq)
+            state, stored = await src.store.run(chunk_store.follow, job_id, attempt, next_seq)
             progressed = False
             for seq, count in stored:
                 if seq != next_seq:
@@ -128,7 +144,7 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                 if skip >= count:
                     skip -= count
                     continue
-                batch = await _read_chunk(relay, job_id, attempt, seq, names)
+                batch = await _read_chunk(src, job_id, attempt, seq, names)
                 if skip:
                     batch = batch.skip(skip) if isinstance(batch, ObjectLines) else batch[skip:]
                     skip = 0
@@ -143,35 +159,35 @@ async def rows(relay: Relay, job: dict[str, Any], offset: int) -> AsyncIterator[
                 return
             if progressed:
                 if status not in lifecycle.FINAL:  # more will come: wait for it, not ask at once
-                    await watch.wait(relay.config.result_poll_interval)
+                    await watch.wait(src.poll_interval)
                 continue
             if status in lifecycle.FINAL and status != lifecycle.SUCCEEDED:
                 raise StreamAborted(f"the job ended {status}")
-            await watch.wait(relay.config.result_poll_interval)
+            await watch.wait(src.poll_interval)
     finally:
         watch.close()
 
 
-async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
+async def check_readable(src: Sources, job: dict[str, Any]) -> None:
     """Refuse before any byte is sent when a stored chunk's data key is not configured
     (removed from MC_RELAY_DATA_KEYS too early): a clear error, not a cut-off 200."""
-    stored = await relay.store.run(chunk_store.key_ids, job["id"], job["attempt"])
-    missing = sorted(k for k in stored if not relay.cipher.has(k))
+    stored = await src.store.run(chunk_store.key_ids, job["id"], job["attempt"])
+    missing = sorted(k for k in stored if not src.cipher.has(k))
     if missing:
         raise MCError(
             f"this result is encrypted with data key {', '.join(map(repr, missing))}, which "
             "this relay no longer has; add it back to its data keys (see docs/SECURITY.md)",
             code="INTERNAL_ERROR", details={"missingKeyIds": missing}, retryable=False,
         )
-    if stored and not relay.recent.holds(job["id"], job["attempt"], 0):
+    if stored and not src.recent.holds(job["id"], job["attempt"], 0):
         # A key with the right id but other bytes (a node or a restart with another key):
         # try the first chunk now, so the reader gets this error instead of a cut stream.
         # (A chunk this node holds in memory it stored itself, under its own key.)
-        first = await relay.store.run(chunk_store.read, job["id"], job["attempt"], 0)
+        first = await src.store.run(chunk_store.read, job["id"], job["attempt"], 0)
         if first is not None:
             aad = f"{job['id']}:{job['attempt']}:0".encode()
             try:
-                atrest.unseal(relay.cipher, first["key_id"], first["data"], aad, limit=MAX_DECOMPRESSED)
+                atrest.unseal(src.cipher, first["key_id"], first["data"], aad, limit=MAX_DECOMPRESSED)
             except DecryptionFailed:
                 raise MCError(
                     f"this result was stored with a data key {first['key_id']!r} that differs from "
@@ -181,17 +197,17 @@ async def check_readable(relay: Relay, job: dict[str, Any]) -> None:
                 ) from None
 
 
-async def _read_chunk(relay: Relay, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:
-    recent = relay.recent.get(job_id, attempt, seq)  # stored here just now (relay/jobs/live_chunks.py)
+async def _read_chunk(src: Sources, job_id: str, attempt: int, seq: int, names: list[str]) -> Batch:
+    recent = src.recent.get(job_id, attempt, seq)  # stored here just now (relay/jobs/live_chunks.py)
     if recent is not None:
         declared, data = recent
     else:
-        stored = await relay.store.run(chunk_store.read, job_id, attempt, seq)
+        stored = await src.store.run(chunk_store.read, job_id, attempt, seq)
         if stored is None:
             raise StreamAborted("a stored chunk vanished (the result expired or was replaced)")
         aad = f"{job_id}:{attempt}:{seq}".encode()
         try:
-            data = atrest.unseal(relay.cipher, stored["key_id"], stored["data"], aad, limit=MAX_DECOMPRESSED)
+            data = atrest.unseal(src.cipher, stored["key_id"], stored["data"], aad, limit=MAX_DECOMPRESSED)
         except DecryptionFailed as exc:
             raise StreamAborted(f"chunk {seq} cannot be read back: {exc}") from None
         declared = stored["rows"]
