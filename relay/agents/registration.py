@@ -12,13 +12,13 @@ from shared.protocol import CLOSE_CODES
 
 from ..context import Relay
 from ..ids_and_times import new_connector_id, now
-from ..store import connector_steps
+from ..store import Store, connector_steps
 from ..store import connectors as con_store
 from . import connector_status as cs
 from .messages import publish_completed
 
 
-async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) -> tuple[dict[str, Any], str]:
+async def register_connector(store: Store, tenant_id: str, name: str, os_: str) -> tuple[dict[str, Any], str]:
     api_key = keys.generate_key()
     row = {
         "id": new_connector_id(), "tenant_id": tenant_id, "name": name, "os": os_,
@@ -26,17 +26,17 @@ async def register_connector(relay: Relay, tenant_id: str, name: str, os_: str) 
         "api_key_prefix": keys.key_prefix(api_key), "api_key_hash": keys.hash_key(api_key),
         "created_at": now(),
     }  # fmt: skip
-    await relay.store.run(con_store.insert, row)
+    await store.run(con_store.insert, row)
     return row, api_key
 
 
-async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
+async def rotate_key(store: Store, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
     """A new key; the replaced one works ``grace`` seconds more, earlier ones until their
     own expiry. ``grace`` 0 ends every earlier key at once."""
     new_key = keys.generate_key()
     at = now()
     expires = at + max(0.0, grace)
-    await relay.store.run(connector_steps.rotate, tenant_id, connector_id, new_key, expires, at)
+    await store.run(connector_steps.rotate, tenant_id, connector_id, new_key, expires, at)
     return new_key, expires
 
 
