@@ -92,7 +92,7 @@ def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
 async def _maintain(relay: Relay) -> None:
     """Expire queued jobs past their TTL, drop old samples and expired results, and
     dispatch jobs whose retry delay has passed to agents connected here."""
-    await submission.expire_jobs(relay)
+    await submission.expire_jobs(relay.store, relay.notifier, relay.events)
     at = now()
     for connector_id in await relay.store.run(job_store.connectors_with_due_jobs, at):
         if connector_id in relay.hub.sessions:

@@ -474,7 +474,7 @@ class Hub:
             if session is not None:  # its later frames: SUPERSEDED if it went back to the queue
                 session.release_job(job["id"], supersede=job["status"] not in lifecycle.FINAL)
             if job["status"] in lifecycle.FINAL:
-                messages.publish_completed(relay, job["tenant_id"], job)
+                messages.publish_completed(relay.events, job["tenant_id"], job)
             elif session is not None:
                 self._spawn(self.kick(relay, job["connector_id"]))
 

@@ -20,6 +20,7 @@ import orjson
 from shared import protocol
 
 from ..context import Relay
+from ..events import EventBus
 from ..ids_and_times import now, parse_iso
 from ..jobs import lifecycle
 from ..store import connector_steps
@@ -176,7 +177,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
     await session.send("job.done.ack.v1", jobId=job_id, attempt=msg["attempt"])
     relay.notifier.notify(job_id)
     if outcome == "final":  # a platform cancel already announced its own completion
-        publish_completed(relay, session.tenant_id, job)
+        publish_completed(relay.events, session.tenant_id, job)
         relay.metrics.finished(job.get("status") or msg["status"], msg["byteCount"])
     elif outcome == "retry":
         schedule_kick(relay, job)
@@ -192,8 +193,9 @@ def schedule_kick(relay: Relay, job: dict[str, Any]) -> None:
     loop.call_later(delay + 0.01, lambda: relay.hub.spawn(relay.hub.kick(relay, job["connector_id"])))
 
 
-def publish_completed(relay: Relay, tenant_id: str, job: dict[str, Any]) -> None:
-    relay.events.publish(
+def publish_completed(events: EventBus, tenant_id: str, job: dict[str, Any]) -> None:
+    """The tenant's ``job_completed`` event (docs/API.md, Events)."""
+    events.publish(
         tenant_id,
         "job_completed",
         {

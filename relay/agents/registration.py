@@ -56,7 +56,7 @@ async def revoke_connector(relay: Relay, tenant_id: str, connector_id: str) -> b
     )
     for job in failed:
         relay.notifier.notify(job["id"])
-        publish_completed(relay, tenant_id, job)
+        publish_completed(relay.events, tenant_id, job)
     return True
 
 

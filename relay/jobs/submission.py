@@ -11,11 +11,13 @@ from shared.crypto import relay_info
 
 from ..agents.messages import publish_completed
 from ..context import Relay
+from ..events import EventBus
 from ..ids_and_times import new_job_id, now
-from ..store import job_steps
+from ..store import Store, job_steps
 from ..store import jobs as job_store
 from ..store.engine import DuplicateRow
 from . import lifecycle
+from .notify import JobNotifier
 
 
 async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -73,11 +75,12 @@ async def cancel_job(relay: Relay, tenant_id: str, job_id: str) -> dict[str, Any
         await relay.hub.cancel(job["connector_id"], job_id, job["attempt"])
         relay.cluster.cancel(job["connector_id"], job_id, job["attempt"])
     relay.notifier.notify(job_id)
-    publish_completed(relay, tenant_id, job)
+    publish_completed(relay.events, tenant_id, job)
     return job
 
 
-async def expire_jobs(relay: Relay) -> None:
-    for job in await relay.store.run(job_steps.expire_due, now()):
-        relay.notifier.notify(job["id"])
-        publish_completed(relay, job["tenant_id"], job)
+async def expire_jobs(store: Store, notifier: JobNotifier, events: EventBus) -> None:
+    """Queued jobs past their TTL end ``expired``: their readers and the tenant are told."""
+    for job in await store.run(job_steps.expire_due, now()):
+        notifier.notify(job["id"])
+        publish_completed(events, job["tenant_id"], job)
