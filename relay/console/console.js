@@ -81,12 +81,19 @@ function signIn(token) {
   sessionStorage.setItem(TOKEN_KEY, session.token);
 }
 
+// A message to show on the next page, after the navigation that clears the banner.
+let notice = null;
+
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   Object.assign(session, { token: null, tenant: null, role: null, sub: null, exp: 0 });
   events.close();
-  location.hash = "#/signin";
-  if (message) showBanner(message);
+  document.getElementById("nav").hidden = true;
+  document.getElementById("signout").hidden = true;
+  document.getElementById("who").textContent = "";
+  notice = message || null;
+  if (location.hash === "#/signin") route();
+  else location.hash = "#/signin";
 }
 
 const isAdmin = () => session.role === "admin";
@@ -572,6 +579,7 @@ async function route() {
   if (!session.token || parts[0] === "signin") {
     if (session.token) { location.hash = "#/connectors"; return; }
     signinPage(main);
+    if (notice) { showBanner(notice, notice === "Signed out." ? "info" : "error"); notice = null; }
     document.body.dataset.ready = String(Date.now());
     return;
   }

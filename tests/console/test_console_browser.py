@@ -283,3 +283,20 @@ def test_search_filter_and_download(stack: tuple[Stack, Agent], browser: Any) ->
     shown_rows = browser.find_elements(By.CSS_SELECTOR, "#logs tbody tr")
     assert lines and len(lines) == len(shown_rows)
     assert all('"level":"warning"' in line or '"level":"error"' in line for line in lines)
+
+
+def test_a_token_the_relay_refuses_signs_out_with_its_message(stack: tuple[Stack, Agent], browser: Any) -> None:
+    """A well-formed token the relay does not accept (another secret, or expired): the
+    first call answers 401 and the console is back at the form, saying why."""
+    import jwt
+
+    st, _ = stack
+    assert st.relay is not None
+    forged = jwt.encode({"sub": "eve", "tenantId": st.tenant, "role": "admin", "exp": 4102444800},
+                        "not-the-relays-secret-0123456789abcdef", algorithm="HS256")  # fmt: skip
+    browser.get("about:blank")
+    browser.get(f"{st.relay.url}/console#token={forged}")
+    _wait(browser, lambda d: d.find_elements(By.ID, "signin"), "the sign-in form")
+    banner = _wait(browser, lambda d: d.find_element(By.ID, "banner").text, "the reason")
+    assert banner.startswith("UNAUTHORIZED: "), banner
+    assert browser.execute_script("return sessionStorage.length") == 0
