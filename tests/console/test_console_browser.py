@@ -300,3 +300,30 @@ def test_a_token_the_relay_refuses_signs_out_with_its_message(stack: tuple[Stack
     banner = _wait(browser, lambda d: d.find_element(By.ID, "banner").text, "the reason")
     assert banner.startswith("UNAUTHORIZED: "), banner
     assert browser.execute_script("return sessionStorage.length") == 0
+
+
+UNLABELLED = """return [...document.querySelectorAll('main input, main select, main textarea, main button')]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+  .map((el) => el.id || el.outerHTML.slice(0, 60));"""
+
+
+def test_keyboard_sign_in_and_every_control_labelled(stack: tuple[Stack, Agent], browser: Any) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    st, agent = stack
+    assert st.relay is not None
+    browser.get("about:blank")
+    browser.get(f"{st.relay.url}/console")
+    _ready(browser)
+    assert browser.execute_script(UNLABELLED) == []
+    box = browser.switch_to.active_element  # the form focuses the token box
+    assert box.get_attribute("id") == "token"
+    box.send_keys(st.relay.token(st.tenant, "admin"))
+    box.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "signin"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#connectors tbody tr"), "the list, signed in by keyboard")
+    assert browser.execute_script(UNLABELLED) == []  # the list
+    for view in ("#/jobs", f"#/connectors/{agent.connector_id}", f"#/connectors/{agent.connector_id}/logs"):
+        _go(browser, view)
+        assert browser.execute_script(UNLABELLED) == [], view
