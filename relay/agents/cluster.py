@@ -239,7 +239,11 @@ class Cluster:
         hub, store, events = self._hub, self._store, self._events
         assert hub is not None and store is not None and events is not None
         at = now()
-        here = [cid for cid, s in hub.sessions.items() if not s.dead]
+        live = [cid for cid, s in hub.sessions.items() if not s.dead]
+        # Only welcomed sessions: one still being welcomed has not yet written this node as
+        # the owner, so the previous owner's row (a node that just died) would read as a
+        # takeover and close the agent that has just moved here.
+        here = [cid for cid in live if hub.sessions[cid].welcomed]
         taken: list[str] = []
         # In slices: one store call for 10,000 agents held the (SQLite) writer long enough
         # to delay every dispatch behind it (docs/BENCHMARKS.md, the swarm).
@@ -248,7 +252,7 @@ class Cluster:
         for connector_id in taken:
             log.info("connector %s moved to another relay node", connector_id, extra={"connector_id": connector_id})
             await hub.disconnect(connector_id, CLOSE_CODES["SESSION_REPLACED"], "SESSION_REPLACED")
-        for row in await store.run(owners.lapsed_online, at, set(here)):
+        for row in await store.run(owners.lapsed_online, at, set(live)):
             events.publish(row["tenant_id"], "connector_status_changed",
                                  connector_status.changed(row["id"], connector_status.OFFLINE, row["last_seen"]))  # fmt: skip
         if self.shared:

@@ -216,6 +216,7 @@ class Hub:
         for job_id, attempt in stale:
             session.superseded.add((job_id, attempt))
             await session.send("job.cancel.v1", jobId=job_id, attempt=attempt, reason="SUPERSEDED")
+        session.to("welcomed")
         log.info("agent connected", extra={"connector_id": session.connector_id})
         await messages.dispatch(relay, session)
 

@@ -23,6 +23,9 @@ log = logging.getLogger("relay.hub")
 
 # The session's own lifecycle, one table every change goes through (``AgentSession.to``):
 #
+#   welcoming --welcomed--> open      (the welcome's transaction made this node the
+#                                      connector's owner; until then the session takes no
+#                                      job and the cluster's lease renewal leaves it alone)
 #   open --drain--> draining          (the agent said AGENT_SHUTDOWN, or the relay drains)
 #   open/draining --end--> ending     (the relay ended it: close requested, swept, replaced
 #                                      or its socket gone; its message loop is finishing)
@@ -31,9 +34,14 @@ log = logging.getLogger("relay.hub")
 # Only an open session takes new jobs; ``dead`` is every state from ending on. An event a
 # state already reflects (drain while ending, end while closing) leaves it where it is;
 # a pair with no entry is a bug and raises.
-OPEN, DRAINING, ENDING, CLOSING, CLOSED = "open", "draining", "ending", "closing", "closed"
-SESSION_STATES = (OPEN, DRAINING, ENDING, CLOSING, CLOSED)
+WELCOMING, OPEN, DRAINING, ENDING, CLOSING, CLOSED = "welcoming", "open", "draining", "ending", "closing", "closed"
+SESSION_STATES = (WELCOMING, OPEN, DRAINING, ENDING, CLOSING, CLOSED)
 SESSION_TRANSITIONS: dict[tuple[str, str], str] = {
+    (WELCOMING, "welcomed"): OPEN,
+    (WELCOMING, "drain"): DRAINING, (WELCOMING, "end"): ENDING, (WELCOMING, "close"): CLOSING,
+    # welcomed after the relay began to drain or end it: it stays where it is
+    (DRAINING, "welcomed"): DRAINING, (ENDING, "welcomed"): ENDING,
+    (CLOSING, "welcomed"): CLOSING, (CLOSED, "welcomed"): CLOSED,
     (OPEN, "drain"): DRAINING, (DRAINING, "drain"): DRAINING,
     (ENDING, "drain"): ENDING, (CLOSING, "drain"): CLOSING, (CLOSED, "drain"): CLOSED,
     (OPEN, "end"): ENDING, (DRAINING, "end"): ENDING, (ENDING, "end"): ENDING,
@@ -67,7 +75,7 @@ class AgentSession:
     memory_usage: float | None = None
     active_jobs: int = 0
     violations: int = 0
-    state: str = OPEN  # SESSION_TRANSITIONS; changed only by ``to``
+    state: str = WELCOMING  # SESSION_TRANSITIONS; changed only by ``to``
     last_traffic: float = 0.0  # any frame at all; what keeps the session (and leases) alive
     in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
@@ -108,6 +116,11 @@ class AgentSession:
     @property
     def takes_jobs(self) -> bool:
         return self.state == OPEN
+
+    @property
+    def welcomed(self) -> bool:
+        """Its welcome is committed: this node is the connector's owner in the store."""
+        return self.state != WELCOMING
 
     @property
     def closing(self) -> bool:

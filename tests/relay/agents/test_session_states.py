@@ -46,3 +46,15 @@ def test_a_drained_session_still_ends_and_closes() -> None:
         s.DRAINING, s.DRAINING, s.ENDING, s.ENDING, s.CLOSING, s.CLOSING, s.CLOSED,
     ]  # fmt: skip
     assert sess.dead and sess.closing and not sess.takes_jobs
+
+
+def test_a_session_being_welcomed_takes_no_job_until_welcomed() -> None:
+    """Until its welcome is committed (this node written as the owner) a session takes no
+    job, and the cluster's renewal leaves it out (relay/agents/cluster.py): the dead
+    previous owner's row would otherwise read as a takeover and close it."""
+    sess = s.AgentSession("con_1", "t", None, "pk", 4, "h", "1", 0.0, 0.0)  # type: ignore[arg-type]
+    assert sess.state == s.WELCOMING and not sess.takes_jobs and not sess.welcomed and not sess.dead
+    assert sess.to("welcomed") == s.OPEN and sess.takes_jobs and sess.welcomed
+    draining = _session(s.WELCOMING)
+    assert [draining.to(e) for e in ("drain", "welcomed")] == [s.DRAINING, s.DRAINING]
+    assert not draining.takes_jobs
