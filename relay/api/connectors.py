@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from ..config import RelayConfig
 from ..ids_and_times import iso, now
 from ..store import connectors as con_store
 from ..web.auth import check_fields
+from . import downloads
 from .common import (
     check_fields_known,
     not_found,
@@ -43,10 +43,7 @@ def _download_url(config: RelayConfig, os_: str) -> str | None:
     base = config.downloads_url_base.rstrip("/")
     if base != "/downloads":
         return f"{base}/{name}"
-    folder = config.downloads_dir
-    if not folder or not (Path(folder) / name).is_file():
-        return None
-    return f"{base}/{name}"
+    return f"{base}/{name}" if downloads.serves(config.downloads_dir, name) else None
 
 
 def _setup(request: web.Request, os_: str, api_key: str, download_url: str | None) -> str:

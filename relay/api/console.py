@@ -15,6 +15,7 @@ its events WebSocket), no frames, no forms posting elsewhere, no plugins.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 from dataclasses import dataclass
@@ -71,14 +72,10 @@ def load(folder: Path = FOLDER) -> Bundle:
     return Bundle(_asset(html.encode(), "text/html"), assets)
 
 
-_BUNDLE: Bundle | None = None
-
-
+@functools.cache
 def bundle() -> Bundle:
-    global _BUNDLE
-    if _BUNDLE is None:
-        _BUNDLE = load()
-    return _BUNDLE
+    """The console's files, read once (they are part of the installed package)."""
+    return load()
 
 
 def _respond(request: web.Request, asset: Asset, cache: str) -> web.Response:

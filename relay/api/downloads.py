@@ -46,6 +46,17 @@ def _artifact(folder: Path, name: str) -> Path:
     return path
 
 
+def serves(folder: str | None, name: str) -> bool:
+    """Would ``GET /downloads/<name>`` answer with a file (the same checks as serving it)?"""
+    if not folder:
+        return False
+    try:
+        _artifact(Path(folder).resolve(), name)
+    except NotFound:
+        return False
+    return True
+
+
 def _artifacts(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []

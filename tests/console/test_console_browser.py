@@ -85,9 +85,15 @@ def _wait(driver: Any, check: Callable[[Any], Any], what: str, timeout: float = 
 def _open(driver: Any, st: Stack, role: str, to: str = "/connectors") -> None:
     assert st.relay is not None
     token = st.relay.token(st.tenant, role)
+    _visit(driver, f"{st.relay.url}/console#token={token}&to={to}")
+
+
+def _visit(driver: Any, url: str, *, ready: bool = True) -> None:
+    """Load ``url`` as a new page (from about:blank, so a hash-only change reloads too)."""
     driver.get("about:blank")
-    driver.get(f"{st.relay.url}/console#token={token}&to={to}")
-    _ready(driver)
+    driver.get(url)
+    if ready:
+        _ready(driver)
 
 
 def _go(driver: Any, hash_: str) -> None:
@@ -129,9 +135,7 @@ def test_console_is_served_with_a_strict_policy_and_hashed_assets(stack: tuple[S
 def test_sign_in_with_the_form_and_see_the_connectors(stack: tuple[Stack, Agent], browser: Any) -> None:
     st, agent = stack
     assert st.relay is not None
-    browser.get("about:blank")
-    browser.get(f"{st.relay.url}/console")
-    _ready(browser)
+    _visit(browser, f"{st.relay.url}/console")
     _shot(browser, "signin")
     browser.find_element(By.ID, "token").send_keys(st.relay.token(st.tenant, "admin"))
     browser.find_element(By.ID, "signin").click()
@@ -255,9 +259,7 @@ def test_a_refusal_shows_the_apis_own_message(stack: tuple[Stack, Agent], browse
 def test_a_bad_token_link_is_refused_with_a_sentence(stack: tuple[Stack, Agent], browser: Any) -> None:
     st, _ = stack
     assert st.relay is not None
-    browser.get("about:blank")
-    browser.get(f"{st.relay.url}/console#token=not-a-token")
-    _ready(browser)
+    _visit(browser, f"{st.relay.url}/console#token=not-a-token")
     assert "not a usable token" in browser.find_element(By.ID, "banner").text
     assert browser.find_elements(By.ID, "signin")  # back at the form
 
@@ -294,8 +296,7 @@ def test_a_token_the_relay_refuses_signs_out_with_its_message(stack: tuple[Stack
     assert st.relay is not None
     forged = jwt.encode({"sub": "eve", "tenantId": st.tenant, "role": "admin", "exp": 4102444800},
                         "not-the-relays-secret-0123456789abcdef", algorithm="HS256")  # fmt: skip
-    browser.get("about:blank")
-    browser.get(f"{st.relay.url}/console#token={forged}")
+    _visit(browser, f"{st.relay.url}/console#token={forged}", ready=False)
     _wait(browser, lambda d: d.find_elements(By.ID, "signin"), "the sign-in form")
     banner = _wait(browser, lambda d: d.find_element(By.ID, "banner").text, "the reason")
     assert banner.startswith("UNAUTHORIZED: "), banner
@@ -312,9 +313,7 @@ def test_keyboard_sign_in_and_every_control_labelled(stack: tuple[Stack, Agent],
 
     st, agent = stack
     assert st.relay is not None
-    browser.get("about:blank")
-    browser.get(f"{st.relay.url}/console")
-    _ready(browser)
+    _visit(browser, f"{st.relay.url}/console")
     assert browser.execute_script(UNLABELLED) == []
     box = browser.switch_to.active_element  # the form focuses the token box
     assert box.get_attribute("id") == "token"
