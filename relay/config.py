@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shared.crypto import DataCipher, write_secret_file
+from shared.crypto import DataCipher, create_secret_file_once
 
 from .web.clientaddr import parse_networks
 
@@ -369,8 +369,8 @@ def load_data_cipher(database_url: str, *, dev: bool) -> DataCipher:
     if dev or db is None:
         return DataCipher.generate()
     key_file = db.parent / DATA_KEY_FILE_NAME
-    if key_file.exists():
-        return DataCipher({"k1": _decode_key(key_file.read_text("ascii"), str(key_file))}, "k1")
-    cipher_key = os.urandom(32)
-    write_secret_file(key_file, base64.b64encode(cipher_key))
-    return DataCipher({"k1": cipher_key}, "k1")
+    if not key_file.exists():
+        # Relays whose databases share this folder may start together: one creates the
+        # file, the others read it (never two keys, one of them lost with its results).
+        create_secret_file_once(key_file, base64.b64encode(os.urandom(32)))
+    return DataCipher({"k1": _decode_key(key_file.read_text("ascii"), str(key_file))}, "k1")

@@ -21,7 +21,7 @@ import base64
 import binascii
 import os
 import secrets
-import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,19 +89,39 @@ def load_public_key(b64: str) -> X25519PublicKey:
     return X25519PublicKey.from_public_bytes(raw)
 
 
-def write_secret_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by the owner only (0600), atomically."""
+def _secret_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new owner-only (0600) file beside ``path``, under a name no other
+    writer uses, flushed to disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     if os.name == "posix":
-        os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+        os.chmod(name, 0o600)
+    return Path(name)
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only (0600), atomically. Writers
+    racing on one path each use their own temporary file; the last rename wins."""
+    os.replace(_secret_temp(path, data), path)
+
+
+def create_secret_file_once(path: Path, data: bytes) -> bytes:
+    """``path``'s content, creating it with ``data`` (0600) if it does not exist. Of
+    several processes racing to create it exactly one wins, and every one of them gets
+    the winner's bytes (a hard link cannot replace an existing name)."""
+    tmp = _secret_temp(path, data)
+    try:
+        os.link(tmp, path)
+        return data
+    except FileExistsError:
+        return path.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_private_key(key: X25519PrivateKey, path: Path) -> None:

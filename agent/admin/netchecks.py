@@ -190,8 +190,15 @@ def check_proxy(proxy: str | None, explained: str, target: Target, timeout: floa
     try:
         open_tunnel(proxy, target, timeout).close()
     except ProxyRefused as exc:
-        if exc.code == 407:
-            return Check("proxy", FAIL, f"the proxy {shown} wants authentication (HTTP 407)",
+        # 407 is the standard answer; some proxies (tinyproxy) answer a CONNECT with bad
+        # credentials with 401. Either way it is about the user and password.
+        if exc.code in (401, 407):
+            if urlsplit(proxy).username:
+                return Check("proxy", FAIL, f"the proxy {shown} refused the user name or password in "
+                             f"the proxy URL (HTTP {exc.code})",
+                             "check the proxy user and password (percent-encode special characters: "
+                             "@ is %40, : is %3A)")  # fmt: skip
+            return Check("proxy", FAIL, f"the proxy {shown} wants authentication (HTTP {exc.code})",
                          "put the proxy user and password in the proxy URL: "
                          "HTTPS_PROXY=http://user:password@proxy:port")  # fmt: skip
         return Check("proxy", FAIL, f"the proxy {shown} refused to tunnel to "

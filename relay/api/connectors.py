@@ -15,6 +15,7 @@ from ..config import RelayConfig
 from ..ids_and_times import iso, now
 from ..store import connectors as con_store
 from ..web.auth import check_fields
+from ..web.clientaddr import public_scheme
 from . import downloads
 from .common import (
     check_fields_known,
@@ -47,7 +48,9 @@ def _download_url(config: RelayConfig, os_: str) -> str | None:
 
 
 def _setup(request: web.Request, os_: str, api_key: str, download_url: str | None) -> str:
-    relay_url = f"{request.scheme}://{request.host}"
+    # The agent's URL is the WebSocket one: wss:// behind TLS (a trusted proxy's
+    # X-Forwarded-Proto counts), ws:// on a plain relay (which agents accept for localhost).
+    relay_url = f"{'wss' if public_scheme(request) == 'https' else 'ws'}://{request.host}"
     cfg = f"mini-connector configure --relay-url {relay_url} --api-key {api_key}"
     get = ("Download the agent" if download_url else
            "This relay serves no agent build for this system yet: get it from your provider "

@@ -86,3 +86,15 @@ def client_address(request: web.Request) -> str:
     address = resolve(request.remote, forwarded, networks)
     request[CLIENT_ADDRESS] = address
     return address
+
+
+def public_scheme(request: web.Request) -> str:
+    """``https`` or ``http`` as the client sees this relay: the connection's own, unless a
+    trusted proxy (MC_RELAY_TRUSTED_PROXIES) terminated TLS and says so in
+    ``X-Forwarded-Proto``."""
+    networks = request.app.get(TRUSTED_PROXIES, ())
+    peer = _address(request.remote or "")
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if networks and peer is not None and _trusted(peer, networks) and proto in ("http", "https"):
+        return proto
+    return "https" if request.secure else "http"

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,25 @@ def test_a_relay_on_a_shared_store_without_a_data_key_refuses_to_start(tmp_path:
     assert done.returncode != 0
     assert "MC_RELAY_DATA_KEY is not set" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_relays_starting_together_in_one_folder_share_one_data_key(tmp_path: Path) -> None:
+    """Two SQLite relays whose databases share a folder start at the same moment: both
+    start, and both hold the one key the folder keeps (before, they raced on one fixed
+    temporary name and the second died at start-up, or each kept a key of its own).
+    Processes, not threads: that is how relays start."""
+    folder = tmp_path / "data"
+    script = ("import sys, base64; from relay.config import load_data_cipher\n"
+              "c = load_data_cipher(f'sqlite:///{sys.argv[1]}', dev=False)\n"
+              "print(base64.b64encode(c.encrypt(b'sealed by ' + sys.argv[1].encode())[1]).decode())")  # fmt: skip
+    for round_ in range(3):
+        here = folder / str(round_)
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(here / f"relay{i}.db")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]  # fmt: skip
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, outs
+        kept = DataCipher({"k1": base64.b64decode((here / "relay-data.key").read_bytes())}, "k1")
+        for i, (out, _) in enumerate(outs):  # every relay sealed with the key the folder kept
+            assert kept.decrypt("k1", base64.b64decode(out.strip())) == f"sealed by {here / f'relay{i}.db'}".encode()
+        assert stat.S_IMODE((here / "relay-data.key").stat().st_mode) == 0o600
+        assert sorted(p.name for p in here.iterdir()) == ["relay-data.key"]  # no temporary left behind

@@ -206,6 +206,22 @@ def test_wrong_proxy_password_is_reported(tls_env: TlsEnv, tinyproxy: Tinyproxy)
     agent.proc.stop()  # type: ignore[union-attr]
 
 
+def test_diagnose_blames_the_proxy_password_not_connect_rules(tls_env: TlsEnv, tinyproxy: Tinyproxy) -> None:
+    """tinyproxy answers a CONNECT with bad BasicAuth with 401, not 407: diagnose must
+    still say the credentials were refused (it used to send the admin to the CONNECT rules)."""
+    url = f"http://proxyuser:wrong@127.0.0.1:{tinyproxy.port}"
+    agent = tls_env.agent("diag-bad-proxy", "--ca-file", str(tls_env.tls.cert), "--proxy", url,
+                          env={"NO_PROXY": "", "no_proxy": ""}, wait_online=False)  # fmt: skip
+    agent.proc.stop()  # type: ignore[union-attr]
+    done = subprocess.run([*command("mini-connector"), "--config", str(agent.config), "diagnose"],
+                          env=agent.env, capture_output=True, text=True, timeout=scaled(60))  # fmt: skip
+    assert done.returncode != 0
+    proxy_line = next(line for line in done.stdout.splitlines() if "proxy" in line.lower())
+    assert "refused the user name or password" in done.stdout, done.stdout
+    assert "allow CONNECT" not in done.stdout and "wrong" not in done.stdout  # no password shown
+    assert "HTTP 401" in proxy_line or "HTTP 401" in done.stdout
+
+
 def test_plain_ws_off_localhost_is_refused_at_run(tls_env: TlsEnv) -> None:
     """A config naming ws:// to another host without allow_insecure is refused by run too."""
     agent = tls_env.stack.add_agent("insecure", [], start=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ async def test_register_shows_the_key_once_with_setup_instructions(api: Api) -> 
     assert con["downloadUrl"] is None and "serves no agent build" in con["setupInstructions"]
     assert "mini-connector configure --relay-url" in con["setupInstructions"]
     assert con["apiKey"] in con["setupInstructions"]
+    assert f"--relay-url ws://{api.client.host}:{api.client.port} " in con["setupInstructions"]  # the agent's URL
     got = await api.connector(con["id"])
     assert set(got) == CONNECTOR_FIELDS
     assert got["status"] == "pending" and got["os"] == "windows" and "apiKey" not in got
@@ -116,3 +118,18 @@ async def test_rotate_key_keeps_the_old_key_until_it_expires(api: Api, client: o
 
 async def _offline(api: Api, cid: str) -> bool:
     return (await api.connector(cid))["status"] == "offline"
+
+
+@pytest.mark.parametrize(("trusted", "proto", "scheme"), [
+    ("127.0.0.0/8, ::1", "https", "wss"),  # TLS ended at a trusted proxy: wss://
+    ("", "https", "ws"),  # anyone can send the header: believed only from trusted proxies
+    ("127.0.0.0/8, ::1", "gopher", "ws"),
+])  # fmt: skip
+async def test_setup_instructions_name_the_agents_websocket_url(start_relay: Any, trusted: str, proto: str,
+                                                                scheme: str) -> None:  # fmt: skip
+    client = await start_relay(trusted_proxies=trusted)
+    resp = await client.post("/api/v1/connectors", json={"name": "x", "os": "linux"},
+                             headers=Api(client).headers(**{"X-Forwarded-Proto": proto}))  # fmt: skip
+    assert resp.status == 201
+    setup = (await resp.json())["data"]["setupInstructions"]
+    assert f"--relay-url {scheme}://{client.host}:{client.port} " in setup
