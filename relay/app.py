@@ -31,6 +31,7 @@ from .agents.cluster import Cluster
 from .agents.handshake_limit import HandshakeGuard, guarded
 from .agents.hub import Hub
 from .api import (
+    asyncapi,
     connectors,
     console,
     downloads,
@@ -67,6 +68,7 @@ def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
     r.add_get(f"{API}/health", health.get, name="health")
     r.add_get("/openapi.json", openapi.get, name="openapi.root")
     r.add_get(f"{API}/openapi.json", openapi.get, name="openapi")
+    r.add_get(f"{API}/asyncapi.json", asyncapi.get, name="asyncapi")
     r.add_post(f"{API}/connectors", connectors.create, name="connectors.create")
     r.add_get(f"{API}/connectors", connectors.list_, name="connectors.list")
     r.add_get(f"{API}/connectors/{{id}}", connectors.get, name="connectors.get")

@@ -12,11 +12,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+from shared.protocol import F, validate_fields
+
+from .agents.connector_status import STATUSES as CONNECTOR_STATUSES
 from .ids_and_times import iso, now
+from .jobs.lifecycle import FINAL
 
 QUEUE_SIZE = 1000
+_TIME = F("str", nullable=True, max_len=40)
+# Each event's ``data``: the one definition ``publish`` checks against and the AsyncAPI
+# document (relay/api/asyncapi.py) describes.
+EVENTS: Final[dict[str, dict[str, F]]] = {
+    "connector_status_changed": {
+        "connectorId": F("str"), "status": F("str", choices=CONNECTOR_STATUSES),
+        "lastSeen": _TIME,  # the last time the agent was heard (null: never)
+    },
+    "job_started": {"jobId": F("str"), "connectorId": F("str")},
+    "job_completed": {
+        "jobId": F("str"), "status": F("str", choices=tuple(sorted(FINAL))),
+        "rowCount": F("int", lo=0), "truncated": F("bool"),
+        "durationMs": F("int", nullable=True, lo=0),
+    },
+}  # fmt: skip
 
 
 class EventBus:
@@ -37,6 +56,12 @@ class EventBus:
                 del self._subs[tenant_id]
 
     def publish(self, tenant_id: str, type_: str, data: dict[str, Any]) -> None:
+        """Send an event; its data must be what ``EVENTS`` says (a ProtocolError is a bug
+        here, never a client's doing)."""
+        fields = EVENTS[type_]
+        validate_fields(data, fields, type_)
+        if data.keys() - fields.keys():
+            raise ValueError(f"{type_} carries fields the event table lacks: {sorted(data.keys() - fields.keys())}")
         event = {"type": type_, "data": data, "timestamp": iso(now())}
         self.deliver(tenant_id, event)
         if self.forward is not None:

@@ -142,16 +142,31 @@ def _check(value: Any, spec: F, where: str) -> Any:
     return value
 
 
-def _obj(fields: Mapping[str, F]) -> Callable[[Any, str], dict[str, Any]]:
-    def check(value: Any, where: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ObjectOf:
+    """A list item that is an object with these fields (its validator, and what
+    ``json_schema`` reads to describe it)."""
+
+    fields: Mapping[str, F]
+
+    def __call__(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ProtocolError(f"{where} must be an object")
-        return _validate_fields(value, fields, where)
-
-    return check
+        return validate_fields(value, self.fields, where)
 
 
-def _validate_fields(data: Mapping[str, Any], fields: Mapping[str, F], where: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ItemOf:
+    """A list item that is one plain value, checked as ``spec`` says."""
+
+    spec: F
+
+    def __call__(self, value: Any, where: str) -> Any:
+        return _check(value, self.spec, where)
+
+
+
+def validate_fields(data: Mapping[str, Any], fields: Mapping[str, F], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in data:
@@ -165,8 +180,8 @@ def _validate_fields(data: Mapping[str, Any], fields: Mapping[str, F], where: st
 
 ID = F("str", max_len=MAX_ID_LEN)
 ATTEMPT = F("int", lo=1, hi=1_000_000)
-_COLUMN = _obj({"name": F("str", max_len=1000), "type": F("str", max_len=100)})
-_SOURCE = _obj({"name": F("str", max_len=MAX_NAME_LEN), "type": F("str", max_len=50)})
+_COLUMN = ObjectOf({"name": F("str", max_len=1000), "type": F("str", max_len=100)})
+_SOURCE = ObjectOf({"name": F("str", max_len=MAX_NAME_LEN), "type": F("str", max_len=50)})
 _JOB_ERROR = {
     "code": F("str", max_len=64),
     "message": F("str", max_len=8000),
@@ -174,12 +189,11 @@ _JOB_ERROR = {
 }
 
 
-def _kem_name(value: Any, where: str) -> str:
-    return _check(value, F("str", max_len=50), where)
+_kem_name = ItemOf(F("str", max_len=50))
 
 
-_HELD_JOB = _obj({"jobId": ID, "attempt": ATTEMPT})
-_LOG_LINE = _obj(
+_HELD_JOB = ObjectOf({"jobId": ID, "attempt": ATTEMPT})
+_LOG_LINE = ObjectOf(
     {
         "timestamp": F("str", max_len=64),
         "level": F("str", choices=LOG_LEVELS),
@@ -303,6 +317,53 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
 }
 
 
+# ---------------------------------------------------------------- JSON Schema
+_JSON_TYPES: Final = {"str": "string", "int": "integer", "num": "number", "bool": "boolean",
+                      "list": "array", "obj": "object"}  # fmt: skip
+
+
+def json_schema(spec: F) -> dict[str, Any]:
+    """The JSON Schema of what ``_check`` accepts for ``spec`` (the AsyncAPI document's
+    payloads are built from this, so the document and the validation cannot differ)."""
+    out: dict[str, Any] = {}
+    if spec.kind in _JSON_TYPES:
+        kind = _JSON_TYPES[spec.kind]
+        out["type"] = [kind, "null"] if spec.nullable else kind
+    if spec.max_len is not None:
+        out["maxItems" if spec.kind == "list" else "maxLength"] = spec.max_len
+    if spec.lo is not None:
+        out["minimum"] = spec.lo
+    if spec.hi is not None:
+        out["maximum"] = spec.hi
+    if spec.choices is not None:
+        out["enum"] = [*spec.choices, *([None] if spec.nullable else [])]
+    if isinstance(spec.item, ObjectOf):
+        out["items"] = fields_schema(spec.item.fields)
+    elif isinstance(spec.item, ItemOf):
+        out["items"] = json_schema(spec.item.spec)
+    return out
+
+
+def fields_schema(fields: Mapping[str, F], **extra: Any) -> dict[str, Any]:
+    """An object with these fields: required ones listed, unknown ones allowed (and
+    ignored, as ``validate_fields`` ignores them)."""
+    return {"type": "object", **extra, "required": [n for n, f in fields.items() if f.required],
+            "properties": {n: json_schema(f) for n, f in fields.items()}}  # fmt: skip
+
+
+def message_schema(type_: str) -> dict[str, Any]:
+    """A text message's JSON Schema: ``type`` and its fields."""
+    _, fields = MESSAGES[type_]
+    schema = fields_schema(fields)
+    schema["required"] = ["type", *schema["required"]]
+    schema["properties"] = {"type": {"const": type_}, **schema["properties"]}
+    if type_ == "job.done.v1":  # what _check_done adds to the table
+        schema["properties"]["error"] = {"anyOf": [fields_schema(_JOB_ERROR), {"type": "null"}]}
+        schema["if"] = {"properties": {"status": {"not": {"const": "succeeded"}}}}
+        schema["then"] = {"required": ["error"], "properties": {"error": {"type": "object"}}}
+    return schema
+
+
 @dataclass(frozen=True)
 class Message:
     """A validated text message. ``data`` holds the fields without ``type``."""
@@ -362,7 +423,7 @@ def make(type_: str, **fields: Any) -> Message:
     if type_ not in MESSAGES:
         raise ProtocolError(f"unknown message type {type_!r}")
     _, spec = MESSAGES[type_]
-    return Message(type_, _validate_fields(fields, spec, type_))
+    return Message(type_, validate_fields(fields, spec, type_))
 
 
 def job_error(code: str, message: str, retryable: bool) -> dict[str, Any]:
@@ -403,7 +464,7 @@ def validate_text(obj: dict[str, Any], *, sender: str) -> Message:
     who, spec = entry
     if who != sender:
         raise ProtocolError(f"{type_} may not be sent by the {sender}")
-    msg = Message(type_, _validate_fields(obj, spec, type_))
+    msg = Message(type_, validate_fields(obj, spec, type_))
     if type_ == "job.done.v1":
         _check_done(msg)
     return msg
@@ -412,7 +473,7 @@ def validate_text(obj: dict[str, Any], *, sender: str) -> Message:
 def _check_done(msg: Message) -> None:
     err = msg.get("error")
     if err is not None:
-        msg.data["error"] = _validate_fields(err, _JOB_ERROR, "job.done.v1.error")
+        msg.data["error"] = validate_fields(err, _JOB_ERROR, "job.done.v1.error")
     if msg["status"] != "succeeded" and err is None:
         raise ProtocolError("job.done.v1 with a status other than succeeded needs an error")
 
@@ -456,7 +517,7 @@ def chunk_flags(frame: bytes) -> int:
     return frame[1] if len(frame) > 1 else 0
 
 
-_CHUNK_HEADER = {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0), "rows": F("int", lo=0)}
+CHUNK_HEADER = {"jobId": ID, "attempt": ATTEMPT, "seq": F("int", lo=0), "rows": F("int", lo=0)}
 _MiB = 1 << 20
 
 
@@ -483,7 +544,7 @@ def read_chunk_head(data: bytes) -> ChunkHead:
         raise ProtocolError("chunk header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise ProtocolError("chunk header must be a JSON object")
-    h = _validate_fields(header, _CHUNK_HEADER, "chunk")
+    h = validate_fields(header, CHUNK_HEADER, "chunk")
     return ChunkHead(h["jobId"], h["attempt"], h["seq"], h["rows"], flags, end, len(data) - end, None)
 
 

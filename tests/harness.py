@@ -500,11 +500,12 @@ class Stack:
 
     def add_agent(self, name: str, sources: list[Source], *, start: bool = True,
                   wait_online: bool = True, timeout: float = 30,
-                  relay_url: str | None = None) -> Agent:  # fmt: skip
-        """Register a connector, configure an agent for it with ``sources``, start it.
-        ``relay_url`` points the agent elsewhere (a fault proxy) than the relay itself."""
+                  relay_url: str | None = None, created: dict[str, Any] | None = None) -> Agent:  # fmt: skip
+        """Register a connector (or take ``created``, one registered already), configure an
+        agent for it with ``sources``, start it. ``relay_url`` points the agent elsewhere (a
+        fault proxy) than the relay itself."""
         assert self.relay is not None and self.api is not None, "start the relay first"
-        created = self.api.create_connector(name)
+        created = created or self.api.create_connector(name)
         home = self.workdir / f"agent-{len(self.agents) + 1}"
         home.mkdir(parents=True, exist_ok=True)
         env = self._env()

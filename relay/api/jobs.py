@@ -16,9 +16,9 @@ async def create(request: web.Request) -> web.Response:
     relay, who = relay_of(request), principal(request)
     spec = parse_job(await read_json(request))
     job, created = await submission.submit_job(relay, who.tenant_id, spec)
-    if not created:
-        return ok(job_view(job), status=200)
-    return ok({"id": job["id"], "status": job["status"], "queuedAt": iso(job["queued_at"])}, status=202)
+    # 202: a new job, queued; 200: the existing job with this jobKey. The same Job either
+    # way (the seed's {id, status, queuedAt} and the rest), so a client has one type.
+    return ok(job_view(job), status=202 if created else 200)
 
 
 async def list_(request: web.Request) -> web.Response:

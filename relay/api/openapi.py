@@ -30,6 +30,18 @@ def _nullable(kind: str, **extra: Any) -> S:
     return {"type": [kind, "null"], **extra}
 
 
+def _object(properties: S, *, optional: tuple[str, ...] = (), **extra: Any) -> S:
+    """A response object: every property is always present (``required``) except those
+    named in ``optional``, so a generated client types them as present."""
+    return {"type": "object", "required": [k for k in properties if k not in optional],
+            "properties": properties, **extra}  # fmt: skip
+
+
+# Levels are spelled in lower case in the API (log lines, the level filter, logLevel); the
+# relay also takes upper case on input (what agents and Python's logging call them).
+LEVELS: Final = [v.lower() for v in LOG_LEVELS]
+
+
 TIME = _nullable("string", format="date-time")
 DATE_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, e.g. 2026-12-04T03:00:00Z"}
 
@@ -37,7 +49,9 @@ DATE_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, 
 def _option(name: str) -> S:
     """A job option's schema, from the lifecycle's one table of options and defaults."""
     kind, lo, hi, default, nullable = OPTIONS[name]
-    bounds = {"minimum": lo, "maximum": hi, "default": default}
+    # No "default" keyword in a request schema: a generated client sends a default as a
+    # value. What the relay does when the field is left out is said in words instead.
+    bounds = {"minimum": lo, "maximum": hi, "description": f"left out: {default}"}
     if nullable:
         return _nullable("integer" if kind == "int" else "number", **bounds)
     return {"type": "integer" if kind == "int" else "number", **bounds}
@@ -64,35 +78,36 @@ QUERY_SHAPE = {"type": "object", "anyOf": [
      "properties": {"collection": {"type": "string", "minLength": 1}}},
 ]}
 SCHEMAS: dict[str, S] = {
-    "Error": {
-        "type": "object", "required": ["success", "error"],
+    # "ErrorResponse", not "Error": a generated model named Error with a field named error
+    # shadows itself in openapi-python-client's from_dict (a mypy --strict error).
+    "ErrorResponse": _object({"success": {"const": False}, "error": _ref("ApiError")}),
+    "ApiError": _object({"code": {"type": "string", "description": "docs/API.md, Error codes"},
+                         "message": {"type": "string"}, "details": _ref("ErrorDetails"),
+                         "requestId": {"type": "string", "description": "also the X-Request-ID header"}}),
+    "ErrorDetails": {
+        "type": "object", "additionalProperties": True,
+        "description": "what the error is about; each key is present only where it applies",
         "properties": {
-            "success": {"const": False},
-            "error": {
-                "type": "object", "required": ["code", "message", "details", "requestId"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                               "details": {"type": "object"}, "requestId": {"type": "string"}},
-            },
+            "field": {"type": "string", "description": "the request field or query parameter at fault"},
+            "retryAfter": {"type": "integer", "description": "RATE_LIMITED: seconds to wait (as Retry-After)"},
+            "id": {"type": "string", "description": "NOT_FOUND: the id looked for"},
+            "jobId": {"type": "string"}, "status": {"type": "string", "description": "the job's status"},
+            "sources": {"type": "array", "items": {"type": "string"},
+                        "description": "SOURCE_NOT_FOUND: the sources the connector has"},
         },
     },
-    "Meta": {"type": "object", "properties": {"page": {"type": "integer"},
-             "limit": {"type": "integer"}, "total": {"type": "integer"}}},
+    "Meta": _object({"page": {"type": "integer"}, "limit": {"type": "integer"}, "total": {"type": "integer"}}),
     "NewConnector": {
         "type": "object", "required": ["name", "os"], "additionalProperties": False,
         "properties": {"name": NAME, "os": {"enum": ["linux", "windows"]}},
     },
-    "ConnectorCreated": {
-        "type": "object",
-        "properties": {
-            **{k: {"type": "string"} for k in ("id", "name", "apiKey", "apiKeyPrefix", "setupInstructions")},
-            "downloadUrl": _nullable("string", description="the agent build for this os: a path on this "
-                                     "relay (/downloads/...), or under MC_RELAY_DOWNLOADS_URL; null when "
-                                     "the relay serves none (docs/OPERATIONS.md)"),
-        },
-    },
-    "Connector": {
-        "type": "object",
-        "properties": {
+    "ConnectorCreated": _object({
+        **{k: {"type": "string"} for k in ("id", "name", "apiKey", "apiKeyPrefix", "setupInstructions")},
+        "downloadUrl": _nullable("string", description="the agent build for this os: a path on this "
+                                 "relay (/downloads/...), or under MC_RELAY_DOWNLOADS_URL; null when "
+                                 "the relay serves none (docs/OPERATIONS.md)"),
+    }),
+    "Connector": _object({
             "id": {"type": "string"}, "name": {"type": "string"},
             "status": {"enum": list(CONNECTOR_STATUSES)},
             "os": {"type": "string"}, "hostname": _nullable("string"),
@@ -100,54 +115,53 @@ SCHEMAS: dict[str, S] = {
             "lastSeen": TIME, "connectedSince": TIME,
             "cpuUsage": _nullable("number"), "memoryUsage": _nullable("number"),
             "activeJobs": {"type": "integer"}, "capacity": _nullable("integer"),
-            "sources": {"type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "type": {"type": "string"}}}},
+            "sources": {"type": "array", "items": _object({"name": {"type": "string"}, "type": {"type": "string"}})},
             "apiKeyPrefix": {"type": "string"},
             "previousKeys": {
                 "type": "array", "description": "earlier API keys that still work, each until its "
                 "expiresAt (rotate-key; gracePeriodSeconds 0 ends them all)",
-                "items": {"type": "object", "required": ["apiKeyPrefix", "expiresAt"], "properties": {
-                    "apiKeyPrefix": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}}}},
+                "items": _object({"apiKeyPrefix": {"type": "string"},
+                                  "expiresAt": {"type": "string", "format": "date-time"}})},
             "publicKey": _nullable("string"),
             "createdAt": {"type": "string", "format": "date-time"},
-        },
-    },
+    }),
     "ConnectorPatch": {
         "type": "object", "additionalProperties": False, "minProperties": 1,
         "description": "Rename (admin), and/or raise the agent's shipped log level for a while "
                        "(admin or support: support may send only logLevel and logLevelMinutes). "
                        "The level reaches a connected agent at once (agent.config.v1), is re-sent "
-                       "on every reconnect while it lasts, and goes back to INFO afterwards; "
-                       "logLevel INFO ends a raise.",
+                       "on every reconnect while it lasts, and goes back to info afterwards; "
+                       "logLevel info ends a raise.",
         "properties": {
             "name": NAME,
-            "logLevel": {"enum": list(LOG_LEVELS)},
-            "logLevelMinutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 30,
-                                "description": "how long the level lasts; fractions allowed"},
+            "logLevel": {"enum": LEVELS, "description": "the lowest level the agent ships (upper case "
+                         "is taken too); info ends a raise"},
+            "logLevelMinutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440,
+                                "description": "how long the level lasts, fractions allowed; left out: 30"},
         },
         "dependentRequired": {"logLevelMinutes": ["logLevel"]},
     },
     "RotateKeyRequest": {"type": "object", "additionalProperties": False, "properties": {
-        "gracePeriodSeconds": {"type": "number", "minimum": 0, "maximum": 2592000, "default": 86400,
+        "gracePeriodSeconds": {"type": "number", "minimum": 0, "maximum": 2592000,
                                "description": "how long every earlier key keeps working; "
-                                              "0 ends all of them at once"}}},
-    "RotatedKey": {"type": "object", "properties": {
+                                              "0 ends all of them at once; left out: 86400"}}},
+    "RotatedKey": _object({
         "apiKey": {"type": "string"}, "apiKeyPrefix": {"type": "string"},
-        "previousKeyExpiresAt": {"type": "string", "format": "date-time"}}},
-    "LogPage": {"type": "object", "properties": {
+        "previousKeyExpiresAt": {"type": "string", "format": "date-time"}}),
+    "LogPage": _object({
         "connectorId": {"type": "string"},
-        "logs": {"type": "array", "items": {"type": "object", "properties": {
+        "logs": {"type": "array", "items": _object({
             "id": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
-            "level": {"type": "string"}, "message": {"type": "string"},
+            "level": {"enum": LEVELS}, "message": {"type": "string"},
             "logger": _nullable("string"), "jobId": _nullable("string"),
             "receivedAt": _nullable("string", format="date-time",
                                     description="when the relay received the line (its own clock; "
                                     "timestamp is the agent's, clamped to receivedAt + "
-                                    "MC_RELAY_AGENT_CLOCK_SKEW)")}}},
-        "nextCursor": _nullable("string")}},
-    "MetricSample": {"type": "object", "properties": {
+                                    "MC_RELAY_AGENT_CLOCK_SKEW)")})},
+        "nextCursor": _nullable("string")}),
+    "MetricSample": _object({
         "timestamp": {"type": "string", "format": "date-time"}, "cpuUsage": {"type": "number"},
-        "memoryUsage": {"type": "number"}, "activeJobs": {"type": "integer"}}},
+        "memoryUsage": {"type": "number"}, "activeJobs": {"type": "integer"}}),
     "JobOptions": {"type": "object", "additionalProperties": False, "properties": {
         **{name: _option(name) for name in OPTIONS},
         "jobKey": _nullable("string", minLength=1, maxLength=MAX_JOB_KEY)}},
@@ -157,7 +171,7 @@ SCHEMAS: dict[str, S] = {
                        "never both; discover and test take neither (one given is ignored).",
         "properties": {
             "connectorId": TEXT_ID, "source": {**TEXT_ID, "maxLength": 200},
-            "operation": {"enum": list(OPERATIONS), "default": "query"},
+            "operation": {"enum": list(OPERATIONS), "description": "left out: query"},
             "query": {"type": ["object", "null"], "description": "SQL: {sql, params}; sap_b1: {entity, "
                       "select, filter, orderBy, top}; tally: {collection, fields, company, fromDate, "
                       "toDate, filter}. The relay checks the key that names the shape (sql, entity or "
@@ -180,40 +194,45 @@ SCHEMAS: dict[str, S] = {
              ]}},
         ],
     },
-    "JobAccepted": {"type": "object", "properties": {
-        "id": {"type": "string"}, "status": {"const": "queued"},
-        "queuedAt": {"type": "string", "format": "date-time"}}},
-    "JobError": {"type": ["object", "null"], "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}},
-    "Job": {"type": "object", "properties": {
+    "JobError": _object({"code": {"type": "string"}, "message": {"type": "string"},
+                         "retryable": {"type": "boolean"}}),
+    "Job": _object({
         "id": {"type": "string"}, "connectorId": {"type": "string"}, "source": {"type": "string"},
-        "operation": {"type": "string"},
+        "operation": {"enum": list(OPERATIONS)},
         "status": {"enum": list(JOB_STATUSES)},
         "attempts": {"type": "integer"}, "priority": {"type": "integer"},
         "queuedAt": TIME, "dispatchedAt": TIME, "startedAt": TIME, "completedAt": TIME,
         "durationMs": _nullable("integer"), "rowCount": _nullable("integer"),
         "byteCount": _nullable("integer"),
         "truncated": {"type": "boolean", "description": "maxRows cut the result: the source had more rows"},
-        "columns": {"type": "array", "items": {"type": "object", "properties": {
-            "name": {"type": "string"}, "type": {"type": "string"}}}},
-        "error": _ref("JobError"), "jobKey": _nullable("string")}},
-    "JobCancelled": {"type": "object", "properties": {
+        "columns": {"type": "array", "items": _object({"name": {"type": "string"}, "type": {"type": "string"}})},
+        "error": {"anyOf": [_ref("JobError"), {"type": "null"}]}, "jobKey": _nullable("string")}),
+    "JobCancelled": _object({
         "id": {"type": "string"}, "status": {"const": "cancelled"},
-        "cancelledAt": {"type": "string", "format": "date-time"}}},
-    "Health": {"type": "object", "properties": {
+        "cancelledAt": {"type": "string", "format": "date-time"}}),
+    "Health": _object({
         "success": {"type": "boolean"}, "status": {"enum": ["healthy", "unhealthy"]},
         "version": {"type": "string"},
-        "checks": {"type": "object", "properties": {"database": {"type": "object", "properties": {
-            "status": {"type": "string"}}}}},
-        "connectedAgents": {"type": "integer"}}},
+        "checks": _object({"database": _object({"status": {"type": "string"}})}),
+        "connectedAgents": {"type": "integer"}}),
+    "ResultRow": {"type": "object", "additionalProperties": True,
+                  "description": "one row of a job's results: one NDJSON line, keyed by column name "
+                                 "(the job's columns, in order)"},
 }  # fmt: skip
 
 
-def _ok(schema: S, *, list_: bool = False) -> S:
-    props: S = {"success": {"const": True}, "data": {"type": "array", "items": schema} if list_ else schema}
-    if list_:
-        props["meta"] = _ref("Meta")
-    return {"type": "object", "required": ["success", "data"], "properties": props}
+def _ok(name: str, *, list_: bool = False, paged: bool = True) -> S:
+    """The success envelope around component ``name``, itself a named component
+    (``<name>Envelope``, ``<name>Page``, ``<name>List``), so operations that answer the
+    same thing share one type in a generated client."""
+    envelope = f"{name}{('Page' if paged else 'List') if list_ else 'Envelope'}"
+    if envelope not in SCHEMAS:
+        data = {"type": "array", "items": _ref(name)} if list_ else _ref(name)
+        props: S = {"success": {"const": True}, "data": data}
+        if list_ and paged:
+            props["meta"] = _ref("Meta")
+        SCHEMAS[envelope] = {"type": "object", "required": list(props), "properties": props}
+    return _ref(envelope)
 
 
 def _json(schema: S, description: str) -> S:
@@ -225,7 +244,7 @@ LIMITED = {"$ref": "#/components/responses/RateLimited"}
 _ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "429": LIMITED, "500": ERR}
 _INT_HEADER = {"schema": {"type": "integer"}}
 RATE_LIMITED = {
-    **_json(_ref("Error"), "RATE_LIMITED: over the token's or the tenant's requests a minute "
+    **_json(_ref("ErrorResponse"), "RATE_LIMITED: over the token's or the tenant's requests a minute "
             "(by role), or too many failed authentications from this address; details.retryAfter "
             "is Retry-After"),
     "headers": {"Retry-After": {**_INT_HEADER, "description": "seconds until the window ends"},
@@ -246,6 +265,7 @@ def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None
         op["parameters"] = params
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+        op["responses"]["413"] = {**ERR, "description": "PAYLOAD_TOO_LARGE: the body is over 1 MiB"}
     if public:
         op["security"] = []
     elif events:  # the token names the tenant; X-Tenant-ID, when sent, must match it
@@ -274,40 +294,46 @@ def _spec(op_id: str) -> S:
     return {"get": _op(op_id, "This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, public=True)}
 
 
-WS_UPGRADE = {"101": {"description": "switching to WebSocket"}}
+# The two WebSocket routes (/api/v1/events, /api/v1/agent/connect) are not HTTP operations
+# a client can call: the AsyncAPI document (relay/api/asyncapi.py) describes them.
+WEBSOCKET_ROUTES: Final = ("/api/v1/events", "/api/v1/agent/connect")
 
 PATHS: dict[str, S] = {
     "/api/v1/health": _health("getHealth"),
     "/health": _health("getHealthRoot"),
     "/api/v1/openapi.json": _spec("getOpenApi"),
     "/openapi.json": _spec("getOpenApiRoot"),
+    "/api/v1/asyncapi.json": {"get": _op("getAsyncApi", "The AsyncAPI 3.0 document of the two WebSocket "
+                                         "routes: the events stream and the agent protocol",
+                                         {"200": _json({"type": "object"}, "AsyncAPI 3.0")}, public=True)},
     "/api/v1/connectors": {
         "post": _op("createConnector", "Register a connector (the API key is shown once)",
-                    {"201": _json(_ok(_ref("ConnectorCreated")), "created")}, body="NewConnector"),
+                    {"201": _json(_ok("ConnectorCreated"), "created")}, body="NewConnector"),
         "get": _op("listConnectors", "List connectors",
-                   {"200": _json(_ok(_ref("Connector"), list_=True), "connectors")},
+                   {"200": _json(_ok("Connector", list_=True), "connectors")},
                    params=[_q("status", {"enum": list(CONNECTOR_STATUSES)}, "only connectors in this status"), *PAGE]),
     },
     "/api/v1/connectors/{id}": {
-        "get": _op("getConnector", "A connector", {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID]),
+        "get": _op("getConnector", "A connector", {"200": _json(_ok("Connector"), "connector")}, params=[ID]),
         "patch": _op("updateConnector", "Rename a connector, or raise its shipped log level for a while",
-                     {"200": _json(_ok(_ref("Connector")), "connector")}, params=[ID], body="ConnectorPatch"),
+                     {"200": _json(_ok("Connector"), "connector")}, params=[ID], body="ConnectorPatch"),
         "delete": _op("deleteConnector", "Revoke a connector and disconnect its agent",
                       {"204": {"description": "revoked (again: 204, no second event)"}}, params=[ID]),
     },
     "/api/v1/connectors/{id}/rotate-key": {
         "post": {**_op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
-                       {"200": _json(_ok(_ref("RotatedKey")), "new key"),
-                        "409": {**ERR, "description": "CONNECTOR_REVOKED: a revoked connector gets no new key"}},
+                       {"200": _json(_ok("RotatedKey"), "new key"),
+                        "409": {**ERR, "description": "CONNECTOR_REVOKED: a revoked connector gets no new key"},
+                        "413": {**ERR, "description": "PAYLOAD_TOO_LARGE: the body is over 1 MiB"}},
                        params=[ID]),
                  "requestBody": {"required": False, "content": {"application/json": {
                      "schema": _ref("RotateKeyRequest")}}}},
     },
     "/api/v1/connectors/{id}/logs": {
         "get": _op("getConnectorLogs", "The agent's shipped log lines, oldest first",
-                   {"200": _json(_ok(_ref("LogPage")), "log lines")},
-                   params=[ID, _q("level", {"enum": [*LOG_LEVELS, *(v.lower() for v in LOG_LEVELS)], "default": "DEBUG"},
-                              "the lowest level shown (either case)"),
+                   {"200": _json(_ok("LogPage"), "log lines")},
+                   params=[ID, _q("level", {"enum": LEVELS, "default": "debug"},
+                              "the lowest level shown (upper case is taken too)"),
                            _q("since", DATE_TIME, "lines logged at or after this time"),
                            _q("until", DATE_TIME, "lines logged at or before this time"),
                            _q("jobId", {"type": "string", "minLength": 1}, "only lines about this job"),
@@ -317,33 +343,38 @@ PATHS: dict[str, S] = {
     },
     "/api/v1/connectors/{id}/metrics": {
         "get": _op("getConnectorMetrics", "Heartbeat samples (kept 24 h)",
-                   {"200": _json(_ok({"type": "array", "items": _ref("MetricSample")}), "samples")},
+                   {"200": _json(_ok("MetricSample", list_=True, paged=False), "samples")},
                    params=[ID, _q("since", DATE_TIME, "samples at or after this time (at most 24 h back)")]),
     },
     "/api/v1/jobs": {
         "post": _op("createJob", "Submit a job (sealed to the connector on receipt)",
-                    {"202": _json(_ok(_ref("JobAccepted")), "queued"),
-                     "200": _json(_ok(_ref("Job")), "the existing job with this jobKey"),
-                     "409": ERR, "413": ERR,
+                    {"202": _json(_ok("Job"), "queued (status queued)"),
+                     "200": _json(_ok("Job"), "the existing job with this jobKey"),
+                     "409": ERR,
                      "422": {**ERR, "description": "a field is invalid (VALIDATION_ERROR), or the "
                              "connector has reported its sources and this is not one (SOURCE_NOT_FOUND)"}},
                     body="NewJob"),
-        "get": _op("listJobs", "List jobs", {"200": _json(_ok(_ref("Job"), list_=True), "jobs")},
+        "get": _op("listJobs", "List jobs", {"200": _json(_ok("Job", list_=True), "jobs")},
                    params=[_q("connectorId", {"type": "string", "minLength": 1}, "only this connector's jobs"),
                            _q("status", {"enum": list(JOB_STATUSES)}, "only jobs in this status"), *PAGE]),
     },
     "/api/v1/jobs/{id}": {
-        "get": _op("getJob", "A job's metadata", {"200": _json(_ok(_ref("Job")), "job")}, params=[ID]),
+        "get": _op("getJob", "A job's metadata", {"200": _json(_ok("Job"), "job")}, params=[ID]),
     },
     "/api/v1/jobs/{id}/cancel": {
-        "post": _op("cancelJob", "Cancel a job", {"200": _json(_ok(_ref("JobCancelled")), "cancelled"),
+        "post": _op("cancelJob", "Cancel a job", {"200": _json(_ok("JobCancelled"), "cancelled"),
                                                   "409": ERR}, params=[ID]),
     },
     "/api/v1/jobs/{id}/results": {
         "get": _op("getJobResults", "Rows as NDJSON (default) or CSV, streamed while the job runs",
-                   {"200": {"description": "rows", "content": {
-                       "application/x-ndjson": {"schema": {"type": "string"}},
-                       "text/csv": {"schema": {"type": "string"}}}},
+                   {"200": {"description": "rows, streamed: NDJSON, one ResultRow a line, or CSV with a "
+                            "header line (docs/API.md, Results). Read it as a stream "
+                            "(docs/API.md, A generated client); the body may be larger than memory",
+                            "content": {
+                       "application/x-ndjson": {"schema": {"type": "string",
+                                                           "contentMediaType": "application/x-ndjson"},
+                                                "x-itemSchema": _ref("ResultRow")},
+                       "text/csv": {"schema": {"type": "string", "contentMediaType": "text/csv"}}}},
                     "409": ERR, "410": ERR},
                    params=[ID, _q("format", {"enum": ["ndjson", "csv"], "default": "ndjson"}, "rows as NDJSON or CSV"),
                            _q("offset", {"type": "integer", "minimum": 0, "maximum": 10**15, "default": 0},
@@ -352,18 +383,6 @@ PATHS: dict[str, S] = {
                               "CSV (ignored for NDJSON): 'escape' (default) prefixes ' to text cells starting with = + - @ tab "
                               "or CR, so spreadsheets show them instead of running them (plain numbers in "
                               "integer/number/decimal columns stay as they are); 'raw' writes every cell as is")]),
-    },
-    "/api/v1/events": {
-        "get": _op("events", "Tenant events over a WebSocket: connector_status_changed, job_started, job_completed",
-                   WS_UPGRADE, params=[_q("token", {"type": "string", "minLength": 1},
-                                          "the bearer token, for clients (browsers) that cannot set "
-                                          "Authorization on a WebSocket")], events=True),
-    },
-    "/api/v1/agent/connect": {
-        "get": _op("agentConnect", "Agent WebSocket (Authorization: Bearer <API key>)",
-                   {**WS_UPGRADE, "401": ERR, "429": LIMITED,
-                    "503": {**ERR, "description": "the relay is shutting down (Retry-After)"}},
-                   public=True, tags="agent"),
     },
     "/metrics": {
         "get": {**_op("getMetrics", "Prometheus metrics (text format): connected agents, jobs by state, "
@@ -444,7 +463,9 @@ def document(version: str) -> S:
                  "description": "The Mini Connector relay's HTTP API (v1). Requests are limited "
                                 "per token and per tenant by role (admin and support 100 a minute, "
                                 "service 120,000 per token); every response carries X-RateLimit-Limit, "
-                                "X-RateLimit-Remaining and X-RateLimit-Reset of the tighter limit."},
+                                "X-RateLimit-Remaining and X-RateLimit-Reset of the tighter limit. "
+                                "The two WebSocket routes (/api/v1/events, /api/v1/agent/connect) are "
+                                "described by the AsyncAPI 3.0 document at /api/v1/asyncapi.json."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "paths": PATHS,
@@ -454,7 +475,7 @@ def document(version: str) -> S:
                                 "metricsToken": {"type": "http", "scheme": "bearer",
                                                  "description": "MC_RELAY_METRICS_TOKEN"}},
             "parameters": {"TenantId": TENANT_HEADER},
-            "responses": {"Error": _json(_ref("Error"), "an error, in the envelope"),
+            "responses": {"Error": _json(_ref("ErrorResponse"), "an error, in the envelope"),
                           "RateLimited": RATE_LIMITED},
         },
     }  # fmt: skip

@@ -46,6 +46,9 @@ def connector_view(
 
 
 def job_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A job row as the API shows it; a row just inserted (``submission.submit_job``)
+    lacks the columns set later, which read as null."""
+    get = row.get
     return {
         "id": row["id"],
         "connectorId": row["connector_id"],
@@ -53,17 +56,17 @@ def job_view(row: dict[str, Any]) -> dict[str, Any]:
         "operation": row["operation"],
         "status": row["status"],
         # ``attempt`` is the attempt in hand; it counts as made once dispatched.
-        "attempts": row["attempt"] if row["dispatched_at"] else row["attempt"] - 1,
+        "attempts": row["attempt"] if get("dispatched_at") else row["attempt"] - 1,
         "priority": row["priority"],
         "queuedAt": iso(row["queued_at"]),
-        "dispatchedAt": iso(row["dispatched_at"]),
-        "startedAt": iso(row["started_at"]),
-        "completedAt": iso(row["completed_at"]),
+        "dispatchedAt": iso(get("dispatched_at")),
+        "startedAt": iso(get("started_at")),
+        "completedAt": iso(get("completed_at")),
         "durationMs": duration_ms(row),
-        "rowCount": row["row_count"],
-        "byteCount": row["byte_count"],
-        "truncated": bool(row.get("truncated")),
-        "columns": orjson.loads(row["columns"]) if row["columns"] else [],
-        "error": orjson.loads(row["error"]) if row["error"] else None,
+        "rowCount": get("row_count"),
+        "byteCount": get("byte_count"),
+        "truncated": bool(get("truncated")),
+        "columns": orjson.loads(row["columns"]) if get("columns") else [],
+        "error": orjson.loads(row["error"]) if get("error") else None,
         "jobKey": JobOptions.from_json(row["options"]).job_key,
     }

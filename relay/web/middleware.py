@@ -43,9 +43,9 @@ log = logging.getLogger("relay.http")
 # The console's page and assets are static: it signs in in the browser and calls the API.
 CONSOLE_ROUTES: Final = frozenset({"console", "console.assets"})
 PUBLIC_ROUTES: Final = frozenset(
-    {"health", "health.root", "openapi", "openapi.root", "agent.connect", "metrics", "downloads"}
+    {"health", "health.root", "openapi", "openapi.root", "asyncapi", "agent.connect", "metrics", "downloads"}
 ) | CONSOLE_ROUTES
-UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root", "metrics"}) | CONSOLE_ROUTES
+UNCOUNTED_ROUTES: Final = frozenset({"health", "health.root", "openapi", "openapi.root", "asyncapi", "metrics"}) | CONSOLE_ROUTES
 # Public routes that check a token of their own: their failures count per client address.
 SELF_CHECKED_ROUTES: Final = frozenset({"metrics"})
 _HTTP_CODES: Final = {

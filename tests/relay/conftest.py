@@ -105,6 +105,7 @@ class FakeAgent:
         self.connector_id: str | None = None
         self.welcome: protocol.Message | None = None
         self.inbox: list[protocol.Message] = []
+        self.frames: list[dict[str, Any]] = []  # every text frame received, as sent (not validated)
         # The code in the relay's close frame. aiohttp's client overwrites ws.close_code with
         # 1006 when the server drops the TCP connection right after its close frame.
         self.received_close: int | None = None
@@ -141,6 +142,7 @@ class FakeAgent:
             self.received_close = raw.data
         if raw.type != aiohttp.WSMsgType.TEXT:
             return None
+        self.frames.append(protocol.parse_text(raw.data))
         return protocol.decode_text(raw.data, sender=protocol.RELAY)
 
     async def expect(self, type_: str, timeout: float = TIMEOUT, **match: Any) -> protocol.Message:

@@ -60,6 +60,4 @@ def live_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Relay
                      suppress_health_check=list(hypothesis.HealthCheck))  # fmt: skip
 def test_every_operation_answers_within_the_spec(case: schemathesis.Case, live_relay: tuple[Relay, dict[str, str]]) -> None:
     relay, headers = live_relay
-    if case.path.endswith("/events") or case.path.endswith("/agent/connect"):
-        pytest.skip("WebSocket routes are fuzzed by test_agent_fuzz")
     case.call_and_validate(base_url=relay.url, headers=headers, checks=CHECKS, timeout=30)
