@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import platform
 import signal
 import socket
 import time
@@ -38,6 +37,7 @@ from .link.relays import Endpoint, RelayChoice
 from .link.session import Session, SessionConfig
 from .link.transport import Transport, connect_options
 from .logs import ShipBuffer
+from .osfacts import os_name
 from .paths import StatePaths
 from .sources.configured import SourceSet
 from .status import write_status
@@ -45,10 +45,6 @@ from .status import write_status
 log = logging.getLogger("agent")
 
 STATUS_EVERY = 1.0
-
-
-def os_name() -> str:
-    return "windows" if platform.system().lower().startswith("win") else "linux"
 
 
 async def run_agent(

@@ -15,7 +15,6 @@ import base64
 import datetime as dt
 import importlib.metadata
 import os
-import platform
 import re
 import socket
 import sqlite3
@@ -30,6 +29,7 @@ import orjson
 
 from shared import __version__
 
+from .. import osfacts
 from ..config import (
     ConfigError,
     SecretBox,
@@ -167,8 +167,7 @@ def system_facts(paths: StatePaths, env: Mapping[str, str]) -> dict[str, Any]:
     mem = psutil.virtual_memory()
     facts: dict[str, Any] = {
         "collectedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(), "platform": platform.platform(),
-        "system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+        "hostname": socket.gethostname(), **osfacts.facts(),
         "executable": sys.executable, "cpuCount": os.cpu_count(),
         "memoryTotalMB": mem.total >> 20, "memoryAvailableMB": mem.available >> 20,
         "bootTime": dt.datetime.fromtimestamp(psutil.boot_time(), dt.UTC).isoformat(timespec="seconds"),
