@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench clean fuzz-api package
+.PHONY: demo test lint bench clean fuzz-api package windows-check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 fuzz-api: $(STAMP)  ## schemathesis, every check and phase, against a relay with an agent (docs/API.md)
 	$(PY) scripts/fuzz_api.py
+
+windows-check: $(STAMP)  ## the Windows agent under Wine: Python and one-file .exe (tests/windows, docs/OPERATIONS.md)
+	MC_WINDOWS_CHECK=1 MC_WINDOWS_DIST=dist $(PY) -m pytest -q -rs tests/windows
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 IS_WINDOWS = os.name == "nt"
@@ -30,13 +31,20 @@ def restrict_to_owner(path: Path) -> bool:
     return True
 
 
+def icacls_path(env: Mapping[str, str] = os.environ) -> str:
+    """``icacls.exe`` in System32, by full path: a bare name would be looked up on PATH
+    (and in the current folder first), where anyone who can write a folder could plant one."""
+    root = env.get("SystemRoot") or env.get("SYSTEMROOT") or r"C:\Windows"
+    return f"{root.rstrip(chr(92))}\\system32\\icacls.exe"
+
+
 def icacls_argv(path: Path, user: str) -> list[str]:
     """The ``icacls`` command: inheritance removed, full control to SYSTEM, Administrators
     (by SID: locale-proof) and ``user`` (the account the agent runs as) only."""
     grants = ["*S-1-5-18:F", "*S-1-5-32-544:F"]
     if user:
         grants.append(f"{user}:F")
-    cmd = ["icacls", str(path), "/inheritance:r"]
+    cmd = [icacls_path(), str(path), "/inheritance:r"]
     for g in grants:
         cmd += ["/grant:r", g]
     return cmd

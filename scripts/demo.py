@@ -158,6 +158,9 @@ def run_demo(work: Path) -> None:
         agent = stack.add_agent("demo-erp", [Source("erp", "sqlite", f"sqlite:///{erp}")], start=False)
         print(f"  connector {agent.connector_id}, API key {agent.api_key[:12]}... (shown once)")
         print("  " + download_check(relay.url, agent.download_url))
+        if (builds / "mini-connector-windows.exe").is_file():  # `make windows-check` built it
+            windows = api.create_connector("demo-windows", "windows")
+            print("  Windows " + download_check(relay.url, windows["downloadUrl"]))
         print("  " + agent.cli("source", "list").strip().replace("\n", "\n  "))
         stack.start_agent(agent, timeout=30)
         print("  agent online")

@@ -45,9 +45,14 @@ def _require() -> None:
                        EXIT_SERVICE)  # fmt: skip
 
 
-def service_command_line(exe: str, config: Path) -> tuple[str, str]:
-    """(program, arguments) the service manager runs: pure, so it can be checked anywhere."""
-    return exe, f'--config "{config}" service run'
+def service_command_line(exe: str, config: Path, *, frozen: bool = True, python: str = "") -> tuple[str, str]:
+    """(program, arguments) the service manager runs: pure, so it can be checked anywhere.
+    ``exe`` is what started this process (``sys.argv[0]``, or the one-file build). When it
+    is not a Windows program (``python -m agent.cli`` gives a .py path there, which the
+    service manager cannot start) the service runs ``python -m agent.cli`` instead."""
+    if frozen or exe.lower().endswith(".exe"):
+        return exe, f'--config "{config}" service run'
+    return python, f'-m agent.cli --config "{config}" service run'
 
 
 class _AgentThread(threading.Thread):
@@ -117,8 +122,9 @@ if AVAILABLE:  # pragma: no cover - Windows only
 
 
 def install(paths: StatePaths, *, dry_run: bool) -> int:
-    exe = sys.executable if getattr(sys, "frozen", False) else str(Path(sys.argv[0]).resolve())
-    program, arguments = service_command_line(exe, paths.config)
+    frozen = bool(getattr(sys, "frozen", False))
+    exe = sys.executable if frozen else str(Path(sys.argv[0]).resolve())
+    program, arguments = service_command_line(exe, paths.config, frozen=frozen, python=sys.executable)
     if dry_run:
         print(f"would register the service {SERVICE_NAME} (automatic start, LocalSystem, "
               f"restart on failure): {program} {arguments}")  # fmt: skip
@@ -138,12 +144,29 @@ def install(paths: StatePaths, *, dry_run: bool) -> int:
         sc = ["sc.exe", "failure", SERVICE_NAME, "reset=", "86400",
               "actions=", "restart/5000/restart/30000/restart/60000"]  # fmt: skip
         subprocess.run(sc, check=False)  # noqa: S603
-        win32serviceutil.StartService(SERVICE_NAME)
+        _start_when_unlocked(SERVICE_NAME)
     except Exception as exc:
         code = EXIT_NEEDS_ADMIN if getattr(exc, "winerror", 0) == 5 else EXIT_SERVICE
         raise OpsError(f"cannot install the service {SERVICE_NAME}: {exc}.", code) from exc
     print(f"service {SERVICE_NAME} installed and started")
     return 0
+
+
+# Answers to a StartService just after CreateService that mean "not yet": the manager is
+# busy (ERROR_SERVICE_DATABASE_LOCKED), or has not published the new service yet
+# (ERROR_SERVICE_DOES_NOT_EXIST; Wine's manager lags by a few seconds, Windows' does not).
+NOT_YET = frozenset({1055, 1060})
+
+
+def _start_when_unlocked(name: str, seconds: float = 30.0) -> None:  # pragma: no cover - Windows only
+    """StartService, again while the manager answers ``NOT_YET`` (seen under Wine just
+    after CreateService and a failure-actions change), for up to ``seconds``."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+    not_yet = retry_if_exception(lambda exc: getattr(exc, "winerror", 0) in NOT_YET)
+    for attempt in Retrying(retry=not_yet, stop=stop_after_delay(seconds), wait=wait_fixed(0.5), reraise=True):
+        with attempt:
+            win32serviceutil.StartService(name)
 
 
 def uninstall(paths: StatePaths, *, dry_run: bool) -> int:

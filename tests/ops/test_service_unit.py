@@ -108,6 +108,13 @@ def test_windows_service_module_is_importable_and_inert_here(tmp_path: Path) -> 
     program, arguments = winservice.service_command_line(r"C:\Program Files\MiniConnector\mini-connector.exe",
                                                          Path(r"C:\ProgramData\MiniConnector\agent.toml"))  # fmt: skip
     assert program.endswith("mini-connector.exe") and arguments.endswith("service run")
+    # started as `python -m agent.cli`: argv[0] is cli.py, which the service manager cannot run
+    program, arguments = winservice.service_command_line(r"C:\src\agent\cli.py", Path(r"C:\a.toml"),
+                                                         frozen=False, python=r"C:\Python313\python.exe")  # fmt: skip
+    assert (program, arguments) == (r"C:\Python313\python.exe", r'-m agent.cli --config "C:\a.toml" service run')
+    launcher = winservice.service_command_line(r"C:\venv\Scripts\mini-connector.exe", Path(r"C:\a.toml"),
+                                               frozen=False, python=r"C:\venv\Scripts\python.exe")  # fmt: skip
+    assert launcher[0] == r"C:\venv\Scripts\mini-connector.exe"  # pip's launcher
     with pytest.raises(OpsError) as err:
         winservice.uninstall(StatePaths(tmp_path / "agent.toml"), dry_run=False)
     assert "Windows" in err.value.message

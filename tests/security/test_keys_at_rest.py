@@ -194,7 +194,9 @@ def test_windows_acl_grants_only_system_administrators_and_owner() -> None:
     """On Windows secret files get an explicit ACL (SYSTEM, Administrators, the service
     account) with inheritance removed; elsewhere the call is a no-op (0600 does the job)."""
     argv = platform_win.icacls_argv(Path("C:/ProgramData/MiniConnector/secret.key"), "svc")
-    assert argv[:3] == ["icacls", str(Path("C:/ProgramData/MiniConnector/secret.key")), "/inheritance:r"]
+    assert argv[1:3] == [str(Path("C:/ProgramData/MiniConnector/secret.key")), "/inheritance:r"]
+    assert argv[0].endswith("\\system32\\icacls.exe")  # by full path, never looked up on PATH
+    assert platform_win.icacls_path({"SystemRoot": "D:\\Win"}) == "D:\\Win\\system32\\icacls.exe"
     grants = [argv[i + 1] for i, a in enumerate(argv) if a == "/grant:r"]
     assert grants == ["*S-1-5-18:F", "*S-1-5-32-544:F", "svc:F"]
     if not platform_win.IS_WINDOWS:
