@@ -137,7 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
 
 
+def _printable_streams() -> None:
+    """Characters the output's encoding lacks are written as escapes, not fatal: on Windows
+    a redirected stdout (``diagnose > out.txt``, a service wrapper, a pipe) is in the ANSI
+    code page (cp1252 and the like), and a source's path, a database's message or a log
+    line may hold any character; Python's default there is to raise UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding not in ("utf8", "utf8sig") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_streams()
     try:
         return _main(argv)
     except BrokenPipeError:

@@ -117,7 +117,7 @@ class Wine:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MC_", "PYTHON", "VIRTUAL_ENV"))}
         env.update(WINEPREFIX=str(self.prefix), WINEDEBUG="-all", WINEARCH="win64",
                    # the harness's ProcessPrng shim (native) before Wine's own DLL (builtin)
-                   WINEDLLOVERRIDES="bcryptprimitives=n,b;mscoree,mshtml=", PYTHONUTF8="1")  # fmt: skip
+                   WINEDLLOVERRIDES="bcryptprimitives=n,b;mscoree,mshtml=")  # fmt: skip
         env.update(extra)
         return env
 
@@ -147,9 +147,11 @@ class Wine:
     def run(self, argv: list[str], *, timeout: float = 300, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """``argv`` (a Windows program and its arguments) to completion. stdin is the null
-        device and stdout a pipe: Wine's console needs valid standard handles."""
+        device and stdout a pipe: Wine's console needs valid standard handles. Python there
+        writes a pipe in the ANSI code page, cp1252, as on a Western European Windows (no
+        UTF-8 mode: the harness runs the agent as Windows would)."""
         return subprocess.run(["wine", *argv], env=env or self.env(), cwd=cwd, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              capture_output=True, text=True, encoding="cp1252", errors="replace",
                               timeout=timeout)  # fmt: skip
 
     def agent(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -72,13 +72,18 @@ def test_the_agent_runs_under_wine_and_serves_a_job(wine: Wine, relay: Stack, er
     home = wine.drive_c / "ProgramData" / "MiniConnector"
     assert (home / "agent.toml").is_file() and (home / "agent_key.pem").is_file()
     _ok(wine.agent("source", "add", "erp", "--type", "sqlite", "--url", f"sqlite:///{windows_path(erp)}"))
+    # a path cp1252 cannot print: escaped on the redirected output, not a UnicodeEncodeError
+    japanese = erp.parent / "名前.db"
+    sqlite3.connect(japanese).close()
+    _ok(wine.agent("source", "add", "jp", "--type", "sqlite", "--url", f"sqlite:///{windows_path(japanese)}"))
+    assert "\\u540d\\u524d.db" in _ok(wine.agent("source", "list"))
 
     agent = Proc("wine-agent", ["wine", str(wine.python), "-m", "agent.cli", "run"], wine.env(),
                  erp.parent / "wine-agent.log")  # fmt: skip
     try:
         con = wait_until(lambda: (c := relay.api.connector(created["id"]))["status"] == "online" and c,  # type: ignore[union-attr]
                          120, interval=0.2, what="the Wine agent online")  # fmt: skip
-        assert con["os"] == "windows" and con["sources"] == [{"name": "erp", "type": "sqlite"}]
+        assert con["os"] == "windows" and {"name": "erp", "type": "sqlite"} in con["sources"]
         job, rows = relay.api.run_job(created["id"], "erp", sql="SELECT id, name, total FROM orders ORDER BY id")
         assert job["status"] == "succeeded" and job["rowCount"] == len(ROWS)
         assert [(r["id"], r["name"], r["total"]) for r in rows] == ROWS
