@@ -107,7 +107,10 @@ def document(version: str) -> S:
             AGENT_CHANNEL: {
                 "address": "/api/v1/agent/connect",
                 "title": "Agent protocol",
-                "description": "Authorization: Bearer <the connector's API key>. The agent sends "
+                "description": "Authorization: Bearer <the connector's API key>. The upgrade is "
+                               "refused in the HTTP envelope with 401 (unknown or revoked key), 429 "
+                               "(too many handshakes; Retry-After) or 503 (the relay is shutting down; "
+                               "Retry-After). The agent sends "
                                "agent.hello.v1 first; the relay answers relay.welcome.v1. Text frames "
                                f"are JSON (at most {protocol.MAX_TEXT_FRAME} bytes), binary frames are "
                                f"chunks (at most {protocol.MAX_BINARY_FRAME} bytes). Close codes: {close}.",
