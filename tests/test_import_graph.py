@@ -9,6 +9,7 @@ connected component with more than one module is a loop, and the test names them
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,38 @@ def test_the_finder_sees_hidden_imports_and_loops(tmp_path: Path) -> None:
 @pytest.mark.parametrize("package", ["relay", "agent"])
 def test_no_import_loop(package: str) -> None:
     assert loops(import_graph(package)) == []
+
+
+# ------------------------------------------------------------ SQL only in relay/store
+SQL_TEXT = re.compile(r"\b(SELECT\s+\S.*\bFROM\b|INSERT\s+INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b"
+                      r"|CREATE\s+TABLE\b|ALTER\s+TABLE\b)", re.S)  # fmt: skip
+DATABASE_LIBRARIES = {"sqlalchemy", "sqlite3", "psycopg", "psycopg2"}
+
+
+def sql_outside_store(root: Path) -> list[str]:
+    """Modules of the relay outside ``store/`` that import a database library or hold a
+    string that reads as SQL (issue 15: nothing outside relay/store/ writes SQL or sees a
+    connection)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                found += [f"{rel}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in DATABASE_LIBRARIES]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_TEXT.search(node.value):
+                found.append(f"{rel}:{node.lineno} SQL text")
+    return found
+
+
+def test_the_sql_finder_finds_what_it_is_for(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "ok.py").write_text("import sqlalchemy\nQ = 'SELECT id FROM jobs'\n")
+    (tmp_path / "jobs.py").write_text("from sqlalchemy import text\nQ = '''UPDATE jobs\n SET status = 1'''\n")
+    assert sql_outside_store(tmp_path) == ["jobs.py:1 imports sqlalchemy", "jobs.py:2 SQL text"]
+
+
+def test_no_sql_outside_the_relay_store() -> None:
+    assert sql_outside_store(ROOT / "relay") == []
