@@ -7,6 +7,7 @@ Importable everywhere; on other systems every function does nothing.
 
 from __future__ import annotations
 
+import ntpath
 import os
 import subprocess
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ def icacls_path(env: Mapping[str, str] = os.environ) -> str:
     """``icacls.exe`` in System32, by full path: a bare name would be looked up on PATH
     (and in the current folder first), where anyone who can write a folder could plant one."""
     root = env.get("SystemRoot") or env.get("SYSTEMROOT") or r"C:\Windows"
-    return f"{root.rstrip(chr(92))}\\system32\\icacls.exe"
+    return ntpath.join(root, "system32", "icacls.exe")
 
 
 def icacls_argv(path: Path, user: str) -> list[str]:

@@ -369,8 +369,8 @@ def load_data_cipher(database_url: str, *, dev: bool) -> DataCipher:
     if dev or db is None:
         return DataCipher.generate()
     key_file = db.parent / DATA_KEY_FILE_NAME
-    if not key_file.exists():
-        # Relays whose databases share this folder may start together: one creates the
-        # file, the others read it (never two keys, one of them lost with its results).
-        create_secret_file_once(key_file, base64.b64encode(os.urandom(32)))
-    return DataCipher({"k1": _decode_key(key_file.read_text("ascii"), str(key_file))}, "k1")
+    # Relays whose databases share this folder may start together: one creates the file,
+    # the others read it (never two keys, one of them lost with its results).
+    raw = (key_file.read_bytes() if key_file.exists()
+           else create_secret_file_once(key_file, base64.b64encode(os.urandom(32))))  # fmt: skip
+    return DataCipher({"k1": _decode_key(raw.decode("ascii"), str(key_file))}, "k1")

@@ -182,7 +182,7 @@ ID = F("str", max_len=MAX_ID_LEN)
 ATTEMPT = F("int", lo=1, hi=1_000_000)
 _COLUMN = ObjectOf({"name": F("str", max_len=1000), "type": F("str", max_len=100)})
 _SOURCE = ObjectOf({"name": F("str", max_len=MAX_NAME_LEN), "type": F("str", max_len=50)})
-_JOB_ERROR = {
+JOB_ERROR = {
     "code": F("str", max_len=64),
     "message": F("str", max_len=8000),
     "retryable": F("bool"),
@@ -317,53 +317,6 @@ MESSAGES: Final[dict[str, tuple[str, dict[str, F]]]] = {
 }
 
 
-# ---------------------------------------------------------------- JSON Schema
-_JSON_TYPES: Final = {"str": "string", "int": "integer", "num": "number", "bool": "boolean",
-                      "list": "array", "obj": "object"}  # fmt: skip
-
-
-def json_schema(spec: F) -> dict[str, Any]:
-    """The JSON Schema of what ``_check`` accepts for ``spec`` (the AsyncAPI document's
-    payloads are built from this, so the document and the validation cannot differ)."""
-    out: dict[str, Any] = {}
-    if spec.kind in _JSON_TYPES:
-        kind = _JSON_TYPES[spec.kind]
-        out["type"] = [kind, "null"] if spec.nullable else kind
-    if spec.max_len is not None:
-        out["maxItems" if spec.kind == "list" else "maxLength"] = spec.max_len
-    if spec.lo is not None:
-        out["minimum"] = spec.lo
-    if spec.hi is not None:
-        out["maximum"] = spec.hi
-    if spec.choices is not None:
-        out["enum"] = [*spec.choices, *([None] if spec.nullable else [])]
-    if isinstance(spec.item, ObjectOf):
-        out["items"] = fields_schema(spec.item.fields)
-    elif isinstance(spec.item, ItemOf):
-        out["items"] = json_schema(spec.item.spec)
-    return out
-
-
-def fields_schema(fields: Mapping[str, F], **extra: Any) -> dict[str, Any]:
-    """An object with these fields: required ones listed, unknown ones allowed (and
-    ignored, as ``validate_fields`` ignores them)."""
-    return {"type": "object", **extra, "required": [n for n, f in fields.items() if f.required],
-            "properties": {n: json_schema(f) for n, f in fields.items()}}  # fmt: skip
-
-
-def message_schema(type_: str) -> dict[str, Any]:
-    """A text message's JSON Schema: ``type`` and its fields."""
-    _, fields = MESSAGES[type_]
-    schema = fields_schema(fields)
-    schema["required"] = ["type", *schema["required"]]
-    schema["properties"] = {"type": {"const": type_}, **schema["properties"]}
-    if type_ == "job.done.v1":  # what _check_done adds to the table
-        schema["properties"]["error"] = {"anyOf": [fields_schema(_JOB_ERROR), {"type": "null"}]}
-        schema["if"] = {"properties": {"status": {"not": {"const": "succeeded"}}}}
-        schema["then"] = {"required": ["error"], "properties": {"error": {"type": "object"}}}
-    return schema
-
-
 @dataclass(frozen=True)
 class Message:
     """A validated text message. ``data`` holds the fields without ``type``."""
@@ -473,7 +426,7 @@ def validate_text(obj: dict[str, Any], *, sender: str) -> Message:
 def _check_done(msg: Message) -> None:
     err = msg.get("error")
     if err is not None:
-        msg.data["error"] = validate_fields(err, _JOB_ERROR, "job.done.v1.error")
+        msg.data["error"] = validate_fields(err, JOB_ERROR, "job.done.v1.error")
     if msg["status"] != "succeeded" and err is None:
         raise ProtocolError("job.done.v1 with a status other than succeeded needs an error")
 

@@ -13,20 +13,15 @@ messages and *receives* what agents send.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from shared import protocol
-from shared.protocol import (
-    AGENT,
-    CHUNK_HEADER,
-    CLOSE_REASONS,
-    MESSAGES,
-    fields_schema,
-    message_schema,
-)
+from shared.protocol import AGENT, CHUNK_HEADER, CLOSE_REASONS, MESSAGES
+from shared.protocol_schema import fields_schema, message_schema
 
 from ..events import EVENTS
 from .common import relay_of
@@ -147,6 +142,12 @@ def document(version: str) -> S:
     }
 
 
+@functools.cache
+def _served(version: str) -> bytes:
+    """The document as served: built once per version (the route is public and not
+    counted against any limit, so it must cost next to nothing)."""
+    return orjson.dumps(document(version))
+
+
 async def get(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(document(relay_of(request).config.version)),
-                        content_type="application/json")  # fmt: skip
+    return web.Response(body=_served(relay_of(request).config.version), content_type="application/json")

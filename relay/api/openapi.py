@@ -6,6 +6,7 @@ document with openapi-spec-validator.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 import orjson
@@ -481,6 +482,12 @@ def document(version: str) -> S:
     }  # fmt: skip
 
 
+@functools.cache
+def _served(version: str) -> bytes:
+    """The document as served: built once per version (the route is public and not
+    counted against any limit, so it must cost next to nothing)."""
+    return orjson.dumps(document(version))
+
+
 async def get(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(document(relay_of(request).config.version)),
-                        content_type="application/json")  # fmt: skip
+    return web.Response(body=_served(relay_of(request).config.version), content_type="application/json")

@@ -109,7 +109,7 @@ def _valid(spec: protocol.F) -> st.SearchStrategy[Any]:
                  _valid(item.spec) if isinstance(item, protocol.ItemOf) else _JSON)  # fmt: skip
         base = st.lists(items, max_size=min(spec.max_len or 3, 3))
     elif spec.kind == "obj":
-        base = _object(protocol._JOB_ERROR)  # the one free object (job.done's error) has this shape
+        base = _object(protocol.JOB_ERROR)  # the one free object (job.done's error) has this shape
     else:
         base = _JSON
     return st.one_of(base, st.none()) if spec.nullable else base
