@@ -22,10 +22,14 @@ from shared import zstdframes
 from shared.crypto import DataCipher, DecryptionFailed
 
 
-def seal(cipher: DataCipher, payload: bytes, aad: bytes, *, compress: bool = True) -> tuple[str, bytes]:
-    """(key id, stored blob) for one chunk's payload."""
+def seal(cipher: DataCipher, payload: bytes, aad: bytes, *, compress: bool = True,
+         frame: bytes | memoryview | None = None) -> tuple[str, bytes]:  # fmt: skip
+    """(key id, stored blob) for one chunk's payload. ``frame``: the zstd frame the agent
+    sent that payload in, already checked to decompress to exactly it within the limits
+    (``shared.protocol.chunk_payload``); stored as it is instead of compressing again
+    (an agent off loopback compresses every chunk that pays, at the same level)."""
     if compress and payload:
-        payload = zstdframes.compress(payload)
+        payload = bytes(frame) if frame is not None else zstdframes.compress(payload)
     return cipher.encrypt(payload, aad)
 
 

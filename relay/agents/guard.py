@@ -69,7 +69,8 @@ class Prepared:
 
 
 def prepare(head: protocol.ChunkHead, data: bytes, cipher: DataCipher, compress: bool) -> Prepared:
-    """Decompress (within ``protocol.payload_limit``), count the rows, seal for the store."""
+    """Decompress (within ``protocol.payload_limit``), count the rows, seal for the store
+    (a zstd frame as the agent sent it: ``atrest.seal``)."""
     payload = protocol.chunk_payload(head, data)
     try:  # arrays: counted cheaply, the payload stays opaque; object lines: each line parsed
         held = payload_rows(payload, head.rows)
@@ -78,7 +79,8 @@ def prepare(head: protocol.ChunkHead, data: bytes, cipher: DataCipher, compress:
     if held != head.rows:
         raise ProtocolError(f"chunk {head.seq} declares {head.rows} rows but holds {held}")
     aad = f"{head.job_id}:{head.attempt}:{head.seq}".encode()
-    key_id, blob = atrest.seal(cipher, payload, aad, compress=compress)
+    frame = memoryview(data)[head.offset :] if head.codec == "zstd" else None
+    key_id, blob = atrest.seal(cipher, payload, aad, compress=compress, frame=frame)
     return Prepared(payload, key_id, blob)
 
 

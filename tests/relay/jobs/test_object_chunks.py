@@ -13,8 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
+from relay import atrest
 from relay.store import chunks as chunk_store
-from shared import protocol
+from shared import protocol, zstdframes
 from shared.rows import encode_objects, encode_rows
 from tests.relay.conftest import Api, FakeAgent, relay_of
 
@@ -182,11 +183,28 @@ async def test_compressed_chunks_are_read_back_exactly(api: Api, agent: FakeAgen
     assign = await _job(api, agent, ["n", "name"])
     rows = [[i, f"customer {i} of a rather repetitive table"] for i in range(5000)]
     payload = encode_objects(["n", "name"], rows)
-    frame = protocol.encode_chunk(protocol.Chunk(assign["jobId"], assign["attempt"], 0, len(rows), payload),
-                                  compress=codec)  # fmt: skip
+    chunk = protocol.Chunk(assign["jobId"], assign["attempt"], 0, len(rows), payload)
+    frame = protocol.encode_chunk(chunk, compress=codec)
+    if codec == "zstd":  # a frame the relay's own compressor would not make (level 3, checksum)
+        import zstandard
+
+        plain = protocol.encode_chunk(chunk)
+        packed = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(payload)
+        frame = bytes([plain[0], protocol.FLAG_ZSTD]) + plain[2 : protocol.read_chunk_head(plain).offset] + packed
+        assert packed != zstdframes.compress(payload)
     assert protocol.chunk_flags(frame) == (protocol.FLAG_ZSTD if codec == "zstd" else protocol.FLAG_ZLIB)
     await agent.send_raw(frame)
     await agent.expect("job.chunk.ack.v1", jobId=assign["jobId"], seq=0)
     await agent.done(assign, 1, len(rows))
     _, body, _ = await api.call("GET", f"/jobs/{assign['jobId']}/results", expect=200)
     assert body.encode() == payload
+    # At rest: a zstd frame is kept as the agent sent it (not compressed again), a zlib one
+    # is stored as zstd; both read back (from the store, not the recent chunks) exactly.
+    relay = relay_of(api.client)
+    stored = await relay.store.run(chunk_store.read, assign["jobId"], assign["attempt"], 0)
+    aad = f"{assign['jobId']}:{assign['attempt']}:0".encode()
+    clear = relay.cipher.decrypt(stored["key_id"], stored["data"], aad)
+    assert clear[:4] == zstdframes.MAGIC
+    assert (clear == frame[protocol.read_chunk_head(frame).offset :]) is (codec == "zstd")
+    limit = protocol.MAX_DECOMPRESSED
+    assert atrest.unseal(relay.cipher, stored["key_id"], stored["data"], aad, limit=limit) == payload
