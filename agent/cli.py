@@ -23,6 +23,7 @@ from shared import __version__
 from shared.errors import JobError, KeyFormatError
 from shared.keys import validate_key
 
+from .admin.errors import EXIT_REPLACED
 from .admin.opscli import OPS_COMMANDS, add_ops_commands, run_ops_command
 from .admin.seccli import (
     SECURITY_COMMANDS,
@@ -59,7 +60,6 @@ EXIT_CONFIG = 3  # no config, unreadable config, unknown source
 EXIT_SOURCE = 4  # a source test failed
 EXIT_UNSUPPORTED = 5  # a source type this agent does not support yet
 EXIT_NOT_RUNNING = 6  # status: the agent is not running
-EXIT_REPLACED = 7  # run: another agent took over this connector's session
 
 
 class CliError(Exception):

@@ -10,8 +10,8 @@ Needs MC_TEST_POSTGRES_URL (default the local test database).
 ``--matrix`` (issue 14): every common PostgreSQL type one column at a time (``TYPES``), a
 wide table of all of them, and a MariaDB table (``MC_TEST_MYSQL_URL``) of 7 mixed
 columns, each read through one warm relay + agent and then directly, printed side by side
-(``--rows``, default 200,000 a case; ``--types int4,text`` for some; ``--repeat N``: best
-of N). The **direct read**, the same for every case: what a customer's own script does
+(``--rows``, default 200,000 a case; ``--types int4,text,wide,mariadb`` for some cases
+only; ``--repeat N``: best of N). The **direct read**, the same for every case: what a customer's own script does
 with the raw driver. PostgreSQL: psycopg2, a server-side (named) cursor, ``itersize``
 10,000, ``fetchmany(10_000)`` until empty; MariaDB: PyMySQL's ``SSCursor``,
 ``fetchmany(10_000)`` until empty; then every row of each batch becomes
@@ -43,6 +43,7 @@ from tests.harness import Api, HarnessError, Source, Stack, fresh_pg_database, w
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
+EXTRA_CASES = ("wide", "mariadb")  # --types names of the two cases that are not one type
 
 
 def _connect(url: str):
@@ -208,7 +209,7 @@ MARIADB_FILL = (
 )
 
 
-def create_type_tables(url: str, schema: str, rows: int, names: list[str]) -> dict[str, str]:
+def create_type_tables(url: str, schema: str, rows: int, names: list[str], *, wide: bool = True) -> dict[str, str]:
     """One table per type (``v``: the type's values for g = 1..rows) and ``wide`` (all of
     them); returns case name -> the SELECT that reads it."""
     con = _connect(url)
@@ -220,9 +221,10 @@ def create_type_tables(url: str, schema: str, rows: int, names: list[str]) -> di
             cur.execute(f"CREATE TABLE {schema}.t{i} AS SELECT ({expr})::{kind} AS v"
                         f" FROM generate_series(1, {int(rows)}) g")  # fmt: skip
             out[name] = f"SELECT v FROM {schema}.t{i}"
-        cols = ", ".join(f"({TYPES[n][1]})::{TYPES[n][0]} AS c{i}" for i, n in enumerate(TYPES))
-        cur.execute(f"CREATE TABLE {schema}.wide AS SELECT {cols} FROM generate_series(1, {int(rows)}) g")
-        out[f"wide ({len(TYPES)} cols)"] = f"SELECT * FROM {schema}.wide"
+        if wide:
+            cols = ", ".join(f"({TYPES[n][1]})::{TYPES[n][0]} AS c{i}" for i, n in enumerate(TYPES))
+            cur.execute(f"CREATE TABLE {schema}.wide AS SELECT {cols} FROM generate_series(1, {int(rows)}) g")
+            out[f"wide ({len(TYPES)} cols)"] = f"SELECT * FROM {schema}.wide"
         cur.execute("ANALYZE")
     con.close()
     return out
@@ -285,7 +287,10 @@ def my_batches(url: str, db: str, sql: str) -> Any:
 
 
 @contextlib.contextmanager
-def mariadb_table(rows: int) -> Iterator[tuple[str, str] | None]:
+def mariadb_table(rows: int, wanted: bool = True) -> Iterator[tuple[str, str] | None]:
+    if not wanted:
+        yield None
+        return
     url = os.environ.get("MC_TEST_MYSQL_URL") or DEFAULT_MYSQL
     db = f"mc_bench_{secrets.token_hex(4)}"
     try:
@@ -330,17 +335,18 @@ def read_through(api: Api, meter: CpuMeter, connector: str, source: str, sql: st
 def matrix(rows: int, only: list[str] | None, store: str, repeat: int) -> int:
     """Every case through one warm relay + agent, then its two direct reads, side by side."""
     pg_url = os.environ.get("MC_TEST_POSTGRES_URL") or DEFAULT_PG
-    names = only or list(TYPES)
+    names = [t for t in only if t in TYPES] if only else list(TYPES)
+    wide = only is None or "wide" in only
     schema = f"mc_bench_{secrets.token_hex(4)}"
     print(f"per-type throughput: {rows:,} rows a case, relay store {store}, best of {repeat}")
     print("  ratio = relay / direct (fetch + JSON); fetch-only = the driver's fetch alone")
     print(f"  {'case':<22}{'relay rows/s':>13}{'direct':>11}{'ratio':>7}{'fetch-only':>12}{'ratio':>7}"
           f"{'agent':>7}{'relay':>7}{'PG':>7}  (CPU s/1M rows)")  # fmt: skip
     t0 = time.monotonic()
-    cases = create_type_tables(pg_url, schema, rows, names)
+    cases = create_type_tables(pg_url, schema, rows, names, wide=wide)
     print(f"  tables created in {time.monotonic() - t0:.1f}s", flush=True)
     try:
-        with mariadb_table(rows) as my, tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp, \
+        with mariadb_table(rows, only is None or "mariadb" in only) as my, tempfile.TemporaryDirectory(prefix="mc-bench-") as tmp, \
                 contextlib.ExitStack() as stack_cm:  # fmt: skip
             store_url = None
             if store == "postgresql":
@@ -390,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=None,
                     help="rows (default 1,000,000; with --matrix 200,000 a case)")
     ap.add_argument("--matrix", action="store_true", help="the per-type matrix (issue 14)")
-    ap.add_argument("--types", default="", help="with --matrix: these types only (comma-separated)")
+    ap.add_argument("--types", default="", help="with --matrix: these cases only (comma-separated types, "
+                    "'wide', 'mariadb'); default every case")
     ap.add_argument("--repeat", type=int, default=1, help="with --matrix: best of N runs a case")
     ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both",
                     help="the relay's store (default both, one after the other)")  # fmt: skip
@@ -398,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.matrix:
         only = [t for t in args.types.split(",") if t] or None
         for t in only or []:
-            if t not in TYPES:
-                ap.error(f"unknown type {t!r}; one of {', '.join(TYPES)}")
+            if t not in TYPES and t not in EXTRA_CASES:
+                ap.error(f"unknown case {t!r}; one of {', '.join([*TYPES, *EXTRA_CASES])}")
         for store in ["sqlite", "postgresql"] if args.store == "both" else [args.store]:
             matrix(args.rows or 200_000, only, store, max(1, args.repeat))
         return 0

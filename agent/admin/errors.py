@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from shared.protocol import LOG_LEVELS
 
+EXIT_REPLACED = 7  # run: another agent took over this connector's session (the unit does not restart it)
 EXIT_CHECK_FAILED = 8  # diagnose: at least one check failed
 EXIT_NO_LOG = 9  # logs: there is no local log to read
 EXIT_SERVICE = 10  # service: the service manager refused or failed

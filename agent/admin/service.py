@@ -7,7 +7,9 @@ text comes from the pure function ``unit_text`` so tests check it with
 ``systemd-analyze verify``: a dedicated system user, ``NoNewPrivileges``,
 ``ProtectSystem=strict`` with the state folder as the one writable path, ``ProtectHome``,
 ``PrivateTmp`` and the other sandboxing switches, ``Restart=always`` with a back-off
-(``RestartSteps``/``RestartMaxDelaySec`` where systemd is 254 or newer).
+(``RestartSteps``/``RestartMaxDelaySec`` where systemd is 254 or newer), except after exit
+7 (``EXIT_REPLACED``: another machine runs this connector's key and took its session;
+restarting would take it back, and the two would displace each other for ever).
 Windows: ``agent.admin.winservice`` (pywin32). ``--dry-run`` prints the plan and changes nothing.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..paths import StatePaths
-from .errors import EXIT_NEEDS_ADMIN, EXIT_NO_SERVICE_MANAGER, EXIT_SERVICE, OpsError
+from .errors import EXIT_NEEDS_ADMIN, EXIT_NO_SERVICE_MANAGER, EXIT_REPLACED, EXIT_SERVICE, OpsError
 
 SERVICE_NAME = "mini-connector"
 DEFAULT_USER = "mini-connector"
@@ -58,6 +60,7 @@ ExecStart={_quote(exec_path)} --config {_quote(config_path)} run
 Environment=PYTHONUNBUFFERED=1
 Restart=always
 RestartSec=5
+RestartPreventExitStatus={EXIT_REPLACED}
 {backoff}TimeoutStopSec={STOP_TIMEOUT}
 KillSignal=SIGTERM
 KillMode=mixed

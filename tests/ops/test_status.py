@@ -126,6 +126,38 @@ def test_status_says_when_another_agent_holds_the_connector(ops_stack: Stack, tm
     assert first_status["state"] == "connected"  # the first keeps the connector
 
 
+def test_a_cloned_machine_takes_the_session_and_the_first_stops_for_good(ops_stack: Stack, tmp_path) -> None:
+    """A copy of the whole state folder, key pair included (a cloned VM), is the same agent
+    to the relay: the newer session is kept and the first agent exits 7 saying why. The
+    systemd unit does not restart on 7 (``RestartPreventExitStatus``): restarting would
+    take the session back, and the two would displace each other for ever."""
+    import shutil
+
+    from agent.admin.errors import EXIT_REPLACED
+    from agent.admin.service import unit_text
+    from tests.harness import Agent, Proc
+
+    first = ops_stack.add_agent("status-clone", [])
+    assert first.proc is not None
+    copy = tmp_path / "cloned-state"
+    shutil.copytree(first.config.parent, copy, ignore=shutil.ignore_patterns("status.json", "logs", "spool.db*"))
+    second = Agent(None, copy / "agent.toml", first.connector_id, first.api_key, first.env)
+    ops_stack.procs.append(Proc("clone-agent", [*ops_stack_command(), "--config", str(second.config), "run"],
+                                second.env, tmp_path / "clone.log"))  # fmt: skip
+    wait_until(lambda: not first.proc.alive(), 30, what="the first agent to stop once the clone connects")
+    assert first.proc.popen.returncode == EXIT_REPLACED, first.proc.tail()
+    assert "took over the session" in first.proc.tail(), first.proc.tail()
+
+    def second_connected() -> bool:
+        return json.loads(run_agent_cli(second.config, "status", "--json", env=second.env).out)["state"] == "connected"
+
+    wait_until(second_connected, 30, what="the clone to be connected")
+    assert ops_stack.api is not None
+    assert ops_stack.api.connector(first.connector_id)["status"] == "online"
+    unit = unit_text(exec_path="/usr/bin/mini-connector", config_path="/etc/mini-connector/agent.toml")
+    assert f"RestartPreventExitStatus={EXIT_REPLACED}" in unit.splitlines()
+
+
 def ops_stack_command() -> list[str]:
     from tests.harness import command
 
