@@ -262,7 +262,10 @@ def _each_line_check(payload: bytes, simdjson: Any) -> int:
 # that could stand between two of ``_whole_payload_check``'s wrapped lines inside a line.
 _WRAPPED_SEPARATOR = re.compile(rb"\][ \t\r]*,[ \t\r]*\[")
 _WHOLE_BYTES_PER_LINE = 48  # up to this many bytes a line on average, the whole-payload proof first
-_PARSER_KEEP_BYTES = 1 << 20  # a thread keeps its parser for payloads up to this
+# ... and up to this size: a parser's memory grows with the document (~16 MiB for 1 MiB of
+# one-number lines, ~120 MiB for 8 MiB), and each chunk thread keeps its parser. Agents cut
+# chunks near 512 KiB; a larger one (a hostile agent's 8 MiB) is checked line by line.
+_WHOLE_MAX_BYTES = 1 << 20
 _parsers = threading.local()
 
 
@@ -283,17 +286,17 @@ def _whole_payload_check(payload: bytes, simdjson: Any) -> int | None:
     them, sum(k_i) elements; that being N makes every k_i 1, and a value starting with
     ``{`` is an object. tests/shared/test_object_lines.py holds this to the line-by-line
     check on generated payloads built to fool it."""
+    if len(payload) > _WHOLE_MAX_BYTES:
+        return None
     n = payload.count(b"\n")
     if payload[:1] != b"{" or payload.count(b"\n{") != n - 1:
         return None
     body = payload[:-1]
     if b"]" in body and _WRAPPED_SEPARATOR.search(body):
         return None
-    parser = getattr(_parsers, "parser", None) if len(payload) <= _PARSER_KEEP_BYTES else None
+    parser = getattr(_parsers, "parser", None)
     if parser is None:
-        parser = simdjson.Parser()
-        if len(payload) <= _PARSER_KEEP_BYTES:
-            _parsers.parser = parser
+        parser = _parsers.parser = simdjson.Parser()
     array = simdjson.Array
     try:
         doc = parser.parse(b"[" + body.replace(b"\n", b"\n,") + b"]")

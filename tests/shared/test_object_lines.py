@@ -104,3 +104,14 @@ def test_both_outcomes_occur_on_the_crafted_cases() -> None:
     assert _whole_payload_check(good, simdjson) is None  # holds ],[ in a string: line by line
     plain = encode_objects(["id", "tags"], [[i, [i, 2]] for i in range(50)])
     assert _whole_payload_check(plain, simdjson) == 50 == object_lines_count(plain)
+
+
+def test_a_chunk_past_a_mebibyte_is_checked_line_by_line() -> None:
+    """A parser's memory grows with the document (~120 MiB for 8 MiB of one-number lines)
+    and each chunk thread keeps its own: past 1 MiB the proof declines, the lines are
+    still checked and counted."""
+    big = b'{"c":1}\n' * ((1 << 20) // 8 + 1)
+    assert _whole_payload_check(big, simdjson) is None
+    assert object_lines_count(big) == (1 << 20) // 8 + 1
+    small = big[: 8 * 1000]
+    assert _whole_payload_check(small, simdjson) == 1000
