@@ -179,11 +179,24 @@ def test_a_message_is_valid_exactly_when_the_document_says(type_: str) -> None:
 
 @pytest.mark.parametrize("type_", sorted(EVENTS))
 def test_an_event_is_published_exactly_when_the_document_says(type_: str) -> None:
-    bus = EventBus()
+    bus = EventBus(strict=True)
     # publish refuses fields the table lacks (that would be a bug of ours, not a client's)
     datas = _near(EVENTS[type_]).map(lambda d: {k: v for k, v in d.items() if k != "somethingNew"})
     _agrees(datas, Draft7Validator(MESSAGES[type_]["payload"]["properties"]["data"]),
             lambda data: bus.publish("t1", type_, data))
+
+
+def test_an_event_off_its_schema_is_logged_and_still_sent(caplog: pytest.LogCaptureFixture) -> None:
+    """Outside the tests the bus does not raise after the change an event announces was
+    committed: the mismatch is logged at ERROR and the event still reaches subscribers."""
+    bus = EventBus()
+    q = bus.subscribe("t1")
+    with caplog.at_level("ERROR", logger="relay.events"):
+        bus.publish("t1", "job_started", {"jobId": "job_1", "connectorId": 7, "extra": 1})
+    assert q.get_nowait()["data"] == {"jobId": "job_1", "connectorId": 7, "extra": 1}
+    assert any("job_started does not match" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ProtocolError):
+        EventBus(strict=True).publish("t1", "job_started", {"jobId": "job_1", "connectorId": 7})
 
 
 # ------------------------------------------------------------ real traffic
