@@ -91,39 +91,38 @@ def _date(x: str, _utc: bool) -> str:
     )
 
 
-def _stamp(x: str, tail: int) -> str:
-    """``to_json`` of a timestamp is ``"YYYY-MM-DDTHH:MM:SS[.f]<offset>"`` (XSD style, any
-    DateStyle) with the fraction's trailing zeros cut; ``isoformat()`` writes no fraction
-    or all 6 digits. ``tail``: the characters after the seconds (offset and quote)."""
-    j = f"to_json({x})::text"
-    if tail == 1:
-        padded = f"rpad(left({j}, -1), 27, '0') || '\"'"
-    else:
-        padded = f"rpad(left({j}, -{tail}), 27, '0') || right({j}, {tail})"
-    return f"CASE WHEN {x} = date_trunc('second', {x}) THEN {j} ELSE {padded} END"
+def _stamp(x: str, tail: str) -> str:
+    """``isoformat()`` of a timestamp: no fraction when it is whole seconds, else all 6
+    digits; ``tail`` (an SQL literal) follows it. ``to_char`` with numeric fields only, so
+    neither DateStyle nor the locale changes it; years 1-9999 (the guards around it) are 4
+    digits. ~0.5 against ~0.85 s per 1M values for three ``to_json`` and a ``date_trunc``,
+    the expression this replaced (COPY ... TO '/dev/null', UTC)."""
+    return f"""'"' || replace(to_char({x}, 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '') || {tail}"""
+
+
+_QUOTE = "'\"'"  # the SQL literal '"'
 
 
 def _timestamp(x: str, _utc: bool) -> str:
     return (
-        f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN {_stamp(x, 1)} """
+        f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN {_stamp(x, _QUOTE)} """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999"' """
         f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
     )
 
 
 def _timestamptz(x: str, utc: bool) -> str:
-    if utc:  # to_json writes the offset +00:00, as orjson does
-        value = _stamp(x, 7)
+    if utc:  # orjson writes the offset of UTC as +00:00
+        value = _stamp(x, "'+00:00\"'")
     else:
         # orjson writes the offset as +-HH:MM of its absolute value, the minutes rounded
         # up from 30 seconds (LMT offsets such as +00:19:32 -> +00:20, even +00:60).
         off = f"date_part('timezone', {x})::int"
-        value = (
-            f"""'"' || replace(to_char({x}, 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '') || """
+        value = _stamp(x, (
             f"CASE WHEN {off} < 0 THEN '-' ELSE '+' END || lpad((abs({off}) / 3600)::text, 2, '0') || ':' || "
             f"lpad((abs({off}) % 3600 / 60 + CASE WHEN abs({off}) % 60 >= 30 THEN 1 ELSE 0 END)::text, 2, '0')"
             """ || '"'"""
-        )
+        ))  # fmt: skip
     return (
         f"""CASE WHEN {x} >= '0001-01-01 00:00:00' AND {x} < '10000-01-01 00:00:00' THEN {value} """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999+00:00"' """
