@@ -70,6 +70,18 @@ def _float(x: str, _utc: bool) -> str:
     )
 
 
+def _float8(x: str, _utc: bool) -> str:
+    # PostgreSQL writes a float8 without "." or "e" exactly when it is integral and below
+    # 1e15 in magnitude (exponent notation from 1e15 on, with any extra_float_digits): the
+    # same ".0" rule as _float with one ::text instead of up to four (0.34 -> 0.20 s per
+    # 1M values). float4's notation turns at 1e6 in some settings: it keeps _float.
+    return (
+        f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
+        f"CASE WHEN {x} = trunc({x}) AND abs({x}) < 1e15 THEN {x}::text || '.0' ELSE {x}::text END "
+        "ELSE 'null' END"
+    )
+
+
 def _text(x: str, _utc: bool) -> str:
     return f"coalesce(to_json({x})::text, 'null')"
 
@@ -79,7 +91,9 @@ def _quoted(x: str, _utc: bool) -> str:
 
 
 def _bytea(x: str, _utc: bool) -> str:
-    return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || translate(encode({x}, 'base64'), chr(10), '') || '"' END"""
+    # encode() breaks base64 lines at 76 characters; replace() drops the breaks at less
+    # than half translate()'s cost (0.50 -> 0.24 s per 1M 16-byte values).
+    return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || replace(encode({x}, 'base64'), chr(10), '') || '"' END"""
 
 
 def _date(x: str, _utc: bool) -> str:
@@ -143,7 +157,7 @@ def _time(x: str, _utc: bool) -> str:
 EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
     16: _bool,
     20: _int, 21: _int, 23: _int, 26: _int,  # int8, int2, int4, oid
-    700: _float, 701: _float,
+    700: _float, 701: _float8,
     1700: _numeric,
     25: _text, 1043: _text, 1042: _text, 19: _text,  # text, varchar, bpchar, name
     1082: _date, 1114: _timestamp, 1184: _timestamptz, 1083: _time,

@@ -76,6 +76,13 @@ EDGE_ROWS: list[dict[str, str]] = [
 for _i, _s in enumerate(STRINGS):
     _lit = "'" + _s.replace("'", "''") + "'"
     EDGE_ROWS.append({"t": _lit, "vc": _lit, "bc": f"left({_lit}, 6)", "nm": _lit})
+# where PostgreSQL's float8 text turns to exponent notation (the ".0" rule of _float8), and
+# base64 around encode()'s 76-character line break
+EDGE_ROWS += [
+    {"f8": "999999999999999"}, {"f8": "-999999999999999"}, {"f8": "99999999999999.5"},
+    {"f8": "1e15"}, {"f8": "-1e15"}, {"f8": "1e16 + 2"}, {"f8": "0.0001"}, {"f8": "0.00001"},
+    {"by": "decode(repeat('cd', 57), 'hex')"}, {"by": "decode(repeat('cd', 58), 'hex')"},
+]  # fmt: skip
 
 ZONES = ["UTC", "Europe/Amsterdam", "America/St_Johns", "Asia/Kolkata"]
 
