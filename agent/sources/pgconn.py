@@ -59,6 +59,10 @@ SESSION_OPTIONS = {
     "standard_conforming_strings": "on",
     "DateStyle": "ISO",
     "IntervalStyle": "postgres",
+    # Floats written exactly (shortest round-trip text, PostgreSQL 12+): a database or role
+    # may set 0 or less, and then 0.1 + 0.2 reads as 0.3 and the largest double as a text
+    # that overflows to infinity (the COPY path would write a number JSON readers refuse).
+    "extra_float_digits": "1",
 }
 
 # Types psycopg2 turned into Python values (with SQLAlchemy's uuid registration); every

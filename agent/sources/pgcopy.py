@@ -62,22 +62,13 @@ def _numeric(x: str, _utc: bool) -> str:
 def _float(x: str, _utc: bool) -> str:
     # float(text) is what the driver makes; the same text parses to the same double.
     # NaN and +-Infinity become null (orjson); an integral text gets ".0" to stay a float.
+    # The test is on the text, not the value ("integral and below 1e15" reads the text
+    # once and is 40 % cheaper, but holds only for PostgreSQL 12+'s shortest text: 11 and
+    # older write 1e15 as "1000000000000000" with extra_float_digits 1).
     t = f"{x}::text"
     return (
         f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
         f"CASE WHEN strpos({t}, '.') + strpos({t}, 'e') = 0 THEN {t} || '.0' ELSE {t} END "
-        "ELSE 'null' END"
-    )
-
-
-def _float8(x: str, _utc: bool) -> str:
-    # PostgreSQL writes a float8 without "." or "e" exactly when it is integral and below
-    # 1e15 in magnitude (exponent notation from 1e15 on, with any extra_float_digits): the
-    # same ".0" rule as _float with one ::text instead of up to four (0.34 -> 0.20 s per
-    # 1M values). float4's notation turns at 1e6 in some settings: it keeps _float.
-    return (
-        f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
-        f"CASE WHEN {x} = trunc({x}) AND abs({x}) < 1e15 THEN {x}::text || '.0' ELSE {x}::text END "
         "ELSE 'null' END"
     )
 
@@ -157,7 +148,7 @@ def _time(x: str, _utc: bool) -> str:
 EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
     16: _bool,
     20: _int, 21: _int, 23: _int, 26: _int,  # int8, int2, int4, oid
-    700: _float, 701: _float8,
+    700: _float, 701: _float,
     1700: _numeric,
     25: _text, 1043: _text, 1042: _text, 19: _text,  # text, varchar, bpchar, name
     1082: _date, 1114: _timestamp, 1184: _timestamptz, 1083: _time,

@@ -76,10 +76,11 @@ EDGE_ROWS: list[dict[str, str]] = [
 for _i, _s in enumerate(STRINGS):
     _lit = "'" + _s.replace("'", "''") + "'"
     EDGE_ROWS.append({"t": _lit, "vc": _lit, "bc": f"left({_lit}, 6)", "nm": _lit})
-# where PostgreSQL's float8 text turns to exponent notation (the ".0" rule of _float8), and
+# where PostgreSQL's float8 text turns to exponent notation (the ".0" rule of _float), and
 # base64 around encode()'s 76-character line break
 EDGE_ROWS += [
     {"f8": "999999999999999"}, {"f8": "-999999999999999"}, {"f8": "99999999999999.5"},
+    {"f8": "100000000000000.5"},
     {"f8": "1e15"}, {"f8": "-1e15"}, {"f8": "1e16 + 2"}, {"f8": "0.0001"}, {"f8": "0.00001"},
     {"by": "decode(repeat('cd', 57), 'hex')"}, {"by": "decode(repeat('cd', 58), 'hex')"},
 ]  # fmt: skip
@@ -221,6 +222,23 @@ def test_every_listed_type_matches_the_cursor_path_on_edge_values(
             assert (
                 by_id[1]["tz"] == "1900-01-01T00:19:32+00:20"
             )  # LMT +00:19:32, as orjson rounds it
+    finally:
+        src.close()
+
+
+def test_floats_stay_exact_when_the_database_would_round_them(pg_edge: tuple[str, str]) -> None:
+    """A database, a role or the admin's options may set extra_float_digits <= 0: then
+    0.1 + 0.2 is written "0.3" and the largest double "1.79769313486232e+308", past the
+    largest double (the driver read infinity; the COPY path wrote a number JSON readers
+    refuse). The agent's session pins it (ours win over the admin's options), so floats
+    read exactly on both paths."""
+    url, schema = pg_edge
+    src = _source(url, options="-c extra_float_digits=0")
+    try:
+        rows = assert_same(src, {"sql": f"SELECT id, f8, 0.1::float8 + 0.2::float8 AS s FROM {schema}.edge ORDER BY id"})
+        f8 = [r["f8"] for r in rows]
+        assert 1.7976931348623157e308 in f8 and 100000000000000.5 in f8
+        assert rows[0]["s"] == 0.30000000000000004
     finally:
         src.close()
 
