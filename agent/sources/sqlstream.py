@@ -145,7 +145,8 @@ class SqlStream(QueryStream):
                 conn.rollback()
                 self._begin_postgres(conn)
                 return False
-        plan = pgcopy.plan_for(inner, description or [], conn.info.parameter_status("TimeZone"))
+        plan = pgcopy.plan_for(inner, description or [], conn.info.parameter_status("TimeZone"),
+                               conn.info.server_version)  # fmt: skip
         if plan is None:
             return False
         self.copy = plan

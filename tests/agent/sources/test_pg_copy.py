@@ -542,3 +542,13 @@ def test_arrays_on_the_list_match_the_cursor_path(pg_url: str, zone: str) -> Non
     finally:
         src.close()
         _exec(pg_url, f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_float8_rule_follows_the_server_version() -> None:
+    """float8's ".0" rule is read from the value only where the server writes shortest
+    text (PostgreSQL 12+); older servers keep the rule on the text."""
+    desc = [("f", 701), ("r", 700)]
+    new = pgcopy.plan_for("SELECT 1.5::float8 AS f, 1.5::float4 AS r", desc, "UTC", 150004)
+    old = pgcopy.plan_for("SELECT 1.5::float8 AS f, 1.5::float4 AS r", desc, "UTC", 110022)
+    assert new is not None and old is not None
+    assert new.sql().count("trunc(") == 1 and "trunc(" not in old.sql()
