@@ -33,7 +33,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -43,27 +43,35 @@ from shared.errors import JobError
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
                        "Zulu", "Etc/Zulu", "Universal", "Etc/Universal", "Greenwich", "Etc/Greenwich"})  # fmt: skip
 
+class Session(NamedTuple):
+    """What an expression may depend on besides the column: the session's time zone is
+    UTC, and the server writes shortest float text (PostgreSQL 12+)."""
+
+    utc: bool
+    shortest_floats: bool
+
+
 _OUT_OF_RANGE = "CAST('the value ' || {x}::text || ' is outside years 1-9999, which the agent cannot read' AS int)"
 
 
-def _int(x: str, _utc: bool) -> str:
+def _int(x: str, _s: Session) -> str:
     return f"coalesce({x}::text, 'null')"
 
 
-def _bool(x: str, _utc: bool) -> str:
+def _bool(x: str, _s: Session) -> str:
     return f"CASE WHEN {x} THEN 'true' WHEN NOT {x} THEN 'false' ELSE 'null' END"
 
 
-def _numeric(x: str, _utc: bool) -> str:
+def _numeric(x: str, _s: Session) -> str:
     # Decimal -> format(v, "f") == PostgreSQL's text (never an exponent); NaN -> null.
     return f"""CASE WHEN {x} <> 'NaN' THEN '"' || {x}::text || '"' ELSE 'null' END"""
 
 
-def _float(x: str, _utc: bool) -> str:
+def _float(x: str, _s: Session) -> str:
     # float(text) is what the driver makes; the same text parses to the same double.
     # NaN and +-Infinity become null (orjson); an integral text gets ".0" to stay a float.
     # The test is on the text, so it holds for any server and setting; PostgreSQL 12+
-    # float8 uses _float8_shortest, the same rule read from the value.
+    # float8 uses _float8, the same rule read from the value.
     t = f"{x}::text"
     return (
         f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
@@ -72,12 +80,14 @@ def _float(x: str, _utc: bool) -> str:
     )
 
 
-def _float8_shortest(x: str, _utc: bool) -> str:
+def _float8(x: str, s: Session) -> str:
     # _float's rule read from the value, with one ::text instead of up to four (0.34 ->
     # 0.20 s per 1M values): PostgreSQL 12+ writes a float8's shortest exact text (the
     # agent pins extra_float_digits=1, pgconn.SESSION_OPTIONS), without "." or "e" exactly
     # when it is integral and below 1e15 in magnitude. Not for float4 (its notation turns
     # at 1e6) nor servers before 12 (1e15 is "1000000000000000" there).
+    if not s.shortest_floats:
+        return _float(x, s)
     return (
         f"CASE WHEN {x} > '-Infinity' AND {x} < 'Infinity' THEN "
         f"CASE WHEN {x} = trunc({x}) AND abs({x}) < 1e15 THEN {x}::text || '.0' ELSE {x}::text END "
@@ -85,21 +95,21 @@ def _float8_shortest(x: str, _utc: bool) -> str:
     )
 
 
-def _text(x: str, _utc: bool) -> str:
+def _text(x: str, _s: Session) -> str:
     return f"coalesce(to_json({x})::text, 'null')"
 
 
-def _quoted(x: str, _utc: bool) -> str:
+def _quoted(x: str, _s: Session) -> str:
     return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || {x}::text || '"' END"""
 
 
-def _bytea(x: str, _utc: bool) -> str:
+def _bytea(x: str, _s: Session) -> str:
     # encode() breaks base64 lines at 76 characters; replace() drops the breaks at less
     # than half translate()'s cost (0.50 -> 0.24 s per 1M 16-byte values).
     return f"""CASE WHEN {x} IS NULL THEN 'null' ELSE '"' || replace(encode({x}, 'base64'), chr(10), '') || '"' END"""
 
 
-def _date(x: str, _utc: bool) -> str:
+def _date(x: str, _s: Session) -> str:
     # ISO DateStyle: YYYY-MM-DD. +-infinity is date.max/min (pgconn, as psycopg2 did).
     return (
         f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN '"' || {x}::text || '"' """
@@ -120,7 +130,7 @@ def _stamp(x: str, tail: str) -> str:
 _QUOTE = "'\"'"  # the SQL literal '"'
 
 
-def _timestamp(x: str, _utc: bool) -> str:
+def _timestamp(x: str, _s: Session) -> str:
     return (
         f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN {_stamp(x, _QUOTE)} """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999"' """
@@ -128,8 +138,8 @@ def _timestamp(x: str, _utc: bool) -> str:
     )
 
 
-def _timestamptz(x: str, utc: bool) -> str:
-    if utc:  # orjson writes the offset of UTC as +00:00
+def _timestamptz(x: str, s: Session) -> str:
+    if s.utc:  # orjson writes the offset of UTC as +00:00
         value = _stamp(x, "'+00:00\"'")
     else:
         # orjson writes the offset as +-HH:MM of its absolute value, the minutes rounded
@@ -147,7 +157,7 @@ def _timestamptz(x: str, utc: bool) -> str:
     )
 
 
-def _time(x: str, _utc: bool) -> str:
+def _time(x: str, _s: Session) -> str:
     # 24:00:00 is read as 00:00:00 (pgconn, as psycopg2 did).
     t = f"{x}::text"
     return (
@@ -157,10 +167,10 @@ def _time(x: str, _utc: bool) -> str:
 
 
 # type OID -> SQL expression writing the JSON of one value (never NULL itself)
-EXPRESSIONS: dict[int, Callable[[str, bool], str]] = {
+EXPRESSIONS: dict[int, Callable[[str, Session], str]] = {
     16: _bool,
     20: _int, 21: _int, 23: _int, 26: _int,  # int8, int2, int4, oid
-    700: _float, 701: _float,
+    700: _float, 701: _float8,
     1700: _numeric,
     25: _text, 1043: _text, 1042: _text, 19: _text,  # text, varchar, bpchar, name
     1082: _date, 1114: _timestamp, 1184: _timestamptz, 1083: _time,
@@ -220,14 +230,14 @@ class CopyPlan:
     names: list[str]
     oids: list[int]
     utc: bool
-    shortest_floats: bool = False  # PostgreSQL 12+: float8 by _float8_shortest
+    shortest_floats: bool = False  # PostgreSQL 12+ (the float8 rule read from the value)
 
     def sql(self, limit: int | None = None) -> str:
+        session = Session(self.utc, self.shortest_floats)
         args: list[str] = []
         for i, (name, oid) in enumerate(zip(self.names, self.oids, strict=True)):
             key = ("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":"
-            expression = _float8_shortest if oid == 701 and self.shortest_floats else EXPRESSIONS[oid]
-            args += [_literal(key), expression(f"q.c{i + 1}", self.utc)]
+            args += [_literal(key), EXPRESSIONS[oid](f"q.c{i + 1}", session)]
         args.append("'}'")
         aliases = ", ".join(f"c{i + 1}" for i in range(len(self.names)))
         tail = f" LIMIT {int(limit)}" if limit is not None else ""

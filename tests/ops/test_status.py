@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -102,18 +104,9 @@ def test_status_says_why_it_is_not_connected(ops_stack: Stack, tmp_path) -> None
 def test_status_says_when_another_agent_holds_the_connector(ops_stack: Stack, tmp_path) -> None:
     """A second agent with the same key (a copied config folder) is refused with
     DUPLICATE_CONNECTION: its status says 'connecting' and why, not just 'connecting'."""
-    import shutil
-
-    from tests.harness import Agent, Proc
-
     first = ops_stack.add_agent("status-dup", [])
-    copy = tmp_path / "copied-config"
     # The config and key, not the agent's own key pair: another machine, the same API key.
-    shutil.copytree(first.config.parent, copy, ignore=shutil.ignore_patterns(
-        "status.json", "logs", "spool.db*", "agent_key*", "agent_kem*"))  # fmt: skip
-    second = Agent(None, copy / "agent.toml", first.connector_id, first.api_key, first.env)
-    ops_stack.procs.append(Proc("second-agent", [*ops_stack_command(), "--config", str(second.config), "run"],
-                                second.env, tmp_path / "second.log"))  # fmt: skip
+    second = _run_a_copy(ops_stack, first, tmp_path, "second-agent", "agent_key*", "agent_kem*")
 
     def why() -> str | None:
         out = run_agent_cli(second.config, "status", env=second.env).out
@@ -131,19 +124,12 @@ def test_a_cloned_machine_takes_the_session_and_the_first_stops_for_good(ops_sta
     to the relay: the newer session is kept and the first agent exits 7 saying why. The
     systemd unit does not restart on 7 (``RestartPreventExitStatus``): restarting would
     take the session back, and the two would displace each other for ever."""
-    import shutil
-
     from agent.admin.errors import EXIT_REPLACED
     from agent.admin.service import unit_text
-    from tests.harness import Agent, Proc
 
     first = ops_stack.add_agent("status-clone", [])
     assert first.proc is not None
-    copy = tmp_path / "cloned-state"
-    shutil.copytree(first.config.parent, copy, ignore=shutil.ignore_patterns("status.json", "logs", "spool.db*"))
-    second = Agent(None, copy / "agent.toml", first.connector_id, first.api_key, first.env)
-    ops_stack.procs.append(Proc("clone-agent", [*ops_stack_command(), "--config", str(second.config), "run"],
-                                second.env, tmp_path / "clone.log"))  # fmt: skip
+    second = _run_a_copy(ops_stack, first, tmp_path, "clone-agent")
     wait_until(lambda: not first.proc.alive(), 30, what="the first agent to stop once the clone connects")
     assert first.proc.popen.returncode == EXIT_REPLACED, first.proc.tail()
     assert "took over the session" in first.proc.tail(), first.proc.tail()
@@ -156,6 +142,22 @@ def test_a_cloned_machine_takes_the_session_and_the_first_stops_for_good(ops_sta
     assert ops_stack.api.connector(first.connector_id)["status"] == "online"
     unit = unit_text(exec_path="/usr/bin/mini-connector", config_path="/etc/mini-connector/agent.toml")
     assert f"RestartPreventExitStatus={EXIT_REPLACED}" in unit.splitlines()
+
+
+def _run_a_copy(stack: Stack, first: Any, tmp_path: Path, name: str, *leave_out: str) -> Any:
+    """Another machine started from a copy of ``first``'s state folder (its local status,
+    logs and spool never copied; ``leave_out``: more to leave behind), running."""
+    import shutil
+
+    from tests.harness import Agent, Proc
+
+    copy = tmp_path / name
+    shutil.copytree(first.config.parent, copy,
+                    ignore=shutil.ignore_patterns("status.json", "logs", "spool.db*", *leave_out))  # fmt: skip
+    second = Agent(None, copy / "agent.toml", first.connector_id, first.api_key, first.env)
+    stack.procs.append(Proc(name, [*ops_stack_command(), "--config", str(second.config), "run"],
+                            second.env, tmp_path / f"{name}.log"))  # fmt: skip
+    return second
 
 
 def ops_stack_command() -> list[str]:
