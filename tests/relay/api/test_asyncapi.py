@@ -2,7 +2,7 @@
 unable to drift from the tables the code validates with.
 
 * The document is checked against the AsyncAPI 3.0.0 JSON Schema from the
-  ``@asyncapi/specs`` package (.ci/run unpacks it into ``.cache/asyncapi-specs``; set
+  ``@asyncapi/specs`` package (`make test` unpacks it into ``.cache/asyncapi-specs`` when npm is there; set
   ``MC_ASYNCAPI_SCHEMA`` to use another copy).
 * Differentially: arbitrary JSON objects built from each message's field names are
   accepted by ``shared.protocol.validate_text`` exactly when the document's payload schema
@@ -47,8 +47,8 @@ def _payload(name: str) -> Draft7Validator:
 def _spec_validator() -> Draft7Validator:
     if not SPEC_SCHEMA.is_file():
         if os.environ.get("MC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"the AsyncAPI 3.0.0 JSON Schema is not at {SPEC_SCHEMA} (.ci/run unpacks it)")
-        pytest.skip(f"no AsyncAPI 3.0.0 JSON Schema at {SPEC_SCHEMA} (.ci/run unpacks @asyncapi/specs there)")
+            pytest.fail(f"the AsyncAPI 3.0.0 JSON Schema is not at {SPEC_SCHEMA} (`make test` unpacks it when npm is there)")
+        pytest.skip(f"no AsyncAPI 3.0.0 JSON Schema at {SPEC_SCHEMA} (`make test` unpacks @asyncapi/specs there; npm was not found)")
     return Draft7Validator(orjson.loads(SPEC_SCHEMA.read_bytes()))
 
 
