@@ -65,45 +65,26 @@ def _decimal(value: decimal.Decimal) -> str | None:
     return format(value, "f")
 
 
-_EXACT_USECS = (1 << 32) * 1_000_000
-
-
 def _duration(value: dt.timedelta) -> str:
-    """ISO 8601 duration, e.g. ``P1DT2H3M4.5S``; negative durations get a leading minus.
+    """ISO 8601 duration, exact to the microsecond, e.g. ``P1DT2H3M4.5S``; negative
+    durations get a leading minus (``-P0DT0H1M30S``): days, hours, minutes and seconds of
+    the magnitude, the seconds' fraction without trailing zeros.
 
-    The text is what ``_float_duration`` writes. Below 2**32 seconds it is made from the
-    exact microseconds in integers (~25 % cheaper): there the float's error (at most half
-    an ulp, < 5e-7 s) can neither cross a whole minute (the true value is a multiple of
-    1e-6 s) nor change the rounding to 6 decimals, so both give the same text."""
+    Made from the timedelta's integers (until 2026-12 durations past 2**32 seconds went
+    through a float and could lose their last digits; the COPY path writes this text in
+    SQL, ``agent.sources.pgcopy._interval``)."""
     days, secs = value.days, value.seconds
-    if 0 <= days < 49_710:  # days * 86400 + secs < 2**32: the usual case, no big integers
-        micro = value.microseconds
-        sec = secs % 60
-        text = f"{sec}.{micro:06d}".rstrip("0") if micro else str(sec)
-        return f"P{days}DT{secs // 3600}H{secs // 60 % 60}M{text}S"
-    n = (days * 86400 + secs) * 1_000_000 + value.microseconds
-    if not -_EXACT_USECS < n < _EXACT_USECS:
-        return _float_duration(value)
-    sign = ""
-    if n < 0:
-        sign, n = "-", -n
-    secs, micro = divmod(n, 1_000_000)
-    mins, s = divmod(secs, 60)
-    hours, m = divmod(mins, 60)
-    d, h = divmod(hours, 24)
-    sec = f"{s}.{micro:06d}".rstrip("0") if micro else str(s)
-    return f"{sign}P{d}DT{h}H{m}M{sec}S"
-
-
-def _float_duration(value: dt.timedelta) -> str:
-    total = value.total_seconds()
-    sign = "-" if total < 0 else ""
-    total = abs(total)
-    days, rem = divmod(total, 86400)
-    hours, rem = divmod(rem, 3600)
-    minutes, seconds = divmod(rem, 60)
-    sec = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return f"{sign}P{int(days)}DT{int(hours)}H{int(minutes)}M{sec}S"
+    micro = value.microseconds
+    if days >= 0:  # the usual case: the fields are the magnitude's
+        sign = ""
+    else:
+        sign = "-"
+        n = -((days * 86400 + secs) * 1_000_000 + micro)
+        secs, micro = divmod(n, 1_000_000)
+        days, secs = divmod(secs, 86400)
+    sec = secs % 60
+    text = f"{sec}.{micro:06d}".rstrip("0") if micro else str(sec)
+    return f"{sign}P{days}DT{secs // 3600}H{secs // 60 % 60}M{text}S"
 
 
 def _default(value: Any) -> Any:

@@ -208,6 +208,30 @@ class TimeLoader(_Delegating):
     special = {b"24:00:00": time(0)}
 
 
+class IntervalLoader(Loader):
+    """psycopg's C loader (a year as 365 days, a month as 30, as psycopg2 did), except on
+    the texts it reads wrong: it sums the days in 32 bits, so ``178000000 years`` came out
+    as 545490560 days, and PostgreSQL 17's ``infinity`` as 0. A sum that could pass 2**31
+    needs a 7-digit year or a 10-digit day count: those go to psycopg's Python loader
+    (exact, refusing past timedelta's 999999999 days); infinities are refused."""
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._fast = psycopg.adapters.get_loader(oid, psycopg.pq.Format.TEXT)(oid, context)  # type: ignore[misc]
+        from psycopg.types.datetime import IntervalLoader as Exact
+
+        self._exact = Exact(oid, context)
+
+    def load(self, data: Buffer) -> timedelta:
+        raw = data if type(data) is bytes else bytes(data)
+        shape = raw.translate(_DIGITS_TO_ZERO)
+        if b"0000000 y" not in shape and b"0000000000 d" not in shape and b"inf" not in raw:
+            return self._fast.load(raw)  # type: ignore[no-any-return]
+        if b"inf" in raw:
+            raise DataError(f"can't read the infinite interval {raw.decode('utf-8', 'replace')!r}")
+        return self._exact.load(raw)
+
+
 _TSTZ = re.compile(
     rb"^(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?([-+])(\d\d)(?::(\d\d))?(?::(\d\d))?$"
 )
@@ -272,6 +296,7 @@ def _psycopg2_like() -> AdaptersMap:
     amap.register_loader("date", DateLoader)
     amap.register_loader("timestamp", TimestampLoader)
     amap.register_loader("time", TimeLoader)
+    amap.register_loader("interval", IntervalLoader)
     amap.register_loader("timestamptz", TimestamptzLoader)
     amap.register_loader("json", JsonLoader)
     amap.register_loader("jsonb", JsonLoader)

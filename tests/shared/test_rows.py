@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import decimal
 import math
+import re
 import uuid
 from typing import Any
 
@@ -140,9 +141,42 @@ def test_type_names_are_in_the_vocabulary(value: Any, name: str) -> None:
 # --- issue 14: the cheaper encoders write the same bytes as the plain ones
 
 
+_ISO_DURATION = re.compile(r"(-?)P(\d+)DT(\d+)H(\d+)M(\d+)(?:\.(\d{1,6}))?S")
+
+
+def _read_duration(text: str) -> dt.timedelta:
+    m = _ISO_DURATION.fullmatch(text)
+    assert m is not None, text
+    sign, d, h, mi, s, frac = m.groups()
+    assert frac is None or not frac.endswith("0"), text
+    assert int(h) < 24 and int(mi) < 60 and int(s) < 60, text
+    magnitude = dt.timedelta(days=int(d), hours=int(h), minutes=int(mi), seconds=int(s),
+                             microseconds=int((frac or "").ljust(6, "0")))  # fmt: skip
+    assert not (sign and not magnitude), text  # no "-P0DT0H0M0S"
+    return -magnitude if sign else magnitude
+
+
+def _float_duration(value: dt.timedelta) -> str:
+    """The text durations had before they were made exact (through total_seconds())."""
+    total = value.total_seconds()
+    sign = "-" if total < 0 else ""
+    days, rem = divmod(abs(total), 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, seconds = divmod(rem, 60)
+    sec = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"{sign}P{int(days)}DT{int(hours)}H{int(minutes)}M{sec}S"
+
+
 @given(st.timedeltas())
-def test_duration_from_integers_matches_the_float_text(value: dt.timedelta) -> None:
-    assert rows._duration(value) == rows._float_duration(value)
+def test_duration_is_exact(value: dt.timedelta) -> None:
+    """Every timedelta reads back from its text to the microsecond, the largest too (the
+    float text lost the last digits past 2**32 seconds)."""
+    assert _read_duration(rows._duration(value)) == value
+
+
+@given(st.timedeltas(min_value=dt.timedelta(seconds=1 - 2**32), max_value=dt.timedelta(seconds=2**32 - 1)))
+def test_duration_below_2_32_seconds_is_the_text_it_always_was(value: dt.timedelta) -> None:
+    assert rows._duration(value) == _float_duration(value)
 
 
 @pytest.mark.parametrize("seconds", [0, 1, 59, 60, 3599, 3600, 86399, 86400, (1 << 32) - 1, 1 << 32, 1 << 40])
@@ -150,17 +184,22 @@ def test_duration_from_integers_matches_the_float_text(value: dt.timedelta) -> N
 def test_duration_at_unit_edges(seconds: int, micro: int) -> None:
     base = dt.timedelta(seconds=seconds, microseconds=micro)
     for value in (base, -base):
-        assert rows._duration(value) == rows._float_duration(value)
+        assert _read_duration(rows._duration(value)) == value
+    for value in (dt.timedelta.max, dt.timedelta.min, dt.timedelta.resolution, -dt.timedelta.resolution):
+        assert _read_duration(rows._duration(value)) == value
+    assert rows._duration(dt.timedelta.max) == "P999999999DT23H59M59.999999S"
+    assert rows._duration(dt.timedelta.min) == "-P999999999DT0H0M0S"
+    assert rows._duration(dt.timedelta.min + dt.timedelta.resolution) == "-P999999998DT23H59M59.999999S"
 
 
 def _plain_default(value: Any) -> Any:
-    """``_default`` as it was before the type lookup, with the float duration."""
+    """``_default`` as it was before the type lookup."""
     if isinstance(value, decimal.Decimal):
         return rows._decimal(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, dt.timedelta):
-        return rows._float_duration(value)
+        return rows._duration(value)
     if isinstance(value, (set, frozenset)):
         return list(value)
     if isinstance(value, float):

@@ -42,7 +42,7 @@ COLUMNS = [
     ("f4", "float4"), ("f8", "float8"), ("n", "numeric"), ("n2", "numeric(12,2)"),
     ("t", "text"), ("vc", "varchar(40)"), ("bc", "char(6)"), ("nm", "name"),
     ("d", "date"), ("ts", "timestamp"), ("tz", "timestamptz"), ("tm", "time"),
-    ("by", "bytea"), ("u", "uuid"),
+    ("by", "bytea"), ("u", "uuid"), ("iv", "interval"),
 ]  # fmt: skip
 
 STRINGS = ["", "plain", 'quo"te', "it's", "back\\slash", "\\\\", "tab\there", "new\nline",
@@ -84,6 +84,14 @@ EDGE_ROWS += [
     {"f8": "1e15"}, {"f8": "-1e15"}, {"f8": "1e16 + 2"}, {"f8": "0.0001"}, {"f8": "0.00001"},
     {"by": "decode(repeat('cd', 57), 'hex')"}, {"by": "decode(repeat('cd', 58), 'hex')"},
 ]  # fmt: skip
+# intervals: psycopg's 365-day years and 30-day months, mixed signs folded as timedelta
+# folds them, fractions, and the ends of what a timedelta holds
+INTERVALS = ["'0'", "'1 year 2 mons 3 days 04:05:06.789'", "'-1 year -2 mons +3 days -04:05:06.789'",
+             "'-5 days +03:00:01'", "'5 days -03:00:01'", "'-0.000001 sec'", "'0.5 sec'", "'1 mon -30 days'",
+             "'2562047788:00:54.775807'", "'-2562047788:00:54.775807'", "'999999999 days 23:59:59.999999'",
+             "'-999999999 days'", "'2739727 years -1000 days'", "'-11 mons -1 day -00:00:00.000010'",
+             "'100 years 0.5 sec'", "'23:59:60'", "'1 day -24:00:00'"]  # fmt: skip
+EDGE_ROWS += [{"iv": f"interval {v}"} for v in INTERVALS]
 
 ZONES = ["UTC", "Europe/Amsterdam", "America/St_Johns", "Asia/Kolkata"]
 
@@ -214,6 +222,11 @@ def test_every_listed_type_matches_the_cursor_path_on_edge_values(
             and by_id[5]["ts"] == "0044-03-15T12:00:00"
         )
         assert by_id[12] == {"id": 12, **{n: None for n, _ in COLUMNS}}
+        first = len(EDGE_ROWS) - len(INTERVALS)
+        assert [by_id[first + i]["iv"] for i in (1, 2, 3, 5, 10, 11, 12, 13)] == [
+            "P428DT4H5M6.789S", "-P422DT4H5M6.789S", "-P4DT20H59M59S", "-P0DT0H0M0.000001S",
+            "P999999999DT23H59M59.999999S", "-P999999999DT0H0M0S", "P999999355DT0H0M0S",
+            "-P331DT0H0M0.00001S"]  # fmt: skip
         assert [by_id[13 + i]["t"] for i in range(len(STRINGS))] == STRINGS
         assert by_id[13 + STRINGS.index("  padded  ")]["bc"] == "  padd"
         if zone == "UTC":
@@ -288,6 +301,59 @@ def test_generated_values_match_the_cursor_path(pg_url: str, zone: str) -> None:
         src.close()
 
 
+_months = st.integers(-(2**31) + 1, 2**31 - 1)
+_intervals = st.tuples(
+    st.one_of(_months, st.integers(-40, 40)),
+    st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(-400, 400)),
+    st.one_of(st.integers(-(2**63) + 1, 2**63 - 1), st.integers(-(10**11), 10**11)),
+)
+
+
+def test_generated_intervals_match_the_cursor_path_or_fail_on_both(pg_url: str) -> None:
+    """Months, days and microseconds anywhere in PostgreSQL's range: the same text on both
+    paths, or both fail (past the 999999999 days a timedelta holds)."""
+    src = _source(pg_url)
+
+    def outcome(read: Any, sql: str) -> Any:
+        try:
+            return read(src, {"sql": sql})[1]
+        except JobError as exc:
+            return ("failed", exc.code)
+
+    @given(values=st.lists(_intervals, min_size=1, max_size=8))
+    @settings(max_examples=60, deadline=None)
+    def check(values: list[tuple[int, int, int]]) -> None:
+        rows = " UNION ALL ".join(
+            f"SELECT {k} AS k, CAST('{m} mons {d} days {us} microseconds' AS interval) AS iv"
+            for k, (m, d, us) in enumerate(values)
+        )
+        sql = f"SELECT iv FROM ({rows}) AS t ORDER BY k"
+        fast, slow = outcome(fast_rows, sql), outcome(cursor_rows, sql)
+        assert _canon(fast) == _canon(slow), (values, fast, slow)
+
+    try:
+        check()
+    finally:
+        src.close()
+
+
+def test_intervals_the_driver_cannot_hold_fail_on_both_paths(pg_url: str) -> None:
+    src = _source(pg_url)
+    try:
+        for value in ("2739726 years 9 mons 24 days", "-2739726 years -9 mons -24 days", "178000000 years",
+                      "-999999999 days -00:00:00.000001", "1000000000 days", "1099999999 days",
+                      "-1100000000 days -00:00:01", "3055555 years -1000 days", "-3055555 years 1000 days",
+                      "-2147483648 days -2562047788:00:54.775807"):  # fmt: skip
+            sql = f"SELECT interval '{value}' AS i"
+            with pytest.raises(JobError) as fast:
+                fast_rows(src, {"sql": sql})
+            with pytest.raises(JobError):
+                cursor_rows(src, {"sql": sql})
+            assert fast.value.code == "QUERY_FAILED" and "longer than 999999999 days" in fast.value.message
+    finally:
+        src.close()
+
+
 def test_dates_psycopg2_cannot_read_fail_on_both_paths(pg_url: str) -> None:
     src = _source(pg_url)
     try:
@@ -329,7 +395,7 @@ def test_what_the_fast_path_leaves_to_the_cursor_path(
 ) -> None:
     src = _source(pg_url)
     try:
-        for sql in ("SELECT 1 AS a, 2 AS a", "SELECT interval '1 day' AS i", "SELECT '{}'::jsonb AS j",
+        for sql in ("SELECT 1 AS a, 2 AS a", "SELECT '{}'::jsonb AS j",
                     "SELECT ARRAY[1.5] AS a", "SHOW server_version", "SELECT '12:00+01'::timetz AS t"):  # fmt: skip
             stream = src.prepare({"sql": sql})
             stream.start()
@@ -552,3 +618,22 @@ def test_float8_rule_follows_the_server_version() -> None:
     old = pgcopy.plan_for("SELECT 1.5::float8 AS f, 1.5::float4 AS r", desc, "UTC", 110022)
     assert new is not None and old is not None
     assert new.sql().count("trunc(") == 1 and "trunc(" not in old.sql()
+
+
+def test_interval_texts_the_c_loader_reads_wrong_are_read_exactly_or_refused(pg_url: str) -> None:
+    """psycopg's C loader sums days in 32 bits (178000000 years came out as 545490560
+    days) and reads PostgreSQL 17's infinity as 0; the agent's loader does neither.
+    (PostgreSQL here is older than 17: the infinity text is given to the loader.)"""
+    from psycopg.errors import DataError
+
+    from agent.sources import pgconn
+
+    with pgconn.connect_for_test(pg_url) as conn:
+        loader = conn.adapters.get_loader(1186, 0)(1186, conn)
+        assert loader.load(b"1 year 2 mons 3 days -04:05:06.5") == dt.timedelta(days=428, hours=-4, minutes=-5, seconds=-6.5)
+        assert loader.load(b"2739727 years -1000 days") == dt.timedelta(days=999_999_355)
+        for text in (b"178000000 years", b"-178000000 years", b"3000000 years 1100000000 days", b"infinity", b"-infinity"):
+            with pytest.raises(DataError):
+                loader.load(text)
+        [(value,)] = conn.execute("SELECT interval '5883516 years -2147483000 days'").fetchall()
+        assert value == dt.timedelta(days=5883516 * 365 - 2147483000)
