@@ -211,9 +211,11 @@ class TimeLoader(_Delegating):
 class IntervalLoader(Loader):
     """psycopg's C loader (a year as 365 days, a month as 30, as psycopg2 did), except on
     the texts it reads wrong: it sums the days in 32 bits, so ``178000000 years`` came out
-    as 545490560 days, and PostgreSQL 17's ``infinity`` as 0. A sum that could pass 2**31
-    needs a 7-digit year or a 10-digit day count: those go to psycopg's Python loader
-    (exact, refusing past timedelta's 999999999 days); infinities are refused."""
+    as 545490560 days, and PostgreSQL 17's ``infinity`` as 0. Infinities are refused. A
+    wrapped sum lands back inside timedelta's 999999999 days only from a year count of 7
+    digits or more: below that, 365 x years + 30 x months + days is at most ~2.52e9 in
+    magnitude, so a wrapped one is at least ~1.78e9 (refused, as the true sum is). Texts
+    with such a year count go to psycopg's Python loader, which is exact."""
 
     def __init__(self, oid: int, context: Any = None) -> None:
         super().__init__(oid, context)
@@ -224,12 +226,12 @@ class IntervalLoader(Loader):
 
     def load(self, data: Buffer) -> timedelta:
         raw = data if type(data) is bytes else bytes(data)
-        shape = raw.translate(_DIGITS_TO_ZERO)
-        if b"0000000 y" not in shape and b"0000000000 d" not in shape and b"inf" not in raw:
-            return self._fast.load(raw)  # type: ignore[no-any-return]
-        if b"inf" in raw:
-            raise DataError(f"can't read the infinite interval {raw.decode('utf-8', 'replace')!r}")
-        return self._exact.load(raw)
+        if b"year" in raw or b"inf" in raw:  # "12 years 3 mons ...": the years come first
+            if b"inf" in raw:
+                raise DataError(f"can't read the infinite interval {raw.decode('utf-8', 'replace')!r}")
+            if len(raw.split(b" ", 1)[0].lstrip(b"+-")) >= 7:
+                return self._exact.load(raw)  # type: ignore[no-any-return]
+        return self._fast.load(raw)  # type: ignore[no-any-return]
 
 
 _TSTZ = re.compile(
