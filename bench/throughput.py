@@ -17,7 +17,8 @@ with the raw driver. PostgreSQL: psycopg2, a server-side (named) cursor, ``iters
 ``fetchmany(10_000)`` until empty; then every row of each batch becomes
 ``json.dumps(dict(zip(column_names, row)), default=str)`` (standard library json), the
 lines joined with newlines. The ratio is relay rows/s over that direct read's rows/s; the
-fetch alone (no JSON) is printed too, with its ratio.
+fetch alone (no JSON) is printed too, with its ratio, and the CPU of each process during the
+relay read (agent, relay, PostgreSQL, and this client reading the results).
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ def matrix(rows: int, only: list[str] | None, store: str, repeat: int) -> int:
     print(f"per-type throughput: {rows:,} rows a case, relay store {store}, best of {repeat}")
     print("  ratio = relay / direct (fetch + JSON); fetch-only = the driver's fetch alone")
     print(f"  {'case':<22}{'relay rows/s':>13}{'direct':>11}{'ratio':>7}{'fetch-only':>12}{'ratio':>7}"
-          f"{'agent':>7}{'relay':>7}{'PG':>7}  (CPU s/1M rows)")  # fmt: skip
+          f"{'agent':>7}{'relay':>7}{'PG':>7}{'client':>7}  (CPU s/1M rows)")  # fmt: skip
     t0 = time.monotonic()
     cases = create_type_tables(pg_url, schema, rows, names, wide=wide)
     print(f"  tables created in {time.monotonic() - t0:.1f}s", flush=True)
@@ -360,7 +361,7 @@ def matrix(rows: int, only: list[str] | None, store: str, repeat: int) -> int:
                 sources.append(Source("my", "mysql", my[0]))
             agent = stack.add_agent("bench", sources)
             assert agent.proc is not None
-            meter = CpuMeter({"relay": stack.relay.proc.pid, "agent": agent.proc.pid})
+            meter = CpuMeter({"relay": stack.relay.proc.pid, "agent": agent.proc.pid, "client": os.getpid()})
             runs: list[tuple[str, str, str, Any]] = [
                 (case, "pg", sql, pg_batches(pg_url, sql)) for case, sql in cases.items()
             ]
@@ -385,7 +386,7 @@ def matrix(rows: int, only: list[str] | None, store: str, repeat: int) -> int:
                 print(f"  {case:<22}{relay_rate:>13,.0f}{direct_rate:>11,.0f}{relay_rate / direct_rate:>7.2f}"
                       f"{fetch_rate:>12,.0f}{relay_rate / fetch_rate:>7.2f}"
                       f"{spent['agent'] * 1e6 / rows:>7.2f}{spent['relay'] * 1e6 / rows:>7.2f}"
-                      f"{spent['PostgreSQL'] * 1e6 / rows:>7.2f}", flush=True)  # fmt: skip
+                      f"{spent['PostgreSQL'] * 1e6 / rows:>7.2f}{spent['client'] * 1e6 / rows:>7.2f}", flush=True)  # fmt: skip
     finally:
         drop(pg_url, schema)
     return 0
