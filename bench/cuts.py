@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from _common import figure
-from throughput import bench_table, results_when_running
+from throughput import bench_table, open_results
 
 from tests.harness import HarnessError, Source, Stack
 from tests.system.faultproxy import FaultProxy
@@ -41,7 +41,7 @@ def run(url: str, sql: str, work: Path, period: float | None) -> tuple[int, floa
             ids: set[bytes] = set()
             rows = 0
             tail = b""
-            with results_when_running(api, job_id, 120) as resp:
+            with open_results(api, job_id) as resp:
                 while block := resp.read(1 << 20):
                     lines = (tail + block).split(b"\n")
                     tail = lines.pop()
