@@ -411,7 +411,9 @@ def mysql_datetime() -> Callable[[Any], Any]:
     """PyMySQL's ``convert_datetime``, cheaper for the text MariaDB/MySQL send,
     ``YYYY-MM-DD HH:MM:SS[.f]`` (1-6 fraction digits); anything else, and any value
     ``fromisoformat`` would read differently (an offset, hour 24, a week date), goes to
-    ``convert_datetime`` itself (``tests/agent/sources/test_sql_sources.py``)."""
+    ``convert_datetime`` itself (``tests/agent/sources/test_sql_sources.py``). PyMySQL
+    hands a DATETIME's text over as ``str`` (decoded as ASCII; until 2026-12 only ``bytes``
+    took the cheap path, so with the real driver it never did)."""
     from datetime import datetime
 
     from pymysql.converters import convert_datetime
@@ -419,11 +421,20 @@ def mysql_datetime() -> Callable[[Any], Any]:
     from_iso = datetime.fromisoformat
 
     def convert(obj: Any) -> Any:
-        if type(obj) is bytes and (len(obj) == 19 or (21 <= len(obj) <= 26 and obj[19] == 46)) \
-                and obj[4] == 45 and obj[7] == 45 and obj[10] == 32 and obj[13] == 58 \
-                and obj[16] == 58 and obj[11:13] != b"24":  # fmt: skip
+        if type(obj) is str:
+            text = obj
+        elif type(obj) is bytes:
             try:
-                value = from_iso(obj.decode("ascii"))
+                text = obj.decode("ascii")
+            except UnicodeDecodeError:
+                return convert_datetime(obj)
+        else:
+            return convert_datetime(obj)
+        n = len(text)
+        if (n == 19 or (21 <= n <= 26 and text[19] == ".")) and text[4] == "-" and text[7] == "-" \
+                and text[10] == " " and text[13] == ":" and text[16] == ":" and text[11:13] != "24":  # fmt: skip
+            try:
+                value = from_iso(text)
             except ValueError:
                 return convert_datetime(obj)
             if value.tzinfo is None:

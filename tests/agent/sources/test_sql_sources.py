@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -338,7 +339,10 @@ def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
              f"{rnd.randint(0, 25):02d}:{rnd.randint(0, 60):02d}:{rnd.randint(0, 60):02d}")  # fmt: skip
         frac = rnd.randint(0, 7)
         texts.append((s + ("." + str(rnd.randint(0, 10**frac - 1)).zfill(frac) if frac else "")).encode())
-    for raw in texts:
+    wide = "\uff12\uff10\uff12\uff15-01-01 10:00:00"  # the year in full-width digits
+    texts += [wide.encode(), "2025-01-01 10:00:00".encode("utf-16-le")]
+    decoded = [t.decode("utf-8", "replace") for t in texts] + [wide, "2025-01-01\u200910:00:00"]
+    for raw in [*texts, *decoded]:  # PyMySQL hands str over (the test below); bytes too
         try:
             expected: Any = convert_datetime(raw)
         except Exception as exc:  # both must fail alike
@@ -348,6 +352,36 @@ def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
         except Exception as exc:
             got = type(exc)
         assert got == expected and type(got) is type(expected), raw
+
+
+@pytest.mark.mysql
+def test_mysql_datetimes_take_the_cheap_path_with_the_real_driver(
+    mysql_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What PyMySQL really passes a DATETIME converter (str) is read without PyMySQL's
+    regex: the cheap path was once taken for bytes only, so never."""
+    import pymysql.converters
+
+    from agent.sources.sqlstream import mysql_datetime
+
+    slow: list[Any] = []
+    real = pymysql.converters.convert_datetime
+    monkeypatch.setattr(pymysql.converters, "convert_datetime", lambda obj: slow.append(obj) or real(obj))
+    fast = mysql_datetime.__wrapped__()  # a converter made now, with the counting fallback
+    given: list[Any] = []
+    src = _source("mysql", mysql_db)
+    try:
+        import agent.sources.sqlstream as sqlstream
+
+        monkeypatch.setattr(sqlstream, "mysql_datetime", lambda: lambda obj: given.append(obj) or fast(obj))
+        _, batches = src.query({"sql": "SELECT CAST('2025-01-01 10:00:00.25' AS DATETIME(6)) AS a, "
+                                       "CAST('2025-01-01 10:00:00' AS DATETIME) AS b"})  # fmt: skip
+        [row] = next(iter(batches))
+    finally:
+        src.close()
+    assert given and all(type(g) is str for g in given), given
+    assert list(row) == [dt.datetime(2025, 1, 1, 10, 0, 0, 250000), dt.datetime(2025, 1, 1, 10, 0, 0)]
+    assert slow == []
 
 
 @pytest.mark.mysql
