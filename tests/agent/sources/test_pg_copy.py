@@ -537,8 +537,9 @@ def test_producer_with_the_fast_path_max_rows_chunk_limit_and_back_pressure(pg_u
     src = _source(pg_url)
     try:
         sql = {
-            "sql": "SELECT g AS id, repeat('x', 50) || g AS s FROM generate_series(1, 3000) g ORDER BY g"
-        }
+            "sql": "SELECT g AS id, repeat('x', 50) || g AS s, g * interval '1 day 1.5 sec' AS iv "
+                   "FROM generate_series(1, 3000) g ORDER BY g"
+        }  # interval: the sub-select (PREPARED) under the LIMIT
         items, ahead, _ = _produce(src, sql, max_rows=None, max_chunk_bytes=4096)
         chunks = [v for k, v in items if k == "chunk"]
         assert items[0][0] == "columns" and items[-1] == ("end", None)
@@ -546,6 +547,7 @@ def test_producer_with_the_fast_path_max_rows_chunk_limit_and_back_pressure(pg_u
         assert max(ahead) <= QUEUE_DEPTH + 1
         lines = [orjson.loads(line) for c in chunks for line in _payload(c.frame).splitlines()]
         assert [r["id"] for r in lines] == list(range(1, 3001))
+        assert lines[0]["iv"] == "P1DT0H0M1.5S" and lines[-1]["iv"] == "P3000DT1H15M0S"
         assert sum(c.rows for c in chunks) == 3000
         items, _, stream = _produce(src, sql, max_rows=1234, max_chunk_bytes=65536)
         chunks = [v for k, v in items if k == "chunk"]
