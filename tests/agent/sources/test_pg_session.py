@@ -327,6 +327,10 @@ FAST_LOADER_VALUES = [
     "'2020-07-01 10:00:00.123456'::timestamptz", "'9999-12-31 23:59:59.999999+00'::timestamptz",
     "'0044-03-15 12:00:00+00'::timestamptz", "'1000-01-01 00:00:00 BC'::date", "'2020-02-29'::date",
     "'23:59:59.999999'::time", "'00:00:00'::time", "'2020-01-01 10:00:00.5'::timestamp",
+    # json/jsonb in arrays at any depth, NULLs, several such columns among others
+    "NULL::json", "ARRAY['{\"a\":1}'::jsonb, NULL]", "ARRAY[ARRAY['1'::json, '[2]'::json], ARRAY[NULL, '{}'::json]]",
+    "'{\"a\":1}'::json, 7, NULL::jsonb, '[1e400, 123456789012345678901]'::json, 'x'",
+    "'{\"k\": \"line\\nbreak\"}'::json",
 ]  # fmt: skip
 
 
@@ -360,3 +364,22 @@ def test_fast_loaders_give_what_psycopg2_gave(pg_url: str, zone: str) -> None:
     finally:
         old.close()
         new.close()
+
+
+def test_json_columns_through_the_agent_read_path(pg_url: str) -> None:
+    """json/jsonb and arrays of them through a real query on the cursor path: its first
+    rows and every later batch (batches of 7), several columns and one."""
+    src = _source(pg_url, batch_size="7")
+    try:
+        sql = ("SELECT g AS id, json_build_object('g', g) AS j, jsonb_build_array(g, 'x') AS b, "
+               "ARRAY[json_build_object('h', g), NULL] AS ja, CASE WHEN g % 3 = 0 THEN NULL ELSE '{}'::jsonb END AS n "
+               "FROM generate_series(1, 40) g ORDER BY g")  # fmt: skip
+        _, batches = src.query({"sql": sql})
+        rows = [row for batch in batches for row in batch]
+        assert len(rows) == 40
+        for g, row in enumerate(rows, start=1):
+            assert tuple(row) == (g, {"g": g}, [g, "x"], [{"h": g}, None], None if g % 3 == 0 else {}), row
+        _, batches = src.query({"sql": "SELECT '[1, 123456789012345678901234]'::jsonb AS only"})
+        assert [list(r) for b in batches for r in b] == [[[1, 123456789012345678901234]]]
+    finally:
+        src.close()
