@@ -33,10 +33,26 @@ import orjson
 _ORJSON_OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
+def _unicode(text: str) -> str:
+    """``text`` as valid Unicode: a lone UTF-16 surrogate (a PostgreSQL json value can hold
+    one as ``\\ud800``, SQL Server's nvarchar too) becomes U+FFFD, as a UTF-16 decoder
+    replaces it; a pair held as two code points becomes its character. (orjson refuses to
+    write such a string, and the whole job failed on it.)"""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 def json_safe(value: Any) -> Any:
     """One value in its JSON-safe form (used where rows are not encoded by ``encode_rows``)."""
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _unicode(value)
     if isinstance(value, int):
         # orjson encodes 64-bit integers only; larger ones stay exact as strings.
         return value if -(2**63) <= value < 2**64 else str(value)
@@ -53,7 +69,7 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {_unicode(str(k)): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [json_safe(v) for v in value]
     return str(value)

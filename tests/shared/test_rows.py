@@ -219,3 +219,28 @@ def test_encode_objects_same_bytes_as_one_dict_per_row(values: list[Any], width:
     except TypeError:
         expected = rows.object_lines(names, [{k: rows.json_safe(v) for k, v in d.items()} for d in dicts])
     assert rows.encode_objects(names, batch) == expected
+
+
+def test_strings_that_are_not_unicode_are_written_with_the_replacement_character() -> None:
+    """A lone UTF-16 surrogate (a PostgreSQL json value can hold "\\ud800", SQL Server's
+    nvarchar too) made orjson refuse the batch and the job fail; now it is U+FFFD, in keys
+    as in values, and a pair held as two code points is its character."""
+    row = ["a\ud800b", {"k\udfff": ["\ud83d\ude00", "\udc00\ud800"]}, "plain é"]
+    assert rows.decode_rows(rows.encode_rows([row])) == [["a\ufffdb", {"k\ufffd": ["\U0001f600", "\ufffd\ufffd"]}, "plain é"]]
+    line = rows.encode_objects(["j", "s"], [({"\ud800": "x\udbff"}, "\ud83d")])
+    assert orjson.loads(line) == {"j": {"\ufffd": "x\ufffd"}, "s": "\ufffd"}
+    assert rows.json_safe("ok é 😀") == "ok é 😀"
+
+
+@given(st.text(alphabet=st.one_of(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=()),
+                                  st.characters()), max_size=20))  # surrogates often, alone and in pairs
+def test_any_python_string_encodes_to_utf8_json(text: str) -> None:
+    out = rows.encode_rows([[text, {text: text}]])
+    out.decode("utf-8")  # valid UTF-8, whatever the string held
+    [[value, obj]] = rows.decode_rows(out)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        assert "\ufffd" in value
+    else:
+        assert value == text and obj == {text: text}

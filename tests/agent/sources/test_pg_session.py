@@ -383,3 +383,20 @@ def test_json_columns_through_the_agent_read_path(pg_url: str) -> None:
         assert [list(r) for b in batches for r in b] == [[[1, 123456789012345678901234]]]
     finally:
         src.close()
+
+
+def test_a_json_value_that_is_not_unicode_does_not_fail_the_job(pg_url: str) -> None:
+    """PostgreSQL's json (not jsonb) keeps "\\ud800" (a lone UTF-16 surrogate, as a broken
+    emoji from a JavaScript client leaves it); it read as a str orjson refuses, and the
+    job failed. It is written with U+FFFD in its place."""
+    import orjson
+
+    from shared.rows import encode_objects
+
+    src = _source(pg_url)
+    try:
+        _, batches = src.query({"sql": "SELECT '\"\\ud800 x\"'::json AS j, '{\"\\udfff\": [\"\\ud83d\\ude00\"]}'::json AS k"})
+        rows = [row for batch in batches for row in batch]
+        assert orjson.loads(encode_objects(["j", "k"], rows)) == {"j": "\ufffd x", "k": {"\ufffd": ["\U0001f600"]}}
+    finally:
+        src.close()
