@@ -15,14 +15,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from _common import figure
-from throughput import bench_table
+from throughput import bench_table, open_results
 
-from tests.harness import HarnessError, Source, Stack, wait_until
+from tests.harness import HarnessError, Source, Stack
 
 GOAL_MB = 64
 
@@ -66,13 +65,8 @@ def run(url: str, sql: str, work: Path, args: argparse.Namespace) -> None:
         t0 = time.monotonic()
         job_id = api.submit(agent.connector_id, "pg", sql=sql, options={"timeoutSeconds": 1800})
         sampler.start()
-        wait_until(lambda: api.job(job_id)["status"] != "queued", 60, interval=0.01)
-        req = urllib.request.Request(
-            f"{api.base_url}/api/v1/jobs/{job_id}/results",
-            headers={"Authorization": f"Bearer {api.token}", "X-Tenant-ID": api.tenant or ""},
-        )
         rows = 0
-        with urllib.request.urlopen(req, timeout=1800) as resp:
+        with open_results(api, job_id, timeout=1800) as resp:
             while block := resp.read(1 << 20):
                 rows += block.count(b"\n")
         secs = time.monotonic() - t0

@@ -117,7 +117,7 @@ def direct(url: str, sql: str) -> tuple[int, float]:
     return n, secs
 
 
-def open_results(api: Api, job_id: str) -> Any:
+def open_results(api: Api, job_id: str, timeout: float = 900) -> Any:
     """``GET /jobs/{id}/results`` opened right after the submit, as docs/API.md's example
     does: the relay holds the response until the job has started (its columns are known)
     and streams until the job ends. Use it as a context manager; ``read`` blocks. (Until
@@ -129,7 +129,7 @@ def open_results(api: Api, job_id: str) -> Any:
         f"{api.base_url}/api/v1/jobs/{job_id}/results",
         headers={"Authorization": f"Bearer {api.jobs_token}", "X-Tenant-ID": api.tenant or ""},
     )
-    return urllib.request.urlopen(req, timeout=900)
+    return urllib.request.urlopen(req, timeout=timeout)
 
 
 def through_relay(
