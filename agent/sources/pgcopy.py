@@ -55,7 +55,18 @@ class Session(NamedTuple):
     shortest_floats: bool
 
 
-_OUT_OF_RANGE = "CAST('the value ' || {x}::text || ' is outside years 1-9999, which the agent cannot read' AS int)"
+def _refused(x: str, why: str) -> str:
+    """An int expression that fails the COPY with a message naming the value: the cast of
+    the message raises, and since it depends on the row the planner cannot fold it."""
+    return f"CAST('the value ' || {x}::text || ' {why}, which the agent cannot read' AS int)"
+
+
+def _out_of_range(x: str) -> str:
+    return _refused(x, "is outside years 1-9999")
+
+
+def _too_long(x: str) -> str:
+    return _refused(x, "is longer than 999999999 days")
 
 
 def _int(x: str, _s: Session) -> str:
@@ -118,7 +129,7 @@ def _date(x: str, _s: Session) -> str:
     return (
         f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN '"' || {x}::text || '"' """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31"' """
-        f"""WHEN {x} = '-infinity' THEN '"0001-01-01"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01"' ELSE {_out_of_range(x)}::text END"""
     )
 
 
@@ -138,7 +149,7 @@ def _timestamp(x: str, _s: Session) -> str:
     return (
         f"""CASE WHEN {x} >= '0001-01-01' AND {x} < '10000-01-01' THEN {_stamp(x, _QUOTE)} """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999"' """
-        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00"' ELSE {_out_of_range(x)}::text END"""
     )
 
 
@@ -157,7 +168,7 @@ def _timestamptz(x: str, s: Session) -> str:
     return (
         f"""CASE WHEN {x} >= '0001-01-01 00:00:00' AND {x} < '10000-01-01 00:00:00' THEN {value} """
         f"""WHEN {x} IS NULL THEN 'null' WHEN {x} = 'infinity' THEN '"9999-12-31T23:59:59.999999+00:00"' """
-        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00+00:00"' ELSE {_OUT_OF_RANGE.format(x=x)}::text END"""
+        f"""WHEN {x} = '-infinity' THEN '"0001-01-01T00:00:00+00:00"' ELSE {_out_of_range(x)}::text END"""
     )
 
 
@@ -189,11 +200,8 @@ def _interval_days(x: str, _s: Session) -> str:
     return (
         f"CASE WHEN {x} > interval '-1100000000 days' AND {x} < interval '1100000000 days' THEN "
         f"justify_hours(({x} - date_trunc('day', {x})) + make_interval(days => {days}::int)) "
-        f"WHEN {x} IS NULL THEN NULL ELSE CAST({_TOO_LONG.format(x=x)}::text AS interval) END"
+        f"WHEN {x} IS NULL THEN NULL ELSE CAST({_too_long(x)}::text AS interval) END"
     )
-
-
-_TOO_LONG = "CAST('the duration ' || {x}::text || ' is longer than 999999999 days, which the agent cannot read' AS int)"
 
 
 def _interval(v: str, _s: Session) -> str:
@@ -204,7 +212,7 @@ def _interval(v: str, _s: Session) -> str:
 
     return (
         f"""CASE WHEN {v} IS NULL THEN 'null' """
-        f"""WHEN {v} < interval '-999999999 days' OR {v} >= interval '1000000000 days' THEN {_TOO_LONG.format(x=v)}::text """
+        f"""WHEN {v} < interval '-999999999 days' OR {v} >= interval '1000000000 days' THEN {_too_long(v)}::text """
         f"""WHEN {v} < interval '0' THEN '"-P' || {text("-" + v)} || 'S"' """
         f"""ELSE '"P' || {text(v)} || 'S"' END"""
     )
