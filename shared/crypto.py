@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.hpke import (
     Suite,
 )
 
+from . import exactjson
 from .errors import DecryptionFailed, ValidationError
 
 SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
@@ -223,7 +223,7 @@ def seal_query(
     query: Any, public_key: X25519PublicKey | MLKEM768X25519PublicKey | str, info: bytes
 ) -> bytes:
     """Seal a query object as UTF-8 JSON (what a platform sends as ``sealedQuery``, decoded)."""
-    return seal(orjson.dumps(query), public_key, info)
+    return seal(exactjson.dumps(query), public_key, info)
 
 
 def seal_query_for_platform(
@@ -313,8 +313,8 @@ def job_infos(connector_id: str, job_id: str) -> list[bytes]:
 def parse_query(plain: bytes) -> Any:
     """An opened job's query, parsed; ``DecryptionFailed`` if it is not JSON."""
     try:
-        return orjson.loads(plain)
-    except orjson.JSONDecodeError as exc:
+        return exactjson.loads(plain)
+    except exactjson.JSONDecodeError as exc:
         raise DecryptionFailed("the sealed query is not valid JSON") from exc
 
 

@@ -50,6 +50,8 @@ from psycopg.adapt import AdaptersMap, Buffer, Dumper, Loader, Transformer
 from psycopg.errors import DataError
 from psycopg.types.string import TextLoader
 
+from shared.exactjson import may_hold_big_int
+
 log = logging.getLogger("agent.sources")
 
 # Settings sent in the startup packet ("-c name=value"): they become the session's reset
@@ -184,16 +186,12 @@ class JsonLoader(Loader):
 
     def load(self, data: Buffer) -> Any:
         raw = data if type(data) is bytes else bytes(data)
-        if _NINETEEN not in raw.translate(_DIGITS_TO_ZERO):  # ~4x cheaper than a regex
+        if not may_hold_big_int(raw):
             try:
                 return orjson.loads(raw)
             except orjson.JSONDecodeError:
                 pass
         return json.loads(raw)
-
-
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_NINETEEN = b"0" * 19
 
 
 class DateLoader(_Delegating):

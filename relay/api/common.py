@@ -9,6 +9,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from shared import exactjson
 from shared.errors import BadRequest, NotFound, PayloadTooLarge, ValidationError
 
 from ..context import RELAY, Relay
@@ -43,8 +44,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     if not raw:
         raise BadRequest("a JSON body is required")
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = exactjson.loads(raw)  # a parameter past 64 bits stays an exact integer
+    except exactjson.JSONDecodeError as exc:
         raise BadRequest("the request body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")

@@ -166,7 +166,7 @@ class JobOptions:
                 continue
             if not _number(value, kind) or not lo <= value <= hi:
                 word = "an integer" if kind == "int" else "a number"
-                raise ValidationError(f"options.{name} must be {word} from {lo:g} to {hi:g}",
+                raise ValidationError(f"options.{name} must be {word} from {lo:.15g} to {hi:.15g}",
                                       field=f"options.{name}")  # fmt: skip
             out[name] = int(value) if kind == "int" else value
         key = raw.get("jobKey")

@@ -56,6 +56,20 @@ def test_platform_form_matches_the_contract_recipe(key: crypto.X25519PrivateKey)
     assert crypto.open_job(sealed, key, "con_abc", "job_x") == QUERY
 
 
+def test_integers_past_64_bits_survive_sealing_both_ways(key: crypto.X25519PrivateKey) -> None:
+    """A parameter past 64 bits is sealed (orjson cannot write it) and opened (orjson alone
+    reads it as a float) exactly, in the relay's form and a platform's ``json.dumps``."""
+    import json
+
+    query = {"sql": "SELECT :n", "params": {"n": 10**30 + 1, "m": -(2**63) - 1, "l": [2**64]}}
+    sealed = crypto.seal_query(query, crypto.public_key_b64(key), crypto.relay_info("con_1", "job_1"))
+    assert crypto.open_job(sealed, key, "con_1", "job_1") == query
+    suite = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+    info = ("mini-connector/job/v1:" + "con_abc").encode()
+    sealed = suite.encrypt(json.dumps(query).encode("utf-8"), key.public_key(), info)
+    assert crypto.open_job(sealed, key, "con_abc", "job_x") == query
+
+
 def test_tampered_ciphertext_fails(key: crypto.X25519PrivateKey) -> None:
     """Flipping any single byte makes the seal unopenable."""
     sealed = crypto.seal_query(QUERY, key.public_key(), crypto.relay_info("c", "j"))

@@ -65,6 +65,24 @@ def test_named_parameters_are_bound(system: SystemEnv) -> None:
     _assert_same(columns, expected, rows)
 
 
+BIG = 123456789012345678901234567890  # past 64 bits: orjson alone reads it as a float
+
+
+@pytest.mark.parametrize("source", ["pg", "maria"])
+def test_integer_parameters_past_64_bits_stay_exact(system: SystemEnv, source: str, request) -> None:
+    """A JSON integer parameter past 64 bits (a NUMERIC(30) key) is bound exactly, on the
+    relay's reading of the request and the agent's of the sealed query (it was bound as
+    1.2345678901234568e+29 and matched other rows or none)."""
+    request.getfixturevalue("pg_url" if source == "pg" else "mysql_url")
+    text = "(:big)::text" if source == "pg" else "CAST(:big AS CHAR)"
+    neg = "(:neg)::text" if source == "pg" else "CAST(:neg AS CHAR)"
+    sql = f"SELECT {text} AS big, {neg} AS neg, :small AS small"
+    job, rows = system.api.run_job(system.connector_id, source, sql=sql,
+                                   params={"big": BIG, "neg": -(2**63) - 1, "small": 7})  # fmt: skip
+    assert job["status"] == "succeeded", job
+    assert rows == [{"big": str(BIG), "neg": str(-(2**63) - 1), "small": 7}]
+
+
 def test_csv_matches_the_rows(system: SystemEnv) -> None:
     """?format=csv has a header row and the same values as NDJSON, row for row."""
     job_id = system.api.submit(system.connector_id, "erp", sql=SQL)
