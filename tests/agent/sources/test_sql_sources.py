@@ -385,6 +385,30 @@ def test_mysql_datetimes_take_the_cheap_path_with_the_real_driver(
 
 
 @pytest.mark.mysql
+def test_mysql_json_columns_are_read_as_json(mysql_db: str) -> None:
+    """MySQL's JSON (protocol type 245, which MariaDB never sends: its JSON is LONGTEXT)
+    is parsed as PostgreSQL's json is, on the connection the agent really opens; PyMySQL
+    had no converter for it, and the text went out as one JSON string."""
+    from pymysql.constants import FIELD_TYPE
+
+    from agent.sources.sqlstream import mysql_json
+
+    src = _source("mysql", mysql_db)
+    try:
+        _, batches = src.query({"sql": "SELECT 1 AS a"})
+        list(batches)
+        with src.engine.connect() as conn:  # the pool's connection, decoders as the job left them
+            decoders = conn.connection.dbapi_connection.decoders
+    finally:
+        src.close()
+    assert decoders[FIELD_TYPE.JSON] is mysql_json
+    text = r'{"n": 123456789012345678901234567890, "f": 1.5, "s": "\u00e9\ud83d\ude80", "l": [null, true]}'
+    assert mysql_json(text) == {"n": 123456789012345678901234567890, "f": 1.5, "s": "é🚀", "l": [None, True]}
+    assert mysql_json(b"[1, 2]") == [1, 2]
+    assert mysql_json("not json") == "not json"
+
+
+@pytest.mark.mysql
 def test_mysql_datetimes_through_the_agent(mysql_db: str) -> None:
     src = _source("mysql", mysql_db)
     _, batches = src.query({"sql": "SELECT CAST('2025-01-01 10:00:00.25' AS DATETIME(6)) AS a,"
