@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
@@ -35,8 +35,9 @@ from .base import Column, QueryStream, Row, Source
 from .sap_b1_session import ServiceLayerSession
 from .webclient import DEFAULT_IO_TIMEOUT, Endpoint, parse_bool, parse_positive
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-ORDER_ITEM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,127})(?:\s+(asc|desc))?$", re.IGNORECASE)
+# \Z, not $: a bare $ also matches before a trailing newline ("Items\n").
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+ORDER_ITEM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,127})(?:\s+(asc|desc))?\Z", re.IGNORECASE)
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 QUERY_KEYS = {"entity", "select", "filter", "orderBy", "top"}
@@ -72,9 +73,15 @@ class SapB1Source(Source):
             raise JobError(
                 "SOURCE_UNAVAILABLE", f"source {name!r}: version must be v1 or v2", retryable=False
             )
-        self.page_size = int(
-            parse_positive(opts.get("page_size"), DEFAULT_PAGE_SIZE, name="page_size")
-        )
+        page_size = parse_positive(opts.get("page_size"), DEFAULT_PAGE_SIZE, name="page_size")
+        if page_size != int(page_size):
+            # odata.maxpagesize=0 turns SAP's paging off: 0.5 must not round down to it.
+            raise JobError(
+                "SOURCE_UNAVAILABLE",
+                f"source {name!r}: option page_size must be a whole number of at least 1",
+                retryable=False,
+            )
+        self.page_size = int(page_size)
         self.endpoint = Endpoint(
             name,
             url,
@@ -153,7 +160,11 @@ def build_query(root: str, request: dict[str, Any]) -> tuple[str, list[str], int
         params.append("$select=" + ",".join(select))
     flt = request.get("filter")
     if flt is not None and flt != "":
-        if not isinstance(flt, str) or len(flt) > MAX_FILTER or any(ord(c) < 32 for c in flt):
+        if (
+            not isinstance(flt, str)
+            or len(flt) > MAX_FILTER
+            or any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in flt)
+        ):
             raise _bad(
                 f"'filter' must be one line of OData filter text (at most {MAX_FILTER} chars)"
             )
@@ -203,7 +214,8 @@ def resolve_next(link: str, root: str, endpoint: Endpoint) -> str:
         path = parts.path
     else:
         path = f"{root}/{parts.path}"
-    if not path.startswith(root + "/") or ".." in path.split("/"):
+    plain = unquote(path)  # %2e%2e is ".." to the server
+    if not plain.startswith(root + "/") or ".." in plain.split("/"):
         raise _bad("SAP Business One sent a next link outside its service; refused")
     url = path + (f"?{parts.query}" if parts.query else "")
     return quote(url, safe=_URL_SAFE)
@@ -338,14 +350,21 @@ def parse_metadata(reader: _Reader, *, schema: str) -> list[dict[str, Any]]:
     types: dict[str, dict[str, Any]] = {}
     sets: list[tuple[str, str]] = []
     current: dict[str, Any] | None = None
+    open_elems: list[Any] = []  # the elements being read, outermost first
     try:
         for event, elem in SafeET.iterparse(reader, events=("start", "end"), forbid_dtd=True):
             tag = elem.tag.rsplit("}", 1)[-1]
             if event == "start":
+                open_elems.append(elem)
                 if tag == "EntityType":
                     current = {"columns": [], "keys": []}
                     types[elem.get("Name", "")] = current
                 continue
+            open_elems.pop()
+            if open_elems:
+                # Read once, dropped at once: the tree of a company's $metadata (tens of MB of
+                # enums, complex types, actions) is never held whole.
+                open_elems[-1].remove(elem)
             if tag == "Property" and current is not None:
                 nullable = (elem.get("Nullable") or "true").lower() != "false"
                 current["columns"].append(
@@ -355,7 +374,6 @@ def parse_metadata(reader: _Reader, *, schema: str) -> list[dict[str, Any]]:
                 current["keys"].append(elem.get("Name"))
             elif tag == "EntityType":
                 current = None
-                elem.clear()
             elif tag == "EntitySet":
                 sets.append((elem.get("Name", ""), elem.get("EntityType", "")))
     except DefusedXmlException as exc:

@@ -33,7 +33,9 @@ from .tally_catalog import REPORTS, catalog, field_type, find_collection
 from .tally_xml import TallyObject, TallyReader
 from .webclient import DEFAULT_IO_TIMEOUT, Channel, Endpoint, parse_bool, parse_positive
 
-FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")  # \Z: "$" also matches before a "\n"
+# What XML 1.0 cannot carry in text: control characters, lone surrogates, U+FFFE/U+FFFF.
+NOT_XML = re.compile("[\x00-\x1f\ud800-\udfff\ufffe\uffff]")
 AMOUNT = re.compile(r"^-?\d+(?:\.\d+)?$")
 QUERY_KEYS = {"collection", "report", "fields", "company", "fromDate", "toDate", "filter"}
 MAX_FILTER = 2000
@@ -53,17 +55,21 @@ def tally_date(value: Any, key: str) -> str | None:
     if isinstance(value, str):
         for fmt in ("%Y-%m-%d", "%Y%m%d"):
             try:
-                return dt.datetime.strptime(value, fmt).strftime("%Y%m%d")
+                day = dt.datetime.strptime(value, fmt).date()
             except ValueError:
                 continue
+            return day.isoformat().replace("-", "")  # four year digits, unlike strftime
     raise _bad(f"'{key}' must be a date as YYYY-MM-DD")
 
 
 def _plain_text(value: Any, key: str, limit: int) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
-        raise _bad(f"'{key}' must be one line of text of at most {limit} characters")
+    if not isinstance(value, str) or len(value) > limit or NOT_XML.search(value):
+        raise _bad(
+            f"'{key}' must be one line of text of at most {limit} characters "
+            "(no control characters, lone surrogates or U+FFFE/U+FFFF)"
+        )
     return value
 
 
@@ -102,6 +108,8 @@ def build_request(request: dict[str, Any], default_company: str | None) -> tuple
     company = _company(request.get("company")) or default_company
     from_date = tally_date(request.get("fromDate"), "fromDate")
     to_date = tally_date(request.get("toDate"), "toDate")
+    if from_date and to_date and from_date > to_date:
+        raise _bad("'fromDate' is after 'toDate'")
     statics = _statics(company, from_date, to_date)
     if request.get("report") is not None:
         if request.get("collection") is not None or request.get("fields") or request.get("filter"):

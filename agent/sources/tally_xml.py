@@ -58,6 +58,19 @@ def clean_text(text: str) -> str:
     return _CTRL.sub("", text)
 
 
+def _utf16_by_nuls(sample: bytes) -> str | None:
+    """UTF-16 without a byte-order mark, told by where its NULs fall: markup and whitespace
+    are ASCII, so every other byte is 0 (UTF-8 and 8-bit text hold no NUL bytes)."""
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    if odd.count(0) * 2 > len(odd) and even.count(0) * 4 < len(even):
+        return "utf-16-le"
+    if even.count(0) * 2 > len(even) and odd.count(0) * 4 < len(odd):
+        return "utf-16-be"
+    return None
+
+
 class XmlCleaner:
     """Bytes in any of Tally's encodings in, clean declaration-free UTF-8 out, piece by piece."""
 
@@ -76,10 +89,9 @@ class XmlCleaner:
             return "utf-16-le", 2
         if head.startswith(codecs.BOM_UTF16_BE):
             return "utf-16-be", 2
-        if head.startswith(b"<\x00"):
-            return "utf-16-le", 0
-        if head.startswith(b"\x00<"):
-            return "utf-16-be", 0
+        utf16 = _utf16_by_nuls(head[:200])
+        if utf16:
+            return utf16, 0
         m = _DECL_ENCODING.search(head[:200])
         for name in (m.group(1).decode("ascii") if m else None, self.charset):
             if not name:

@@ -5,15 +5,19 @@ keep-alive connection per job: TLS verified against the system store or a per-so
 file (``ca_file``), or not at all when the admin set ``verify=false`` (logged as a warning
 every time a connection is made, never silently). ``Channel.abort()`` may be called from
 any thread: it shuts the socket down, so a read blocked on a slow server returns at once
-and the job ends ``CANCELLED``. A job deadline bounds every socket wait, so a server that
-stops answering ends the job ``TIMEOUT``. Socket, TLS and HTTP exceptions become
+and the job ends ``CANCELLED``; a connect still waiting for a server that never answers
+is given up within ``ABORT_POLL`` too. A job deadline bounds every socket wait, so a
+server that stops answering ends the job ``TIMEOUT``. Socket, TLS and HTTP exceptions become
 ``JobError`` here, at the edge where they arise, and nowhere else.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
+import os
+import selectors
 import socket
 import ssl
 import threading
@@ -26,6 +30,9 @@ from shared.errors import JobError
 log = logging.getLogger("agent.sources")
 
 DEFAULT_IO_TIMEOUT = 60.0
+ABORT_POLL = 0.1  # how often a connect in progress looks whether the job was cancelled
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY}
+_IN_PROGRESS.add(getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK))
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -179,6 +186,7 @@ class Channel:
                 fresh = self._conn is None
                 if fresh:
                     self._conn = self.endpoint.open(self._wait_limit())
+                    self._conn._create_connection = self._connect  # type: ignore[attr-defined]
                 conn = self._conn
             try:
                 if fresh:
@@ -197,6 +205,46 @@ class Channel:
                 self.drop()
                 raise self.translate(exc) from exc
         raise AssertionError("unreachable")
+
+    def _connect(
+        self, address: tuple[str, int], timeout: float | None, source_address: Any = None
+    ) -> socket.socket:
+        """``socket.create_connection`` that ``abort`` can interrupt: a server whose SYNs go
+        unanswered (a firewall that drops) would otherwise hold a cancelled job in
+        ``connect`` for the whole socket timeout."""
+        host, port = address
+        wait = timeout if timeout is not None else self.endpoint.io_timeout
+        end = time.monotonic() + wait
+        error: OSError | None = None
+        for family, kind, proto, _, addr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                if source_address:
+                    sock.bind(source_address)
+                sock.setblocking(False)
+                err = sock.connect_ex(addr)
+                # a selector, not select.select: that refuses a descriptor past 1023
+                with selectors.DefaultSelector() as sel:
+                    sel.register(sock, selectors.EVENT_WRITE)
+                    while err in _IN_PROGRESS:
+                        if self.aborted.is_set():
+                            raise self.cancelled_error()
+                        left = end - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError("timed out connecting")
+                        if sel.select(min(left, ABORT_POLL)):  # connected or failed
+                            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))  # e.g. ConnectionRefusedError
+                sock.settimeout(wait)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise error or OSError(f"{host} has no address")
 
     def read(self, response: http.client.HTTPResponse, size: int) -> bytes:
         """Up to ``size`` bytes of the body (b"" at its end)."""

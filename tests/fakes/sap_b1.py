@@ -9,9 +9,18 @@ Sources read (via the search tools) and followed here:
   ``SessionId``, ``Version`` and ``SessionTimeout`` (30 minutes by default) and sets the
   ``B1SESSION`` and ``ROUTEID`` cookies; ``POST /Logout``; OData v3 at ``/b1s/v1`` and v4
   at ``/b1s/v2``; ``$select``/``$filter``/``$orderby``/``$top``/``$skip``; server-driven
-  paging (default page size 20, ``Prefer: odata.maxpagesize=N``, answered with
-  ``odata.nextLink`` in v1 and ``@odata.nextLink`` in v2, relative to the service root);
+  paging (default page size 20, ``Prefer: odata.maxpagesize=N`` answered with
+  ``Preference-Applied``; "If PageSize or odata.maxpagesize is set to 0, the pagination
+  mechanism is turned off"), answered with ``odata.nextLink`` in v1 and
+  ``@odata.nextLink`` in v4 (section 3.7.6 "Paginate the Selected Orders", whose v1
+  example is the absolute path ``"odata.nextLink": "/b1s/v1/Orders?$skip=20"``);
   ``$metadata`` as CSDL.
+- The README of the npm client b1-service-layer-ts (https://www.npmjs.com/package/b1-service-layer-ts)
+  shows a v2 answer's next link relative to the service root with the options
+  percent-encoded: ``"@odata.nextLink": "Orders?$filter=DocumentStatus%20eq%20%20%27bost_Open%27&$skip=20"``.
+  So this fake writes v1 next links as absolute paths and v2 ones as relative links, both
+  with each option's value percent-encoded (a ``&`` or ``#`` inside a filter cannot split
+  the link).
 - The PHP walk-through of the login flow (https://syedhussim.com/sap-b1/php-service-layer-example-part-1.html):
   the ``ROUTEID`` arrives only as a cookie, the ``SessionId`` also in the body.
 - Error bodies as client libraries model them (B1SLayer's ``SLResponseError``,
@@ -21,7 +30,9 @@ Sources read (via the search tools) and followed here:
 
 Knobs for tests: ``expire_sessions()`` (the next request gets 401), ``expire_after_pages``
 (sessions die after that many pages, mid-stream), ``reject_sessions``, ``stall`` (an entity read sends part of
-its page and waits), ``hostile_metadata``. ``log`` records each request (method, path,
+its page and waits), ``hostile_metadata``, ``metadata_padding`` (that many extra enum and
+complex types, 50 properties each, streamed in chunks ahead of the entity types, as a real
+company's tens of MB of ``$metadata`` are mostly such types). ``log`` records each request (method, path,
 whether both cookies came, the Prefer header); passwords are not recorded.
 """
 
@@ -34,9 +45,9 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .serving import FakeHttpServer
+from .serving import FakeHttpServer, send_chunk
 
 COMPANY = "SBODEMOUS"
 USER = "manager"
@@ -104,6 +115,7 @@ class SapB1State:
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     hostile_metadata: str | None = None
+    metadata_padding: int = 0
     reject_sessions: bool = False  # every session is refused (a 401 even right after login)
     logins: int = 0
     logouts: int = 0
@@ -324,6 +336,8 @@ class SapB1Handler(BaseHTTPRequestHandler):
             return self._json(200, {"value": value})
         if path == "/$metadata":
             doc = BILLION_LAUGHS if self.state.hostile_metadata else metadata(version)
+            if self.state.metadata_padding:
+                return self._padded_metadata(doc)
             return self._send(200, doc.encode(), "application/xml")
         name = path.strip("/")
         if name not in self.state.data:
@@ -352,15 +366,17 @@ class SapB1Handler(BaseHTTPRequestHandler):
         end = len(rows) if "$top" not in one else min(len(rows), int(one["$top"]))
         m = re.search(r"odata\.maxpagesize=(\d+)", self.headers.get("Prefer") or "")
         size = int(m.group(1)) if m else 20
+        if size == 0:  # the manual: maxpagesize 0 turns paging off
+            size = max(end - skip, 1)
         page = rows[skip : min(end, skip + size)]
         body: dict[str, Any] = {"value": page}
         if skip + size < end:
-            keep = [
-                f"{k}={v}" for k, v in one.items() if k != "$skip"
-            ]  # SAP leaves spaces unencoded
-            body["odata.nextLink" if version == "v1" else "@odata.nextLink"] = (
-                f"{name}?" + "&".join([*keep, f"$skip={skip + size}"])
-            )
+            keep = [f"{k}={quote(v, safe='')}" for k, v in one.items() if k != "$skip"]
+            link = f"{name}?" + "&".join([*keep, f"$skip={skip + size}"])
+            if version == "v1":
+                body["odata.nextLink"] = f"/b1s/v1/{link}"
+            else:
+                body["@odata.nextLink"] = link
         extra = [("Preference-Applied", f"odata.maxpagesize={size}")] if m else []
         with self.state.lock:
             self.state.pages_served += 1
@@ -372,6 +388,23 @@ class SapB1Handler(BaseHTTPRequestHandler):
         if self.state.stall:
             return self._stall(json.dumps(body).encode())
         self._json(200, body, extra)
+
+    def _padded_metadata(self, doc: str) -> None:
+        """``doc`` with ``metadata_padding`` enum and complex types inserted before its first
+        EntityType, sent chunked a type at a time (the fake never holds the whole text)."""
+        at = doc.index("<EntityType ")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        send_chunk(self, doc[:at].encode())
+        for t in range(self.state.metadata_padding):
+            members = "".join(f'<Member Name="e{t}m{i}" Value="{i}"/>' for i in range(10))
+            props = "".join(f'<Property Name="Field{i}" Type="Edm.String"/>' for i in range(50))
+            send_chunk(self, (f'<EnumType Name="Enum{t}">{members}</EnumType>'
+                              f'<ComplexType Name="Complex{t}">{props}</ComplexType>').encode())  # fmt: skip
+        send_chunk(self, doc[at:].encode())
+        send_chunk(self, b"")
 
     def _stall(self, body: bytes) -> None:
         self.send_response(200)

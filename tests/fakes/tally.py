@@ -22,7 +22,10 @@ Sources read (via the search tools) and followed here:
   ``STATUS`` 0 with a ``LINEERROR``; a GET answers ``<RESPONSE>TallyPrime Server is
   Running</RESPONSE>``; the Day Book comes as ``IMPORTDATA/REQUESTDATA/TALLYMESSAGE/VOUCHER``.
 
-Knobs: ``encoding`` ("utf-8" or "utf-16": BOM plus a UTF-16 declaration), ``bad_refs``
+Knobs: ``encoding`` ("utf-8" or "utf-16": BOM plus a UTF-16 declaration; "utf-16-nobom":
+UTF-16LE with neither, starting with a line break, under ``charset=utf-16``. Whether a
+real Tally ever omits the BOM is not verified; some clients, e.g. dhananjay1405/tally-database-loader
+``src/tally.mts``, decode its answers as ``utf16le`` without looking for one), ``bad_refs``
 (names carry ``&#4;``, ``&#x1F;`` and raw control characters, written in 7-byte pieces so
 references straddle reads), ``hostile`` ("billion_laughs" or "external_entity"),
 ``vouchers`` (how many the Voucher collection streams), ``stall`` (send part of an answer,
@@ -258,7 +261,7 @@ class TallyHandler(BaseHTTPRequestHandler):
         self.state.raw_requests.append(raw)
         req = SafeET.fromstring(raw, forbid_dtd=True)
         self.state.requests.append(req)
-        utf16 = self.state.encoding == "utf-16"
+        utf16 = self.state.encoding.startswith("utf-16")
         self.send_response(200)
         self.send_header("Content-Type", f"text/xml; charset={'utf-16' if utf16 else 'utf-8'}")
         self.send_header("Transfer-Encoding", "chunked")
@@ -271,7 +274,9 @@ class TallyHandler(BaseHTTPRequestHandler):
 
     def _write_all(self, req: Any, utf16: bool) -> None:
         codec = "utf-16-le" if utf16 else "utf-8"
-        if utf16:
+        if self.state.encoding == "utf-16-nobom":
+            send_chunk(self, "\r\n".encode(codec))
+        elif utf16:
             send_chunk(
                 self, b"\xff\xfe" + '<?xml version="1.0" encoding="UTF-16"?>\r\n'.encode(codec)
             )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import scaled
@@ -65,3 +69,49 @@ def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, An
 def join(thread: threading.Thread, seconds: float) -> None:
     thread.join(scaled(seconds))
     assert not thread.is_alive(), f"the worker thread did not finish within {seconds}s"
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full, so the kernel drops
+    further SYNs and a client's connect() waits (as behind a firewall that drops packets)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        while True:  # fill the accept queue until a connect no longer completes at once
+            s = socket.socket()
+            s.setblocking(False)
+            fillers.append(s)
+            if s.connect_ex(("127.0.0.1", port)) != 0 and not _established(s):
+                break
+            if len(fillers) > 16:
+                pytest.skip("could not fill a listen backlog on this system")
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def _established(sock: socket.socket) -> bool:
+    _, writable, _ = select.select([], [sock], [], 0.2)
+    return bool(writable) and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+
+
+def syn_sent_to(port: int) -> bool:
+    """This process has a connection to ``port`` still waiting for the handshake."""
+    return any(
+        c.status == psutil.CONN_SYN_SENT and c.raddr and c.raddr.port == port
+        for c in psutil.Process().net_connections(kind="tcp")
+    )
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` until it holds (fails the test after ``seconds``)."""
+    end = time.monotonic() + scaled(seconds)
+    while not condition():
+        assert time.monotonic() < end, f"condition not met within {seconds}s"
+        time.sleep(0.01)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -13,7 +15,7 @@ from shared.errors import JobError
 from tests.fakes.sap_b1 import COMPANY, USER, SapB1State, start_fake_sap_b1
 from tests.fakes.tls import TlsFiles
 
-from .conftest import join, run_in_thread
+from .conftest import join, run_in_thread, silent_port, syn_sent_to, wait_for
 
 
 def make(url: str, state: SapB1State | None = None, **options: str) -> SapB1Source:
@@ -181,7 +183,8 @@ def test_next_links_leaving_the_service_are_refused():
     assert resolve_next("Items?$skip=20&$filter=A eq 'b c'", root, endpoint) == (
         "/b1s/v2/Items?$skip=20&$filter=A%20eq%20'b%20c'"
     )
-    for link in ("https://evil.example/b1s/v2/Items", "/b1s/v2/../v1/Login", "/other/Items"):
+    for link in ("https://evil.example/b1s/v2/Items", "/b1s/v2/../v1/Login", "/other/Items",
+                 "/b1s/v2/%2e%2e/v1/Login", "%2E%2E/%2e%2E/other/Items", "/b1s/v2%2F..%2Fv1/Login"):  # fmt: skip
         with pytest.raises(JobError):
             resolve_next(link, root, endpoint)
 
@@ -271,3 +274,116 @@ def test_password_and_session_cookies_never_logged(sap, caplog):
     assert state.logins == 2
     assert state.password not in caplog.text
     assert "B1SESSION=" not in caplog.text and "ROUTEID=" not in caplog.text
+
+
+ODD_NAMES = ["A&B #1 +50% Ü'x", "x&$top=1", "Ünïcødé ₹ 東京", "semi;colon=eq"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_filter_with_url_special_characters_survives_every_page_and_injects_nothing(version):
+    """Quotes, &, #, +, %, ; = and non-ASCII in a filter reach the Service Layer as exactly
+    one $filter on every page (v1 absolute and v2 relative next links), and every row arrives."""
+    items = [{"ItemCode": f"B{i:03d}", "ItemName": ODD_NAMES[i % len(ODD_NAMES)]}
+             for i in range(40)]  # fmt: skip
+    server, state = start_fake_sap_b1(SapB1State(data={"Items": items}))
+    try:
+        name = ODD_NAMES[0]
+        flt = "ItemName eq '" + name.replace("'", "''") + "'"
+        _, rows = read_all(make(server.url, state, version=version, page_size="3"),
+                           {"entity": "Items", "filter": flt, "select": ["ItemCode", "ItemName"]})  # fmt: skip
+        assert rows == [[i["ItemCode"], name] for i in items if i["ItemName"] == name]
+        _, rows = read_all(make(server.url, state, version=version, page_size="7"),
+                           {"entity": "Items", "filter": "ItemName ne 'x&$top=1'"})  # fmt: skip
+        assert len(rows) == 30
+        pages = gets(state)
+        assert len(pages) == 4 + 5
+        for page in pages:
+            query = parse_qs(urlsplit(page["raw"]).query, keep_blank_values=True)
+            assert set(query) <= {"$filter", "$select", "$skip"}, page["raw"]
+            assert len(query["$filter"]) == 1
+            assert query["$filter"][0] in (flt, "ItemName ne 'x&$top=1'")
+        assert "%26" in pages[0]["raw"] and "%23" in pages[0]["raw"] and "%2B" in pages[0]["raw"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"entity": "Items\n"},
+        {"entity": "Items", "filter": "ItemName eq '\ud800'"},
+    ],
+)
+def test_newline_after_a_name_or_a_lone_surrogate_is_query_failed_before_any_request(sap, request_):
+    """A name followed by a newline (which a bare ``$`` in a pattern lets through) or a lone
+    UTF-16 surrogate (which JSON can carry but UTF-8 cannot) is a bad query: QUERY_FAILED,
+    not retryable, nothing sent; never SOURCE_UNAVAILABLE or a UnicodeEncodeError."""
+    url, state = sap
+    with pytest.raises(JobError) as err:
+        make(url, state).query(request_)
+    assert err.value.code == "QUERY_FAILED" and not err.value.retryable
+    assert state.log == []
+
+
+@pytest.mark.parametrize("page_size", ["0.5", "2.5", "abc", "0", "-3"])
+def test_page_size_must_be_a_whole_number_of_at_least_one(sap, page_size):
+    """odata.maxpagesize=0 turns SAP's paging off (the whole entity set in one answer), so a
+    page_size that rounds down to 0 must be refused, not sent."""
+    url, state = sap
+    with pytest.raises(JobError) as err:
+        make(url, state, page_size=page_size)
+    assert "page_size" in err.value.message and not err.value.retryable
+    assert state.log == []
+
+
+def test_top_larger_than_the_result_and_top_zero(sap):
+    """top beyond the entity set returns every row once across pages; top 0 returns none."""
+    url, state = sap
+    _, rows = read_all(make(url, state, page_size="30"), {"entity": "Items", "top": 500})
+    assert [r[0] for r in rows] == [f"A{i:04d}" for i in range(1, 96)]
+    assert len(gets(state)) == 4
+    _, rows = read_all(make(url, state), {"entity": "Items", "top": 0})
+    assert rows == []
+
+
+def test_v1_session_expiring_mid_stream_follows_absolute_next_links_after_relogin(sap):
+    """v1 next links are absolute paths (/b1s/v1/Items?...); a 401 on page 3 logs in once
+    more and the stream goes on with no row lost or repeated."""
+    url, state = sap
+    state.expire_after_pages = 2
+    source = make(url, state, version="v1", page_size="20")
+    _, rows = read_all(source, {"entity": "Items", "select": "ItemCode"})
+    assert [r[0] for r in rows] == [f"A{i:04d}" for i in range(1, 96)]
+    assert state.logins == 2 and state.logouts == 1
+    assert all(e["path"] == "/Items" for e in gets(state))
+
+
+def test_discover_does_not_hold_the_whole_metadata_tree(sap):
+    """A company's $metadata is tens of MB, mostly enum and complex types: discover reads it
+    element by element and drops each one, so its memory stays far below the document's
+    size (before, every element but an entity type's children stayed in the tree)."""
+    url, state = sap
+    state.metadata_padding = 2500  # ~6 MiB of CSDL
+    tracemalloc.start()
+    try:
+        tables = make(url, state).discover()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {t["name"] for t in tables} == {"Items", "BusinessPartners", "Orders"}
+    assert peak < 4 * 2**20, f"discover peaked at {peak / 2**20:.1f} MiB"
+
+
+def test_cancel_interrupts_a_connect_the_server_never_answers():
+    """A Service Layer whose SYNs go unanswered (a firewall that drops, a full backlog) keeps
+    connect() waiting for the whole socket timeout; cancel() must end it at once, not after
+    the `timeout` option's 30 s (before, the worker sat in connect until then)."""
+    with silent_port() as port:
+        source = make(f"http://127.0.0.1:{port}", timeout="30")
+        stream = source.prepare({"entity": "Items"})
+        thread, out = run_in_thread(stream.start)
+        wait_for(lambda: syn_sent_to(port), 10)
+        stream.cancel()
+        join(thread, 3)
+        stream.close()
+    assert isinstance(out.get("error"), JobError) and out["error"].code == "CANCELLED"

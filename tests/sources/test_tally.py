@@ -15,7 +15,7 @@ from shared.errors import JobError
 from tests.fakes.tally import COMPANY, TallyState, _voucher, start_fake_tally
 from tests.fakes.tls import TlsFiles
 
-from .conftest import join, run_in_thread
+from .conftest import join, run_in_thread, silent_port, syn_sent_to, wait_for
 
 
 def make(url: str, **options: str) -> TallySource:
@@ -270,3 +270,89 @@ def test_unreachable_gateway_is_source_unavailable(closed_port):
     with pytest.raises(JobError) as err:
         make(f"http://127.0.0.1:{closed_port}").test()
     assert err.value.code == "SOURCE_UNAVAILABLE" and err.value.retryable
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"collection": "Ledger", "company": "Acme \ud800 Traders"},
+        {"collection": "Ledger", "filter": '$Name = "\udfff"'},
+        {"collection": "Ledger", "company": "Acme \ufffe"},
+        {"collection": "Ledger", "fields": ["Name\n"]},
+    ],
+)
+def test_text_xml_cannot_carry_is_query_failed_before_any_request(tally, request_):
+    """A lone UTF-16 surrogate (JSON can carry one, UTF-8 cannot), a character XML forbids
+    (U+FFFE), or a field name followed by a newline is a bad query: QUERY_FAILED, nothing
+    sent; never a UnicodeEncodeError, nor a column that is silently always null."""
+    url, state = tally
+    with pytest.raises(JobError) as err:
+        make(url).query(request_)
+    assert err.value.code == "QUERY_FAILED" and not err.value.retryable
+    assert state.raw_requests == []
+
+
+@pytest.mark.parametrize(
+    ("dates", "fragment"),
+    [
+        ({"fromDate": "01-04-2024"}, "'fromDate'"),
+        ({"fromDate": "2024/04/01"}, "'fromDate'"),
+        ({"toDate": "20240431"}, "'toDate'"),
+        ({"toDate": 20240401}, "'toDate'"),
+        ({"fromDate": "2024-04-01T00:00:00"}, "'fromDate'"),
+        ({"fromDate": "2025-04-01", "toDate": "2024-03-31"}, "after"),
+    ],
+)
+def test_bad_dates_fail_before_any_request(tally, dates, fragment):
+    url, state = tally
+    with pytest.raises(JobError) as err:
+        make(url).query({"collection": "Ledger", **dates})
+    assert err.value.code == "QUERY_FAILED" and fragment in err.value.message
+    assert state.raw_requests == []
+
+
+def test_dates_are_sent_as_eight_digits(tally):
+    """Tally's YYYYMMDD has four year digits even for a year below 1000 (strftime would
+    write 9990101)."""
+    url, state = tally
+    read_all(make(url), {"collection": "Ledger", "fromDate": "0999-01-01", "toDate": "20250331"})
+    statics = last_request(state).find("BODY/DESC/STATICVARIABLES")
+    assert statics.findtext("SVFROMDATE") == "09990101"
+    assert statics.findtext("SVTODATE") == "20250331"
+
+
+def test_empty_collection_gives_columns_and_no_rows(tally):
+    url, _ = tally
+    columns, rows = read_all(make(url), {"collection": "Ledger", "fields": ["Name", "Parent"],
+                                         "filter": '$Parent = "No Such Group"'})  # fmt: skip
+    assert [c["name"] for c in columns] == ["Name", "Parent"] and rows == []
+
+
+def test_utf16_answer_without_a_bom_is_decoded_as_utf16(tally):
+    """UTF-16LE with no byte-order mark and no declaration, starting with a line break, under
+    charset=utf-16: non-ASCII names arrive intact (before, the bytes were read as UTF-8, the
+    NULs dropped, and every non-ASCII character silently became U+FFFD or garbage)."""
+    url, state = tally
+    name = "Café ₹ 東京 𝄞 Ltd"
+    state.encoding, state.companies = "utf-16-nobom", [name]
+    _, rows = read_all(make(url), {"collection": "Company", "fields": ["Name"]})
+    assert rows == [[name]]
+
+
+def test_silent_gateway_cancel_and_timeout_end_a_hanging_connect():
+    """A gateway whose SYNs go unanswered: cancel() ends the hanging connect at once, and
+    the job's deadline ends it with TIMEOUT (not after the `timeout` option's 30 s)."""
+    with silent_port() as port:
+        source = make(f"http://127.0.0.1:{port}", timeout="30")
+        stream = source.prepare({"collection": "Ledger"})
+        thread, out = run_in_thread(stream.start)
+        wait_for(lambda: syn_sent_to(port), 10)
+        stream.cancel()
+        join(thread, 3)
+        stream.close()
+        assert isinstance(out.get("error"), JobError) and out["error"].code == "CANCELLED"
+        stream = source.prepare({"collection": "Ledger"}, timeout=0.3)
+        thread, out = run_in_thread(stream.start)
+        join(thread, 3)
+        stream.close()
+        assert isinstance(out.get("error"), JobError) and out["error"].code == "TIMEOUT"
