@@ -166,17 +166,23 @@ class SqlStream(QueryStream):
         if plan is None or self._copy_state != "idle":
             raise JobError("QUERY_FAILED", "the COPY fast path was not prepared for this query")
         self._check_cancel()
-        sink = pgcopy.LineSink(emit, max_line)
-        buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
+        sink: pgcopy.LineSink | pgcopy.CsvSink
+        if plan.csv:
+            sink = pgcopy.CsvSink(emit, plan.keys(), target)
+            write, flush = sink.write, sink.flush
+        else:
+            sink = pgcopy.LineSink(emit, max_line)
+            buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
+            write, flush = (lambda rows, _n: buffered.write(rows)), buffered.flush
         cursor = self.dbapi.cursor()
         with self._mutex:
             self._cursor = cursor
         self._copy_state = "running"
         try:
             # Sent with the extended protocol (pgconn.OneStatementCursor): one statement.
-            pgcopy.copy_out(cursor, plan.sql(limit), buffered.write)
-            buffered.flush()
-            if sink.rest:
+            pgcopy.copy_out(cursor, plan.sql(limit), write)
+            flush()
+            if isinstance(sink, pgcopy.LineSink) and sink.rest:
                 raise JobError("QUERY_FAILED", "the COPY output ended inside a row")
         except psycopg.Error as exc:
             sink.dead = True
