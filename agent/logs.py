@@ -39,6 +39,20 @@ LOG_MAX_BYTES = 10 << 20  # the local log rotates at 10 MiB ...
 LOG_BACKUPS = 5  # ... keeping agent.log.1 to agent.log.5
 _NEWLINE = os.linesep.encode("ascii")  # as a text-mode file writes "\n"
 
+
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates (a name decoded with ``surrogateescape``) written as
+    ``\\udcXX``: UTF-8 and orjson refuse them, which would lose the line from the file and
+    stop the shipping of every line after it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class RedactFilter(logging.Filter):
     """Rewrites a record's message (and exception text) with secrets removed."""
 
@@ -50,9 +64,9 @@ class RedactFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not lose the line
             message = str(record.msg)
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = _encodable(redact(message)), None
         if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = _encodable(redact(logging.Formatter().formatException(record.exc_info)))
             record.exc_info = None
         if not getattr(record, "jobId", None):
             record.jobId = current_job.get()

@@ -184,14 +184,32 @@ async def ship_forever(send: Send, buffer: ShipSource, through: int | None) -> N
     (the file has them too: the next connection's catch-up finds them)."""
     sent = through if through is not None else -1
     catch_up, dropped_seen = True, buffer.dropped
+    held: list[dict[str, Any]] = []  # taken from the buffer, to merge with the next catch-up
     while True:
         if catch_up and buffer.log_file is not None:
             lines = await asyncio.to_thread(read_since, buffer.log_file, sent, buffer.level)
-            for batch in _batches(lines):
-                await send(batch)
-                sent = batch[-1]["id"]
+            if held:  # the file lacks a line shipped at a raised level (DEBUG): keep ours
+                have = {x["id"] for x in lines}
+                lines = sorted([*lines, *(x for x in held if x["id"] > sent and x["id"] not in have)],
+                               key=lambda x: x["id"])  # fmt: skip
+            try:
+                for batch in _batches(lines):
+                    await send(batch)
+                    sent = batch[-1]["id"]
+            except BaseException:
+                buffer.put_back([x for x in held if x["id"] > sent])
+                raise
+            held = []
         catch_up = False
-        live = [x for x in buffer.take(BATCH_LINES) if x.get("id") is None or x["id"] > sent]
+        taken = buffer.take(BATCH_LINES)
+        if buffer.dropped != dropped_seen and buffer.log_file is not None:
+            # The buffer overflowed: the lines it dropped may be older than the ones just
+            # taken. Sending these would move ``sent`` past the dropped ones, so the file
+            # (which has every line) supplies them, in order, merged with these.
+            dropped_seen, catch_up = buffer.dropped, True
+            held = [x for x in taken if x.get("id") is not None]
+            continue
+        live = [x for x in taken if x.get("id") is None or x["id"] > sent]
         for i, batch in enumerate(_batches(live)):
             try:
                 await send(batch)

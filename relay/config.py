@@ -206,6 +206,14 @@ def _window(raw: str) -> int:
     return value
 
 
+def _lines(raw: str) -> int:
+    """A count of log lines to keep: at least 1."""
+    value = _int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
 def _compression(raw: str) -> str:
     """How result chunks are stored: ``zstd`` (compressed, then encrypted) or ``none``."""
     value = raw.strip().lower()
@@ -236,7 +244,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
     ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
     ("node_id", "MC_RELAY_NODE_ID", str),
-    ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _int),
+    ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _lines),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
     ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
     ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _int),

@@ -45,7 +45,8 @@ def iso(ts: float | None) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _iso_second(whole: int) -> str:
     # Every event and API answer carries timestamps; most fall in the same few seconds.
-    return dt.datetime.fromtimestamp(whole, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: glibc's %Y writes the year 500 as "500", not RFC 3339's "0500"
+    return dt.datetime.fromtimestamp(whole, tz=dt.UTC).isoformat()[:19]
 
 
 def parse_iso(text: str) -> float:

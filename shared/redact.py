@@ -12,14 +12,17 @@ _PATTERNS: Final[list[tuple[re.Pattern[str], str]]] = [
     # "bearer token", "Bearer header": a word about the scheme, not a credential
     (re.compile(r"(?i)(bearer\s+)(?!(?:tokens?|header|scheme|auth|authentication|authorization)\b)[A-Za-z0-9._~+/=-]+"), r"\1****"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "<jwt ****>"),
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s@/]*@"), r"\1:****@"),
+    # userinfo ends at the last "@" before the host: a password may hold "@" itself
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*):[^\s/]*@"), r"\1:****@"),
     (
         # MySQL's "(using password: YES)" says whether one was sent, not what it was
-        re.compile(r"(?i)\b(?!password: (?:YES|NO)\))(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s;&,]+)"),
+        # no word boundary before the name: sslpassword, client_secret, access_token;
+        # an ODBC value in braces may hold ";" ("}}" is a literal "}")
+        re.compile(r"(?i)(?!password: (?:YES|NO)\))(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*)(\{(?:[^}]|\}\})*\}|\"[^\"]*\"|'[^']*'|[^\s;&,]+)"),
         r"\1\2****",
     ),
     (
-        re.compile(r"(?i)(\"(?:password|passwd|pwd|secret|token|apiKey|api_key)\"\s*:\s*)\"[^\"]*\""),
+        re.compile(r"(?i)(\"[A-Za-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key)\"\s*:\s*)\"(?:[^\"\\]|\\.)*\""),
         r'\1"****"',
     ),
 ]

@@ -50,7 +50,9 @@ def human(rec: dict[str, Any] | None, raw: str) -> str:
     if rec is None:
         return raw
     stamp = str(rec.get("timestamp", "")).replace("T", " ").rstrip("Z")
-    text = f"{stamp} {rec.get('level', '')!s:<7} {rec.get('logger', '')}: {rec.get('message', '')}"
+    # a message's own line breaks are indented, as an exception's: no line can pose as another
+    message = "\n    ".join(str(rec.get("message", "")).splitlines())
+    text = f"{stamp} {rec.get('level', '')!s:<7} {rec.get('logger', '')}: {message}"
     if rec.get("jobId"):
         text += f" [{rec['jobId']}]"
     if rec.get("exception"):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 
 import orjson
 from aiohttp import web
 
 from shared.errors import BadRequest
 
+from ..web.auth import LEEWAY
 from .common import principal, relay_of
+
+TOKEN_EXPIRED = 4001  # the close code when the token that opened the socket expires
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
@@ -31,9 +36,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
         try:
             while not ws.closed:
                 getter = asyncio.create_task(q.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                left = who.exp + LEEWAY - time.time()  # the token is good until then
+                timeout = None if math.isinf(left) else max(0.0, left)
+                done, _ = await asyncio.wait({getter, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
+                    if not done:  # the token expired: a new socket needs a new token
+                        await ws.close(code=TOKEN_EXPIRED, message=b"the token has expired")
                     break
                 await ws.send_str(orjson.dumps(getter.result()).decode())
         finally:

@@ -31,14 +31,16 @@ def _time(request: web.Request, name: str) -> float | None:
             raise ValueError(raw)
         return parse_iso(raw)
     except (ValueError, OverflowError):
-        raise ValidationError(f"{name} must be an RFC 3339 time such as 2026-12-04T03:00:00Z",
+        hint = " (a '+' in a URL's query means a space: write it as %2B)" if " " in raw else ""
+        raise ValidationError(f"{name} must be an RFC 3339 time such as 2026-12-04T03:00:00Z{hint}",
                               field=name) from None
 
 
 async def _connector_id(request: web.Request) -> str:
     relay, who = relay_of(request), principal(request)
     cid = request.match_info["id"]
-    if await relay.store.run(con_store.get, who.tenant_id, cid) is None:
+    # U+0000 is in no id, and PostgreSQL refuses it in a query: not found, not a 500
+    if "\x00" in cid or await relay.store.run(con_store.get, who.tenant_id, cid) is None:
         raise not_found("connector", cid)
     return cid
 
@@ -51,10 +53,13 @@ async def logs(request: web.Request) -> web.Response:
     since, until = _time(request, "since"), _time(request, "until")
     limit = query_int(request, "limit", 100, lo=1, hi=1000)
     cursor = query_int(request, "cursor", 0, lo=0, hi=10**18 - 1)  # ASCII digits only
+    job_id = request.query.get("jobId") or None
     cid = await _connector_id(request)
-    rows = await relay.store.run(
+    # No line matches a job id holding U+0000 (which PostgreSQL refuses in a query): an
+    # empty page, as for any job id that has no lines, not a 500.
+    rows = [] if job_id is not None and "\x00" in job_id else await relay.store.run(
         log_store.page_logs, cid, min_level=LOG_LEVEL_NUMBERS[level], since=since, until=until,
-        job_id=request.query.get("jobId") or None, after_id=cursor, limit=limit + 1,
+        job_id=job_id, after_id=cursor, limit=limit + 1,
     )  # fmt: skip
     more = len(rows) > limit
     rows = rows[:limit]

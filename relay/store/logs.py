@@ -32,12 +32,22 @@ def _new_lines(conn: Connection, connector_id: str, rows: list[dict[str, Any]]) 
     return out
 
 
+def _storable(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with U+0000 replaced by U+FFFD in its texts: PostgreSQL's text cannot hold
+    it, and one such line must not cost the lines shipped in the same batch."""
+    for key in ("message", "logger", "job_id"):
+        value = row.get(key)
+        if isinstance(value, str) and "\x00" in value:
+            row = {**row, key: value.replace("\x00", "\ufffd")}
+    return row
+
+
 def add_logs(conn: Connection, rows: list[dict[str, Any]], keep: int) -> int:
     """Append the lines not stored yet; keep the newest ``keep``. Returns how many were new."""
     if not rows:
         return 0
     connector_id = rows[0]["connector_id"]
-    rows = _new_lines(conn, connector_id, rows)
+    rows = [_storable(r) for r in _new_lines(conn, connector_id, rows)]
     if not rows:
         return 0
     conn.execute(agent_logs.insert(), [{"line_id": None, **r} for r in rows])

@@ -9,9 +9,10 @@ route names the app registers; a route missing from it is open to admins only.
 from __future__ import annotations
 
 import collections
+import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import jwt
@@ -60,6 +61,7 @@ class Principal:
     tenant_id: str
     role: str
     jti: str
+    exp: float = field(default=math.inf, compare=False)  # the token's expiry (epoch s)
 
 
 class TokenVerifier:
@@ -121,7 +123,11 @@ class TokenVerifier:
             raise Unauthorized("the bearer token has no tenantId claim")
         if role not in ROLES:
             raise Unauthorized("the bearer token's role is not one of admin, service, support")
-        return Principal(str(claims["sub"]), tenant, role, str(claims["jti"])), float(claims["exp"])
+        try:
+            exp = float(claims["exp"])
+        except OverflowError:  # an integer past a float's range (10**400): no time at all
+            raise Unauthorized("the bearer token is not valid") from None
+        return Principal(str(claims["sub"]), tenant, role, str(claims["jti"]), exp), exp
 
 
 def bearer(header: str | None) -> str:

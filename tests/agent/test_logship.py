@@ -71,3 +71,64 @@ def test_file_and_buffer_carry_the_same_id_and_a_raise_lowers_the_root(tmp_path:
             logging.getLogger().removeHandler(h)
             h.close()
         logging.getLogger().setLevel(logging.WARNING)
+
+
+async def test_a_buffer_overflow_while_connected_loses_no_line(tmp_path: Path, root_logging: logging.Logger) -> None:
+    """More lines than the ship buffer holds, logged between two shipping rounds: the
+    oldest are dropped from the buffer, and the shipper must fetch them from the local
+    file, not skip past them (every line exactly once, in order)."""
+    import asyncio
+    import time
+
+    from agent.logship import ship_forever
+
+    log = tmp_path / "logs" / "agent.log"
+    ship = setup_logging(log, stderr=False)
+    got: list[int] = []
+
+    async def send(batch: list[dict]) -> None:
+        got.extend(x["id"] for x in batch)
+
+    log_ = logging.getLogger("agent.burst")
+    log_.info("before")
+    task = asyncio.create_task(ship_forever(send, ship, None))
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < 1 or len(ship):
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.01)
+        for i in range(ship._lines.maxlen + 500):  # overflow: 500 dropped from the buffer
+            log_.info("burst %d", i)
+        assert ship.dropped >= 500
+        want = [json.loads(x)["id"] for x in log.read_text().splitlines()]
+        while got[-1:] != want[-1:]:
+            assert time.monotonic() < deadline, (len(got), len(want))
+            await asyncio.sleep(0.01)
+        assert got == want
+    finally:
+        task.cancel()
+
+
+def test_a_lone_surrogate_in_a_message_is_kept_in_the_file_and_shippable(
+    tmp_path: Path, root_logging: logging.Logger
+) -> None:
+    """A name decoded with ``surrogateescape`` (a non-UTF-8 file name, an ODBC driver's
+    bytes) puts a lone surrogate in a message: the line must still reach the local log and
+    encode as an ``agent.logs.v1`` frame (orjson refuses lone surrogates), or the line is
+    lost and the shipper dies with it."""
+    from shared.protocol import encode, make
+
+    log = tmp_path / "logs" / "agent.log"
+    ship = setup_logging(log, stderr=False)
+    bad = b"caf\xe9.csv".decode("utf-8", "surrogateescape")
+    try:
+        raise OSError(f"cannot open {bad}")
+    except OSError:
+        logging.getLogger("agent.t").exception("reading %s failed", bad)
+    logging.getLogger("agent.t").info("next")
+    [first, second] = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
+    assert first["message"] == "reading caf\\udce9.csv failed" and "caf\\udce9.csv" in first["exception"]
+    assert second["message"] == "next"
+    lines = ship.take()
+    assert [x["message"] for x in lines] == ["reading caf\\udce9.csv failed", "next"]
+    encode(make("agent.logs.v1", lines=lines))

@@ -71,3 +71,17 @@ def test_follow_prints_new_lines_as_they_are_written(agent_logger: tuple[Path, l
         assert not any("not shown" in ln for ln in proc.lines)
     finally:
         proc.stop()
+
+
+def test_a_message_with_line_breaks_cannot_pose_as_another_line(agent_logger: tuple[Path, logging.Logger]) -> None:
+    """A message carrying a newline (a driver's multi-line error, a value from a query)
+    is shown with its continuation lines indented, as an exception is, so it can never
+    look like a line of its own (a forged ERROR) in ``mini-connector logs``."""
+    config, log = agent_logger
+    log.info("first part\n2026-12-04 10:00:00.000 ERROR   agent.fake: forged\r\nlast")
+    _flush()
+    r = run_agent_cli(config, "logs")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert len(lines) == 3 and lines[0].endswith("agent.test: first part"), lines
+    assert lines[1] == "    2026-12-04 10:00:00.000 ERROR   agent.fake: forged" and lines[2] == "    last"

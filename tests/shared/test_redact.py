@@ -52,6 +52,17 @@ def test_redact_equals_running_every_pattern_on_any_text(text: str) -> None:
         ('{"apiKey": "k123"}', "k123"),
         ("key vmc_" + "A" * 32, "A" * 32),
         ("jwt eyJhbGciOi.eyJzdWIiOiIx.c2lnbmF0dXJl", "c2lnbmF0dXJl"),
+        # a password with "@" in a URL: userinfo ends at the last "@" before the host
+        ("cannot connect to postgresql://bob:p@ss9w@db:5432/x", "ss9w"),
+        ("proxy http://u:a@b@c@proxy:8080 refused", "b@c"),
+        # compound names: libpq's sslpassword, OAuth's client_secret and access_token
+        ("sslpassword=hunter2 sslmode=require", "hunter2"),
+        ("client_secret=cs9911&grant_type=x", "cs9911"),
+        ("GET /odata?access_token=at5511", "at5511"),
+        ("clientSecret: cs7722", "cs7722"),
+        # ODBC braces (a ";" inside), and a JSON string with an escaped quote
+        ("DRIVER={ODBC Driver 18};PWD={ab;cd9};UID=sa", "cd9"),
+        ('{"password": "ab\\"cd9"}', "cd9"),
     ],
 )
 def test_secrets_never_pass(text: str, secret: str) -> None:

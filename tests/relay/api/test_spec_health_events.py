@@ -105,3 +105,25 @@ async def test_events_need_a_valid_token(client: object) -> None:
     """Without a valid token the event socket is refused with 401."""
     resp = await client.get("/api/v1/events?token=nope")
     assert resp.status == 401 and (await resp.json())["error"]["code"] == "UNAUTHORIZED"
+
+
+async def test_the_event_stream_closes_when_its_token_expires(client: object) -> None:
+    """A token is good until its ``exp``: the event socket it opened is closed (4001, the
+    reason saying why) once it expires (plus the accepted clock skew), instead of
+    streaming the tenant's events forever on a credential that is no longer valid."""
+    import time
+
+    import aiohttp
+    import jwt
+
+    from relay.web.auth import LEEWAY
+
+    exp = int(time.time()) - LEEWAY + 2  # still accepted (clock-skew leeway) for 1-2 s
+    token = jwt.encode({"sub": "s", "tenantId": "t1", "role": "support", "exp": exp, "jti": "j1"},
+                       SECRET, algorithm="HS256")
+    ws = await client.ws_connect(f"/api/v1/events?token={token}")
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), msg
+    assert ws.close_code == 4001 and "expired" in str(msg.extra)
+    assert time.time() >= exp + LEEWAY - 0.1
+    await ws.close()
