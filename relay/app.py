@@ -55,7 +55,7 @@ from .store import jobs as job_store
 from .store import logs as log_store
 from .web.auth import TokenVerifier
 from .web.clientaddr import TRUSTED_PROXIES, parse_networks
-from .web.middleware import envelope_middleware
+from .web.middleware import envelope_middleware, stamp_headers
 from .web.ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
 
 log = logging.getLogger("relay.app")
@@ -92,8 +92,9 @@ def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
 
 
 async def _maintain(relay: Relay) -> None:
-    """Expire queued jobs past their TTL, drop old samples and expired results, and
-    dispatch jobs whose retry delay has passed to agents connected here."""
+    """Expire queued jobs past their TTL, close agents whose API key stopped working,
+    drop old samples and expired results, and dispatch jobs whose retry delay has passed
+    to agents connected here."""
     await submission.expire_jobs(relay.store, relay.notifier, relay.events)
     at = now()
     for connector_id in await relay.store.run(job_store.connectors_with_due_jobs, at):
@@ -103,6 +104,7 @@ async def _maintain(relay: Relay) -> None:
     for job_id in await relay.store.run(job_store.expired_results, at):
         await relay.store.run(chunk_store.delete_for_job, job_id, None)
         relay.recent.forget(job_id)
+    await relay.hub.end_lapsed_keys(relay)  # agents whose API key's grace ran out
 
 
 async def _expire_log_levels(relay: Relay) -> None:
@@ -176,6 +178,7 @@ def create_app(config: RelayConfig) -> web.Application:
         await hub.close_all()
 
     app.on_response_prepare.append(relay.handshakes.note_upgrade)
+    app.on_response_prepare.append(stamp_headers)  # streamed responses' rate-limit headers
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app

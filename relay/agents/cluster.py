@@ -9,7 +9,8 @@ renewing (a dead node) are marked offline by whichever node notices first.
 What happens on one node and matters to another travels as ``NOTIFY`` on one channel
 (JSON payloads, ``n`` = the sending node, which ignores its own): ``kick`` (a job was
 queued for a connector held elsewhere: dispatch), ``cancel`` (stop a job on the agent),
-``revoke`` (close the revoked agent's socket), ``job`` (result readers of these jobs:
+``revoke`` (close the revoked agent's socket), ``end_key`` (close a socket whose API key
+stopped working), ``job`` (result readers of these jobs:
 re-read the store), ``event`` (a tenant event for this node's subscribers). Sends are
 batched by one task, so a stream of chunks costs one ``NOTIFY`` per batch, not per chunk.
 A ``LISTEN`` that reconnects, the maintenance sweep (due jobs), the readers' poll and a
@@ -63,6 +64,7 @@ class LocalAgents(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
     async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None: ...
     async def disconnect(self, connector_id: str, code: int, reason: str) -> None: ...
+    def end_key(self, connector_id: str) -> None: ...
 
 
 class Cluster:
@@ -140,6 +142,10 @@ class Cluster:
     def revoke(self, connector_id: str) -> None:
         self._post({"k": "revoke", "c": connector_id})
 
+    def end_key(self, connector_id: str) -> None:
+        """The connector's earlier API keys stopped working (rotation with grace 0)."""
+        self._post({"k": "end_key", "c": connector_id})
+
     def _forward_job(self, job_id: str) -> None:
         self._jobs.add(job_id)
         self._wake.set()
@@ -210,6 +216,8 @@ class Cluster:
             hub.spawn(hub.cancel(msg["c"], msg["j"], msg["a"]))
         elif kind == "revoke" and msg["c"] in hub.sessions:
             hub.spawn(hub.disconnect(msg["c"], CLOSE_CODES["REVOKED"], "REVOKED"))
+        elif kind == "end_key" and msg["c"] in hub.sessions:
+            hub.end_key(msg["c"])
 
     def _resync(self) -> None:
         """The LISTEN connection was re-made: wake everything that may have missed news."""

@@ -29,6 +29,7 @@ from ..context import RELAY, Relay
 from ..ids_and_times import now
 from ..jobs import lifecycle
 from ..store import connector_steps, owners, queue
+from ..store import connectors as con_store
 from ..store import job_steps as steps
 from . import connector_status as cs
 from . import guard, loglevel, messages
@@ -162,7 +163,8 @@ class Hub:
         )  # fmt: skip
         self.sessions[cid] = session
         try:
-            await self._welcome(relay, request, session, connector, hello)
+            if not await self._welcome(relay, request, session, connector, hello):
+                return
             await self._loop(relay, session)
             await session.wait_closed(3.0)
         finally:
@@ -183,7 +185,9 @@ class Hub:
     async def _welcome(
         self, relay: Relay, request: web.Request, session: AgentSession,
         connector: dict[str, Any], hello: protocol.Message,
-    ) -> None:  # fmt: skip
+    ) -> bool:  # fmt: skip
+        """Welcome the agent (True), or refuse it (False, closed 4001) when its key was
+        revoked or rotated out since the handshake let it upgrade."""
         fields = {
             "status": cs.TO[cs.CONNECT], "hostname": hello["hostname"], "ip_address": request.remote,
             "version": hello["agentVersion"], "os": hello["os"][:20] or connector["os"],
@@ -193,9 +197,18 @@ class Hub:
             **owners.owner_fields(relay.cluster.node_id, session.connected_since + relay.config.offline_after),
         }  # fmt: skip
         held = {(h["jobId"], h["attempt"]) for h in hello.get("heldJobs") or []}
-        kept, given_back, cancelled, stale, ended = await relay.store.run(
-            connector_steps.welcome, session.connector_id, fields, held, relay.config.offline_after
-        )
+        welcomed = await relay.store.run(
+            connector_steps.welcome, session.connector_id, fields, held, relay.config.offline_after,
+            session.key_hash,
+        )  # fmt: skip
+        if welcomed is None:
+            if self.sessions.get(session.connector_id) is session:
+                del self.sessions[session.connector_id]  # never welcomed: nothing to mark offline
+            session.to("end")
+            await _refuse(session.ws, "the API key is not valid or has been revoked",
+                          CLOSE["UNAUTHORIZED"], code="UNAUTHORIZED")  # fmt: skip
+            return False
+        kept, given_back, cancelled, stale, ended = welcomed
         session.in_flight.update(kept)
         for job_id, attempt in (*cancelled, *ended):  # their frames may come again: dropped
             session.note_closed(job_id, attempt)
@@ -219,6 +232,7 @@ class Hub:
         session.to("welcomed")
         log.info("agent connected", extra={"connector_id": session.connector_id})
         await messages.dispatch(relay, session)
+        return True
 
     # ------------------------------------------------------------ message loop
 
@@ -419,6 +433,25 @@ class Hub:
         session = self.sessions.pop(connector_id, None)
         if session is not None:
             self._spawn(session.close(code, reason))
+
+    def end_key(self, connector_id: str) -> None:
+        """The API key the live session connected with stopped working (a rotation with
+        grace 0, or its grace ran out): close it 4001 (the agent backs off; its key now
+        gets 401). Unlike ``disconnect`` the socket's end is ordinary: ``offline``."""
+        session = self.sessions.get(connector_id)
+        if session is not None and not session.dead:
+            log.info("closing the agent: its API key is no longer valid", extra={"connector_id": connector_id})
+            session.request_close(CLOSE["UNAUTHORIZED"], "UNAUTHORIZED")
+
+    async def end_lapsed_keys(self, relay: Relay) -> None:
+        """Close the sessions here whose API key has stopped working since they connected."""
+        held = {cid: s.key_hash for cid, s in self.sessions.items() if s.key_hash and not s.dead}
+        if not held:
+            return
+        for cid in await relay.store.run(con_store.keys_no_longer_valid, held, now()):
+            session = self.sessions.get(cid)
+            if session is not None and session.key_hash == held[cid]:
+                self.end_key(cid)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the hub keeps (and waits for at shutdown)."""

@@ -30,13 +30,19 @@ async def register_connector(store: Store, tenant_id: str, name: str, os_: str) 
     return row, api_key
 
 
-async def rotate_key(store: Store, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
+async def rotate_key(relay: Relay, tenant_id: str, connector_id: str, grace: float) -> tuple[str, float]:
     """A new key; the replaced one works ``grace`` seconds more, earlier ones until their
-    own expiry. ``grace`` 0 ends every earlier key at once."""
+    own expiry. ``grace`` 0 ends every earlier key at once, and with them the session
+    of an agent connected with one (no agent has the new key yet), here or on another
+    node; a session whose key's grace runs out later is closed by the maintenance sweep
+    (``Hub.end_lapsed_keys``)."""
     new_key = keys.generate_key()
     at = now()
     expires = at + max(0.0, grace)
-    await store.run(connector_steps.rotate, tenant_id, connector_id, new_key, expires, at)
+    await relay.store.run(connector_steps.rotate, tenant_id, connector_id, new_key, expires, at)
+    if expires <= at:
+        relay.hub.end_key(connector_id)
+        relay.cluster.end_key(connector_id)
     return new_key, expires
 
 

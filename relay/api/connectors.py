@@ -157,5 +157,5 @@ async def rotate_key(request: web.Request) -> web.Response:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 30 * 86400:
                 raise ValidationError("gracePeriodSeconds must be 0 to 2592000", field="gracePeriodSeconds")
             grace = float(value)
-    key, expires = await registration.rotate_key(relay.store, who.tenant_id, request.match_info["id"], grace)
+    key, expires = await registration.rotate_key(relay, who.tenant_id, request.match_info["id"], grace)
     return ok({"apiKey": key, "apiKeyPrefix": key_prefix(key), "previousKeyExpiresAt": iso(expires)})

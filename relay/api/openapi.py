@@ -17,7 +17,7 @@ from shared.protocol import LOG_LEVELS, OPERATIONS
 from ..agents.connector_status import STATUSES as CONNECTOR_STATUSES
 from ..jobs.lifecycle import MAX_JOB_KEY, OPTIONS
 from ..jobs.lifecycle import STATUSES as JOB_STATUSES
-from .common import relay_of
+from .common import VISIBLE, relay_of
 from .job_spec import MAX_SEALED_BYTES
 
 S = dict[str, Any]
@@ -62,8 +62,9 @@ def _option(name: str) -> S:
 # out, because \S differs between regex engines (\x1c-\x1f, \x85, \ufeff).
 NOT_BLANK = r"[^\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 PLAIN_TEXT = r"^[^\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]*$"
+# ... and some character neither blank nor an invisible format one (common.VISIBLE).
 NAME = {"type": "string", "minLength": 1, "maxLength": 100,
-        "allOf": [{"pattern": PLAIN_TEXT}, {"pattern": NOT_BLANK}]}
+        "allOf": [{"pattern": PLAIN_TEXT}, {"pattern": VISIBLE}]}
 # An identifier or name: at least one character that is not white space.
 TEXT_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NOT_BLANK}
 # Standard base64 with padding, at least one byte.

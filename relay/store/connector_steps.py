@@ -88,10 +88,18 @@ def lapse(
 
 
 def welcome(
-    conn: Connection, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]], lease: float
-) -> Reconciled:
-    con_store.set_fields(conn, connector_id, fields)
-    return reconcile(conn, connector_id, held, fields["connected_since"], lease)
+    conn: Connection, connector_id: str, fields: dict[str, Any], held: set[tuple[str, int]], lease: float,
+    key_hash: str | None = None,
+) -> Reconciled | None:
+    """The session's write and its jobs reconciled; None, with nothing written, when the
+    connector was revoked, or the API key its handshake presented (``key_hash``) stopped
+    working, between that handshake and this welcome (the agent's hello may come late)."""
+    at = fields["connected_since"]
+    if key_hash is not None and con_store.keys_no_longer_valid(conn, {connector_id: key_hash}, at):
+        return None
+    if not con_store.connect(conn, connector_id, fields):
+        return None
+    return reconcile(conn, connector_id, held, at, lease)
 
 
 
@@ -99,7 +107,9 @@ def welcome(
 def rotate(
     conn: Connection, tenant_id: str, connector_id: str, new_key: str, expires: float, at: float
 ) -> dict[str, Any]:
-    row = con_store.get(conn, tenant_id, connector_id)
+    # Locked (PostgreSQL): concurrent rotations take turns, each replacing the key the
+    # one before it set, instead of all replacing the same one (a unique-key failure).
+    row = con_store.get(conn, tenant_id, connector_id, lock=True)
     if row is None:
         raise NotFound(f"connector {connector_id[:80]} does not exist")
     if row["status"] == cs.REVOKED:
@@ -127,6 +137,7 @@ def revoke(conn: Connection, tenant_id: str, connector_id: str, at: float) -> li
         raise NotFound(f"connector {connector_id[:80]} does not exist")
     if not con_store.revoke(conn, connector_id, at):
         return None
+    con_store.drop_previous_keys(conn, connector_id)  # they ended with it: none is listed as working
     failed = []
     error = error_json("CONNECTOR_REVOKED", "the connector was revoked")
     for job in job_store.with_status(conn, connector_id, (lifecycle.QUEUED, *lifecycle.IN_FLIGHT)):

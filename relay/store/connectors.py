@@ -25,11 +25,14 @@ def insert(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(t.insert().values(**values))
 
 
-def get(conn: Connection, tenant_id: str | None, connector_id: str) -> dict[str, Any] | None:
+def get(conn: Connection, tenant_id: str | None, connector_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """``lock``: the row stays locked until the transaction ends (PostgreSQL's ``FOR
+    UPDATE``; SQLite's writers take turns anyway)."""
     if tenant_id is None:
         return _row(conn.execute(_GET, {"b_id": connector_id}).first())
     params = {"b_id": connector_id, "b_tenant": tenant_id}
-    return _row(conn.execute(_GET_IN_TENANT, params).first())
+    query = _GET_IN_TENANT.with_for_update() if lock else _GET_IN_TENANT
+    return _row(conn.execute(query, params).first())
 
 
 _KEY_STATUS = raw.Sql(
@@ -99,6 +102,24 @@ def previous_keys(conn: Connection, connector_ids: list[str], at: float) -> dict
     return out
 
 
+def keys_no_longer_valid(conn: Connection, held: dict[str, str], at: float) -> list[str]:
+    """Of ``held`` (connector id -> hash of the API key its live session connected with),
+    the connectors whose key no longer opens a session at ``at``: neither the current key
+    of an unrevoked connector nor a previous key unexpired (a grace that ran out, a
+    rotation with grace 0, a revocation)."""
+    if not held:
+        return []
+    ids = list(held)
+    valid = {(cid, h) for cid, h in conn.execute(
+        select(t.c.id, t.c.api_key_hash).where(t.c.id.in_(ids), t.c.revoked_at.is_(None))
+    ).all()}  # fmt: skip
+    valid |= {(cid, h) for cid, h in conn.execute(
+        select(k.c.connector_id, k.c.key_hash).join(t, k.c.connector_id == t.c.id)
+        .where(k.c.connector_id.in_(ids), k.c.expires_at > at, t.c.revoked_at.is_(None))
+    ).all()}  # fmt: skip
+    return [cid for cid, h in held.items() if (cid, h) not in valid]
+
+
 def keep_previous_key(conn: Connection, connector_id: str, prefix: str, key_hash: str, expires: float) -> None:
     """The key being replaced keeps working until ``expires``."""
     conn.execute(delete(k).where(k.c.connector_id == connector_id, k.c.key_hash == key_hash))
@@ -116,6 +137,15 @@ def drop_previous_keys(conn: Connection, connector_id: str, *, expired_at: float
 
 def set_fields(conn: Connection, connector_id: str, values: dict[str, Any]) -> None:
     conn.execute(_SET, {"b_id": connector_id, **values})
+
+
+def connect(conn: Connection, connector_id: str, values: dict[str, Any]) -> bool:
+    """A welcome's write (``values`` hold ``status`` online), unless the connector was
+    revoked meanwhile: False then, and nothing written (revoked is final)."""
+    result = conn.execute(
+        update(t).where(t.c.id == connector_id, t.c.status.in_(cs.FROM[cs.CONNECT])).values(**values)
+    )
+    return bool(result.rowcount)
 
 
 def set_many(conn: Connection, items: list[tuple[str, dict[str, Any]]]) -> None:

@@ -10,12 +10,14 @@ role allowed by ``auth.ROUTE_ROLES``.
 
 Limits (relay/web/ratelimit.py): an authenticated request counts against its token's
 quota and its tenant's, both by the token's role (``RelayConfig.rate_limits``); the
-response reports the tighter. A request that fails authentication (401) counts against its client address
-(relay/web/clientaddr.py); once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the
-window, its requests are answered 429 before any token is checked, except those bearing a
-token this relay has already verified and that is still valid: a platform that shares an
-address (a NAT, a proxy not configured as trusted) with a scanner keeps working, while the
-scanner's guesses are not even evaluated.
+response reports the tighter. A valid token refused 403 (its role, another tenant's
+``X-Tenant-ID``) counts the same way and its 403 carries that quota. A request that
+fails authentication (401) counts against its client address (relay/web/clientaddr.py);
+once an address has failed ``MC_RELAY_AUTH_FAILURES`` times in the window, its requests
+are answered 429 before any token is checked, except those bearing a token this relay
+has already verified and that is still valid: a platform that shares an address (a NAT,
+a proxy not configured as trusted) with a scanner keeps working, while the scanner's
+guesses are not even evaluated.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Final
 
 from aiohttp import web
 
-from shared.errors import MCError, RateLimited, Unauthorized, ValidationError
+from shared.errors import Forbidden, MCError, RateLimited, Unauthorized, ValidationError
 
 from ..context import RELAY
 from ..ids_and_times import new_request_id
@@ -35,7 +37,7 @@ from . import auth
 from .clientaddr import client_address
 from .envelope import envelope_error
 from .ratelimit import AUTH_FAILURES, Quota
-from .request_keys import PRINCIPAL, REQUEST_ID, STREAMING
+from .request_keys import CLOSE_CONNECTION, PRINCIPAL, REQUEST_ID, STREAMING
 
 log = logging.getLogger("relay.http")
 
@@ -72,9 +74,9 @@ def _authenticate(request: web.Request, route: str | None) -> None:
     else:
         principal = relay.verifier.verify(auth.bearer(request.headers.get("Authorization")))
         header_tenant = request.headers.get("X-Tenant-ID")
+    request[PRINCIPAL] = principal  # authenticated: a 403 below still counts against the token
     auth.check_tenant(principal, header_tenant)
     auth.check_role(principal, route or "")
-    request[PRINCIPAL] = principal
 
 
 def _presented_token(request: web.Request) -> str | None:
@@ -91,16 +93,21 @@ def _admit(request: web.Request, route: str, token: str | None) -> None:
         request[QUOTA] = over = failures.peek(address_key)
         if not over.allowed:
             raise rate_limited(over, f"more than {over.limit} failed authentications a minute from this address")
+    forbidden: Forbidden | None = None
     try:
         _authenticate(request, route)
     except Unauthorized:
         request[QUOTA] = failures.hit(address_key)
         raise
+    except Forbidden as exc:  # a valid token without the right: counted, and answered with its quota
+        forbidden = exc
     who = request[PRINCIPAL]
     request[QUOTA] = quota = relay.limiter.hit_principal(token or "", who.tenant_id, who.role)
     if not quota.allowed:
         scope = "this token" if quota.scope == "token" else f"this tenant's {who.role} tokens together"
         raise rate_limited(quota, f"more than {quota.limit} requests a minute from {scope}")
+    if forbidden is not None:
+        raise forbidden
 
 
 def check_query(request: web.Request) -> None:
@@ -133,6 +140,18 @@ async def _self_checked(request: web.Request, handler: Handler) -> web.StreamRes
         raise
 
 
+async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the request id and rate-limit headers on a response a
+    handler sends itself (a streamed result, a WebSocket upgrade), whose headers leave
+    before ``envelope_middleware`` gets it back."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None and "X-Request-ID" not in response.headers:
+        response.headers["X-Request-ID"] = request_id
+    quota = request.get(QUOTA)
+    if quota is not None and "X-RateLimit-Limit" not in response.headers:
+        response.headers.update(quota.headers())
+
+
 @web.middleware
 async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     relay = request.app[RELAY]
@@ -141,7 +160,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     route = request.match_info.route.name
     try:
         if route is not None and route not in PUBLIC_ROUTES:
-            _admit(request, route, _presented_token(request))
+            # /events authenticates its ?token= first (_authenticate): count that one too.
+            token = request.query.get("token") if route == "events" else None
+            _admit(request, route, token or _presented_token(request))
             check_query(request)
             response = await handler(request)
         elif route in SELF_CHECKED_ROUTES:
@@ -173,6 +194,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             500, "INTERNAL_ERROR", "the relay failed to handle this request", None, request_id
         )
     if not response.prepared:
+        if request.get(CLOSE_CONNECTION):
+            response.force_close()
         response.headers["X-Request-ID"] = request_id
         quota = request.get(QUOTA)
         if quota is not None:

@@ -247,6 +247,8 @@ async def test_revoking_ends_previous_keys_too(api: Api, client: Any) -> None:
     await api.call("DELETE", f"/connectors/{con['id']}", expect=204)
     for key in (con["apiKey"], out["data"]["apiKey"]):
         assert await _handshake(client, key) == 401
+    # ... and the connector no longer lists the previous key as working until its expiry
+    assert (await api.connector(con["id"]))["previousKeys"] == []
 
 
 async def test_metrics_token_guesses_count_too(start_relay: Any) -> None:

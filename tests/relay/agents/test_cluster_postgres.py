@@ -34,3 +34,17 @@ async def test_a_second_node_keeps_the_first_nodes_agents_online_and_wakes_them(
         return (await api_b.connector(con["id"]))["status"] == "offline"
 
     await wait_until(offline, what="offline on node B")
+
+
+async def test_a_grace_zero_rotation_on_one_node_closes_the_agent_on_another(
+    aiohttp_client: object, make_config: object, pg_database: str
+) -> None:
+    """The agent is on node A, the admin rotates its key with grace 0 through node B: the
+    session on A (its key no longer works) is closed 4001 at once, not at A's next sweep."""
+    node_a = await aiohttp_client(create_app(make_config(database_url=pg_database)))  # type: ignore[operator]
+    con = await Api(node_a).new_connector()
+    agent = await FakeAgent(node_a, con["apiKey"]).connect()
+    node_b = await aiohttp_client(create_app(make_config(database_url=pg_database)))  # type: ignore[operator]
+    await Api(node_b).call("POST", f"/connectors/{con['id']}/rotate-key", json={"gracePeriodSeconds": 0},
+                           expect=200)  # fmt: skip
+    assert await agent.wait_closed(timeout=2.0) == 4001

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 from schemathesis import GenerationMode
 
+from relay.api.common import VISIBLE
 from relay.api.job_spec import parse_job
 from relay.api.openapi import NOT_BLANK, document
 from relay.api.telemetry import RFC3339
@@ -56,6 +58,14 @@ def test_every_job_the_document_allows_is_accepted(case: schemathesis.Case) -> N
 @given(CREATE_JOB.as_strategy(generation_mode=GenerationMode.NEGATIVE))
 def test_every_job_the_document_forbids_is_refused(case: schemathesis.Case) -> None:
     _agree(case.body)
+
+
+def test_a_visible_character_is_neither_blank_nor_an_invisible_format_one() -> None:
+    """Connector names need one (relay/api/common.py and the document share the pattern)."""
+    pattern = re.compile(VISIBLE)
+    wrong = [hex(c) for c in range(sys.maxunicode + 1)
+             if (pattern.search(chr(c)) is None) != (chr(c).isspace() or unicodedata.category(chr(c)) == "Cf")]
+    assert wrong == []
 
 
 def test_not_blank_is_exactly_what_strip_keeps() -> None:

@@ -39,7 +39,8 @@ def _token(**claims: object) -> str:
     [None, "Token abc", "Bearer", "Bearer not.a.jwt", f"Bearer {_token(exp=int(time.time()) - 60)}",
      "Bearer " + jwt.encode({"sub": "u", "tenantId": "t1", "role": "admin", "exp": int(time.time()) + 60, "jti": "j"},
                             "another-secret-of-the-same-length-123456", algorithm="HS256"),
-     f"Bearer {_token(role='root')}", f"Bearer {_token(tenantId=None)}", f"Bearer {_token(jti=None)}"],
+     f"Bearer {_token(role='root')}", f"Bearer {_token(tenantId=None)}", f"Bearer {_token(jti=None)}",
+     f"Bearer {_token(exp=10**400)}"],  # signed, but its exp is past a float's range: was a 500
 )
 async def test_missing_malformed_expired_or_forged_tokens_are_401(client: object, auth: str | None) -> None:
     """Every token problem is a 401 in the envelope, with a request id and rate-limit headers."""
@@ -160,3 +161,47 @@ async def test_a_method_the_route_does_not_take_is_405_with_allow(
     assert resp.status == 405
     assert {m.strip() for m in resp.headers["Allow"].split(",")} == allowed
     assert (await resp.json())["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_a_forbidden_request_carries_the_tokens_rate_limit_headers(start_relay: object) -> None:
+    """A 403 (a role without the right, or X-Tenant-ID not the token's tenant) is an
+    authenticated request: it carries the rate-limit headers every response has, the
+    second time as the first (once the token was known, they were missing), and it counts
+    against the token, whose quota ends in 429 like any other request's."""
+    client = await start_relay(rate_limit_per_minute=3)
+    support = Api(client, role="support")
+    seen = []
+    for _ in range(3):
+        status, body, resp = await support.call("POST", "/connectors", json={"name": "n", "os": "linux"})
+        assert status == 403 and body["error"]["code"] == "FORBIDDEN", body
+        assert resp.headers["X-RateLimit-Limit"] == "3", dict(resp.headers)
+        assert int(resp.headers["X-RateLimit-Reset"]) > time.time() - 1
+        seen.append(int(resp.headers["X-RateLimit-Remaining"]))
+    assert seen == [2, 1, 0]
+    status, body, resp = await support.call("POST", "/connectors", json={"name": "n", "os": "linux"})
+    assert status == 429 and body["error"]["details"]["retryAfter"] == int(resp.headers["Retry-After"])
+    admin = Api(client, role="admin")
+    for expected in ("2", "1"):
+        resp = await client.get("/api/v1/connectors", headers=admin.headers(**{"X-Tenant-ID": "t2"}))
+        assert resp.status == 403 and resp.headers["X-RateLimit-Remaining"] == expected, dict(resp.headers)
+
+
+async def test_a_body_that_does_not_match_its_content_encoding_is_400(api: Api, client: object) -> None:
+    """``Content-Encoding: gzip`` on a body that is not gzip: 400 BAD_REQUEST in the
+    envelope (it was a 500 INTERNAL_ERROR, logged with a stack), and the connection is
+    not kept (the next request on this client works). A real gzip body is read; a gzip
+    bomb past the body limit is 413."""
+    import gzip
+
+    headers = {**api.headers(), "Content-Encoding": "gzip", "Content-Type": "application/json"}
+    resp = await client.post("/api/v1/connectors", data=b'{"name": "n", "os": "linux"}', headers=headers)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "BAD_REQUEST", body
+    assert "Content-Encoding" in body["error"]["message"]
+    assert resp.headers["Connection"] == "close"  # the rest of that body is unreadable: no reuse
+    resp = await client.post("/api/v1/connectors", data=gzip.compress(b'{"name": "gz", "os": "linux"}'),
+                             headers=headers)  # fmt: skip
+    assert resp.status == 201 and (await resp.json())["data"]["name"] == "gz"
+    bomb = gzip.compress(b'{"name": "' + b"x" * (8 << 20) + b'", "os": "linux"}')
+    resp = await client.post("/api/v1/connectors", data=bomb, headers=headers)
+    assert resp.status == 413 and (await resp.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"

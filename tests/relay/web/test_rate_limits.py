@@ -143,3 +143,36 @@ def test_limits_are_configured_per_role_and_tenant() -> None:
             RelayConfig.from_env(bad, jwt_secret="x" * 32).check()
     with pytest.raises(ConfigError):
         RelayConfig.from_env({"MC_RELAY_RATE_LIMIT_ADMIN": "lots"})
+
+
+async def test_streamed_responses_carry_the_headers_too(api: Api, agent: Any) -> None:
+    """"Every response carries X-RateLimit-*": also the results, which are streamed (their
+    headers leave before the middleware sees the response; they had only X-Request-ID),
+    in NDJSON and in CSV."""
+    job = await api.submit(agent.connector_id)
+    assign = await agent.expect("job.assign.v1", jobId=job)
+    await agent.start(assign, ["n"])
+    await agent.chunk(assign, 0, [[1]])
+    await agent.done(assign, 1, 1)
+    remaining = []
+    for query in ("", "?format=csv"):
+        resp = await api.client.get(f"/api/v1/jobs/{job}/results{query}", headers=api.headers())
+        assert resp.status == 200 and await resp.read()
+        assert resp.headers["X-RateLimit-Limit"] and int(resp.headers["X-RateLimit-Reset"]) > time.time() - 1
+        assert resp.headers["X-Request-ID"].startswith("req_")
+        remaining.append(int(resp.headers["X-RateLimit-Remaining"]))
+    assert remaining[1] == remaining[0] - 1
+
+
+async def test_the_event_stream_counts_the_token_it_authenticates(start_relay: Any) -> None:
+    """``/events`` authenticates the ``?token=``; its per-token count must be that token's
+    too. Before, a request with an Authorization header as well was counted against the
+    header's token: a made-up header per request gave the query token fresh budgets."""
+    client = await start_relay(rate_limit_per_minute=2, tenant_rate_limit_admin=1000)
+    api = Api(client)
+    statuses = []
+    for n in range(3):
+        resp = await client.get(f"/api/v1/events?token={api.token}", headers={"Authorization": f"Bearer decoy-{n}"})
+        statuses.append(resp.status)
+        resp.release()
+    assert statuses[2] == 429, statuses
