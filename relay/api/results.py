@@ -1,6 +1,11 @@
 """``GET /jobs/{id}/results``: NDJSON (default) or CSV, from ``offset``, tailing a live job.
 
-CSV neutralises formula cells (``csv_cells.csv_cell``) unless ``csvFormulas=raw``."""
+CSV neutralises formula cells (``csv_cells.csv_cell``) unless ``csvFormulas=raw``.
+HTTP/1.0 is refused (400): rows need chunked encoding to end in a way a cut cannot fake.
+``HEAD`` answers the status and headers a GET would begin with, at once and without a body
+(it neither waits for a queued job nor follows a running one). A client that hangs up
+ends its request quietly: within a poll interval while it waits, at the next write
+otherwise; never a logged stack trace."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import logging
 
 from aiohttp import web
 
-from shared.errors import ValidationError
+from shared.errors import BadRequest, ValidationError
 
 from ..jobs import results
 from ..jobs.csv_cells import NUMERIC_TYPES
@@ -19,9 +24,23 @@ from .common import not_found, principal, query_choice, query_int, relay_of
 log = logging.getLogger("relay.results")
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def get(request: web.Request) -> web.StreamResponse:
     relay, who = relay_of(request), principal(request)
+    head = request.method == "HEAD"
     job_id = request.match_info["id"]
+    if request.version < (1, 1):
+        # Rows stream with chunked transfer encoding, which HTTP/1.0 lacks: its body would
+        # end at a close, and a cut-off result could not be told from a whole one.
+        raise BadRequest(
+            "results are streamed and need HTTP/1.1; this request came as HTTP/1.0 "
+            "(behind nginx, set proxy_http_version 1.1)",
+            details={"httpVersion": f"{request.version.major}.{request.version.minor}"},
+        )
     fmt = request.query.get("format", "ndjson")
     if fmt not in ("ndjson", "csv"):
         raise ValidationError("format must be ndjson or csv", field="format")
@@ -30,13 +49,17 @@ async def get(request: web.Request) -> web.StreamResponse:
     job = await relay.store.run(job_store.get, who.tenant_id, job_id)
     if job is None:
         raise not_found("job", job_id)
-    src = results.Sources(relay.store, relay.cipher, relay.recent, relay.notifier, relay.config.result_poll_interval)
+    src = results.Sources(relay.store, relay.cipher, relay.recent, relay.notifier,
+                          relay.config.result_poll_interval, lambda: _client_gone(request))  # fmt: skip
     # Headers wait until the columns are known, so a job that fails before its first row
-    # still gets a proper 409 instead of an empty 200.
+    # still gets a proper 409 instead of an empty 200 (a HEAD does not wait).
     try:
-        job = await results.wait_for_columns(src, job_id)
+        job = await results.wait_for_columns(src, job_id, wait=not head)
     except results.StreamAborted as exc:
         raise not_found("job", job_id) from exc
+    except results.ReaderGone:
+        log.debug("the reader of %s left before its results began", job_id)
+        return web.Response(status=204)  # never sent: the connection is gone
     await results.check_readable(src, job)
     columns = results.columns_of(job)
     names = [c["name"] for c in columns]
@@ -52,14 +75,22 @@ async def get(request: web.Request) -> web.StreamResponse:
         # Known once the job has ended: maxRows cut the result (the same as the job's
         # ``truncated``). A stream that began while the job ran does not carry it.
         resp.headers["X-Result-Truncated"] = "true" if job.get("truncated") else "false"
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    request[STREAMING] = True
-    if fmt == "csv":
-        await resp.write(results.csv_header(names, neutralise=numeric is not None))
+    if not head:
+        resp.enable_chunked_encoding()
     try:
+        await resp.prepare(request)
+        if head:  # the headers alone: no body, and nothing to follow
+            await resp.write_eof()
+            return resp
+        request[STREAMING] = True
+        if fmt == "csv":
+            await resp.write(results.csv_header(names, neutralise=numeric is not None))
         async for batch in results.rows(src, job, offset):
             await resp.write(results.csv_rows(batch, numeric) if fmt == "csv" else results.ndjson(names, batch))
+    except (ConnectionError, results.ReaderGone) as exc:
+        # The client hung up: nothing to answer and nothing wrong with the relay.
+        log.debug("the reader of %s left: %s", job_id, exc)
+        return resp
     except results.StreamAborted as exc:
         # Cut the connection without the last chunk: the reader sees an error, not an end.
         log.info("result stream of %s aborted: %s", job_id, exc)
