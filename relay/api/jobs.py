@@ -26,9 +26,12 @@ async def list_(request: web.Request) -> web.Response:
     status = query_choice(request, "status", lifecycle.STATUSES)
     connector_id = request.query.get("connectorId") or None
     page, limit = paging(request)
-    rows, total = await relay.store.run(
-        job_store.list_page, who.tenant_id, connector_id, status, page, limit
-    )
+    if connector_id is not None and "\x00" in connector_id:
+        rows, total = [], 0  # no connector's id holds U+0000 (PostgreSQL refuses it: a 500)
+    else:
+        rows, total = await relay.store.run(
+            job_store.list_page, who.tenant_id, connector_id, status, page, limit
+        )
     return ok([job_view(r) for r in rows], meta={"page": page, "limit": limit, "total": total})
 
 

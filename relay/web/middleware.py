@@ -29,7 +29,7 @@ from typing import Final
 
 from aiohttp import web
 
-from shared.errors import Forbidden, MCError, RateLimited, Unauthorized, ValidationError
+from shared.errors import Forbidden, MCError, NotFound, RateLimited, Unauthorized, ValidationError
 
 from ..context import RELAY
 from ..ids_and_times import new_request_id
@@ -164,6 +164,10 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             token = request.query.get("token") if route == "events" else None
             _admit(request, route, token or _presented_token(request))
             check_query(request)
+            if any("\x00" in v for v in request.match_info.values()):
+                # No id holds U+0000, and PostgreSQL refuses it in a query (a 500 there):
+                # answered as any id that does not exist.
+                raise NotFound("nothing here has that id (it holds U+0000)")
             response = await handler(request)
         elif route in SELF_CHECKED_ROUTES:
             response = await _self_checked(request, handler)

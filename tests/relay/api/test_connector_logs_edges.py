@@ -108,3 +108,12 @@ async def test_a_nul_in_an_id_or_job_filter_is_a_clear_error_on_postgresql(start
         assert status == 404 and body["error"]["code"] == "NOT_FOUND", (path, body)
     _, body, _ = await api.call("GET", f"/connectors/{con['id']}/logs?jobId=job_%00x", expect=200)
     assert body["data"]["logs"] == [] and body["data"]["nextCursor"] is None
+    # every other route with an id, and the jobs filter (these were 500s too)
+    for method, path in (("GET", "/connectors/con_%00x"), ("PATCH", "/connectors/con_%00x"),
+                         ("DELETE", "/connectors/con_%00x"), ("POST", "/connectors/con_%00x/rotate-key"),
+                         ("GET", "/jobs/job_%00x"), ("GET", "/jobs/job_%00x/results"),
+                         ("POST", "/jobs/job_%00x/cancel")):  # fmt: skip
+        status, body, _ = await api.call(method, path, json={"name": "x"} if method == "PATCH" else None)
+        assert status == 404 and body["error"]["code"] == "NOT_FOUND", (method, path, body)
+    _, body, _ = await api.call("GET", "/jobs?connectorId=con_%00x", expect=200)
+    assert body["data"] == [] and body["meta"]["total"] == 0
