@@ -166,7 +166,7 @@ SCHEMAS: dict[str, S] = {
         "memoryUsage": {"type": "number"}, "activeJobs": {"type": "integer"}}),
     "JobOptions": {"type": "object", "additionalProperties": False, "properties": {
         **{name: _option(name) for name in OPTIONS},
-        "jobKey": _nullable("string", minLength=1, maxLength=MAX_JOB_KEY)}},
+        "jobKey": _nullable("string", minLength=1, maxLength=MAX_JOB_KEY, pattern="^[^\u0000]*$")}},
     "NewJob": {
         "type": "object", "required": ["connectorId", "source"], "additionalProperties": False,
         "description": "A query job carries query (its shape by the source's type) or sealedQuery, "

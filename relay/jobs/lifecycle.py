@@ -170,9 +170,9 @@ class JobOptions:
                                       field=f"options.{name}")  # fmt: skip
             out[name] = int(value) if kind == "int" else value
         key = raw.get("jobKey")
-        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_JOB_KEY):
-            raise ValidationError(f"options.jobKey must be a string of 1 to {MAX_JOB_KEY} characters",
-                                  field="options.jobKey")  # fmt: skip
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_JOB_KEY or "\x00" in key):
+            raise ValidationError(f"options.jobKey must be a string of 1 to {MAX_JOB_KEY} characters "
+                                  "without U+0000", field="options.jobKey")  # fmt: skip
         out["jobKey"] = key
         return cls._from_api(out)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.crypto import relay_info
+from shared.errors import NotFound
 
 from ..agents.messages import publish_completed
 from ..context import Relay
@@ -18,10 +19,17 @@ from ..store import jobs as job_store
 from ..store.engine import DuplicateRow
 from . import lifecycle
 from .notify import JobNotifier
+from .sources import SourceNotFound
 
 
 async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Queue a job (True) or return the tenant's job with the same jobKey (False)."""
+    # U+0000 is in no connector id and no source name (agents allow letters, digits, _ . -),
+    # and PostgreSQL refuses it in a query (a 500): as any id or name that does not exist
+    if "\x00" in spec["connectorId"]:
+        raise NotFound(f"connector {spec['connectorId'][:80]!r} does not exist", details={"field": "connectorId"})
+    if "\x00" in spec["source"]:
+        raise SourceNotFound(f"no connector has a source named {spec['source'][:100]!r}", details={"field": "source"})
     job_key = spec["options"].job_key
     if job_key:
         existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key)

@@ -117,3 +117,10 @@ async def test_a_nul_in_an_id_or_job_filter_is_a_clear_error_on_postgresql(start
         assert status == 404 and body["error"]["code"] == "NOT_FOUND", (method, path, body)
     _, body, _ = await api.call("GET", "/jobs?connectorId=con_%00x", expect=200)
     assert body["data"] == [] and body["meta"]["total"] == 0
+    # ... and in a job's body: the connector and source as ones that do not exist, the jobKey 422
+    job = {"connectorId": con["id"], "source": "erp", "query": {"sql": "SELECT 1"}}
+    for change, status, code in (({"connectorId": "con_\x00x"}, 404, "NOT_FOUND"),
+                                 ({"source": "erp\x00"}, 422, "SOURCE_NOT_FOUND"),
+                                 ({"options": {"jobKey": "k\x00"}}, 422, "VALIDATION_ERROR")):  # fmt: skip
+        got, body, _ = await api.call("POST", "/jobs", json={**job, **change})
+        assert (got, body["error"]["code"]) == (status, code), (change, body)
