@@ -180,7 +180,7 @@ class SqlStream(QueryStream):
         self._copy_state = "running"
         try:
             # Sent with the extended protocol (pgconn.OneStatementCursor): one statement.
-            pgcopy.copy_out(cursor, plan.sql(limit), write)
+            pgcopy.copy_out(cursor, plan.sql(limit), write, counted=plan.csv)
             flush()
             if isinstance(sink, pgcopy.LineSink) and sink.rest:
                 raise JobError("QUERY_FAILED", "the COPY output ended inside a row")
