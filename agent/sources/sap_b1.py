@@ -267,6 +267,7 @@ class SapB1Stream(QueryStream):
         self._session: ServiceLayerSession | None = None
         self._rows: deque[dict[str, Any]] = deque()
         self._next: str | None = None
+        self._seen: set[str] = set()  # the pages asked for: a next link back to one never ends
         self._sent = 0
         self._cancelled = threading.Event()
         self._mutex = threading.Lock()
@@ -290,6 +291,10 @@ class SapB1Stream(QueryStream):
 
     def _load(self, path: str) -> None:
         assert self._session is not None
+        if path in self._seen:
+            raise _bad("SAP Business One sent a next link to a page it had already sent; refused "
+                       "(following it would never end)")  # fmt: skip
+        self._seen.add(path)
         prefer = {"Prefer": f"odata.maxpagesize={self.source.page_size}"}
         page = self._session.get_json(path, prefer)
         values = page.get("value")

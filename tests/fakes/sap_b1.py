@@ -117,6 +117,7 @@ class SapB1State:
     hostile_metadata: str | None = None
     metadata_padding: int = 0
     reject_sessions: bool = False  # every session is refused (a 401 even right after login)
+    loop_next_link: bool = False  # a broken server: page 2's next link points at page 2 again
     logins: int = 0
     logouts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -372,7 +373,10 @@ class SapB1Handler(BaseHTTPRequestHandler):
         body: dict[str, Any] = {"value": page}
         if skip + size < end:
             keep = [f"{k}={quote(v, safe='')}" for k, v in one.items() if k != "$skip"]
-            link = f"{name}?" + "&".join([*keep, f"$skip={skip + size}"])
+            # (ten pages at most, so a client that follows the loop ends, with rows twice)
+            looping = self.state.loop_next_link and skip > 0 and self.state.pages_served < 10
+            after = skip if looping else skip + size
+            link = f"{name}?" + "&".join([*keep, f"$skip={after}"])
             if version == "v1":
                 body["odata.nextLink"] = f"/b1s/v1/{link}"
             else:

@@ -53,6 +53,17 @@ def test_query_pages_with_prefer_maxpagesize_keeps_cookies_and_logs_out(sap):
     assert state.logins == 1 and state.logouts == 1 and not state.sessions
 
 
+def test_a_next_link_back_to_a_page_already_sent_fails_the_job(sap):
+    """A broken server whose next link leads back to a page it sent would page forever (to
+    the job's timeout, sending its rows again each time): the job fails at once."""
+    url, state = sap
+    state.loop_next_link = True
+    with pytest.raises(JobError) as err:
+        read_all(make(url, state, page_size="30"), {"entity": "Items"})
+    assert err.value.code == "QUERY_FAILED" and "already sent" in err.value.message
+    assert len(gets(state)) == 2  # page 1, page 2; page 2's link (to page 2) is not followed
+
+
 def test_select_filter_orderby_top_become_odata_options(sap):
     """The query shape maps to $select/$filter/$orderby/$top; top is honoured across pages."""
     url, state = sap
