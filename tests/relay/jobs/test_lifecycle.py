@@ -93,7 +93,8 @@ def _valid(name: str) -> st.SearchStrategy[Any]:
 
 
 @given(st.fixed_dictionaries({}, optional={n: _valid(n) for n in lc.OPTIONS}),
-       st.none() | st.text(min_size=1, max_size=200))  # fmt: skip
+       st.none() | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                         min_size=1, max_size=200))  # fmt: skip
 def test_options_survive_the_store(raw: dict[str, Any], key: str | None) -> None:
     body = {**raw, **({"jobKey": key} if key is not None else {})}
     opts = lc.JobOptions.parse(body)
@@ -117,6 +118,7 @@ def test_options_survive_the_store(raw: dict[str, Any], key: str | None) -> None
     ({"jobKey": ""}, "options.jobKey"),
     ({"jobKey": "k" * 201}, "options.jobKey"),
     ({"jobKey": 7}, "options.jobKey"),
+    ({"jobKey": "k\x00"}, "options.jobKey"),
 ])  # fmt: skip
 def test_a_bad_option_names_its_field(body: Any, field: str) -> None:
     with pytest.raises(ValidationError) as err:
