@@ -585,10 +585,10 @@ def _keyed(data: Any, keys: list[bytes]) -> bytes:
 
 def _csv_rows(data: bytes, keys: list[bytes]) -> bytes:
     """Rows of the CSV form read value by value (``findall``: the values and what ends each,
-    in C): a quoted value with no control character is a JSON string as it stands (its
-    ``\\"`` and ``\\\\`` are JSON's escapes too), one with any is unescaped and written by
-    orjson, which escapes them; an unquoted one is the JSON text it holds (``null``, a
-    number, ``true``/``false``). Anything else fails the job rather than write a wrong line."""
+    in C): a quoted value is a JSON string as it stands (its ``\\"`` and ``\\\\`` are
+    JSON's escapes too) once its control characters are escaped; an unquoted one is the
+    JSON text it holds (``null``, a number, ``true``/``false``). Anything else fails the
+    job rather than write a wrong line."""
     out: list[bytes] = []
     last = len(keys) - 1
     used = i = 0
