@@ -66,6 +66,7 @@ class RelayConfig:
     tenant_rate_limit_service: int | None = None
     result_ttl_seconds: float = 86400.0
     log_retention_lines: int = 10_000
+    event_sockets_per_tenant: int = 100  # open /events sockets per tenant on one relay node
     metrics_retention_seconds: float = 86400.0
     rotate_grace_seconds: float = 86400.0
     window: int = 8
@@ -245,6 +246,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
     ("node_id", "MC_RELAY_NODE_ID", str),
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _lines),
+    ("event_sockets_per_tenant", "MC_RELAY_EVENT_SOCKETS", _lines),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
     ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
     ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _int),

@@ -10,12 +10,13 @@ import time
 import orjson
 from aiohttp import web
 
-from shared.errors import BadRequest
+from shared.errors import BadRequest, RateLimited
 
 from ..web.auth import LEEWAY
 from .common import principal, relay_of
 
 TOKEN_EXPIRED = 4001  # the close code when the token that opened the socket expires
+RETRY_AFTER = 5  # seconds a client over the per-tenant socket cap is asked to wait
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
@@ -29,6 +30,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024, timeout=2.0)
     if not ws.can_prepare(request).ok:
         raise BadRequest("this route needs a WebSocket upgrade")
+    limit = relay.config.event_sockets_per_tenant
+    if relay.events.subscribers(who.tenant_id) >= limit:
+        # Each socket buffers up to QUEUE_SIZE events: without a cap one valid token could
+        # hold the relay's memory by opening socket after socket.
+        raise RateLimited(f"this tenant already has {limit} event sockets open on this relay node "
+                          f"(MC_RELAY_EVENT_SOCKETS): close one; retry after {RETRY_AFTER} s",
+                          details={"retryAfter": RETRY_AFTER, "limit": limit})  # fmt: skip
     q = relay.events.subscribe(who.tenant_id)
     try:
         await ws.prepare(request)

@@ -11,7 +11,7 @@ from relay.api.asyncapi import document as asyncapi_document
 from relay.api.openapi import WEBSOCKET_ROUTES
 from relay.store.engine import open_engine
 from relay.web.auth import make_token
-from tests.relay.conftest import SECRET, Api, FakeAgent, relay_of
+from tests.relay.conftest import SECRET, Api, FakeAgent, relay_of, wait_until
 
 
 async def test_openapi_is_valid_and_covers_every_route(client: object) -> None:
@@ -127,3 +127,31 @@ async def test_the_event_stream_closes_when_its_token_expires(client: object) ->
     assert ws.close_code == 4001 and "expired" in str(msg.extra)
     assert time.time() >= exp + LEEWAY - 0.1
     await ws.close()
+
+
+async def test_event_sockets_are_capped_per_tenant(start_relay: object) -> None:
+    """Each event socket buffers up to 1,000 events: a tenant may hold at most
+    ``MC_RELAY_EVENT_SOCKETS`` open (here 2) on a relay node; the next is 429 with
+    ``Retry-After`` and ``details.retryAfter``, other tenants are not affected, and a
+    closed socket makes room again."""
+    client = await start_relay(event_sockets_per_tenant=2)
+    token = make_token(SECRET, "t1", "service", 600)
+    first = await client.ws_connect(f"/api/v1/events?token={token}")
+    second = await client.ws_connect(f"/api/v1/events?token={token}")
+    relay = relay_of(client)
+    assert relay.events.subscribers("t1") == 2
+    resp = await client.get(f"/api/v1/events?token={token}", headers={
+        "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})  # fmt: skip
+    body = await resp.json()
+    assert resp.status == 429 and body["error"]["code"] == "RATE_LIMITED"
+    assert resp.headers["Retry-After"] == str(body["error"]["details"]["retryAfter"])
+    other = await client.ws_connect(f"/api/v1/events?token={make_token(SECRET, 't2', 'admin', 600)}")
+    await first.close()
+    async def one_left() -> bool:
+        return relay.events.subscribers("t1") == 1
+
+    await wait_until(one_left, what="the closed socket's subscription to end")
+    third = await client.ws_connect(f"/api/v1/events?token={token}")
+    for ws in (second, third, other):
+        await ws.close()
