@@ -108,6 +108,15 @@ def newest(files: list[Path], count: int, minimum: str | None) -> list[str]:
     return list(picked)
 
 
+def _emit_lines(data: bytes, emit: Callable[[str], None]) -> bytes:
+    """``emit`` each whole line of ``data``; return the unfinished rest."""
+    lines = data.split(b"\n")
+    for raw in lines[:-1]:
+        if raw.strip():
+            emit(raw.decode("utf-8", "replace"))
+    return lines[-1]
+
+
 def follow(
     path: Path, emit: Callable[[str], None], *, start_at_end: bool = True,
     should_stop: Callable[[], bool] = lambda: False, poll: float = FOLLOW_POLL,
@@ -130,18 +139,17 @@ def follow(
             first = False
         data = fh.read()
         if data:
-            lines = (partial + data).split(b"\n")
-            partial = lines.pop()
-            for raw in lines:
-                if raw.strip():
-                    emit(raw.decode("utf-8", "replace"))
+            partial = _emit_lines(partial + data, emit)
             continue
         try:
             st = path.stat()
             rotated = st.st_ino != inode or st.st_size < fh.tell()
         except FileNotFoundError:
             rotated = True
-        if rotated:  # the agent rotated the file: what was left has been read above
+        if rotated:
+            # the agent rotated the file: lines it wrote to the old one between the empty
+            # read above and the rotation are read now, or they were never shown
+            _emit_lines(partial + fh.read(), emit)
             fh.close()
             fh, partial = None, b""
             continue

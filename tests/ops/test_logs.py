@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +86,30 @@ def test_a_message_with_line_breaks_cannot_pose_as_another_line(agent_logger: tu
     lines = r.out.splitlines()
     assert len(lines) == 3 and lines[0].endswith("agent.test: first part"), lines
     assert lines[1] == "    2026-12-04 10:00:00.000 ERROR   agent.fake: forged" and lines[2] == "    last"
+
+
+def test_follow_keeps_lines_written_just_before_a_rotation(tmp_path: Path) -> None:
+    """The agent may write to the old file after the follower's read found nothing and
+    before the follower sees the rotation: those lines are shown, not skipped. The moment
+    is made certain by doing the agent's write and rotation (real files) inside the
+    follower's ``stat`` of the path, which comes exactly between the two."""
+    from agent.admin.logview import follow
+
+    log = tmp_path / "agent.log"
+    log.write_bytes(b"A\n")
+
+    class RotatingNow(type(log)):  # type: ignore[misc]
+        rotated = False
+
+        def stat(self, **kw):  # type: ignore[no-untyped-def]
+            if not RotatingNow.rotated:
+                RotatingNow.rotated = True
+                with open(log, "ab") as old:
+                    old.write(b"B\n")  # after the follower's empty read of the old file
+                os.replace(log, log.with_name("agent.log.1"))
+                log.write_bytes(b"C\n")
+            return super().stat(**kw)
+
+    shown: list[str] = []
+    follow(RotatingNow(log), shown.append, start_at_end=False, should_stop=lambda: shown[-1:] == ["C"], poll=0.01)
+    assert shown == ["A", "B", "C"]
