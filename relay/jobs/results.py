@@ -12,7 +12,7 @@ A chunk holds arrays (``[[...],...]``, parsed here; NDJSON objects are built per
 object lines (``{...}\n`` per row, keyed by the column names: checked at intake, served
 as NDJSON verbatim, parsed only for CSV); ``shared.rows`` tells them apart by the first
 byte. Each chunk's row count is checked against what intake stored, for both forms,
-and every row of an array chunk must be an array.
+and every row of an array chunk must be an array of one value per column.
 """
 
 from __future__ import annotations
@@ -243,6 +243,8 @@ async def _read_chunk(src: Sources, job_id: str, attempt: int, seq: int, names: 
         raise StreamAborted(f"chunk {seq} declared {declared} rows but holds {len(batch)}")
     if not set(map(type, batch)) <= {list}:  # intake's cheap count cannot tell (0.07 ms/5k rows)
         raise StreamAborted(f"chunk {seq} holds a row that is not a JSON array")
+    if set(map(len, batch)) - {len(names)}:  # a row of another width: keys lost or made up
+        raise StreamAborted(f"chunk {seq} holds a row without one value per column")
     return batch
 
 

@@ -314,3 +314,22 @@ async def test_a_chunk_whose_rows_are_not_arrays_is_cut_without_a_stack_trace(
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(resp.read(), TIMEOUT)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_chunk_whose_rows_have_the_wrong_width_is_cut(
+    api: Api, agent: FakeAgent, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Array rows with fewer or more values than the job has columns (a rogue agent): the
+    responses are cut, never objects missing a column or CSV rows of another width."""
+    for payload in (b'[[1,2],[3]]', b'[[1,2],[3,4,5]]'):
+        job_id, assign = await _running_job(api, agent, ["a", "b"])
+        await agent.send_raw(protocol.encode_chunk(protocol.Chunk(job_id, assign["attempt"], 0, 2, payload)))
+        await agent.expect("job.chunk.ack.v1", jobId=job_id, seq=0)
+        await agent.done(assign, 1, 2)
+        caplog.set_level(logging.WARNING)
+        for query in ("", "?format=csv"):
+            resp = await client.get(f"/api/v1/jobs/{job_id}/results{query}", headers=api.headers())
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(resp.read(), TIMEOUT)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
