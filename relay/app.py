@@ -142,7 +142,7 @@ def create_app(config: RelayConfig) -> web.Application:
         events=EventBus(),
         notifier=JobNotifier(),
         limiter=RequestLimits(config.rate_limits(), config.public_rate_limit),
-        verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key),
+        verifier=TokenVerifier(config.effective_jwt_secret(), config.jwt_public_key, config.jwt_audience),
         hub=hub,
         handshakes=HandshakeGuard(config.handshake_failure_limit, config.handshake_address_failure_limit),
         cluster=Cluster(config.node_id),

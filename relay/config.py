@@ -50,6 +50,7 @@ class RelayConfig:
     database_url: str = DEFAULT_DATABASE_URL
     jwt_secret: str | None = None
     jwt_public_key: str | None = None  # PEM; enables RS256 tokens
+    jwt_audience: str | None = None  # the aud tokens must name (comma-separated); unset: none
     dev: bool = False
     heartbeat_interval: float = 15.0
     offline_after_missed: int = 3
@@ -233,6 +234,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("database_url", "MC_RELAY_DATABASE_URL", str),
     ("jwt_secret", "MC_RELAY_JWT_SECRET", str),
     ("jwt_public_key", "MC_RELAY_JWT_PUBLIC_KEY", str),
+    ("jwt_audience", "MC_RELAY_JWT_AUDIENCE", str),
     ("dev", "MC_RELAY_DEV", _bool),
     ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", float),
     ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", _int),

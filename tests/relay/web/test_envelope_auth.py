@@ -56,6 +56,28 @@ async def test_missing_malformed_expired_or_forged_tokens_are_401(client: object
         assert h in resp.headers
 
 
+async def test_a_tokens_audience_must_be_the_one_configured(start_relay: object) -> None:
+    """An identity provider's tokens name an audience (``aud``). Without
+    ``MC_RELAY_JWT_AUDIENCE`` such a token is refused, the message naming the variable (it
+    was minted for some service; PyJWT's bare refusal said only "not valid"); with it, a
+    token must name one of the configured audiences."""
+
+    async def status(client: object, token: str) -> tuple[int, str]:
+        resp = await client.get("/api/v1/connectors", headers={"Authorization": f"Bearer {token}", "X-Tenant-ID": "t1"})
+        return resp.status, (await resp.json()).get("error", {}).get("message", "")
+
+    plain = await start_relay()
+    assert (await status(plain, _token()))[0] == 200
+    code, message = await status(plain, _token(aud="mini-relay"))
+    assert code == 401 and "MC_RELAY_JWT_AUDIENCE" in message
+    strict = await start_relay(jwt_audience="mini-relay, relay.example")
+    for token, expected in ((_token(aud="mini-relay"), 200), (_token(aud=["x", "relay.example"]), 200),
+                            (_token(aud="other-api"), 401), (_token(), 401)):  # fmt: skip
+        code, message = await status(strict, token)
+        assert code == expected, (token, message)
+        assert code == 200 or "aud" in message
+
+
 async def test_tenant_header_must_match_the_token(client: object) -> None:
     """X-Tenant-ID different from the token's tenant is 403; missing is 401."""
     resp = await client.get("/api/v1/connectors", headers={"Authorization": f"Bearer {_token()}", "X-Tenant-ID": "t2"})
