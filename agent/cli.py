@@ -33,6 +33,7 @@ from .admin.seccli import (
     run_security_command,
 )
 from .config import (
+    CONTROL_CHARS,
     DEFAULT_CAPACITY,
     KNOWN_TYPES,
     SUPPORTED_TYPES,
@@ -40,6 +41,7 @@ from .config import (
     InvalidInput,
     SecretBox,
     SourceConfig,
+    check_no_control,
     check_source_name,
     check_source_url,
     load_config,
@@ -226,6 +228,7 @@ def cmd_configure(args: argparse.Namespace, paths: StatePaths) -> int:
     if args.name is not None:
         if not 1 <= len(args.name.strip()) <= 100:
             raise InvalidInput("the connector name must be 1 to 100 characters")
+        check_no_control(args.name.strip(), "the connector name")
         cfg.name = args.name.strip()
     if args.capacity is not None:
         if not 1 <= args.capacity <= 256:
@@ -254,6 +257,7 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
             EXIT_UNSUPPORTED,
         )
     cfg = load_config(paths.config)
+    check_no_control(args.url, "the source URL")
     check_source_url(args.type, args.url)
     url, password = split_url_password(args.url)
     if args.type in ("odbc", "mssql"):
@@ -268,6 +272,7 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
         k, sep, v = item.partition("=")
         if not sep or not k.strip():
             raise InvalidInput(f"--option {item[:60]!r} must look like KEY=VALUE")
+        check_no_control(item, "--option")
         if k.strip().lower() in ("password", "passwd", "pwd"):
             raise InvalidInput("give the password with --password-stdin, not --option")
         options[k.strip()] = v
@@ -478,25 +483,36 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
     if not st["running"]:
         print(f"the agent is not running (config {paths.config}, relay {cfg.relay_url or 'not set'})")
         return EXIT_NOT_RUNNING
-    print(f"state:          {st.get('state')}")
+    _status_lines(st, cfg, running_sources, configured)
+    return EXIT_OK
+
+
+def _status_lines(st: dict[str, Any], cfg: Any, running_sources: Any,
+                  configured: list[dict[str, Any]]) -> None:  # fmt: skip
+    # Job ids, source names and the connector id come from the relay or the status file:
+    # a control character in one (an escape sequence) is shown escaped, never obeyed.
+    _print_escaped(f"state:          {st.get('state')}")
     if st.get("state") != "connected" and st.get("lastError"):
-        print(f"why:            {st['lastError']}")
-    print(f"relay:          {st.get('relayUrl', cfg.relay_url)}")
+        _print_escaped(f"why:            {st['lastError']}")
+    _print_escaped(f"relay:          {st.get('relayUrl', cfg.relay_url)}")
     if len(cfg.all_relay_urls()) > 1:
-        print(f"relays:         {', '.join(cfg.all_relay_urls())} (tried in turn)")
-    print(f"connector id:   {st.get('connectorId') or 'unknown (not welcomed yet)'}")
-    print(f"last heartbeat: {_when(st.get('lastHeartbeat'))}")
+        _print_escaped(f"relays:         {', '.join(cfg.all_relay_urls())} (tried in turn)")
+    _print_escaped(f"connector id:   {st.get('connectorId') or 'unknown (not welcomed yet)'}")
+    _print_escaped(f"last heartbeat: {_when(st.get('lastHeartbeat'))}")
     jobs = st.get("activeJobs") or []
-    print(f"active jobs:    {len(jobs)}")
+    _print_escaped(f"active jobs:    {len(jobs)}")
     for j in jobs:
-        print(f"  {j.get('jobId')} {j.get('operation')} on {j.get('source')} ({j.get('state')}, {j.get('rows')} rows)")
+        _print_escaped(f"  {j.get('jobId')} {j.get('operation')} on {j.get('source')} ({j.get('state')}, {j.get('rows')} rows)")
     names = ", ".join(f"{s['name']} ({s['type']})" for s in running_sources) or "none"
-    print(f"sources:        {names}")
+    _print_escaped(f"sources:        {names}")
     note = _sources_changed_note(running_sources, configured)
     if note:
-        print(note)
-    print(f"pid:            {st.get('pid')}")
-    return EXIT_OK
+        _print_escaped(note)
+    _print_escaped(f"pid:            {st.get('pid')}")
+
+
+def _print_escaped(text: str) -> None:
+    sys.stdout.write(CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text) + "\n")
 
 
 if __name__ == "__main__":

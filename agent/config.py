@@ -34,7 +34,8 @@ KNOWN_TYPES = ("postgres", "mysql", "mssql", "odbc", "sqlite", "sap_b1", "tally"
 DEFAULT_CAPACITY = 4
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 AGENT_PATH = "/api/v1/agent/connect"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # the whole name (fullmatch)
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SECRET_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
 
 
@@ -95,9 +96,9 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
     if not isinstance(agent, dict):
         raise ConfigError(f"the agent config {path} has a malformed [agent] table")
     cfg = AgentConfig(
-        relay_url=str(agent.get("relay_url", "")),
-        api_key_enc=agent.get("api_key_enc"),
-        name=agent.get("name"),
+        relay_url=_text(agent.get("relay_url", ""), "relay_url", path) or "",
+        api_key_enc=_text(agent.get("api_key_enc"), "api_key_enc", path),
+        name=_text(agent.get("name"), "name", path),
         capacity=_int(agent.get("capacity", DEFAULT_CAPACITY), "capacity", path),
         allow_insecure=bool(agent.get("allow_insecure", False)),
     )
@@ -113,14 +114,23 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
     for name, s in sources.items():
         if not isinstance(s, dict) or "type" not in s or "url" not in s:
             raise ConfigError(f"source {name!r} in {path} needs a type and a url")
+        options = s.get("options", {})
+        if not isinstance(options, dict):
+            raise ConfigError(f"the options of source {name!r} in {path} must be a table of KEY = \"value\"")
         cfg.sources[name] = SourceConfig(
             name=name,
             type=str(s["type"]),
             url=str(s["url"]),
-            password_enc=s.get("password_enc"),
-            options={str(k): str(v) for k, v in dict(s.get("options", {})).items()},
+            password_enc=_text(s.get("password_enc"), f"password_enc of source {name!r}", path),
+            options={str(k): str(v) for k, v in options.items()},
         )
     return cfg
+
+
+def _text(value: Any, what: str, path: Path) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{what} in {path} must be a quoted string")
+    return value
 
 
 def _int(value: Any, what: str, path: Path) -> int:
@@ -238,12 +248,24 @@ def api_key(cfg: AgentConfig, box: SecretBox, env: Mapping[str, str] | None = No
 
 
 def check_source_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"source name {name[:60]!r} is not allowed: use 1-100 letters, digits, '_', '.' "
             "or '-', starting with a letter or digit"
         )
     return name
+
+
+def check_no_control(value: str, what: str) -> str:
+    """``value`` if it holds no control character (a line break, a tab, an escape): such a
+    character in a name, URL or option is a paste accident, and would break the config's
+    readers, the status output and log lines. The value is not echoed (a URL or an
+    option may hold a secret)."""
+    m = CONTROL_CHARS.search(value)
+    if m:
+        raise InvalidInput(f"{what} contains a control character ({m.group()!r} at position {m.start() + 1}); "
+                           "retype it without line breaks or tabs")  # fmt: skip
+    return value
 
 
 def split_url_password(url: str) -> tuple[str, str | None]:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import copy
 import datetime as dt
 import io
 import logging
 import math
 import os
+import re
 import stat
 import sys
 import threading
@@ -38,6 +40,7 @@ current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mc_job
 LOG_MAX_BYTES = 10 << 20  # the local log rotates at 10 MiB ...
 LOG_BACKUPS = 5  # ... keeping agent.log.1 to agent.log.5
 _NEWLINE = os.linesep.encode("ascii")  # as a text-mode file writes "\n"
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # what would break a human log line
 
 
 def _encodable(text: str) -> str:
@@ -148,10 +151,23 @@ class HumanFormatter(logging.Formatter):
             cached = self._second = (second, datefmt, super().formatTime(record, datefmt))
         return cached[2]
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One record, one line: a line break or control character in the message (text a
+        # relay sent, a job id, a source name) is escaped, never a forged line of its own.
+        if not record.message.isprintable():
+            record = copy.copy(record)
+            record.message = _one_line(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         job = getattr(record, "jobId", None)
-        return f"{text} [{job}]" if job else text
+        return f"{text} [{_one_line(str(job))}]" if job else text
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

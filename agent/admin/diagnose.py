@@ -21,7 +21,15 @@ import orjson
 from shared.errors import KeyFormatError
 from shared.keys import key_prefix, validate_key
 
-from ..config import ConfigError, SecretBox, agent_endpoint, api_key, load_config
+from ..config import (
+    ConfigError,
+    InvalidInput,
+    SecretBox,
+    agent_endpoint,
+    api_key,
+    load_config,
+    normalise_relay_url,
+)
 from ..link.transport import Transport, connect_options
 from ..paths import StatePaths
 from .errors import EXIT_CHECK_FAILED
@@ -68,12 +76,14 @@ def run_checks(
         cfg = load_config(paths.config)
         if not cfg.relay_url:
             raise ConfigError("the agent config has no relay URL")
+        for url in cfg.all_relay_urls():  # what 'run' refuses, diagnose does not pass
+            normalise_relay_url(url, allow_insecure=cfg.allow_insecure)
         box = SecretBox(paths.secret_key)
         key = validate_key(api_key(cfg, box, env))
         transport = Transport.from_config(cfg)
         explicit_proxy = transport.proxy_url(box)
         options = connect_options(agent_endpoint(cfg.relay_url), transport, box)
-    except (ConfigError, KeyFormatError) as exc:
+    except (ConfigError, KeyFormatError, InvalidInput) as exc:
         msg = exc.message if isinstance(exc, KeyFormatError) else str(exc)
         add(Check("config", FAIL, f"{msg.rstrip('.')}",
                   "run 'mini-connector configure --relay-url URL --api-key KEY' "

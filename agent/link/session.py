@@ -22,6 +22,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from shared import __version__
 from shared.errors import ProtocolError
@@ -46,6 +47,9 @@ from .telemetry import Telemetry
 log = logging.getLogger("agent.session")
 
 REFUSED_KEY_DELAY = 60.0
+# A session that lasts less than this after its welcome does not reset the backoff: a relay
+# that welcomes and then drops the agent at once must not be redialled every second.
+STABLE_AFTER = 10.0
 SHIP_EVERY = 1.0
 
 
@@ -62,6 +66,7 @@ class SessionConfig:
     open_timeout: float = 15.0
     backoff_min: float = 1.0
     backoff_max: float = 60.0
+    stable_after: float = STABLE_AFTER
     drain_grace: float = 30.0
     hello_extra: dict[str, Any] = field(default_factory=dict)  # optional hello fields (kems)
     connect_options: dict[str, Any] = field(default_factory=dict)  # agent/link/transport.py
@@ -109,7 +114,10 @@ class Session:
         self._wake = asyncio.Event()
         self._stop_requests = 0
         self._welcomed = False
-        self._failure = ""  # the last failure reason logged, to avoid repeating it
+        self._failure = ""  # the last failure reason, for status (cleared once welcomed)
+        self._logged = ""  # the last failure reason logged, to avoid repeating it
+        self._welcomed_at: float | None = None  # monotonic time of this session's welcome
+        self._flapping = False  # the last session ended soon after its welcome
         self._source_updates = False  # the relay takes agent.sources.v1 (its welcome said so)
         self._sources_in_hello: list[dict[str, str]] = []
         self._asked_delay: float | None = None  # from relay.reconnect.v1
@@ -156,7 +164,11 @@ class Session:
             self.state.fire("lost")
             # Next relay URL; the backoff grows only when a whole round of them failed.
             new_round = self.relays.advance()
-            attempt = 0 if welcomed else attempt + (1 if new_round else 0)
+            # Only a session that lasted resets the backoff; one the relay ended soon after
+            # its welcome counts as a failed attempt.
+            stable = welcomed and self._stable()
+            self._flapping = welcomed and not stable
+            attempt = 0 if stable else attempt + (1 if new_round or welcomed else 0)
             cap = min(self.cfg.backoff_max, self.cfg.backoff_min * (2 ** min(attempt, 16)))
             delay = max(min_delay, self.rand(self.cfg.backoff_min, max(self.cfg.backoff_min, cap)))
             self.last_delay = delay
@@ -172,6 +184,7 @@ class Session:
         """One connection's life; returns (minimum delay before the next, welcomed?)."""
         headers = {"Authorization": f"Bearer {self.cfg.api_key}"}
         welcomed = self._welcomed = False
+        self._welcomed_at = None
         try:
             relay = self.relays.current
             async with connect(
@@ -194,6 +207,12 @@ class Session:
                     welcomed = self._welcomed
             if self.state.state in (ls.CLOSED, ls.DRAINING):
                 return 0.0, welcomed
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+                # the agent ended it: the relay sent a frame past the socket's limit
+                self._failed(f"the relay sent a message larger than {2 * MAX_TEXT_FRAME} bytes; "
+                             "the agent closed the connection", welcomed)  # fmt: skip
+                return 5.0, welcomed
             code = ws.close_code
             name, terminal, min_delay = close_reason(code)
             if terminal:
@@ -214,6 +233,10 @@ class Session:
             self._failed(f"the relay broke the protocol: {exc.message}", welcomed)
             return 5.0, welcomed
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            if isinstance(exc, TimeoutError) and self.state.state == ls.HELLO_SENT:
+                # connected, but no welcome: not a network problem, a relay that is stuck
+                self._failed(f"the relay did not answer the hello within {self.cfg.open_timeout:g} s", welcomed)
+                return 0.0, welcomed
             self._failed(f"cannot reach the relay: {_describe(exc)}", welcomed)
             return 0.0, welcomed
 
@@ -238,6 +261,7 @@ class Session:
             return
         self.connector_id = welcome["connectorId"]
         self._welcomed = True
+        self._welcomed_at = time.monotonic()
         self.connected_since = time.time()
         if self.ship is not None and welcome.get("logLevel"):
             self.ship.setLevel(welcome["logLevel"])
@@ -369,18 +393,26 @@ class Session:
 
     # ------------------------------------------------------------ logging
 
+    def _stable(self) -> bool:
+        """This session lasted ``stable_after`` seconds after its welcome."""
+        at = self._welcomed_at
+        return at is not None and time.monotonic() - at >= self.cfg.stable_after
+
     def _failed(self, reason: str, welcomed: bool) -> None:
-        # One line per distinct reason: a relay down for an hour is one warning, not 600.
-        if reason != self._failure or welcomed:
+        # One line per distinct reason: a relay down for an hour is one warning, not 600,
+        # and a relay that drops every session soon after its welcome is one too.
+        if reason != self._logged or (welcomed and self._stable()):
             log.warning("%s; reconnecting with backoff", reason)
-            self._failure = reason
+            self._logged = reason
         else:
             log.debug("%s", reason)
+        self._failure = reason
 
     def _on_change(self, old: str, event: str, new: str) -> None:
         if new == ls.READY:
             self._failure = ""
-            log.info("connected to the relay %s as connector %s", self.relays.current.shown, self.connector_id)
+            log.log(logging.DEBUG if self._flapping else logging.INFO, "connected to the relay %s as connector %s",
+                    self.relays.current.shown, self.connector_id)  # fmt: skip
         elif new == ls.DRAINING:
             log.info("stopping: finishing %d running jobs, taking no new ones", self.runner.active_jobs)
         elif new == ls.CLOSED:

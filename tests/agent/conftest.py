@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +64,7 @@ async def start_agent(
 
     async def start(relay_url: str, *, capacity: int = 4, **session_kw: Any) -> AgentHandle:
         ship = session_kw.pop("ship", None)
+        rand = session_kw.pop("rand", random.uniform)
         key = generate_private_key()
         sources = SourceSet(
             {"lite": SourceConfig("lite", "sqlite", f"sqlite:///{sample_db}")},
@@ -77,12 +79,9 @@ async def start_agent(
             os_name="linux",
             capacity=capacity,
             sources=sources.public(),
-            backoff_min=0.05,
-            backoff_max=0.2,
-            open_timeout=5,
-            **session_kw,
+            **{"backoff_min": 0.05, "backoff_max": 0.2, "open_timeout": 5, **session_kw},
         )
-        session = Session(cfg, runner=runner, ship=ship)
+        session = Session(cfg, runner=runner, ship=ship, rand=rand)
         handle = AgentHandle(session, runner, asyncio.create_task(session.run()))
         handles.append(handle)
         return handle

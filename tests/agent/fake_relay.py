@@ -46,6 +46,11 @@ class FakeRelay:
         self.heartbeat = heartbeat
         self.auto_ack = auto_ack
         self.refuse_key = False
+        # Hostile-relay knobs: a raw welcome frame to send instead of a valid one (None:
+        # send none and wait), and whether to answer the hello at all.
+        self.welcome_text: str | None = None
+        self.answer_hello = True
+        self.close_after_welcome: int | None = None  # a close code: welcome, then close at once
         self.got = Received()
         self.hellos: list[Message] = []
         self.connections = 0
@@ -83,11 +88,22 @@ class FakeRelay:
         assert isinstance(hello, Message) and hello.type == "agent.hello.v1"
         self.hellos.append(hello)
         self.public_key = hello["publicKey"]
+        if not self.answer_hello:
+            await ws.wait_closed()
+            return
+        if self.welcome_text is not None:
+            self.ws = ws
+            await ws.send(self.welcome_text)
+            await ws.wait_closed()
+            return
         await ws.send(encode(make(
             "relay.welcome.v1", protocolVersion=1, connectorId=self.connector_id,
             heartbeatInterval=self.heartbeat, window=self.window,
             maxChunkBytes=self.max_chunk_bytes, logLevel="INFO",
         )))  # fmt: skip
+        if self.close_after_welcome is not None:
+            await ws.close(self.close_after_welcome)
+            return
         self.ws = ws
         async for frame in ws:
             msg = decode_frame(frame, sender=AGENT)

@@ -177,3 +177,32 @@ def test_a_sqlite_source_needs_its_file_and_its_errors_name_it(tmp_path: Path, a
     capsys.readouterr()
     assert cli.main(["source", "test", "s", "--config", str(cfg)]) != 0
     assert str(db) in capsys.readouterr().err
+
+
+def test_names_urls_and_options_with_control_characters_are_refused(tmp_path: Path, api_key: str, sample_db: Path, capsys) -> None:
+    cfg = str(tmp_path / "agent.toml")
+    rc = cli.main(["configure", "--config", cfg, "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key, "--name", "a\nb"])
+    assert rc == 2 and "control character" in capsys.readouterr().err
+    assert cli.main(["configure", "--config", cfg, "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key]) == 0
+    url = f"sqlite:///{sample_db}"
+    for argv in (["lite\n", "--url", url], ["lite", "--url", url + "\n"], ["lite", "--url", url, "--option", "a\n=b"],
+                 ["lite", "--url", url, "--option", "a=b\x1b[2J"]):  # fmt: skip
+        capsys.readouterr()
+        assert cli.main(["source", "add", argv[0], "--type", "sqlite", *argv[1:], "--config", cfg]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert load_config(Path(cfg)).sources == {}
+    capsys.readouterr()
+    assert cli.main(["source", "add", "pg", "--type", "postgres", "--url", "postgresql://bob:s3cret@h/db\t", "--config", cfg]) == 2
+    assert "s3cret" not in capsys.readouterr().err  # the refusal does not echo a URL's password
+
+
+@pytest.mark.parametrize("source", ['options = 5', 'options = "abc"', 'password_enc = 7'])
+def test_a_hand_edited_config_with_wrong_types_is_a_config_error(tmp_path: Path, capsys, source: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nrelay_url = "ws://127.0.0.1:9"\n[sources.x]\ntype = "sqlite"\nurl = "sqlite:////x.db"\n{source}\n')
+    for cmd in (["source", "list"], ["source", "test", "x"], ["status"]):
+        capsys.readouterr()
+        assert cli.main([*cmd, "--config", str(cfg)]) == 3, cmd
+        err = capsys.readouterr().err
+        assert "unexpected error" not in err and str(cfg) in err and err.count("\n") == 1, err

@@ -199,3 +199,15 @@ def test_configured_ca_file_and_pin_are_checked(tls_server: tuple[int, Path], tm
              f"wss://localhost:{port}", "--api-key", generate_key(), "--pin-sha256", right], env=env)  # fmt: skip
     ok = _line(run_agent_cli(config, "diagnose", "--timeout", "3", env=env).out, "tls")
     assert ok.split()[0] in ("OK", "WARN") and f"the CA file {cert}" in ok and "pin matches" in ok, ok
+
+
+def test_a_hand_edited_relay_url_that_run_refuses_fails_the_config_check(tmp_path: Path) -> None:
+    """What ``run`` refuses (a relay URL that is not one) is a config FAIL, not an OK line
+    followed by a DNS lookup of an empty host name."""
+    env = _clean_env(HOME=str(tmp_path))
+    config = _configure(tmp_path, "ws://127.0.0.1:9", generate_key(), env)
+    config.write_text(config.read_text().replace('"ws://127.0.0.1:9"', '"not a url"'))
+    r = run_agent_cli(config, "diagnose", env=env)
+    assert r.code == EXIT_CHECK_FAILED, r.out + r.err
+    assert _line(r.out, "config").startswith("FAIL") and "must look like wss://" in r.out, r.out
+    assert _line(r.out, "dns").startswith("SKIP"), r.out
