@@ -115,3 +115,15 @@ def wait_for(condition: Callable[[], bool], seconds: float) -> None:
     while not condition():
         assert time.monotonic() < end, f"condition not met within {seconds}s"
         time.sleep(0.01)
+
+
+def cancel_during_connect(stream: Any, port: int) -> BaseException | None:
+    """Start ``stream`` against ``silent_port``'s ``port`` in a thread, wait until its
+    connect is hanging (a SYN sent, no answer), cancel it, and return what ``start``
+    raised (within 3 s of the cancel, or the test fails)."""
+    thread, out = run_in_thread(stream.start)
+    wait_for(lambda: syn_sent_to(port), 10)
+    stream.cancel()
+    join(thread, 3)
+    stream.close()
+    return out.get("error")

@@ -15,7 +15,7 @@ from shared.errors import JobError
 from tests.fakes.sap_b1 import COMPANY, USER, SapB1State, start_fake_sap_b1
 from tests.fakes.tls import TlsFiles
 
-from .conftest import join, run_in_thread, silent_port, syn_sent_to, wait_for
+from .conftest import cancel_during_connect, join, run_in_thread, silent_port
 
 
 def make(url: str, state: SapB1State | None = None, **options: str) -> SapB1Source:
@@ -391,10 +391,5 @@ def test_cancel_interrupts_a_connect_the_server_never_answers():
     the `timeout` option's 30 s (before, the worker sat in connect until then)."""
     with silent_port() as port:
         source = make(f"http://127.0.0.1:{port}", timeout="30")
-        stream = source.prepare({"entity": "Items"})
-        thread, out = run_in_thread(stream.start)
-        wait_for(lambda: syn_sent_to(port), 10)
-        stream.cancel()
-        join(thread, 3)
-        stream.close()
-    assert isinstance(out.get("error"), JobError) and out["error"].code == "CANCELLED"
+        error = cancel_during_connect(source.prepare({"entity": "Items"}), port)
+    assert isinstance(error, JobError) and error.code == "CANCELLED"

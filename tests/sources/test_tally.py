@@ -15,7 +15,7 @@ from shared.errors import JobError
 from tests.fakes.tally import COMPANY, TallyState, _voucher, start_fake_tally
 from tests.fakes.tls import TlsFiles
 
-from .conftest import join, run_in_thread, silent_port, syn_sent_to, wait_for
+from .conftest import cancel_during_connect, join, run_in_thread, silent_port
 
 
 def make(url: str, **options: str) -> TallySource:
@@ -344,13 +344,8 @@ def test_silent_gateway_cancel_and_timeout_end_a_hanging_connect():
     the job's deadline ends it with TIMEOUT (not after the `timeout` option's 30 s)."""
     with silent_port() as port:
         source = make(f"http://127.0.0.1:{port}", timeout="30")
-        stream = source.prepare({"collection": "Ledger"})
-        thread, out = run_in_thread(stream.start)
-        wait_for(lambda: syn_sent_to(port), 10)
-        stream.cancel()
-        join(thread, 3)
-        stream.close()
-        assert isinstance(out.get("error"), JobError) and out["error"].code == "CANCELLED"
+        error = cancel_during_connect(source.prepare({"collection": "Ledger"}), port)
+        assert isinstance(error, JobError) and error.code == "CANCELLED"
         stream = source.prepare({"collection": "Ledger"}, timeout=0.3)
         thread, out = run_in_thread(stream.start)
         join(thread, 3)

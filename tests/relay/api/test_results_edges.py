@@ -296,23 +296,31 @@ async def test_a_cancelled_job_serves_its_rows_then_cuts_and_one_cancelled_unsta
     assert (await client.head(f"/api/v1/jobs/{queued}/results", headers=api.headers())).status == 409
 
 
+async def _bad_chunk_cuts_every_reader(
+    api: Api, agent: FakeAgent, client: Any, columns: list[str], payload: bytes, rows: int
+) -> None:
+    """A job whose one chunk is ``payload`` (declared ``rows`` rows, acked by intake): its
+    NDJSON and CSV responses both begin 200 and are then cut."""
+    job_id, assign = await _running_job(api, agent, columns)
+    await agent.send_raw(protocol.encode_chunk(protocol.Chunk(job_id, assign["attempt"], 0, rows, payload)))
+    await agent.expect("job.chunk.ack.v1", jobId=job_id, seq=0)
+    await agent.done(assign, 1, rows)
+    for query in ("", "?format=csv"):
+        resp = await client.get(f"/api/v1/jobs/{job_id}/results{query}", headers=api.headers())
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), TIMEOUT)
+
+
 async def test_a_chunk_whose_rows_are_not_arrays_is_cut_without_a_stack_trace(
     api: Api, agent: FakeAgent, client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A payload crafted to pass intake's cheap row count (``],[`` inside a string) with
     rows that are not arrays: every reader's response is cut as for any bad chunk (never
     a row zipped out of a string's characters, never a TypeError in the relay's log)."""
-    job_id, assign = await _running_job(api, agent, ["n"])
-    payload = b'[[1],5,"a],[b],[c],[d",[2]]'  # four "rows" by the separator count, and by len()
-    await agent.send_raw(protocol.encode_chunk(protocol.Chunk(job_id, assign["attempt"], 0, 4, payload)))
-    await agent.expect("job.chunk.ack.v1", jobId=job_id, seq=0)
-    await agent.done(assign, 1, 4)
     caplog.set_level(logging.WARNING)
-    for query in ("", "?format=csv"):
-        resp = await client.get(f"/api/v1/jobs/{job_id}/results{query}", headers=api.headers())
-        assert resp.status == 200
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await asyncio.wait_for(resp.read(), TIMEOUT)
+    # four "rows" by the separator count, and by len()
+    await _bad_chunk_cuts_every_reader(api, agent, client, ["n"], b'[[1],5,"a],[b],[c],[d",[2]]', 4)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
@@ -321,15 +329,7 @@ async def test_a_chunk_whose_rows_have_the_wrong_width_is_cut(
 ) -> None:
     """Array rows with fewer or more values than the job has columns (a rogue agent): the
     responses are cut, never objects missing a column or CSV rows of another width."""
+    caplog.set_level(logging.WARNING)
     for payload in (b'[[1,2],[3]]', b'[[1,2],[3,4,5]]'):
-        job_id, assign = await _running_job(api, agent, ["a", "b"])
-        await agent.send_raw(protocol.encode_chunk(protocol.Chunk(job_id, assign["attempt"], 0, 2, payload)))
-        await agent.expect("job.chunk.ack.v1", jobId=job_id, seq=0)
-        await agent.done(assign, 1, 2)
-        caplog.set_level(logging.WARNING)
-        for query in ("", "?format=csv"):
-            resp = await client.get(f"/api/v1/jobs/{job_id}/results{query}", headers=api.headers())
-            assert resp.status == 200
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(resp.read(), TIMEOUT)
+        await _bad_chunk_cuts_every_reader(api, agent, client, ["a", "b"], payload, 2)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
