@@ -35,15 +35,15 @@ escape them), so the only escaping left is ``\\`` doubled: undone with one ``rep
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain, cycle, islice
 from typing import Any, NamedTuple
 
 import orjson
 
 from shared.errors import JobError
+
+from . import pgcsv
 
 # Session settings that PostgreSQL reports to the client (no round trip to read them).
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
@@ -245,38 +245,6 @@ EXPRESSIONS: dict[int, Callable[[str, Session], str]] = {
 PREPARED: dict[int, Callable[[str, Session], str]] = {1186: _interval_days}
 
 
-# The CSV form (``CopyPlan.csv``). COPY's CSV mode escapes a quoted value's ``"`` and ``\``
-# with a backslash (``ESCAPE '\'``) as it writes the row, in C: exactly JSON's escaping of
-# those two, so a text column needs no ``to_json`` (its cost, 0.32 against 0.10 s per 1M
-# 32-character values, ``COPY ... TO '/dev/null'``). What CSV leaves raw, JSON refuses:
-# control characters, and a newline inside a value (it would split the row); ``CsvSink``
-# finds both per buffer and reads such a buffer by ``_csv_rows`` instead.
-# type OID -> (SQL expression of the value's text, NULL for null; quoted: a JSON string)
-CSV_EXPRESSIONS: dict[int, tuple[Callable[[str], str], bool]] = {
-    25: (str, True), 1043: (str, True), 1042: (str, True), 19: (str, True),  # text, varchar, bpchar, name
-    2950: (str, True),  # uuid
-    20: (str, False), 21: (str, False), 23: (str, False), 26: (str, False),  # int8, int2, int4, oid
-    16: (lambda x: f"CASE WHEN {x} THEN 'true' WHEN NOT {x} THEN 'false' END", False),
-    1700: (lambda x: f"CASE WHEN {x} <> 'NaN' THEN {x}::text END", True),  # as _numeric
-}  # fmt: skip
-# the types whose JSON costs to_json on the text form: what the CSV form saves
-_TO_JSON = frozenset({25, 1043, 1042, 19})
-_CSV_DELIMITER = b"\x1f"  # a control character: any in a value sends the buffer to _csv_rows
-
-
-def csv_wanted(oids: Sequence[int]) -> bool:
-    """The CSV form where it saves more than it costs the agent (measured, 1M rows): one
-    text or uuid column (PostgreSQL 0.34 -> 0.12 and 0.30 -> 0.18 us a row, the agent
-    +0.03); past one column, when at least half are text (the agent interleaves the keys,
-    ~0.09 us a value, against to_json's ~0.2 a text value). One integer, bool or numeric
-    column keeps the text form: there the two costs cancel."""
-    if not all(o in CSV_EXPRESSIONS for o in oids):
-        return False
-    if len(oids) == 1:
-        return oids[0] in _TO_JSON or oids[0] == 2950
-    return 2 * sum(o in _TO_JSON for o in oids) >= len(oids)
-
-
 def wrappable(sql: str) -> bool:
     """Whether ``sql`` can go inside ``FROM (...)``: its parentheses, as PostgreSQL's own
     scanner reads them, balance (it cannot close ours early)."""
@@ -324,7 +292,7 @@ class CopyPlan:
     oids: list[int]
     utc: bool
     shortest_floats: bool = False  # PostgreSQL 12+ (the float8 rule read from the value)
-    csv: bool = False  # COPY's CSV form, the keys added by CsvSink (CSV_EXPRESSIONS)
+    csv: bool = False  # COPY's CSV form, the keys added by pgcsv.CsvSink
 
     def keys(self) -> list[bytes]:
         """Each column's JSON key with what goes before it: ``{"a":``, ``,"b":``."""
@@ -333,7 +301,7 @@ class CopyPlan:
     def sql(self, limit: int | None = None) -> str:
         tail = f" LIMIT {int(limit)}" if limit is not None else ""
         if self.csv:
-            return self._csv_sql(tail)
+            return pgcsv.copy_sql(self.inner, self.oids, tail)
         session = Session(self.utc, self.shortest_floats)
         args: list[str] = []
         for i, (key, oid) in enumerate(zip(self.keys(), self.oids, strict=True)):
@@ -349,21 +317,6 @@ class CopyPlan:
             source = f"(SELECT {inner} FROM {source} OFFSET 0) AS q"
         return f"COPY (SELECT {_concat(args)} FROM {source}{tail}) TO STDOUT"
 
-    def _csv_sql(self, tail: str) -> str:
-        # NULL prints as null unquoted; FORCE_QUOTE quotes every non-NULL value of the
-        # string columns, so a text 'null' is "null". An unquoted column's text is a JSON
-        # number or true/false, never 'null' (which CSV would quote), never empty.
-        aliases = ", ".join(f"c{i + 1}" for i in range(len(self.names)))
-        exprs = [CSV_EXPRESSIONS[oid] for oid in self.oids]
-        select = ", ".join(f"{fn(f'q.c{i + 1}')} AS c{i + 1}" for i, (fn, _) in enumerate(exprs))
-        quoted = ", ".join(f"c{i + 1}" for i, (_, q) in enumerate(exprs) if q)
-        force = f", FORCE_QUOTE ({quoted})" if quoted else ""
-        return (
-            f"COPY (SELECT {select} FROM ({self.inner}\n) AS q({aliases}){tail}) TO STDOUT "
-            f"WITH (FORMAT csv, DELIMITER E'\\x1f', QUOTE '\"', ESCAPE '\\', NULL 'null'{force})"
-        )
-
-
 def plan_for(inner: str, description: Sequence[Any], timezone: str | None, server_version: int = 0) -> CopyPlan | None:
     """A plan when every column's type is on the list and the names are unique
     (``server_version``: libpq's number, 150004 for 15.4)."""
@@ -372,7 +325,7 @@ def plan_for(inner: str, description: Sequence[Any], timezone: str | None, serve
     if not names or len(set(names)) != len(names) or not all(o in EXPRESSIONS for o in oids):
         return None
     return CopyPlan(inner, names, oids, utc=timezone in UTC_ZONES, shortest_floats=server_version >= 120000,
-                    csv=csv_wanted(oids))  # fmt: skip
+                    csv=pgcsv.wanted(oids))  # fmt: skip
 
 
 def copy_out(cursor: Any, sql: str, write: Callable[[bytearray, int], Any], *, counted: bool = False) -> None:
@@ -484,130 +437,3 @@ class LineSink(io.RawIOBase):
             # stays usable (raising here would leave it in COPY OUT).
             self.dead = True
         return n
-
-
-_JSON_CONTROL = bytes(range(32))  # what a JSON string cannot hold raw
-_CONTROL = _JSON_CONTROL.replace(b"\n", b"")  # ... but the newline that ends a row
-_NOT_JSON_CONTROL = bytes(range(32, 256))
-# JSON's escape of each control character (orjson's spelling)
-_ESCAPES = {c: orjson.dumps(chr(c))[1:-1] for c in range(32)}
-# a value (quoted: group 1; unquoted: group 2) and the delimiter or newline after it;
-# possessive, so a value without its closing quote fails at once, not by backtracking
-_CSV_FIELD = re.compile(rb'(?:"((?:[^"\\]++|\\.)*+)"|([^"\x1f\n]++))([\x1f\n])', re.S)
-_VALUE = rb'(?:"(?:[^"\\]++|\\.)*+"|[^"\x1f\n]++)'
-_CSV_ROW = re.compile(_VALUE + rb"(?:\x1f" + _VALUE + rb")*+\n", re.S)  # one whole row
-
-
-class CsvSink:
-    """Receives the CSV form's rows (``write(rows, n)``: ``n`` whole rows, one CopyData
-    message each, from ``copy_out``), writes each as its object line and calls
-    ``emit(payload, rows)`` with about ``target`` bytes at a time (as ``LineSink`` does for
-    the text form).
-
-    Outside a quoted value the CSV form holds no control character but the newline that
-    ends a row and the ``k - 1`` delimiters of each; inside one, CSV leaves control
-    characters raw where JSON needs them escaped. So in a buffer of ``n`` rows with ``n``
-    newlines and ``(k - 1) n`` delimiters every other control character is inside a
-    value: each is replaced by its JSON escape (``_escape_controls``), and the lines get
-    their keys by ``bytes`` operations (``_keyed``). A buffer with more newlines has a
-    value holding one: those are escaped first (``_inner_newlines_escaped``). A delimiter
-    inside a value (past one column) sends the buffer to ``_csv_rows``, value by value."""
-
-    def __init__(self, emit: Callable[[bytes, int], bool], keys: list[bytes], target: int) -> None:
-        self.emit = emit
-        self.keys = keys
-        self.target = target
-        self.parts: list[Any] = []
-        self.size = self.rows = 0
-        self.dead = False  # emit wanted no more rows (maxRows): the rest is read and dropped
-
-    def write(self, data: bytearray, n: int) -> None:
-        if self.dead:
-            return
-        k = len(self.keys)
-        seps = (k - 1) * n  # the delimiters of n rows
-        if data.count(b"\n") != n:
-            data = _inner_newlines_escaped(bytes(data), n)
-        if k > 1 and data.count(_CSV_DELIMITER) != seps:
-            lines = _csv_rows(bytes(data), self.keys)
-        else:
-            if len(data.translate(None, _CONTROL)) != len(data) - seps:
-                data = _escape_controls(data, b"\n" if k == 1 else b"\n" + _CSV_DELIMITER)
-            lines = _keyed(data, self.keys)
-        self.parts.append(lines)
-        self.size += len(lines)
-        self.rows += n
-        if self.size >= self.target:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts and not self.dead:
-            payload = b"".join(self.parts)
-            rows = self.rows
-            self.parts, self.size, self.rows = [], 0, 0
-            if not self.emit(payload, rows):
-                self.dead = True
-
-
-def _inner_newlines_escaped(data: bytes, n: int) -> bytes:
-    """The ``n`` rows of ``data`` with each newline inside a value written ``\\n``. The
-    rows are found by ``_CSV_ROW`` (in C, one after the other: they must tile ``data``);
-    joined by NUL, which PostgreSQL's text cannot hold, a newline is a row's end exactly
-    when a NUL follows it, so three ``replace`` do the rest."""
-    rows = _CSV_ROW.findall(data)
-    if b"\x00" in data or len(rows) != n or sum(map(len, rows)) != len(data):
-        raise JobError("QUERY_FAILED", "the COPY output could not be read as CSV")
-    joined = b"\x00".join(rows)[:-1]
-    return joined.replace(b"\n\x00", b"\x00").replace(b"\n", b"\\n").replace(b"\x00", b"\n") + b"\n"
-
-
-def _escape_controls(data: Any, keep: bytes = b"") -> Any:
-    """``data`` with each control character but those in ``keep`` (the structure's: row
-    ends and delimiters, when the caller knows no value holds one) written as JSON writes
-    it, one ``replace`` per character present."""
-    present = set(data.translate(None, _NOT_JSON_CONTROL)).difference(keep)
-    for c in present:
-        data = data.replace(bytes((c,)), _ESCAPES[c])
-    return data
-
-
-def _keyed(data: Any, keys: list[bytes]) -> bytes:
-    """Rows ``v1<US>v2\n`` (no control character inside a value) as ``{"a":v1,"b":v2}\n``."""
-    first = keys[0]
-    if len(keys) == 1:
-        # each newline becomes "}\n" + the next row's key; the last one's key is cut
-        return b"".join((first, memoryview(data.replace(b"\n", b"}\n" + first))[: -len(first)]))
-    values = data.replace(b"\n", _CSV_DELIMITER).split(_CSV_DELIMITER)
-    values.pop()  # after the last row's newline
-    seps = [b"}\n" + first, *keys[1:]]
-    return b"".join(islice(chain.from_iterable(zip(cycle(seps), values)), 1, None)).join((first, b"}\n"))
-
-
-def _csv_rows(data: bytes, keys: list[bytes]) -> bytes:
-    """Rows of the CSV form read value by value (``findall``: the values and what ends each,
-    in C): a quoted value is a JSON string as it stands (its ``\\"`` and ``\\\\`` are
-    JSON's escapes too) once its control characters are escaped; an unquoted one is the
-    JSON text it holds (``null``, a number, ``true``/``false``). Anything else fails the
-    job rather than write a wrong line."""
-    out: list[bytes] = []
-    last = len(keys) - 1
-    used = i = 0
-    for quoted, plain, end in _CSV_FIELD.findall(data):
-        if plain:
-            value = plain
-        elif len(quoted.translate(None, _JSON_CONTROL)) == len(quoted):
-            value = b'"' + quoted + b'"'
-        else:
-            value = b'"' + _escape_controls(quoted) + b'"'
-        used += (len(plain) or len(quoted) + 2) + 1
-        if end != (b"\n" if i == last else _CSV_DELIMITER):
-            raise JobError("QUERY_FAILED", "the COPY output could not be read as CSV")
-        out += (keys[i], value)
-        if i == last:
-            out.append(b"}\n")
-            i = 0
-        else:
-            i += 1
-    if used != len(data) or i != 0:
-        raise JobError("QUERY_FAILED", "the COPY output could not be read as CSV")
-    return b"".join(out)

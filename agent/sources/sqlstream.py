@@ -33,7 +33,7 @@ from shared import exactjson
 from shared.errors import JobError
 
 from ..jobs.deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgconn, pgcopy, pgguard, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 from .sqlhandle import SqlHandle
@@ -166,9 +166,9 @@ class SqlStream(QueryStream):
         if plan is None or self._copy_state != "idle":
             raise JobError("QUERY_FAILED", "the COPY fast path was not prepared for this query")
         self._check_cancel()
-        sink: pgcopy.LineSink | pgcopy.CsvSink
+        sink: pgcopy.LineSink | pgcsv.CsvSink
         if plan.csv:
-            sink = pgcopy.CsvSink(emit, plan.keys(), target)
+            sink = pgcsv.CsvSink(emit, plan.keys(), target)
             write, flush = sink.write, sink.flush
         else:
             sink = pgcopy.LineSink(emit, max_line)

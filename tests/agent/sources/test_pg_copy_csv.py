@@ -1,4 +1,4 @@
-"""The COPY fast path's CSV form (``pgcopy.CopyPlan.csv``, ``CsvSink``) against the real
+"""The COPY fast path's CSV form (``pgcopy.CopyPlan.csv``, ``pgcsv.CsvSink``) against the real
 database: the same rule as tests/agent/sources/test_pg_copy.py (every row's object equals
 the cursor path's), on the values CSV leaves raw (quotes, backslashes, control
 characters, newlines and the delimiter inside a value, the text ``null``), in both of the
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.jobs.producer import QUEUE_DEPTH
-from agent.sources import pgcopy
+from agent.sources import pgcsv
 from agent.sources.sql import SqlSource
 from tests.agent.sources.test_pg_copy import (  # noqa: F401 - pg_edge: a fixture
     STRINGS,
@@ -132,7 +132,7 @@ def test_generated_text_matches_the_cursor_path(pg_url: str) -> None:
 
 def _sink_output(rows: list[bytes], keys: list[bytes]) -> bytes:
     out: list[bytes] = []
-    sink = pgcopy.CsvSink(lambda payload, n: out.append(payload) or True, keys, 1 << 20)
+    sink = pgcsv.CsvSink(lambda payload, n: out.append(payload) or True, keys, 1 << 20)
     sink.write(bytearray(b"".join(rows)), len(rows))
     sink.flush()
     return b"".join(out)
@@ -144,23 +144,23 @@ def test_the_sink_reads_what_postgresql_writes() -> None:
     writing wrong lines."""
     keys = [b'{"k":', b',"s":']
     rows = [b'1\x1f"a\\"b\\\\"\n', b"2\x1fnull\n", b'3\x1f"null"\n', b'4\x1f"x\ny\tz"\n', b'5\x1f"\n"\n']
-    assert _sink_output(rows, keys) == pgcopy._csv_rows(b"".join(rows), keys)
+    assert _sink_output(rows, keys) == pgcsv._csv_rows(b"".join(rows), keys)
     assert [orjson.loads(x) for x in _sink_output(rows, keys).splitlines()] == [
         {"k": 1, "s": 'a"b\\'}, {"k": 2, "s": None}, {"k": 3, "s": "null"}, {"k": 4, "s": "x\ny\tz"},
         {"k": 5, "s": "\n"}]  # fmt: skip
     one = [b'"x"\n', b"null\n", b'"\x1f\x01"\n']
     assert _sink_output(one, keys[:1]) == b'{"k":"x"}\n{"k":null}\n{"k":"\\u001f\\u0001"}\n'
-    assert orjson.loads(pgcopy._csv_rows(b'1\x1f"x\ny\x1fz\t"\n', keys)) == {"k": 1, "s": "x\ny\x1fz\t"}
+    assert orjson.loads(pgcsv._csv_rows(b'1\x1f"x\ny\x1fz\t"\n', keys)) == {"k": 1, "s": "x\ny\x1fz\t"}
     assert orjson.loads(_sink_output([b'6\x1f"a\tb\rc\x01"\n'], keys)) == {"k": 6, "s": "a\tb\rc\x01"}
     lines = _sink_output([b'"a\nb"\n', b'"\n"\n', b"null\n", b'"\n\n\\"\n"\n'], keys[:1])
     assert [orjson.loads(x) for x in lines.splitlines()] == [{"k": "a\nb"}, {"k": "\n"}, {"k": None}, {"k": '\n\n"\n'}]
     for n, bad in ((2, b'"a\nb"\n'), (1, b'"a\nb\n'), (1, b'"a\x00\nb"\n')):
-        with pytest.raises(pgcopy.JobError):
-            pgcopy._inner_newlines_escaped(bad, n)
+        with pytest.raises(pgcsv.JobError):
+            pgcsv._inner_newlines_escaped(bad, n)
     assert orjson.loads(_sink_output([b'1\x1f"x\ny\x1fz\t"\n'], keys)) == {"k": 1, "s": "x\ny\x1fz\t"}
     for bad in (b'1\x1f"open\n', b"1\n", b'1\x1f"a"\x1f"b"\n', b'\x1f"a"\n', b'1\x1f"a"\n2'):
-        with pytest.raises(pgcopy.JobError):
-            pgcopy._csv_rows(bad, keys)
+        with pytest.raises(pgcsv.JobError):
+            pgcsv._csv_rows(bad, keys)
 
 
 def test_producer_on_the_csv_form_chunk_limit_max_rows_and_back_pressure(pg_url: str) -> None:
