@@ -153,7 +153,13 @@ def _printable_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _printable_streams()
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            # Written here, not at the interpreter's exit (argparse's --help exits too): a
+            # block-buffered stdout (any shell without PYTHONUNBUFFERED) would meet the
+            # closed pipe there, print "Exception ignored ... BrokenPipeError", exit 120.
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader went away (``status | head -1``): stop quietly, as other Unix tools
         # do. Python's final flush of stdout would fail again: point it at devnull first.

@@ -13,24 +13,30 @@ from agent import cli
 from agent.paths import StatePaths
 
 
-def _closed_reader(args: list[str]) -> subprocess.CompletedProcess[bytes]:
+def _closed_reader(args: list[str], *, buffered: bool) -> subprocess.CompletedProcess[bytes]:
     # stdout is a pipe whose reading end is closed before the child writes: the child's
     # first write fails with EPIPE (Python ignores SIGPIPE, so it is BrokenPipeError).
+    # ``buffered``: as from an ordinary shell, where the write happens at the final flush
+    # (PYTHONUNBUFFERED, set in some CI shells, makes every print write at once).
     import os
 
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
         return subprocess.run(
             [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", *args],
-            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False, env=env,
         )
     finally:
         os.close(write_end)
 
 
+@pytest.mark.parametrize("buffered", [True, False])
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["source", "list"], ["logs"]])
-def test_a_closed_pipe_ends_quietly(args: list[str], tmp_path: Path, api_key: str) -> None:
+def test_a_closed_pipe_ends_quietly(args: list[str], buffered: bool, tmp_path: Path, api_key: str) -> None:
     cfg = tmp_path / "agent.toml"
     assert cli.main(["configure", "--config", str(cfg), "--relay-url", "ws://127.0.0.1:9", "--api-key", api_key]) == 0
     log = StatePaths(cfg).logs_dir / "agent.log"
@@ -39,7 +45,7 @@ def test_a_closed_pipe_ends_quietly(args: list[str], tmp_path: Path, api_key: st
         f'{{"timestamp": "2026-12-04T00:00:0{i}Z", "level": "INFO", "logger": "agent.session", "message": "line {i}"}}\n'
         for i in range(5)
     ))  # fmt: skip
-    done = _closed_reader([*args, "--config", str(cfg)] if args != ["--help"] else args)
+    done = _closed_reader([*args, "--config", str(cfg)] if args != ["--help"] else args, buffered=buffered)
     # --help's text sits in stdout's buffer until exit, where Python drops it silently
     expected = (0, cli.EXIT_BROKEN_PIPE) if args == ["--help"] else (cli.EXIT_BROKEN_PIPE,)
     assert done.returncode in expected, done.stderr
