@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Any, NoReturn
 import orjson
 
 from shared import __version__
+from shared.closedpipe import quiet_on_closed_pipe
 from shared.errors import JobError, KeyFormatError
 from shared.keys import validate_key
 
@@ -136,9 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool ended by SIGPIPE
-
-
 def _printable_streams() -> None:
     """Characters the output's encoding lacks are written as escapes, not fatal: on Windows
     a redirected stdout (``diagnose > out.txt``, a service wrapper, a pipe) is in the ANSI
@@ -152,21 +149,8 @@ def _printable_streams() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _printable_streams()
-    try:
-        try:
-            return _main(argv)
-        finally:
-            # Written here, not at the interpreter's exit (argparse's --help exits too): a
-            # block-buffered stdout (any shell without PYTHONUNBUFFERED) would meet the
-            # closed pipe there, print "Exception ignored ... BrokenPipeError", exit 120.
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (``status | head -1``): stop quietly, as other Unix tools
-        # do. Python's final flush of stdout would fail again: point it at devnull first.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    # The reader went away (``status | head -1``): stop quietly, as other Unix tools do.
+    return quiet_on_closed_pipe(lambda: _main(argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:

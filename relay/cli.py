@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import orjson
 from aiohttp import web
 
+from shared.closedpipe import quiet_on_closed_pipe
 from shared.fdlimit import raise_nofile
 from shared.redact import redact
 
@@ -136,6 +137,11 @@ async def _serve(config: RelayConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # ``mini-relay token | ...`` whose reader went away: 141, quietly
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "token":
         secret = os.environ.get("MC_RELAY_JWT_SECRET") or (DEV_JWT_SECRET if args.dev or os.environ.get("MC_RELAY_DEV") else None)
