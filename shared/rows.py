@@ -249,7 +249,9 @@ def _each_line_check(payload: bytes, simdjson: Any) -> int:
         n += 1
         try:
             ok = type(parser.parse(line)) is obj_type  # the document must not outlive the
-        except ValueError as exc:  # next parse: nothing keeps a reference to it
+        except (ValueError, RuntimeError) as exc:  # next parse: nothing keeps a reference to it
+            # (simdjson raises RuntimeError for an integer past 64 bits and for nesting
+            # past 1024 levels: refused as well, never a failure of the relay's own)
             raise ValueError(f"object line {n} is not valid JSON ({exc})") from None
         if not ok:
             raise ValueError(f"object line {n} is not a JSON object")
@@ -305,7 +307,7 @@ def _whole_payload_check(payload: bytes, simdjson: Any) -> int | None:
         doc = parser.parse(b"[[" + body.replace(b"\n", b"]\n,[") + b"]]")
         ok = type(doc) is array and len(doc) == n
         del doc
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: see _each_line_check
         return None
     return n if ok else None
 

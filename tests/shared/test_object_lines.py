@@ -115,3 +115,16 @@ def test_a_chunk_past_a_mebibyte_is_checked_line_by_line() -> None:
     assert object_lines_count(big) == (1 << 20) // 8 + 1
     small = big[: 8 * 1000]
     assert _whole_payload_check(small, simdjson) == 1000
+
+
+@pytest.mark.parametrize("line", [b'{"n":123456789012345678901234567890}', b'{"d":' + b"[" * 1100 + b"]" * 1100 + b"}",
+                                  b'{"f":1e400}', b'{"s":"\\ud800"}'])  # fmt: skip
+def test_values_the_parser_cannot_hold_are_refused_not_raised(line: bytes) -> None:
+    """simdjson raises RuntimeError (not ValueError) for an integer past 64 bits and for
+    nesting past 1024 levels: the intake check refuses such a line as it refuses bad JSON
+    (a protocol error for the agent) instead of failing inside the relay, where the frame
+    was logged as the relay's own failure and its job left waiting."""
+    payload = b'{"n":1}\n' + line + b"\n"
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        object_lines_count(payload)
+    assert _whole_payload_check(payload, simdjson) is None
