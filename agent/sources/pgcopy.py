@@ -16,7 +16,7 @@ value (the Python value ``pgconn.PSYCOPG2_LIKE`` loads, as psycopg2 did, encoded
 ``shared.rows.encode_rows``), compared after
 ``orjson.loads`` as Python values, int vs float included
 (``tests/agent/sources/test_pg_copy.py`` proves it per type on edge values). Out of the list
-(timetz, json/jsonb, arrays other than of bool, integers and strings, money,
+(timetz, arrays other than of bool, integers and strings, money,
 enums, domains, anything else): the cursor path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
 on both paths, as do intervals past the 999999999 days a ``timedelta`` holds.
 
@@ -30,6 +30,8 @@ backslash sequence, and "COPY TO will never emit an octal or hex-digits backslas
 sequence, but it does use the other sequences listed above for those control
 characters". Our one column is JSON text, which holds no raw control character (strings
 escape them), so the only escaping left is ``\\`` doubled: undone with one ``replace``.
+A json value is the exception (its own whitespace between tokens may be raw newlines or
+tabs): with a json or jsonb column, ``pgjson.checked`` undoes the escapes instead.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import orjson
 
 from shared.errors import JobError
 
-from . import pgcsv
+from . import pgcsv, pgjson
 
 # Session settings that PostgreSQL reports to the client (no round trip to read them).
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
@@ -236,6 +238,7 @@ EXPRESSIONS: dict[int, Callable[[str, Session], str]] = {
     # are not, and oid[] to_json writes as strings.
     1000: _text, 1005: _text, 1007: _text, 1016: _text,  # bool[], int2[], int4[], int8[]
     1009: _text, 1015: _text,  # text[], varchar[] (bpchar[], name[]: no column type without rows)
+    114: pgjson.expression, 3802: pgjson.expression,  # json, jsonb: their text (agent/sources/pgjson.py)
 }  # fmt: skip
 
 
@@ -293,6 +296,11 @@ class CopyPlan:
     utc: bool
     shortest_floats: bool = False  # PostgreSQL 12+ (the float8 rule read from the value)
     csv: bool = False  # COPY's CSV form, the keys added by pgcsv.CsvSink
+
+    @property
+    def json_values(self) -> bool:
+        """Whether a column is json or jsonb (its lines go through ``pgjson.checked``)."""
+        return not pgjson.OIDS.isdisjoint(self.oids)
 
     def keys(self) -> list[bytes]:
         """Each column's JSON key with what goes before it: ``{"a":``, ``,"b":``."""
@@ -406,10 +414,11 @@ class LineSink(io.RawIOBase):
     rows)``. ``emit`` blocks while the producer's queue is full (back-pressure reaches
     PostgreSQL through the socket) and returns False when it wants no more rows."""
 
-    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int) -> None:
+    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int, *, json_values: bool = False) -> None:
         super().__init__()
         self.emit = emit
         self.max_line = max_line
+        self.json_values = json_values  # a json/jsonb column: pgjson.checked undoes the escapes
         self.rest = b""
         self.dead = False  # after a failure: a late flush (GC) must emit nothing
 
@@ -429,7 +438,9 @@ class LineSink(io.RawIOBase):
             self.rest = data
             return n
         payload, self.rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-        if b"\\" in payload:
+        if self.json_values:
+            payload = pgjson.checked(payload)
+        elif b"\\" in payload:
             payload = payload.replace(b"\\\\", b"\\")
         if not self.emit(payload, payload.count(b"\n")):
             # The producer has its rows (maxRows). The COPY carries the same LIMIT, so

@@ -171,7 +171,7 @@ class SqlStream(QueryStream):
             sink = pgcsv.CsvSink(emit, plan.keys(), target)
             write, flush = sink.write, sink.flush
         else:
-            sink = pgcopy.LineSink(emit, max_line)
+            sink = pgcopy.LineSink(emit, max_line, json_values=plan.json_values)
             buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
             write, flush = (lambda rows, _n: buffered.write(rows)), buffered.flush
         cursor = self.dbapi.cursor()

@@ -43,6 +43,33 @@ def test_postgres_query_returns_exactly_the_source_rows(system: SystemEnv, pg_ur
     _assert_same(columns, expected, rows)
 
 
+@pytest.mark.postgres
+def test_postgres_json_values_a_reader_cannot_take_arrive_as_the_cursor_path_writes_them(
+    system: SystemEnv, pg_url: str
+) -> None:
+    """json/jsonb go through the COPY fast path as PostgreSQL's text (agent/sources/pgjson.py):
+    raw newlines inside a json value, integers past 64 bits, 1e400, a lone surrogate and
+    600 levels of nesting all pass the relay's row check and arrive readable."""
+    sql = (
+        "SELECT k, j, CASE WHEN k IN (1, 2) THEN j::jsonb END AS jb FROM (VALUES "
+        "(1, E'{\\n\\t\"a\" :\\r\\n [1, \"x\\\\ny\"]\\n}'::json), (2, '123456789012345678901234567890'::json), "
+        "(3, '\"\\ud800\"'::json), (4, '1e400'::json), (5, (repeat('[', 600) || repeat(']', 600))::json)) v(k, j) "
+        "ORDER BY k"
+    )
+    job, rows = system.api.run_job(system.connector_id, "pg", sql=sql)
+    assert job["status"] == "succeeded" and job["rowCount"] == 5
+    deep: list = []
+    for _ in range(599):
+        deep = [deep]
+    assert rows == [
+        {"k": 1, "j": {"a": [1, "x\ny"]}, "jb": {"a": [1, "x\ny"]}},
+        {"k": 2, "j": "123456789012345678901234567890", "jb": "123456789012345678901234567890"},
+        {"k": 3, "j": "\ufffd", "jb": None},
+        {"k": 4, "j": None, "jb": None},
+        {"k": 5, "j": deep, "jb": None},
+    ]
+
+
 @pytest.mark.mysql
 def test_mariadb_query_returns_exactly_the_source_rows(system: SystemEnv, mysql_url: str) -> None:
     """MariaDB decimals, dates, datetime(6), varbinary and utf8mb4 text."""

@@ -342,7 +342,7 @@ def test_what_the_fast_path_leaves_to_the_cursor_path(
 ) -> None:
     src = _source(pg_url)
     try:
-        for sql in ("SELECT 1 AS a, 2 AS a", "SELECT '{}'::jsonb AS j",
+        for sql in ("SELECT 1 AS a, 2 AS a", "SELECT ARRAY['{}'::jsonb] AS j",
                     "SELECT ARRAY[1.5] AS a", "SHOW server_version", "SELECT '12:00+01'::timetz AS t"):  # fmt: skip
             stream = src.prepare({"sql": sql})
             stream.start()
