@@ -42,6 +42,7 @@ _CODES: dict[str, tuple[int, bool]] = {
     "EXPIRED": (409, False),
     "DECRYPTION_FAILED": (409, False),
     "RESULT_TOO_LARGE": (409, False),
+    "RESULT_REJECTED": (409, False),  # the relay refused the agent's rows (not N JSON rows)
     "UNSUPPORTED_OPERATION": (409, False),
     # agent <-> relay protocol
     "PROTOCOL_ERROR": (400, False),

@@ -358,12 +358,21 @@ class Hub:
                 if isinstance(frame, ChunkFrame):
                     relay.metrics.agent_frames_refused.labels(reason="payload").inc()
                 await self._violation(session, exc.message, relay.config.max_violations)
+                if isinstance(frame, ChunkFrame):
+                    await messages.end_refused(relay, session, frame.head, "RESULT_REJECTED",
+                                               f"the relay refused the agent's rows: {exc.message}", False)  # fmt: skip
             except MCError as exc:
                 await session.send("relay.error.v1", code=exc.code, message=exc.message[:2000])
+                if isinstance(frame, ChunkFrame):
+                    await messages.end_refused(relay, session, frame.head, exc.code, exc.message,
+                                               exc.retryable)  # fmt: skip
             except Exception:
                 log.exception("handling a frame from %s failed", session.connector_id)
                 await session.send("relay.error.v1", code="INTERNAL_ERROR",
                                    message="the relay could not process this message")  # fmt: skip
+                if isinstance(frame, ChunkFrame):
+                    await messages.end_refused(relay, session, frame.head, "INTERNAL_ERROR",
+                                               f"the relay could not store chunk {frame.head.seq}", True)  # fmt: skip
         finally:
             ready()
             session.budget.give(cost)

@@ -144,6 +144,24 @@ async def on_chunk(
         await _try_finish(relay, session, pending)
 
 
+async def end_refused(
+    relay: Relay, session: AgentSession, head: protocol.ChunkHead, code: str, message: str, retryable: bool
+) -> None:
+    """An attempt whose chunk the relay could not take (rows it refuses, or a failure of
+    its own storing them) ends now, as failed with ``code``, instead of waiting for a
+    chunk that can never be stored (its job sat until its timeout, its resends refused
+    again); the agent is told to drop the attempt. A retryable end goes back to the queue
+    as any retryable failure does."""
+    if session.dead or session.in_flight.get(head.job_id) != head.attempt:
+        return  # not this session's attempt (a foreign frame), or ended meanwhile
+    error = {"code": code, "message": message[:2000], "retryable": retryable}
+    done = protocol.Message("job.done.v1", {"jobId": head.job_id, "attempt": head.attempt, "status": lifecycle.FAILED,
+                                             "rowCount": 0, "byteCount": 0, "chunks": 0, "error": error})  # fmt: skip
+    log.warning("job %s attempt %d failed: %s", head.job_id, head.attempt, message[:300])
+    await session.send("job.cancel.v1", jobId=head.job_id, attempt=head.attempt, reason="SUPERSEDED")
+    await _try_finish(relay, session, done, first=True)
+
+
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:
     await _try_finish(relay, session, msg, first=True)
 

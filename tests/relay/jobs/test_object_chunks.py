@@ -138,17 +138,28 @@ async def test_duplicate_names_keep_arrays_and_todays_objects(api: Api, agent: F
         (b'{"id":"a\n{"}\n', 2),  # a raw newline inside a string
         (b'{"id":"\xff"}\n', 1),  # not UTF-8
         (b'{"id":1}\n', 2),  # the header lies about the count
+        (b'{"id":123456789012345678901234567890}\n', 1),  # past what the check's parser holds
+        (b'{"id":' + b"[" * 1100 + b"]" * 1100 + b"}\n", 1),
     ],
 )
 async def test_malformed_object_lines_are_refused_at_intake(api: Api, client: Any, agent: FakeAgent,
                                                            payload: bytes, rows: int) -> None:  # fmt: skip
-    """Nothing that is not N JSON object lines reaches the store (or a platform reader)."""
+    """Nothing that is not N JSON object lines reaches the store (or a platform reader); the
+    attempt ends at once, failed RESULT_REJECTED, and the agent is told to drop it (until
+    2026-12-04 the job waited for a chunk that could never be stored, until its timeout)."""
     assign = await _job(api, agent, ["id"])
     await _send(agent, assign, 0, payload, rows, ack=False)
     err = await agent.expect("relay.error.v1")
     assert err["code"] == "PROTOCOL_ERROR" and err["message"].startswith("chunk 0")
+    await agent.expect("job.cancel.v1", jobId=assign["jobId"], attempt=1, reason="SUPERSEDED")
+    job = await api.job(assign["jobId"])
+    assert job["status"] == "failed" and job["error"]["code"] == "RESULT_REJECTED"
+    assert "chunk 0" in job["error"]["message"] and job["error"]["retryable"] is False
     stored = await relay_of(client).store.run(chunk_store.seqs, assign["jobId"], 1)
     assert stored == []
+    await _send(agent, assign, 0, b'{"id":1}\n', 1, ack=False)  # a late resend: dropped quietly
+    await agent.done(assign, 1, 1)
+    assert (await api.job(assign["jobId"]))["status"] == "failed"
 
 
 async def test_reader_refuses_object_lines_keyed_by_other_names(api: Api, agent: FakeAgent) -> None:
