@@ -414,11 +414,13 @@ class LineSink(io.RawIOBase):
     rows)``. ``emit`` blocks while the producer's queue is full (back-pressure reaches
     PostgreSQL through the socket) and returns False when it wants no more rows."""
 
-    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int, *, json_values: bool = False) -> None:
+    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int, *, json_values: bool = False,
+                 json_exponents: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.emit = emit
         self.max_line = max_line
         self.json_values = json_values  # a json/jsonb column: pgjson.checked undoes the escapes
+        self.json_exponents = json_exponents  # a json column (pgjson._unreadable_at)
         self.rest = b""
         self.dead = False  # after a failure: a late flush (GC) must emit nothing
 
@@ -439,7 +441,7 @@ class LineSink(io.RawIOBase):
             return n
         payload, self.rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
         if self.json_values:
-            payload = pgjson.checked(payload)
+            payload = pgjson.checked(payload, self.json_exponents)
         elif b"\\" in payload:
             payload = payload.replace(b"\\\\", b"\\")
         if not self.emit(payload, payload.count(b"\n")):

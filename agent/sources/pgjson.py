@@ -19,15 +19,16 @@ and a buffer is checked for each with ``bytes`` operations, in C:
   1000 levels: PostgreSQL's ``json`` keeps them, many readers (the relay's row check,
   orjson) refuse them, and the cursor path writes them as ``json.loads`` reads them (a
   big integer as a string, ``1e400`` as null, a lone surrogate as U+FFFD). A line that
-  may hold one (``_may_need_reading``: 19 digits in a row, an exponent of three digits,
-  ``\\ud``, or more than 1000 brackets; text values can trip it too, which only costs the
-  reading) is read by ``json.loads`` and written again as the cursor path writes it
-  (``_rewritten``).
+  may hold one (``_unreadable_at``: a number with 19 digits before its point or an
+  exponent of 290 or more, ``\\ud8``-``\\udf``; or more than 1000 brackets; a string
+  can trip it too, which only costs the reading) is read by ``json.loads`` and written again as the
+  cursor path writes it (``_rewritten``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -35,12 +36,22 @@ import orjson
 from shared.errors import JobError
 from shared.rows import json_safe
 
-# json, jsonb
-OIDS = frozenset({114, 3802})
+JSON, JSONB = 114, 3802
+OIDS = frozenset({JSON, JSONB})
 
+# What a reader may not hold: a number with 19 digits before its point (an integer past 64
+# bits), or with an exponent of 290 or more (past a double's range with any shorter
+# mantissa); an escaped surrogate (a lone one is refused). Found with ``bytes.find`` on a
+# digit-blind copy (``_DIGITS``: ``e000``, ``e+000``, 19 zeros), each place then held to a
+# number's start (after ``:``, ``[`` or ``,`` and blanks), so hex in a string (an md5's
+# ``3e400``, a uuid's ``-8e885``) is not taken for a number. (A regex scan, ``[0-9]{19}``,
+# cost ~18 ns a byte where digits are common: more than reading the row again.)
 _DIGITS = bytes.maketrans(b"123456789E", b"000000000e")
 _NINETEEN = b"0" * 19
-_EXPONENTS = (b"e000", b"e+000", b"e-000")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_NUMBER_BEFORE = frozenset(b":,[")
+_MANTISSA = frozenset(b"0123456789.")
+_DIGIT = frozenset(b"0123456789")
 MAX_BRACKETS = 1000  # below the relay's row check's nesting limit (1024)
 
 
@@ -59,10 +70,46 @@ def unescaped(payload: bytes) -> bytes:
     return held.replace(b"\x00", b"\\")
 
 
-def _may_need_reading(data: bytes) -> bool:
-    """Whether ``data`` may hold a value a reader cannot take (nesting aside)."""
+def _starts_number(data: bytes, i: int) -> bool:
+    """Whether a JSON number may start at ``i``: after ``:``, ``,`` or ``[``, then blanks
+    and a minus (``bytes`` methods, in C)."""
+    return data[max(0, i - 40) : i].rstrip(b" \t\r-")[-1:] in (b":", b",", b"[")
+
+
+def _exponent_of_number(data: bytes, e: int) -> bool:
+    """Whether the ``e`` at ``e`` ends a number's mantissa (digits and a point, a digit
+    first) and starts an exponent of 290 or more."""
+    head = data[max(0, e - 400) : e]
+    before = head.rstrip(b"0123456789.")
+    if len(before) == len(head) or head[len(before)] not in _DIGIT or not _starts_number(before, len(before)):
+        return False
+    tail = data[e + 1 : e + 16].lstrip(b"+")
+    return int(tail[: len(tail) - len(tail.lstrip(b"0123456789"))]) >= 290
+
+
+def _places(zeroed: bytes, needle: bytes) -> list[int]:
+    found: list[int] = []
+    i = zeroed.find(needle)
+    while i >= 0:
+        found.append(i)
+        i = zeroed.find(needle, i + 1)
+    return found
+
+
+def _unreadable_at(data: bytes, exponents: bool) -> list[int]:
+    """Where a value a reader may not hold may be (offsets; none for most buffers).
+    ``exponents``: a json column is present (jsonb writes no exponent; other columns'
+    exponents are within a double's range)."""
     zeroed = data.translate(_DIGITS)
-    return _NINETEEN in zeroed or any(e in zeroed for e in _EXPONENTS) or b"\\ud" in data or b"\\uD" in data
+    found = []
+    if exponents:  # ~0.5 us a place where hex in a string holds e and 3 digits
+        found = [e for needle in (b"e000", b"e+000") for e in _places(zeroed, needle)
+                 if data[e - 1] in _MANTISSA and _exponent_of_number(data, e)]  # fmt: skip
+    found += [i for i in _places(zeroed, _NINETEEN)
+              if (i == 0 or zeroed[i - 1] != 0x30) and _starts_number(data, i)]  # fmt: skip
+    if b"\\ud" in data or b"\\uD" in data:
+        found += [m.start() for m in _SURROGATE.finditer(data)]
+    return found
 
 
 def _deep(line: bytes) -> bool:
@@ -82,21 +129,31 @@ def _rewritten(line: bytes) -> bytes:
         raise JobError("QUERY_FAILED", "a JSON value nests too deep to be written") from None
 
 
-def checked(payload: bytes) -> bytes:
+def checked(payload: bytes, exponents: bool = True) -> bytes:
     """Object lines (undone from COPY's escapes) with each line that may hold a value a
-    reader cannot take written again as the cursor path writes it."""
+    reader cannot take written again as the cursor path writes it (``exponents``: a json
+    column is present, see ``_unreadable_at``)."""
     payload = unescaped(payload)
     lines: list[bytes] | None = None
-    if not _may_need_reading(payload):
-        if not _deep(payload):
-            return payload
-        lines = payload.split(b"\n")  # only a line longer than the limit can be that deep
-        if max(map(len, lines)) <= MAX_BRACKETS:
-            return payload
+    suspects = {payload.rfind(b"\n", 0, at) + 1 for at in _unreadable_at(payload, exponents)}
+    if _deep(payload):  # only a line longer than the limit can nest that deep
+        lines = payload.split(b"\n")
+        if max(map(len, lines)) > MAX_BRACKETS:
+            at = 0
+            for line in lines:
+                if len(line) > MAX_BRACKETS and _deep(line):
+                    suspects.add(at)
+                at += len(line) + 1
+    if not suspects:
+        return payload
     if lines is None:
         lines = payload.split(b"\n")
     lines.pop()  # after the last newline
-    out = [_rewritten(line) if _may_need_reading(line) or _deep(line) else line for line in lines]
+    out: list[bytes] = []
+    at = 0
+    for line in lines:
+        out.append(_rewritten(line) if at in suspects else line)
+        at += len(line) + 1
     out.append(b"")
     return b"\n".join(out)
 

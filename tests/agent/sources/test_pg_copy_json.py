@@ -173,3 +173,17 @@ def test_unescaped_reads_copy_text_escapes() -> None:
     for bad in (b'{"a":1}\\b\n', b'{"a":1}\\\\\\v\n', b'{"a":\\x01}\n'):
         with pytest.raises(JobError):
             pgjson.unescaped(bad)
+
+
+def test_only_lines_that_may_hold_an_unreadable_number_are_read_again() -> None:
+    """Hex in strings (an md5's ``3e400``, a uuid's ``-8e885``) is not an exponent: those
+    lines pass as PostgreSQL wrote them (blanks kept); a number with 19 integer digits or
+    an exponent of 290 or more, and an escaped surrogate, send their line (only theirs)
+    to ``json.loads`` (written compact, as the cursor path writes it)."""
+    plain = b'{"t":"a3e400b","u":"0e4f-8e885-1e299","j":{"a": [1e289, 12345678901234567.5]}}\n'
+    assert pgjson.checked(plain) == plain
+    big = b'{"j": {"a": 1E+400}}\n'
+    wide = b'{"j": [1, -12345678901234567890, 1234567890123456789]}\n'
+    low = b'{"j": "\\\\udc00 x"}\n'  # as COPY writes it: its backslash doubled
+    body = pgjson.checked(plain + big + plain + wide + low)
+    assert body == plain + b'{"j":{"a":null}}\n' + plain + b'{"j":[1,"-12345678901234567890",1234567890123456789]}\n' + b'{"j":"\xef\xbf\xbd x"}\n'
