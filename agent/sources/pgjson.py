@@ -48,6 +48,7 @@ OIDS = frozenset({JSON, JSONB})
 # cost ~18 ns a byte where digits are common: more than reading the row again.)
 _DIGITS = bytes.maketrans(b"123456789E", b"000000000e")
 _NINETEEN = b"0" * 19
+_LONG_RUN = re.compile(rb"0{19,}")
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _NUMBER_BEFORE = frozenset(b":,[")
 _MANTISSA = frozenset(b"0123456789.")
@@ -105,8 +106,8 @@ def _unreadable_at(data: bytes, exponents: bool) -> list[int]:
     if exponents:  # ~0.5 us a place where hex in a string holds e and 3 digits
         found = [e for needle in (b"e000", b"e+000") for e in _places(zeroed, needle)
                  if data[e - 1] in _MANTISSA and _exponent_of_number(data, e)]  # fmt: skip
-    found += [i for i in _places(zeroed, _NINETEEN)
-              if (i == 0 or zeroed[i - 1] != 0x30) and _starts_number(data, i)]  # fmt: skip
+    if _NINETEEN in zeroed:  # rare: each run of digits once, however long (a regex, so not every digit)
+        found += [m.start() for m in _LONG_RUN.finditer(zeroed) if _starts_number(data, m.start())]
     if b"\\ud" in data or b"\\uD" in data:
         found += [m.start() for m in _SURROGATE.finditer(data)]
     return found

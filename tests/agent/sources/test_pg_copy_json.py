@@ -187,3 +187,11 @@ def test_only_lines_that_may_hold_an_unreadable_number_are_read_again() -> None:
     low = b'{"j": "\\\\udc00 x"}\n'  # as COPY writes it: its backslash doubled
     body = pgjson.checked(plain + big + plain + wide + low)
     assert body == plain + b'{"j":{"a":null}}\n' + plain + b'{"j":[1,"-12345678901234567890",1234567890123456789]}\n' + b'{"j":"\xef\xbf\xbd x"}\n'
+
+
+def test_a_long_run_of_digits_in_a_string_costs_one_pass() -> None:
+    """A megabyte of digits in a text value is one run, looked at once (a first version
+    stepped through it a digit at a time, ~1M Python steps a buffer)."""
+    line = b'{"t":"' + b"1234567890" * 100_000 + b'","j":{"a": [1, 2]}}\n'
+    assert pgjson._unreadable_at(line, True) == []
+    assert pgjson.checked(line) == line
