@@ -219,3 +219,41 @@ async def test_compressed_chunks_are_read_back_exactly(api: Api, agent: FakeAgen
     assert (clear == frame[protocol.read_chunk_head(frame).offset :]) is (codec == "zstd")
     limit = protocol.MAX_DECOMPRESSED
     assert atrest.unseal(relay.cipher, stored["key_id"], stored["data"], aad, limit=limit) == payload
+
+
+async def test_a_chunk_the_relay_fails_to_store_ends_the_attempt_as_retryable(
+    api: Api, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the relay's own on a chunk (here: its preparation raising once) ends the
+    attempt as retryable INTERNAL_ERROR: the agent drops it, the job goes back to the
+    queue and its second attempt runs to the end (before 2026-12-04 it waited, unstored,
+    until its timeout)."""
+    from relay.agents import guard
+
+    real = guard.prepare
+    calls = {"n": 0}
+
+    def flaky(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk on fire")
+        return real(*args)
+
+    monkeypatch.setattr(guard, "prepare", flaky)
+    job_id = await api.submit(agent.connector_id or "", retryDelaySeconds=0)
+    first = await agent.expect("job.assign.v1", jobId=job_id)
+    await agent.start(first, ["id"])
+    await _send(agent, first, 0, b'{"id":1}\n', 1, ack=False)
+    err = await agent.expect("relay.error.v1")
+    assert err["code"] == "INTERNAL_ERROR" and "disk on fire" not in err["message"]
+    await agent.expect("job.cancel.v1", jobId=job_id, attempt=1, reason="SUPERSEDED")
+    second = await agent.expect("job.assign.v1", jobId=job_id)
+    assert second["attempt"] == 2
+    await agent.start(second, ["id"])
+    await _send(agent, second, 0, b'{"id":1}\n', 1)
+    await agent.done(second, 1, 1)
+    await agent.expect("job.done.ack.v1", jobId=job_id, attempt=2)
+    job = await api.job(job_id)
+    assert job["status"] == "succeeded", job
+    _, text, _ = await api.call("GET", f"/jobs/{job_id}/results")
+    assert text == '{"id":1}\n'
