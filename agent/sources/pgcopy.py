@@ -15,9 +15,11 @@ Exactness: each expression below writes the JSON the cursor path writes for the 
 value (the Python value ``pgconn.PSYCOPG2_LIKE`` loads, as psycopg2 did, encoded by
 ``shared.rows.encode_rows``), compared after
 ``orjson.loads`` as Python values, int vs float included
-(``tests/agent/sources/test_pg_copy.py`` proves it per type on edge values). Out of the list
-(timetz, arrays other than of bool, integers and strings, money,
-enums, domains, anything else): the cursor path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
+(``tests/agent/sources/test_pg_copy.py`` proves it per type on edge values). Every type
+psycopg2 did not know (enums, inet, money, xml, records ...; ``_as_text``) is its text as
+a JSON string, as the cursor path reads it. Out of the list (timetz, ranges, arrays other
+than of bool, integers and strings, and the other types psycopg2 made Python values of):
+the cursor path. Values the cursor path cannot read (dates before year 1 or after 9999) fail the job
 on both paths, as do intervals past the 999999999 days a ``timedelta`` holds.
 
 A type on ``PREPARED`` (interval) has part of its work done once a row in a sub-select
@@ -242,6 +244,26 @@ EXPRESSIONS: dict[int, Callable[[str, Session], str]] = {
 }  # fmt: skip
 
 
+def _as_text(x: str, _s: Session) -> str:
+    # Every type psycopg2 did not know (not on pgconn.PSYCOPG2_OIDS: enums, inet, cidr,
+    # macaddr, money, bit, xml, geometric types, records, extension types such as citext):
+    # the cursor path reads PostgreSQL's text of it as a str, written as a JSON string.
+    # concat() gives that text (the type's output function); ::text is not always it (inet's
+    # cast adds /32 to a host). num_nulls, not IS NULL: a record of NULL fields IS NULL.
+    return f"CASE WHEN num_nulls({x}) = 1 THEN 'null' ELSE to_json(concat({x}))::text END"
+
+
+def expression(oid: int) -> Callable[[str, Session], str] | None:
+    """The expression writing a column of type ``oid`` as the cursor path writes it (None:
+    the cursor path only)."""
+    from .pgconn import PSYCOPG2_OIDS
+
+    found = EXPRESSIONS.get(oid)
+    if found is None and oid not in PSYCOPG2_OIDS:
+        return _as_text
+    return found
+
+
 # type OID -> SQL expression computed once a row in a sub-select below the one that writes
 # the JSON (OFFSET 0 keeps the planner from folding it up into every place EXPRESSIONS
 # names it); EXPRESSIONS then works on its value.
@@ -313,7 +335,9 @@ class CopyPlan:
         session = Session(self.utc, self.shortest_floats)
         args: list[str] = []
         for i, (key, oid) in enumerate(zip(self.keys(), self.oids, strict=True)):
-            args += [_literal(key.decode()), EXPRESSIONS[oid](f"q.c{i + 1}", session)]
+            write = expression(oid)
+            assert write is not None  # plan_for took only such columns
+            args += [_literal(key.decode()), write(f"q.c{i + 1}", session)]
         args.append("'}'")
         aliases = ", ".join(f"c{i + 1}" for i in range(len(self.names)))
         source = f"({self.inner}\n) AS q({aliases})"
@@ -330,7 +354,7 @@ def plan_for(inner: str, description: Sequence[Any], timezone: str | None, serve
     (``server_version``: libpq's number, 150004 for 15.4)."""
     names = [str(d[0]) for d in description]
     oids = [d[1] for d in description]
-    if not names or len(set(names)) != len(names) or not all(o in EXPRESSIONS for o in oids):
+    if not names or len(set(names)) != len(names) or not all(expression(o) is not None for o in oids):
         return None
     return CopyPlan(inner, names, oids, utc=timezone in UTC_ZONES, shortest_floats=server_version >= 120000,
                     csv=pgcsv.wanted(oids))  # fmt: skip

@@ -40,6 +40,12 @@ _MYSQL_TYPES: dict[int, str] = {
 }  # fmt: skip
 
 
+def _read_as_text(oid: int) -> bool:
+    from .pgconn import PSYCOPG2_OIDS
+
+    return oid not in PSYCOPG2_OIDS
+
+
 def columns_from_description(
     dialect: str, description: Sequence[Any] | None, sample: Sequence[Row]
 ) -> list[Column]:
@@ -51,6 +57,8 @@ def columns_from_description(
     for i, d in enumerate(description):
         code = d[1]
         kind = table.get(code, "unknown") if isinstance(code, int) else "unknown"
+        if kind == "unknown" and dialect == "postgres" and isinstance(code, int) and _read_as_text(code):
+            kind = "string"  # a type psycopg2 did not know: its text, always a string
         seen = next((row[i] for row in sample if row[i] is not None), None)
         if seen is not None and (kind == "unknown" or (kind == "string" and isinstance(seen, bytes))):
             kind = type_name_for_python(seen)

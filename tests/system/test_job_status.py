@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.system, pytest.mark.postgres]
 
 def test_long_query_shows_running_with_started_at_while_it_executes(system: SystemEnv, pg_url: str) -> None:
     """A pg_sleep(30) job is running with a startedAt within seconds of submission, long
-    before the query returns its columns; then it is cancelled."""
+    before the query returns; then it is cancelled."""
     marker = f"mc_status_{secrets.token_hex(4)}"
     t0 = time.monotonic()
     job_id = system.api.submit(system.connector_id, "pg", sql=f"SELECT pg_sleep(30) AS {marker}")
@@ -27,7 +27,9 @@ def test_long_query_shows_running_with_started_at_while_it_executes(system: Syst
         elapsed = time.monotonic() - t0
         assert job["startedAt"] is not None, job
         assert elapsed < scaled(5), f"running only after {elapsed:.1f}s"
-        assert job["columns"] == [], job  # pg_sleep has not returned: no columns yet
+        # pg_sleep has not returned; its columns come from the COPY fast path's describe
+        # (void is read as text), which may or may not have answered by now
+        assert job["columns"] in ([], [{"name": marker, "type": "string"}]), job
         again = system.api.job(job_id)
         assert again["status"] == "running" and again["startedAt"] == job["startedAt"]
     finally:
