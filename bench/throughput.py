@@ -198,6 +198,9 @@ TYPES: dict[str, tuple[str, str]] = {
     "bytea": ("bytea", "decode(md5(g::text), 'hex')"),
     "int4[]": ("int4[]", "ARRAY[g, g + 1, g + 2]"),
     "text[]": ("text[]", "ARRAY['a' || g, 'b' || g % 10]"),
+    # types psycopg2 read as text (agent/sources/pgcopy.py, _as_text)
+    "inet": ("inet", "('10.' || g % 256 || '.' || g / 256 % 256 || '.' || g % 200)::inet"),
+    "enum": ("mood", "(ARRAY['sad', 'ok', 'happy'])[1 + g % 3]"),  # the schema's enum (create_type_tables)
 }  # fmt: skip
 
 MARIADB_TABLE = (
@@ -218,6 +221,8 @@ def create_type_tables(url: str, schema: str, rows: int, names: list[str], *, wi
     out: dict[str, str] = {}
     with con, con.cursor() as cur:
         cur.execute(f"CREATE SCHEMA {schema}")
+        cur.execute(f"CREATE TYPE {schema}.mood AS ENUM ('sad', 'ok', 'happy')")
+        cur.execute(f"SET search_path = {schema}, public")  # ::mood
         for i, name in enumerate(names):
             kind, expr = TYPES[name]
             cur.execute(f"CREATE TABLE {schema}.t{i} AS SELECT ({expr})::{kind} AS v"
