@@ -17,6 +17,8 @@ socket wait may take, default 60).
 from __future__ import annotations
 
 import decimal
+import ipaddress
+import logging
 import re
 import threading
 import time
@@ -43,6 +45,8 @@ DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 QUERY_KEYS = {"entity", "select", "filter", "orderBy", "top"}
 MAX_FILTER = 8000
 DEFAULT_PAGE_SIZE = 500
+log = logging.getLogger("agent.sources")
+MAX_EMPTY_PAGES = 50  # pages in a row with no row but a next link: a broken server, not data
 _URL_SAFE = "!#$&'()*+,/:;=?@[]~%"
 
 
@@ -92,6 +96,20 @@ class SapB1Source(Source):
         )
         base = re.sub(r"/b1s/v[12]$", "", self.endpoint.base_path)
         self.service_root = f"{base}/b1s/{self.version}"
+        self._warned_plain = False
+
+    def warn_if_plain_http(self) -> None:
+        """The login carries the password: over plain HTTP to another machine anyone on the
+        way can read it. Allowed (the Service Layer's HTTP port exists), but said once."""
+        if self.endpoint.scheme != "http" or self._warned_plain or _is_loopback(self.endpoint.host):
+            return
+        self._warned_plain = True
+        log.warning(
+            "source %s logs in to SAP Business One over plain HTTP (%s): the password travels "
+            "unencrypted; use the Service Layer's https:// port",
+            self.name,
+            self.endpoint.netloc,
+        )
 
     def session(self, timeout: float | None = None) -> ServiceLayerSession:
         if not self.company_db or not self.username:
@@ -101,6 +119,7 @@ class SapB1Source(Source):
                 retryable=False,
             )
         deadline = time.monotonic() + timeout if timeout else None
+        self.warn_if_plain_http()
         return ServiceLayerSession(self, deadline=deadline)
 
     # ------------------------------------------------------------ operations
@@ -144,6 +163,15 @@ class SapB1Source(Source):
     def _open(self, request: dict[str, Any], timeout: float | None) -> QueryStream:
         path, select, top = build_query(self.service_root, request)
         return SapB1Stream(self, path, select, top, timeout)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_query(root: str, request: dict[str, Any]) -> tuple[str, list[str], int | None]:
@@ -269,6 +297,7 @@ class SapB1Stream(QueryStream):
         self._next: str | None = None
         self._seen: set[str] = set()  # the pages asked for: a next link back to one never ends
         self._sent = 0
+        self._empty_run = 0  # pages in a row that brought no row
         self._cancelled = threading.Event()
         self._mutex = threading.Lock()
 
@@ -301,8 +330,15 @@ class SapB1Stream(QueryStream):
         if not isinstance(values, list):
             raise _bad("SAP Business One answered without a 'value' list")
         self.pages += 1
+        before = len(self._rows)
         self._rows.extend(v for v in values if isinstance(v, dict))
         link = page.get("@odata.nextLink") or page.get("odata.nextLink")
+        self._empty_run = self._empty_run + 1 if len(self._rows) == before and link else 0
+        if self._empty_run > MAX_EMPTY_PAGES:
+            raise _bad(
+                f"SAP Business One sent {MAX_EMPTY_PAGES} pages in a row without a row but "
+                "with a next link; stopped (following them might never end)"
+            )
         self._next = (
             resolve_next(link, self.source.service_root, self.source.endpoint)
             if isinstance(link, str) and link

@@ -30,13 +30,18 @@ from shared.errors import JobError
 
 from .base import Column, QueryStream, Row, Source
 from .tally_catalog import REPORTS, catalog, field_type, find_collection
-from .tally_xml import TallyObject, TallyReader
+from .tally_xml import TallyObject, TallyReader, XmlCleaner
 from .webclient import DEFAULT_IO_TIMEOUT, Channel, Endpoint, parse_bool, parse_positive
 
 FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")  # \Z: "$" also matches before a "\n"
 # What XML 1.0 cannot carry in text: control characters, lone surrogates, U+FFFE/U+FFFF.
 NOT_XML = re.compile("[\x00-\x1f\ud800-\udfff\ufffe\uffff]")
 AMOUNT = re.compile(r"^-?\d+(?:\.\d+)?$")
+# An amount with a currency symbol or code ("-₹ 37216.04", "₹1,23,456.00", "Rs. 500",
+# "USD 12.50"; "?" where an 8-bit export lost the ₹): sign, symbol, sign, digits.
+SYMBOL_AMOUNT = re.compile(
+    r"^(-?)\s*(?:[^\w\s.,()+-]{1,2}|Rs\.?|[A-Z]{3})\s*(-?)\s*(\d[\d,]*(?:\.\d+)?)$"
+)
 QUERY_KEYS = {"collection", "report", "fields", "company", "fromDate", "toDate", "filter"}
 MAX_FILTER = 2000
 MAX_COMPANY = 256
@@ -224,19 +229,32 @@ def _text(obj: TallyObject, tag: str) -> str | None:
 
 
 def _amount(text: str | None) -> str | None:
+    """Tally's amount text as an exact decimal string: plain (``-12500.50``), with Indian or
+    Western digit grouping (``1,23,45,678.90``), with a currency symbol (``-₹ 37216.04``), or
+    in the foreign-currency form ``-$448.44 @ ₹ 82.99/$ = -₹ 37216.04``, whose value in the
+    company's base currency is the part after the last ``=``. Anything else stays text."""
     if not text:
         return None
-    plain = text.replace(",", "").strip()
+    plain = text.strip()
+    if "@" in plain and "=" in plain:
+        plain = plain.rsplit("=", 1)[1].strip()
+    plain = plain.replace(",", "")
     if AMOUNT.match(plain):
         return format(decimal.Decimal(plain), "f")
+    m = SYMBOL_AMOUNT.match(plain)
+    if m and not (m.group(1) and m.group(2)):
+        return format(decimal.Decimal(m.group(1) + m.group(2) + m.group(3)), "f")
     return text
 
 
 def _date(text: str | None) -> str | None:
     if not text:
         return None
-    if len(text) == 8 and text.isdigit() and "01" <= text[4:6] <= "12" and "01" <= text[6:] <= "31":
-        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    if len(text) == 8 and text.isdigit():
+        try:  # a real calendar day: 20240231 is no date, whatever its digits look like
+            return dt.date(int(text[:4]), int(text[4:6]), int(text[6:])).isoformat()
+        except ValueError:
+            return text
     for fmt in ("%Y%m%d", "%d-%b-%Y", "%d-%b-%y"):
         try:
             return dt.datetime.strptime(text.strip(), fmt).date().isoformat()
@@ -256,6 +274,26 @@ def convert(text: str, kind: str) -> Any:
         low = text.strip().lower()
         return True if low == "yes" else False if low == "no" else text
     return text
+
+
+def _decode(body: bytes, charset: str | None) -> str:
+    """A short answer (the greeting, an error page) as text, in whichever of Tally's
+    encodings it came (UTF-16 with or without a byte-order mark, UTF-8, 8-bit)."""
+    return XmlCleaner(charset).feed(body, final=True).decode("utf-8", "replace")
+
+
+def gateway_error(status: int, body: bytes, resp: Any) -> JobError:
+    """What an HTTP status other than 200 means: a 5xx, 408 or 429 may pass (retryable);
+    another (404 from a proxy in front of the gateway, 401 from one that wants a login) is
+    the URL's or the set-up's, not retried. The page's text, tags dropped, says the rest."""
+    text = _decode(body, resp.headers.get_content_charset())
+    words = re.sub(r"<[^>]*>", " ", text).split()
+    detail = " ".join(words)[:200]
+    return JobError(
+        "SOURCE_UNAVAILABLE",
+        f"Tally's gateway answered HTTP {status}" + (f": {detail}" if detail else ""),
+        retryable=status >= 500 or status in (408, 429),
+    )
 
 
 class TallySource(Source):
@@ -289,11 +327,13 @@ class TallySource(Source):
         try:
             started = time.perf_counter()
             resp = channel.request("GET", self.path)
-            body = channel.read_all(resp, 1 << 16)
+            body = channel.read_capped(resp, 1 << 16)
+            if resp.status != 200:
+                raise gateway_error(resp.status, body, resp)
             latency = round((time.perf_counter() - started) * 1000)
         finally:
             channel.close()
-        text = re.sub(r"<[^>]*>", "", body.decode("utf-8", "replace")).strip()
+        text = re.sub(r"<[^>]*>", "", _decode(body, resp.headers.get_content_charset())).strip()
         version = re.sub(r"\s+is running\s*$", "", text, flags=re.IGNORECASE)[:100] or None
         # An XML export proves the gateway answers requests, not only the greeting.
         _, batches = self.query({"collection": "Company", "fields": ["Name"]}, 100)
@@ -327,8 +367,7 @@ class TallyStream(QueryStream):
         headers = {"Content-Type": "text/xml; charset=utf-8", "Accept": "text/xml"}
         resp = self.channel.request("POST", self.source.path, self.body, headers)
         if resp.status != 200:
-            text = self.channel.read_all(resp, 1 << 16).decode("utf-8", "replace").strip()
-            raise JobError("SOURCE_UNAVAILABLE", f"Tally answered HTTP {resp.status}: {text[:200]}")
+            raise gateway_error(resp.status, self.channel.read_capped(resp, 1 << 16), resp)
         self._response = resp
         self.reader = TallyReader(resp.headers.get_content_charset())
         while not self.reader.objects and not self.reader.done:

@@ -233,7 +233,7 @@ class TallyReader:
         self._parser = DefusedExpatParser(forbid_dtd=True)
         self._parser.reset()  # makes the expat parser, with defusedxml's refusing handlers
         expat = self._parser._parser
-        handler = _Handler(self)
+        handler = self._handler = _Handler(self)
         expat.buffer_text = True
         expat.StartElementHandler = handler.startElement
         expat.EndElementHandler = handler.endElement
@@ -253,8 +253,22 @@ class TallyReader:
         try:
             self._parser.close()
         except SAXParseException as exc:
+            if self._handler.stack:
+                raise self._truncated() from exc
             raise _malformed(exc) from exc
+        if self._handler.stack:
+            raise self._truncated()
         self.done = True
+
+    def _truncated(self) -> JobError:
+        """The answer stopped inside its document: the connection closed early (Tally closed,
+        crashed or ran out of memory mid-export). Another attempt may well succeed."""
+        return JobError(
+            "SOURCE_UNAVAILABLE",
+            f"Tally's answer ended before its XML was complete (after {self.bytes_in} bytes, "
+            f"inside <{self._handler.stack[-1]}>): the connection closed early; a narrower "
+            "query (dates, filter) may help if it recurs",
+        )
 
     def _parse(self, clean: bytes) -> None:
         if not clean:

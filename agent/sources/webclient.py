@@ -34,14 +34,30 @@ ABORT_POLL = 0.1  # how often a connect in progress looks whether the job was ca
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY}
 _IN_PROGRESS.add(getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK))
 _FALSE = {"0", "false", "no", "off"}
+_TRUE = {"1", "true", "yes", "on"}
+# TLS alerts that mean "this port does not speak TLS" (an https:// URL for a plain HTTP port)
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE",
+            "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}  # fmt: skip
 
 
-def parse_bool(value: Any, default: bool = True) -> bool:
+def parse_bool(value: Any, default: bool = True, *, name: str = "verify") -> bool:
+    """An on/off option. A value that is neither (``verify=flase``) is refused rather than
+    guessed: read as true it would silently keep checks the admin meant to turn off, read
+    as false it would silently drop checks."""
     if value is None or value == "":
         return default
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() not in _FALSE
+    text = str(value).strip().lower()
+    if text in _FALSE:
+        return False
+    if text in _TRUE:
+        return True
+    raise JobError(
+        "SOURCE_UNAVAILABLE",
+        f"option {name} must be true or false, not {str(value)[:20]!r}",
+        retryable=False,
+    )
 
 
 def parse_positive(value: Any, default: float, *, name: str) -> float:
@@ -260,6 +276,20 @@ class Channel:
         self.check()  # an abort makes the socket read return early, maybe with b""
         return data
 
+    def read_capped(self, response: http.client.HTTPResponse, limit: int) -> bytes:
+        """The first ``limit`` bytes of a body whose rest does not matter (an error page, a
+        greeting); a longer body is cut and its connection dropped, never a failure."""
+        parts: list[bytes] = []
+        total = 0
+        while total < limit:
+            chunk = self.read(response, limit - total)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            total += len(chunk)
+        self.drop()  # the rest is not read: the connection cannot be reused
+        return b"".join(parts)
+
     def read_all(self, response: http.client.HTTPResponse, limit: int) -> bytes:
         parts: list[bytes] = []
         total = 0
@@ -270,9 +300,8 @@ class Channel:
             total += len(chunk)
             if total > limit:
                 self.drop()
-                raise JobError(
-                    "QUERY_FAILED", f"the response is larger than {limit // (1 << 20)} MiB"
-                )
+                size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
+                raise JobError("QUERY_FAILED", f"the response is larger than {size}")
             parts.append(chunk)
 
     # ------------------------------------------------------------ errors and shutdown
@@ -300,10 +329,22 @@ class Channel:
         if isinstance(exc, (TimeoutError, socket.timeout)):
             return self._timeout_error()
         if isinstance(exc, ssl.SSLCertVerificationError):
+            fix = (
+                f"it is not signed by the CA in ca_file {self.endpoint.ca_file}, or names "
+                "another host"
+                if self.endpoint.ca_file
+                else "give the source a ca_file, or verify=false to opt out"
+            )
             return JobError(
                 "SOURCE_UNAVAILABLE",
-                f"the TLS certificate of {where} was not accepted ({exc.verify_message}); "
-                "give the source a ca_file, or verify=false to opt out",
+                f"the TLS certificate of {where} was not accepted ({exc.verify_message}); {fix}",
+                retryable=False,
+            )
+        if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS:
+            return JobError(
+                "SOURCE_UNAVAILABLE",
+                f"{where} does not answer in TLS ({exc.reason}): is it a plain HTTP port? Use "
+                "an http:// URL for it, or the server's HTTPS port",
                 retryable=False,
             )
         if isinstance(exc, ssl.SSLError):
@@ -314,6 +355,18 @@ class Channel:
             )
         if isinstance(exc, ConnectionRefusedError):
             return JobError("SOURCE_UNAVAILABLE", f"{where} refused the connection")
+        if isinstance(exc, http.client.IncompleteRead):
+            return JobError(
+                "SOURCE_UNAVAILABLE",
+                f"the answer from {where} stopped before its end (the connection closed "
+                "early); it may succeed if retried",
+            )
+        if isinstance(exc, http.client.RemoteDisconnected) and self.endpoint.scheme == "http":
+            return JobError(
+                "SOURCE_UNAVAILABLE",
+                f"{where} closed the connection without an answer (if that port speaks TLS, "
+                "the URL should start with https://)",
+            )
         if isinstance(exc, (http.client.HTTPException, OSError)):
             text = str(exc) or type(exc).__name__
             return JobError("SOURCE_UNAVAILABLE", f"the connection to {where} failed: {text}"[:500])

@@ -28,7 +28,14 @@ Sources read (via the search tools) and followed here:
   {"lang", "value"}}}`` in v1; v2 puts the text directly in ``message``. An expired or
   unknown session answers 401 with code 301, "Invalid session or session already timeout.".
 
-Knobs for tests: ``expire_sessions()`` (the next request gets 401), ``expire_after_pages``
+Knobs for tests: ``canned_logins`` / ``canned_gets`` (answers given, one per request, before
+the fake's own: ``Canned(status, body, content_type, headers)``, e.g. a 500 from a Service
+Layer whose database is down, a proxy's 502 HTML page, a 429/503 with ``Retry-After`` as
+RFC 9110 defines it, a body that echoes the request as some debugging proxies do),
+``cookie_attrs`` (appended to both Set-Cookie headers, e.g. ``; Partitioned; Priority=High``
+as a proxy may add), ``expire_every_page`` (every session dies after each page), ``empty_pages`` (pages carry
+no rows but a next link, forever), ``next_link_base`` (next links written absolute, with
+this scheme and host), ``expire_sessions()`` (the next request gets 401), ``expire_after_pages``
 (sessions die after that many pages, mid-stream), ``reject_sessions``, ``stall`` (an entity read sends part of
 its page and waits), ``hostile_metadata``, ``metadata_padding`` (that many extra enum and
 complex types, 50 properties each, streamed in chunks ahead of the entity types, as a real
@@ -42,6 +49,7 @@ import json
 import re
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -104,10 +112,28 @@ EDM_TYPES = {
 
 
 @dataclass
+class Canned:
+    """One answer given instead of the fake's own. ``body`` may hold ``{cookie}`` and
+    ``{request}``, replaced by the request's Cookie header and body (an echoing proxy)."""
+
+    status: int
+    body: str = ""
+    content_type: str = "application/json;odata.metadata=minimal;charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    after_pages: int = 0  # given only once the fake has served this many entity pages
+
+
+def sap_error(code: int, message: str, lang: str = "en-us") -> str:
+    """SAP's v1 error body (v2 clients read the same ``message.value`` form too)."""
+    return json.dumps({"error": {"code": code, "message": {"lang": lang, "value": message}}})
+
+
+@dataclass
 class SapB1State:
     password: str = "s3cret!"
     data: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)  # B1SESSION -> ROUTEID
+    sessions_ever: list[str] = field(default_factory=list)  # every B1SESSION handed out
     log: list[dict[str, Any]] = field(default_factory=list)
     expire_after_pages: int | None = None
     pages_served: int = 0
@@ -118,6 +144,12 @@ class SapB1State:
     metadata_padding: int = 0
     reject_sessions: bool = False  # every session is refused (a 401 even right after login)
     loop_next_link: bool = False  # a broken server: page 2's next link points at page 2 again
+    canned_logins: deque[Canned] = field(default_factory=deque)
+    canned_gets: deque[Canned] = field(default_factory=deque)
+    expire_every_page: bool = False
+    cookie_attrs: str = ""
+    empty_pages: bool = False
+    next_link_base: str | None = None  # e.g. "https://other.example:50000": absolute links
     logins: int = 0
     logouts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -257,6 +289,17 @@ class SapB1Handler(BaseHTTPRequestHandler):
             body = {"error": {"code": str(code), "message": message}}
         self._json(status, body)
 
+    def _canned(self, queue: deque[Canned], raw: bytes = b"") -> bool:
+        with self.state.lock:
+            ready = queue and queue[0].after_pages <= self.state.pages_served
+            canned = queue.popleft() if ready else None
+        if canned is None:
+            return False
+        body = canned.body.replace("{cookie}", self.headers.get("Cookie") or "")
+        body = body.replace("{request}", raw.decode("utf-8", "replace"))
+        self._send(canned.status, body.encode(), canned.content_type, canned.headers)
+        return True
+
     def _record(self, version: str, path: str) -> None:
         jar = self._cookies()
         with self.state.lock:
@@ -289,6 +332,8 @@ class SapB1Handler(BaseHTTPRequestHandler):
         version, path, _ = route
         self._record(version, path)
         if path == "/Login":
+            if self._canned(self.state.canned_logins, raw):
+                return None
             return self._login(version, raw)
         if path == "/Logout":
             jar = self._cookies()
@@ -315,12 +360,14 @@ class SapB1Handler(BaseHTTPRequestHandler):
         session, route = str(uuid.uuid1()), ".node1"
         with self.state.lock:
             self.state.sessions[session] = route
+            self.state.sessions_ever.append(session)
             self.state.logins += 1
         context = "odata.metadata" if version == "v1" else "@odata.context"
         body = {context: f"/b1s/{version}/$metadata#B1Sessions/$entity", "SessionId": session,
                 "Version": SL_VERSION, "SessionTimeout": 30}  # fmt: skip
-        cookies = [("Set-Cookie", f"B1SESSION={session}; path=/b1s/{version}; secure; HttpOnly"),
-                   ("Set-Cookie", f"ROUTEID={route}; path=/b1s")]  # fmt: skip
+        more = self.state.cookie_attrs
+        cookies = [("Set-Cookie", f"B1SESSION={session}; path=/b1s/{version}; secure; HttpOnly{more}"),
+                   ("Set-Cookie", f"ROUTEID={route}; path=/b1s{more}")]  # fmt: skip
         self._json(200, body, cookies)
 
     def do_GET(self) -> None:
@@ -329,6 +376,8 @@ class SapB1Handler(BaseHTTPRequestHandler):
             return self._send(404, b"not found", "text/plain")
         version, path, query = route
         self._record(version, path)
+        if self._canned(self.state.canned_gets):
+            return None
         if not self._session_ok():
             return self._error(version, 401, 301, "Invalid session or session already timeout.")
         if path == "/":
@@ -370,6 +419,8 @@ class SapB1Handler(BaseHTTPRequestHandler):
         if size == 0:  # the manual: maxpagesize 0 turns paging off
             size = max(end - skip, 1)
         page = rows[skip : min(end, skip + size)]
+        if self.state.empty_pages:
+            page, end = [], skip + size + 1  # a broken server: no rows, always a next link
         body: dict[str, Any] = {"value": page}
         if skip + size < end:
             keep = [f"{k}={quote(v, safe='')}" for k, v in one.items() if k != "$skip"]
@@ -377,14 +428,15 @@ class SapB1Handler(BaseHTTPRequestHandler):
             looping = self.state.loop_next_link and skip > 0 and self.state.pages_served < 10
             after = skip if looping else skip + size
             link = f"{name}?" + "&".join([*keep, f"$skip={after}"])
-            if version == "v1":
-                body["odata.nextLink"] = f"/b1s/v1/{link}"
-            else:
-                body["@odata.nextLink"] = link
+            if self.state.next_link_base:
+                link = f"{self.state.next_link_base}/b1s/{version}/{link}"
+            elif version == "v1":
+                link = f"/b1s/v1/{link}"
+            body["odata.nextLink" if version == "v1" else "@odata.nextLink"] = link
         extra = [("Preference-Applied", f"odata.maxpagesize={size}")] if m else []
         with self.state.lock:
             self.state.pages_served += 1
-            if (
+            if self.state.expire_every_page or (
                 self.state.expire_after_pages
                 and self.state.pages_served == self.state.expire_after_pages
             ):

@@ -29,7 +29,15 @@ real Tally ever omits the BOM is not verified; some clients, e.g. dhananjay1405/
 (names carry ``&#4;``, ``&#x1F;`` and raw control characters, written in 7-byte pieces so
 references straddle reads), ``hostile`` ("billion_laughs" or "external_entity"),
 ``vouchers`` (how many the Voucher collection streams), ``stall`` (send part of an answer,
-then wait). ``requests`` keeps each request body (parsed) for assertions.
+then wait), ``truncate_after`` (send that many pieces of the answer, then close the
+connection: a Tally that crashes or is closed mid-export), ``framing`` ("chunked", or
+"close": no length, the end of the answer is the connection's close, as HTTP/1.0 servers
+do), ``silent`` (read the request, never answer), ``forex`` (the first voucher's amount in
+Tally's foreign-currency form ``-$448.44 @ ₹ 82.99/$ = -₹ 37216.04``, as exported for a
+voucher in a foreign currency: the base-currency amount is the part after ``=``; seen in
+open-source Tally clients' fixtures), ``raw_answer`` (this text answers every export, in
+the configured encoding), ``error_page`` (``(status, html)``: every request, GET or POST,
+is answered so, as a proxy in front of the gateway or another program on its port would). ``requests`` keeps each request body (parsed) for assertions.
 """
 
 from __future__ import annotations
@@ -77,6 +85,13 @@ class TallyState:
     requests: list[Any] = field(default_factory=list)
     raw_requests: list[bytes] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
+    truncate_after: int | None = None
+    framing: str = "chunked"
+    silent: bool = False
+    forex: bool = False
+    raw_answer: str | None = None
+    error_page: tuple[int, str] | None = None
+    greetings: int = 0
 
 
 def _envelope_start(status: int = 1) -> str:
@@ -126,15 +141,19 @@ def _ledger_objects(fields: list[str], formula: str | None, bad_refs: bool) -> I
         yield "".join(parts)
 
 
-def _voucher(i: int) -> str:
+FOREX_AMOUNT = "-$448.44 @ \u20b9 82.99/$ = -\u20b9 37216.04"
+
+
+def _voucher(i: int, forex: bool = False) -> str:
     amount = f"{(i % 9973) * 3 + 0.25:.2f}"
+    shown = FOREX_AMOUNT if forex else f"-{amount}"
     return (
         f'<VOUCHER REMOTEID="rid-{i}" VCHTYPE="Sales" ACTION="Create">'
         f'<DATE TYPE="Date">202404{(i % 28) + 1:02d}</DATE>'
         f'<VOUCHERTYPENAME TYPE="String">Sales</VOUCHERTYPENAME>'
         f'<VOUCHERNUMBER TYPE="String">{i}</VOUCHERNUMBER>'
         f'<PARTYLEDGERNAME TYPE="String">Customer {i % 500}</PARTYLEDGERNAME>'
-        f'<AMOUNT TYPE="Amount">-{amount}</AMOUNT>'
+        f'<AMOUNT TYPE="Amount">{shown}</AMOUNT>'
         f'<NARRATION TYPE="String">Being goods sold against invoice {i} as per order</NARRATION>'
         f'<GUID TYPE="String">5f0c2c2e-9a3b-4d1e-8c7a-{i:012d}</GUID>'
         "</VOUCHER>"
@@ -229,7 +248,7 @@ def answer(state: TallyState, req: Any) -> Iterator[str]:
         yield head
         batch: list[str] = []
         for i in range(state.vouchers):
-            batch.append(_voucher(i))
+            batch.append(_voucher(i, state.forex and i == 0))
             if len(batch) == 200:
                 yield "".join(batch)
                 batch = []
@@ -248,10 +267,30 @@ class TallyHandler(BaseHTTPRequestHandler):
     def state(self) -> TallyState:
         return self.server.state  # type: ignore[attr-defined]
 
+    def _error_page(self) -> bool:
+        if self.state.error_page is None:
+            return False
+        status, html = self.state.error_page
+        body = html.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return True
+
     def do_GET(self) -> None:
-        body = b"<RESPONSE>TallyPrime Server is Running</RESPONSE>"
+        if self._error_page():
+            return
+        self.state.greetings += 1
+        text = "<RESPONSE>TallyPrime Server is Running</RESPONSE>"
+        utf16 = self.state.encoding.startswith("utf-16")
+        body = (b"\xff\xfe" + text.encode("utf-16-le")) if utf16 else text.encode()
         self.send_response(200)
-        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Type", "text/xml; charset=utf-16" if utf16 else "text/xml")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -261,10 +300,21 @@ class TallyHandler(BaseHTTPRequestHandler):
         self.state.raw_requests.append(raw)
         req = SafeET.fromstring(raw, forbid_dtd=True)
         self.state.requests.append(req)
+        if self._error_page():
+            return
+        if self.state.silent:
+            self.state.stalled.set()
+            self.state.release.wait(timeout=30)
+            self.close_connection = True
+            return
         utf16 = self.state.encoding.startswith("utf-16")
         self.send_response(200)
         self.send_header("Content-Type", f"text/xml; charset={'utf-16' if utf16 else 'utf-8'}")
-        self.send_header("Transfer-Encoding", "chunked")
+        if self.state.framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         try:
             self._write_all(req, utf16)
@@ -272,17 +322,25 @@ class TallyHandler(BaseHTTPRequestHandler):
             self.state.disconnected.set()
             self.close_connection = True
 
+    def _piece(self, data: bytes) -> None:
+        if self.state.framing == "chunked":
+            send_chunk(self, data)
+        elif data:
+            self.wfile.write(data)
+
     def _write_all(self, req: Any, utf16: bool) -> None:
         codec = "utf-16-le" if utf16 else "utf-8"
         if self.state.encoding == "utf-16-nobom":
-            send_chunk(self, "\r\n".encode(codec))
+            self._piece("\r\n".encode(codec))
         elif utf16:
-            send_chunk(
-                self, b"\xff\xfe" + '<?xml version="1.0" encoding="UTF-16"?>\r\n'.encode(codec)
-            )
+            self._piece(b"\xff\xfe" + '<?xml version="1.0" encoding="UTF-16"?>\r\n'.encode(codec))
         if self.state.hostile:
             doc = BILLION_LAUGHS if self.state.hostile == "billion_laughs" else EXTERNAL_ENTITY
+            if utf16:  # one declaration only: the UTF-16 one written above
+                doc = doc.split("?>", 1)[1]
             pieces: Iterator[str] = iter([doc])
+        elif self.state.raw_answer is not None:
+            pieces = iter([self.state.raw_answer])
         else:
             pieces = answer(self.state, req)
         sent = 0
@@ -290,14 +348,18 @@ class TallyHandler(BaseHTTPRequestHandler):
             data = piece.encode(codec)
             step = 7 if self.state.bad_refs else len(data) or 1
             for at in range(0, len(data), step):
-                send_chunk(self, data[at : at + step])
+                self._piece(data[at : at + step])
             sent += 1
+            if self.state.truncate_after is not None and sent >= self.state.truncate_after:
+                self.wfile.flush()
+                self.close_connection = True
+                return  # no final chunk: the answer stops mid-document
             if self.state.stall and sent == 2:
                 self.wfile.flush()
                 self.state.stalled.set()
                 self.state.release.wait(timeout=30)
                 raise BrokenPipeError("the fake stops here")
-        send_chunk(self, b"")
+        self._piece(b"")
 
 
 def start_fake_tally(
