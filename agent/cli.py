@@ -174,6 +174,11 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except PermissionError as exc:
+        # The agent's state lives beside its config: a file there this user may not read.
+        _err(f"permission denied: {exc.filename or exc}: run the command as the user the agent "
+             "runs as, or with sudo.")  # fmt: skip
+        return EXIT_CONFIG
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one sentence, no traceback
         if os.environ.get("MC_DEBUG"):
             traceback.print_exc()
@@ -467,11 +472,14 @@ def cmd_status(args: argparse.Namespace, paths: StatePaths) -> int:
             "configSources": configured,
             "lastError": st.get("lastError") if st["running"] else None,
             "pid": st.get("pid") if st["running"] else None,
+            **({"statusProblem": st["statusProblem"]} if st.get("statusProblem") else {}),
         }
         print(orjson.dumps(out).decode())
         return EXIT_OK if st["running"] else EXIT_NOT_RUNNING
     if not st["running"]:
-        print(f"the agent is not running (config {paths.config}, relay {cfg.relay_url or 'not set'})")
+        _print_escaped(f"the agent is not running (config {paths.config}, relay {cfg.relay_url or 'not set'})")
+        if st.get("statusProblem"):
+            _print_escaped(f"note:           {st['statusProblem']}")
         return EXIT_NOT_RUNNING
     _status_lines(st, cfg, running_sources, configured)
     return EXIT_OK

@@ -78,8 +78,19 @@ class AgentConfig:
 # ---------------------------------------------------------------- file
 
 
+def _permission_hint(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return " (run the command as the user the agent runs as, or with sudo)"
+    return ""
+
+
 def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
-    if not path.exists():
+    try:
+        exists = path.exists()  # raises when a folder on the way may not be entered
+    except OSError as exc:
+        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror or exc}"
+                          f"{_permission_hint(exc)}") from exc  # fmt: skip
+    if not exists:
         if missing_ok:
             return AgentConfig()
         raise ConfigError(
@@ -89,7 +100,8 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror or exc}"
+                          f"{_permission_hint(exc)}") from exc  # fmt: skip
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the agent config {path} is not valid TOML: {exc}") from exc
     agent = data.get("agent", {})
@@ -355,7 +367,11 @@ def split_odbc_password(url: str) -> tuple[str, str | None]:
 def normalise_relay_url(url: str, *, allow_insecure: bool) -> str:
     """Check the relay URL: ws(s):// (http(s):// mapped), plain ws:// only to localhost."""
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = urlsplit("")  # refused below, with the sentence every bad URL gets
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), parts.scheme.lower())
     if scheme not in ("ws", "wss") or not parts.hostname:
         raise InvalidInput(

@@ -34,18 +34,32 @@ def read_status(path: Path, *, now: float | None = None) -> dict[str, Any]:
     """The last status written, with ``running`` saying whether its writer is alive."""
     try:
         data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+    except FileNotFoundError:
         return {"running": False, "state": "not running"}
+    except OSError as exc:
+        return _unreadable(path, exc.strerror or str(exc))
+    except orjson.JSONDecodeError:
+        return _unreadable(path, "it is not valid JSON")
     if not isinstance(data, dict):
-        return {"running": False, "state": "not running"}
+        return _unreadable(path, "it is not a JSON object")
     pid = data.get("pid")
-    alive = isinstance(pid, int) and pid > 0 and _alive(pid)
-    fresh = (now or time.time()) - float(data.get("updatedAt") or 0) < STALE_AFTER
+    updated = data.get("updatedAt", 0)
+    if updated is None:
+        updated = 0
+    if not isinstance(updated, (int, float)) or isinstance(updated, bool) or updated != updated:
+        return _unreadable(path, "its updatedAt is not a number")
+    alive = isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31 and _alive(pid)
+    fresh = (now or time.time()) - float(updated) < STALE_AFTER
     running = alive and fresh and data.get("linkState") != "closed"
     data["running"] = running
     if not running:
         data["state"] = "not running"
     return data
+
+
+def _unreadable(path: Path, why: str) -> dict[str, Any]:
+    """A status file that cannot be used: the agent is taken as not running, and why is said."""
+    return {"running": False, "state": "not running", "statusProblem": f"the status file {path} is unreadable: {why}"}
 
 
 def _alive(pid: int) -> bool:

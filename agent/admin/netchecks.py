@@ -15,6 +15,7 @@ import asyncio
 import base64
 import datetime as dt
 import email.utils
+import re
 import socket
 import ssl
 import time
@@ -387,7 +388,16 @@ def _health_summary(status: int, body: bytes) -> str:
 
 
 def format_check(check: Check) -> str:
+    """One check's line. Text from the config or the relay (its URL, its answers) may hold
+    control characters: they are shown escaped, as ``status`` does, never obeyed."""
+    from ..config import CONTROL_CHARS
+
     line = f"{check.status.upper():<5} {check.name:<7} {check.detail}"
     if check.fix and check.status != OK:
         line += f". Fix: {check.fix}"
-    return line
+    # (a fix may span lines on purpose: the SQL of a least-privilege reader)
+    return "\n".join(CONTROL_CHARS.sub(_escape, part) for part in line.split("\n"))
+
+
+def _escape(m: re.Match[str]) -> str:
+    return m.group().encode("unicode_escape").decode("ascii")

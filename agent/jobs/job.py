@@ -77,6 +77,8 @@ class Job:
     unacked: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     next_seq: int = 0
     sent_through: int = -1
+    sent_max: int = -1  # the highest seq ever sent, on any connection: what an ack may name
+    bad_ack_logged: bool = False  # an ack past what was sent was logged (once per job)
     any_acked: bool = False  # the relay acknowledged a chunk: it has the columns
     rows: int = 0
     bytes: int = 0
@@ -135,6 +137,9 @@ def from_spool(sj: SpooledJob) -> Job:
     job.next_seq = job.done_msg["chunks"]
     job.rows, job.bytes = job.done_msg["rowCount"], job.done_msg["byteCount"]
     job.any_acked = job.next_seq > 0 and 0 not in job.unacked
+    # Before the restart every chunk below the first unacknowledged one was sent (the
+    # relay acknowledged it); the unacknowledged ones may not have been, until attach.
+    job.sent_max = (min(job.unacked) - 1) if job.unacked else job.next_seq - 1
     return job
 
 

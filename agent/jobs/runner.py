@@ -39,6 +39,14 @@ RECANCEL_EVERY = 1.0
 STARTED_LOG_AFTER = 1.0  # s: a job running longer logs that it started
 BEGUN_GRACE = 0.05  # s: a query whose columns come sooner announces itself once
 RECANCEL_FOR = 30.0
+# Finished jobs held for a relay that has not acknowledged their done message. An honest
+# relay acknowledges within a round trip, so this is reached only by one that never does:
+# past it the oldest is dropped (memory and spool), and the relay redelivers that job after
+# its lease lapses. Below the hello's limit of 1000 held jobs (shared/protocol.py).
+MAX_HELD_FINISHED = 512
+USED_OPTIONS = ("timeoutSeconds", "maxRows")
+MAX_TIMEOUT = 7 * 86_400.0  # s: past the relay's own ceiling (a day); anything above is taken as this
+MAX_HELD_IN_HELLO = 1000
 
 
 class Link(Protocol):
@@ -77,6 +85,7 @@ class Runner:
         self._link: Link | None = None
         self._send_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self.max_held_finished = MAX_HELD_FINISHED
 
     # ------------------------------------------------------------ session side
 
@@ -85,7 +94,8 @@ class Runner:
         return sum(1 for j in self.jobs.values() if j.running)
 
     def held_jobs(self) -> list[dict[str, Any]]:
-        return [{"jobId": j.job_id, "attempt": j.attempt} for j in self.jobs.values()]
+        held = [{"jobId": j.job_id, "attempt": j.attempt} for j in self.jobs.values()]
+        return held[-MAX_HELD_IN_HELLO:]  # the protocol's limit; the newest are kept
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [
@@ -135,6 +145,7 @@ class Runner:
                 for seq, frame in list(job.unacked.items()):
                     await link.send_binary(self._wire(frame))
                     job.sent_through = seq
+                    job.sent_max = max(job.sent_max, seq)
                 if job.done_msg is not None:
                     await link.send_message(job.done_msg)
                     job.fire("send_done")
@@ -176,6 +187,10 @@ class Runner:
                 self._remember_finished(job.job_id, job.attempt)
                 self._spool(Spool.finish, job.job_id, job.attempt)
                 log.debug("job %s acknowledged", job.job_id, extra={"jobId": job.job_id})
+            else:
+                # A late or repeated ack (it crossed a reconnect), or a relay's mistake:
+                # nothing of ours to change.
+                _not_held(msg, job)
 
     # ------------------------------------------------------------ job lifecycle
 
@@ -184,6 +199,12 @@ class Runner:
         held = self.jobs.get(job_id)
         if held is not None and held.attempt == attempt:
             return  # a duplicate delivery: the held job answers for itself on attach
+        if held is not None and attempt < held.attempt:
+            # An older attempt never replaces a newer one (a relay's stale or replayed
+            # assignment): the newer one goes on, and the relay has it in heldJobs.
+            log.warning("ignored job.assign.v1 for job %s attempt %d: the agent holds its newer attempt %d",
+                        job_id, attempt, held.attempt, extra={"jobId": job_id})  # fmt: skip
+            return
         if held is not None and not held.running and not held.any_acked and held.done_msg["status"] == "succeeded":
             # Finished, and the relay has none of its chunks: hand the same result over
             # as the new attempt instead of running the job twice.
@@ -192,7 +213,10 @@ class Runner:
         if held is not None:
             # A newer attempt supersedes ours: its data must not mix with the old one's.
             self._abandon(held)
-        job = Job(job_id, attempt, msg["source"], msg["operation"], dict(msg.get("options") or {}))
+        # Only the options the agent reads are kept: a finished job may be held a while,
+        # and a relay's options object may be up to a frame's size (1 MiB).
+        options = msg.get("options") or {}
+        job = Job(job_id, attempt, msg["source"], msg["operation"], {k: options[k] for k in USED_OPTIONS if k in options})
         self.jobs[job_id] = job
         if self.finished.get(job_id, 0) >= attempt:
             # The relay already acknowledged this attempt's result: never run it twice. (A
@@ -221,6 +245,8 @@ class Runner:
     def cancel(self, job_id: str, attempt: int, *, reason: str) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or not job.running:
+            if reason == "cancelled":  # (from the relay; a shutdown stops what there is)
+                log.debug("ignored job.cancel.v1 for job %s attempt %d: not running here", job_id, attempt)
             return
         job.request_stop(reason)
         _stop(job)
@@ -244,7 +270,7 @@ class Runner:
         async with self._send_lock:
             if self.jobs.get(job.job_id) is not job or job.attempt != old:
                 return
-            job.attempt, job.unacked, job.sent_through = attempt, frames, -1
+            job.attempt, job.unacked, job.sent_through, job.sent_max = attempt, frames, -1, -1
             job.done_msg = make("job.done.v1", **{**job.done_msg.data, "attempt": attempt})
             if job.started_msg is not None:
                 job.started_msg = make("job.started.v1", **{**job.started_msg.data, "attempt": attempt})
@@ -261,6 +287,7 @@ class Runner:
                 for seq, frame in list(job.unacked.items()):
                     await self._link.send_binary(self._wire(frame))
                     job.sent_through = seq
+                    job.sent_max = max(job.sent_max, seq)
                 await self._link.send_message(job.done_msg)
                 job.fire("send_done")
 
@@ -274,6 +301,18 @@ class Runner:
         if self.spool is not None:
             self.spool.submit(fn, *args)
 
+    def _bound_held(self) -> None:
+        """At most ``max_held_finished`` finished jobs wait for the relay's acknowledgement:
+        past it the oldest is dropped, here and in the spool (the relay never acknowledged
+        it, so it still owns the job and redelivers it after the lease lapses)."""
+        finished = [j for j in self.jobs.values() if not j.running]
+        for job in finished[: max(0, len(finished) - self.max_held_finished)]:
+            log.warning("the relay has not acknowledged %d finished jobs; dropping the oldest, job %s "
+                        "(attempt %d): the relay will deliver it again", len(finished), job.job_id,
+                        job.attempt, extra={"jobId": job.job_id})  # fmt: skip
+            del self.jobs[job.job_id]
+            self._spool(Spool.drop, job.job_id, job.attempt)
+
     def _spool_done(self, job: Job) -> None:
         """Spool a finished job with the chunks the relay has not acknowledged yet, in one
         write. Nothing is spooled while a job runs: after a crash an unfinished job is
@@ -283,6 +322,7 @@ class Runner:
         started = job.started_msg.data if job.started_msg is not None else None
         self._spool(Spool.record_done, job.job_id, job.attempt, job.source, job.operation,
                     started, job.done_msg.data, dict(job.unacked))  # fmt: skip
+        self._bound_held()
 
     def _finish_now(self, job: Job, error: JobError) -> None:
         job.finish(self._done(job, "failed", error))
@@ -448,10 +488,20 @@ class Runner:
             if self._link is not None and item.seq > job.sent_through and item.seq in job.unacked:
                 await self._link.send_binary(self._wire(item.frame))
                 job.sent_through = item.seq
+                job.sent_max = max(job.sent_max, item.seq)
 
     def _chunk_ack(self, job_id: str, attempt: int, seq: int) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt:
+            log.debug("ignored job.chunk.ack.v1 for job %s attempt %d: not held here", job_id, attempt)
+            return
+        if seq > job.sent_max:
+            # The relay acknowledges a chunk it was never sent: believing it would drop
+            # chunks it does not have (and skip the columns on the next connection).
+            if not job.bad_ack_logged:
+                job.bad_ack_logged = True
+                log.warning("ignored job.chunk.ack.v1 for job %s: chunk %d was never sent (sent up to %d)",
+                            job_id, seq, job.sent_max, extra={"jobId": job_id})  # fmt: skip
             return
         # Acks are cumulative: the relay acknowledges only a gap-free prefix.
         for s in [s for s in job.unacked if s <= seq]:
@@ -498,6 +548,16 @@ class Runner:
             await asyncio.sleep(0.05)
 
 
+def _not_held(msg: Message, job: Job | None) -> None:
+    if job is None:
+        why = "not held here"
+    elif job.attempt != msg["attempt"]:
+        why = f"the agent holds attempt {job.attempt}"
+    else:
+        why = "its done message was not sent yet"
+    log.debug("ignored %s for job %s attempt %d: %s", msg.type, msg["jobId"], msg["attempt"], why)
+
+
 def _stop(job: Job) -> None:
     job.stop.set()  # the worker thread checks it before it starts the statement
     if job.on_stop is not None:
@@ -505,8 +565,10 @@ def _stop(job: Job) -> None:
 
 
 def _positive(value: Any) -> float | None:
+    """A relay's ``timeoutSeconds``: a positive number, at most ``MAX_TIMEOUT`` (a timeout
+    of 1e300 s cannot be waited for: the deadline thread's wait raises OverflowError)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
+        return min(float(value), MAX_TIMEOUT)
     return None
 
 

@@ -27,6 +27,7 @@ from websockets.frames import CloseCode
 from shared import __version__
 from shared.errors import ProtocolError
 from shared.protocol import (
+    CLOSE_CODES,
     MAX_TEXT_FRAME,
     PROTOCOL_VERSION,
     RELAY,
@@ -256,7 +257,13 @@ class Session:
         )
         await ws.send(encode(hello))
         self.state.fire("hello")
-        welcome = await self._await_welcome(ws)
+        try:
+            welcome = await self._await_welcome(ws)
+        except ProtocolError:
+            # Tell the relay why (4008, shared/protocol.py's table), not a normal close.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.close(CLOSE_CODES["PROTOCOL_VIOLATION"], "protocol violation")
+            raise
         if welcome is None:
             return
         self.connector_id = welcome["connectorId"]
@@ -325,6 +332,8 @@ class Session:
             log.info("the relay asked the agent to reconnect after %.1f s; reconnecting in %.1f s",
                      asked, self._asked_delay)  # fmt: skip
             await ws.close(1000, "reconnect requested")
+        else:  # valid, but not now (a second welcome): said once each, like a malformed one
+            log.warning("ignored an unexpected %s from the relay", msg.type)
 
     async def sources_changed(self, sources: list[dict[str, str]]) -> None:
         """The admin changed the sources while the agent runs: the next hello carries the

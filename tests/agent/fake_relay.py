@@ -51,6 +51,8 @@ class FakeRelay:
         self.welcome_text: str | None = None
         self.answer_hello = True
         self.close_after_welcome: int | None = None  # a close code: welcome, then close at once
+        self.ack_done = True  # with auto_ack: acknowledge job.done.v1 too
+        self.close_codes: list[int | None] = []  # the close code of each ended connection
         self.got = Received()
         self.hellos: list[Message] = []
         self.connections = 0
@@ -83,6 +85,13 @@ class FakeRelay:
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
+        try:
+            await self._converse(ws)
+        finally:
+            await ws.wait_closed()
+            self.close_codes.append(ws.close_code)
+
+    async def _converse(self, ws: ServerConnection) -> None:
         self.connections += 1
         hello = decode_frame(await ws.recv(), sender=AGENT)
         assert isinstance(hello, Message) and hello.type == "agent.hello.v1"
@@ -113,7 +122,7 @@ class FakeRelay:
                     await self.ack(msg.job_id, msg.attempt, msg.seq)
             else:
                 self.got.messages.append(msg)
-                if msg.type == "job.done.v1" and self.auto_ack:
+                if msg.type == "job.done.v1" and self.auto_ack and self.ack_done:
                     await self.send("job.done.ack.v1", jobId=msg["jobId"], attempt=msg["attempt"])
 
     # ------------------------------------------------------------ driving

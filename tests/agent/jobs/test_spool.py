@@ -159,6 +159,9 @@ async def test_a_running_job_writes_nothing_and_its_end_spools_only_what_is_unac
     core = Spool(tmp_path / "spool.db")
     spool = AsyncSpool(core)
     runner = _runner(spool)
+    # connected: the chunks go out, so the relay may acknowledge them (one never sent may
+    # not be acknowledged: tests/agent/link/test_relay_lies.py)
+    await runner.attach(_Link(), connector_id="con_1", window=8, max_chunk_bytes=1 << 20)
     job = Job("job_r", 1, "pg", "query", {})
     runner.jobs[job.job_id] = job
     job.started_msg = make("job.started.v1", jobId="job_r", attempt=1, columns=[{"name": "n", "type": "integer"}])
