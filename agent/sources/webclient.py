@@ -361,7 +361,9 @@ class Channel:
                 f"the answer from {where} stopped before its end (the connection closed "
                 "early); it may succeed if retried",
             )
-        if isinstance(exc, http.client.RemoteDisconnected) and self.endpoint.scheme == "http":
+        if isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)) and (
+            self.endpoint.scheme == "http"
+        ):  # (a TLS port closes a plain request's connection; which error shows is a race)
             return JobError(
                 "SOURCE_UNAVAILABLE",
                 f"{where} closed the connection without an answer (if that port speaks TLS, "
