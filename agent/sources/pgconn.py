@@ -78,6 +78,12 @@ PSYCOPG2_OIDS = frozenset({
 })  # fmt: skip
 
 
+def read_as_text(oid: int) -> bool:
+    """Whether values of type ``oid`` arrive as PostgreSQL's text, a str (psycopg2 did not
+    know the type): the COPY fast path writes them as JSON strings (``pgcopy._as_text``)."""
+    return oid not in PSYCOPG2_OIDS
+
+
 class OneStatementCursor(ClientCursor[Any]):
     """A client-binding cursor that always uses the extended query protocol, for plain
     queries and for ``COPY`` alike, so the server refuses text holding two statements."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import orjson
@@ -256,10 +257,10 @@ def _as_text(x: str, _s: Session) -> str:
 def expression(oid: int) -> Callable[[str, Session], str] | None:
     """The expression writing a column of type ``oid`` as the cursor path writes it (None:
     the cursor path only)."""
-    from .pgconn import PSYCOPG2_OIDS
+    from .pgconn import read_as_text
 
     found = EXPRESSIONS.get(oid)
-    if found is None and oid not in PSYCOPG2_OIDS:
+    if found is None and read_as_text(oid):
         return _as_text
     return found
 
@@ -323,6 +324,13 @@ class CopyPlan:
     def json_values(self) -> bool:
         """Whether a column is json or jsonb (its lines go through ``pgjson.checked``)."""
         return not pgjson.OIDS.isdisjoint(self.oids)
+
+    def line_check(self) -> Callable[[bytes], bytes] | None:
+        """What the text form's lines go through besides undoing COPY's ``\\\\``: with a
+        json or jsonb column, ``pgjson.checked`` (exponents looked for only with json)."""
+        if not self.json_values:
+            return None
+        return partial(pgjson.checked, exponents=pgjson.JSON in self.oids)
 
     def keys(self) -> list[bytes]:
         """Each column's JSON key with what goes before it: ``{"a":``, ``,"b":``."""
@@ -438,13 +446,12 @@ class LineSink(io.RawIOBase):
     rows)``. ``emit`` blocks while the producer's queue is full (back-pressure reaches
     PostgreSQL through the socket) and returns False when it wants no more rows."""
 
-    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int, *, json_values: bool = False,
-                 json_exponents: bool = False) -> None:  # fmt: skip
+    def __init__(self, emit: Callable[[bytes, int], bool], max_line: int, *,
+                 check: Callable[[bytes], bytes] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.emit = emit
         self.max_line = max_line
-        self.json_values = json_values  # a json/jsonb column: pgjson.checked undoes the escapes
-        self.json_exponents = json_exponents  # a json column (pgjson._unreadable_at)
+        self.check = check  # CopyPlan.line_check: undoes the escapes itself
         self.rest = b""
         self.dead = False  # after a failure: a late flush (GC) must emit nothing
 
@@ -464,8 +471,8 @@ class LineSink(io.RawIOBase):
             self.rest = data
             return n
         payload, self.rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-        if self.json_values:
-            payload = pgjson.checked(payload, self.json_exponents)
+        if self.check is not None:
+            payload = self.check(payload)
         elif b"\\" in payload:
             payload = payload.replace(b"\\\\", b"\\")
         if not self.emit(payload, payload.count(b"\n")):

@@ -1,7 +1,7 @@
 """json and jsonb columns on the COPY fast path (``pgcopy``'s text form).
 
 A json or jsonb value is JSON already: PostgreSQL writes its text into the object line
-(``pgcopy._json``) and the agent parses nothing. The cursor path reads the value into
+(``expression``) and the agent parses nothing. The cursor path reads the value into
 Python (``pgconn.JsonLoader``) and writes it again; the two agree after parsing (the
 hard rule of tests/agent/sources/test_pg_copy.py), except in what no reader sees:
 whitespace between tokens, and a repeated key, which the text keeps and every parser
@@ -50,7 +50,6 @@ _DIGITS = bytes.maketrans(b"123456789E", b"000000000e")
 _NINETEEN = b"0" * 19
 _LONG_RUN = re.compile(rb"0{19,}")
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-_NUMBER_BEFORE = frozenset(b":,[")
 _MANTISSA = frozenset(b"0123456789.")
 _DIGIT = frozenset(b"0123456789")
 MAX_BRACKETS = 1000  # below the relay's row check's nesting limit (1024)

@@ -41,9 +41,9 @@ _MYSQL_TYPES: dict[int, str] = {
 
 
 def _read_as_text(oid: int) -> bool:
-    from .pgconn import PSYCOPG2_OIDS
+    from .pgconn import read_as_text
 
-    return oid not in PSYCOPG2_OIDS
+    return read_as_text(oid)
 
 
 def columns_from_description(

@@ -33,7 +33,7 @@ from shared import exactjson
 from shared.errors import JobError
 
 from ..jobs.deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, pgjson, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 from .sqlhandle import SqlHandle
@@ -171,8 +171,7 @@ class SqlStream(QueryStream):
             sink = pgcsv.CsvSink(emit, plan.keys(), target)
             write, flush = sink.write, sink.flush
         else:
-            sink = pgcopy.LineSink(emit, max_line, json_values=plan.json_values,
-                                  json_exponents=pgjson.JSON in plan.oids)  # fmt: skip
+            sink = pgcopy.LineSink(emit, max_line, check=plan.line_check())
             buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
             write, flush = (lambda rows, _n: buffered.write(rows)), buffered.flush
         cursor = self.dbapi.cursor()
