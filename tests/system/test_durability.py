@@ -171,7 +171,8 @@ def wait_mid_stream(stack: Stack, job_id: str, chunks: int = 2) -> None:
 def wait_succeeded(stack: Stack, job_id: str, timeout: float = 120) -> dict[str, Any]:
     assert stack.api is not None
     job = stack.api.wait_job(job_id, timeout, interval=0.2)
-    assert job["status"] == "succeeded", (job, stack.logs_text(40))
+    # the error and attempt first: pytest cuts a long assertion message
+    assert job["status"] == "succeeded", (job.get("error"), job.get("attempt"), job, stack.logs_text(40))
     return job
 
 
