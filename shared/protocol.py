@@ -79,8 +79,10 @@ CLOSE_CODES: Final = {name: code for code, (name, _, _) in CLOSE_REASONS.items()
 
 
 def close_reason(code: int | None) -> tuple[str, bool, float]:
-    """(name, terminal, minimum delay) for a close code; unknown codes are retryable."""
-    if code is None:
+    """(name, terminal, minimum delay) for a close code; unknown codes are retryable.
+    1006 is never sent: the WebSocket library reports it for a connection lost without a
+    closing handshake (the network dropped it), which the backoff alone paces."""
+    if code is None or code == 1006:
         return ("ABNORMAL", False, 0.0)
     return CLOSE_REASONS.get(code, ("UNKNOWN", False, 1.0))
 

@@ -86,6 +86,9 @@ class Runner:
         self._send_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.max_held_finished = MAX_HELD_FINISHED
+        # Acks that moved a job on (a chunk or a result the relay took): the session reads
+        # it to tell a link that works but drops often from a relay that drops at once.
+        self.progress = 0
 
     # ------------------------------------------------------------ session side
 
@@ -184,6 +187,7 @@ class Runner:
             job = self.jobs.get(msg["jobId"])
             if job is not None and job.attempt == msg["attempt"] and job.done_msg is not None:
                 del self.jobs[job.job_id]
+                self.progress += 1
                 self._remember_finished(job.job_id, job.attempt)
                 self._spool(Spool.finish, job.job_id, job.attempt)
                 log.debug("job %s acknowledged", job.job_id, extra={"jobId": job.job_id})
@@ -504,8 +508,10 @@ class Runner:
                             job_id, seq, job.sent_max, extra={"jobId": job_id})  # fmt: skip
             return
         # Acks are cumulative: the relay acknowledges only a gap-free prefix.
-        for s in [s for s in job.unacked if s <= seq]:
+        taken = [s for s in job.unacked if s <= seq]
+        for s in taken:
             del job.unacked[s]
+        self.progress += 1 if taken else 0
         if job.done_msg is not None:  # a running job has nothing spooled (_spool_done)
             self._spool(Spool.ack, job_id, attempt, seq)
         job.any_acked = True

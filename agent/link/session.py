@@ -4,7 +4,8 @@ One connection: dial ``/api/v1/agent/connect`` with the API key, send ``agent.he
 wait for ``relay.welcome.v1``, then run three things until the socket closes: the message
 loop (frames go to the runner), the heartbeat task and the log shipper. Around it, the
 loop reconnects forever with exponential backoff and full jitter (1 s to 60 s; at least
-60 s after a refused key, or what ``CLOSE_REASONS`` says for the close code), logging one
+60 s after a refused key, or what ``CLOSE_REASONS`` says for the close code; at most one
+heartbeat interval while jobs are held, so their leases hold), logging one
 line per change of state or of failure reason, not one per attempt. 4010
 (SESSION_REPLACED) is terminal. The link's states are ``linkstate``'s table.
 """
@@ -118,6 +119,8 @@ class Session:
         self._failure = ""  # the last failure reason, for status (cleared once welcomed)
         self._logged = ""  # the last failure reason logged, to avoid repeating it
         self._welcomed_at: float | None = None  # monotonic time of this session's welcome
+        self._progress_at = 0  # the runner's progress count at this session's welcome
+        self._heartbeat_interval = 0.0  # the last welcome's; 0 before the first
         self._flapping = False  # the last session ended soon after its welcome
         self._source_updates = False  # the relay takes agent.sources.v1 (its welcome said so)
         self._sources_in_hello: list[dict[str, str]] = []
@@ -165,12 +168,19 @@ class Session:
             self.state.fire("lost")
             # Next relay URL; the backoff grows only when a whole round of them failed.
             new_round = self.relays.advance()
-            # Only a session that lasted resets the backoff; one the relay ended soon after
-            # its welcome counts as a failed attempt.
-            stable = welcomed and self._stable()
-            self._flapping = welcomed and not stable
+            # Only a session that lasted, or in which the relay took a chunk or a result,
+            # resets the backoff; one the relay ended soon after its welcome with nothing
+            # taken counts as a failed attempt. (A link that drops every second or two while
+            # rows flow must be redialled at once: a backoff longer than the lease loses
+            # the job's attempt.)
+            stable = welcomed and (self._stable() or self.runner.progress > self._progress_at)
+            self._flapping = welcomed and not self._stable()
             attempt = 0 if stable else attempt + (1 if new_round or welcomed else 0)
             cap = min(self.cfg.backoff_max, self.cfg.backoff_min * (2 ** min(attempt, 16)))
+            if self.runner.jobs and self._heartbeat_interval:
+                # Jobs held here are leased for three heartbeat intervals: redial within one,
+                # or their attempts lapse and run again (a close code's minimum still wins).
+                cap = min(cap, self._heartbeat_interval)
             delay = max(min_delay, self.rand(self.cfg.backoff_min, max(self.cfg.backoff_min, cap)))
             self.last_delay = delay
             log.debug("reconnecting in %.1f s", delay)
@@ -269,6 +279,8 @@ class Session:
         self.connector_id = welcome["connectorId"]
         self._welcomed = True
         self._welcomed_at = time.monotonic()
+        self._progress_at = self.runner.progress
+        self._heartbeat_interval = float(welcome["heartbeatInterval"])
         self.connected_since = time.time()
         if self.ship is not None and welcome.get("logLevel"):
             self.ship.setLevel(welcome["logLevel"])

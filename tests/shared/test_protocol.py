@@ -435,6 +435,7 @@ def test_close_reason_table() -> None:
     assert p.close_reason(4001)[2] >= 60, "a refused key must back off at least 60 s"
     assert p.close_reason(4009)[2] >= 60
     assert p.close_reason(None)[0] == "ABNORMAL"
+    assert p.close_reason(1006) == ("ABNORMAL", False, 0.0)  # a dropped link: the backoff paces it
     assert p.close_reason(4999) == ("UNKNOWN", False, 1.0)
     for code, (name, _, _) in p.CLOSE_REASONS.items():
         assert p.CLOSE_CODES[name] == code

@@ -149,11 +149,16 @@ def test_bombs_for_its_own_job_are_refused_and_memory_stays_flat(system: SystemE
         assert msg["jobId"] == job_id
         reactions = []
         for zstd in (True, False, True, False):
+            ws.send(_HEARTBEAT)  # a session silent for 3 heartbeat intervals is closed (4011)
             ws.send(_bomb(job_id, msg["attempt"], zstd=zstd))
             reactions.append(_error_message(ws))
     assert all("limit" in r for r in reactions), reactions
     assert psutil.Process(relay.proc.pid).memory_info().rss - rss < 100 << 20
     assert system.api.health()["status"] == "healthy"
+
+
+_HEARTBEAT = p.encode(p.make("agent.heartbeat.v1", cpuUsage=1.0, memoryUsage=1.0, rss=1 << 20, activeJobs=1,
+                             capacity=1, version="0.0.0-rogue"))  # fmt: skip
 
 
 def _error_message(ws: ClientConnection) -> str:

@@ -45,6 +45,40 @@ async def test_a_session_that_lasted_resets_the_backoff(start_agent, api_key):
         assert agent.session.last_delay == pytest.approx(0.05)
 
 
+async def test_a_link_that_drops_often_while_chunks_are_taken_is_redialled_at_once(start_agent, api_key):
+    """A network that cuts the connection every second or two while rows flow is not a
+    relay refusing the agent: each session moved the job on (the relay took chunks), so
+    the agent redials at the shortest delay. A growing backoff outlasts the job's lease
+    and loses its attempt (found by the durability test's proxy cutting every 1.5 s)."""
+    async with FakeRelay(api_key, window=1) as relay:
+        agent = await start_agent(relay.url, backoff_min=0.05, backoff_max=0.4, rand=_highest)
+        await relay.wait_for(lambda: relay.ws, 5)
+        sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 3000000)"
+               " SELECT x, 'a row of some length to fill the chunks' FROM c")  # fmt: skip
+        await relay.assign("job_flaky", "lite", query={"sql": sql})
+        for n in range(2, 6):
+            seen = len(relay.got.chunks)
+            # window 1: a second chunk means the agent took the ack of the first
+            await relay.wait_for(lambda s=seen: len(relay.got.chunks) >= s + 2, 10, "two chunks in this session")
+            relay.drop()
+            await relay.wait_for(lambda n=n: relay.connections == n and relay.ws, 5, f"session {n}")
+            assert agent.session.last_delay == pytest.approx(0.05), f"session {n}"
+
+
+async def test_while_it_holds_a_job_the_agent_redials_within_a_heartbeat_interval(start_agent, api_key):
+    """Sessions that end at once with nothing taken grow the backoff, but never past one
+    heartbeat interval while a job is held: its lease lasts three."""
+    async with FakeRelay(api_key, heartbeat=0.15) as relay:
+        agent = await start_agent(relay.url, backoff_min=0.05, backoff_max=0.4, rand=_highest)
+        await relay.wait_for(lambda: relay.ws, 5)
+        await relay.assign("job_held", "lite", query={"sql": SLOW_SQL})
+        await relay.wait_for(lambda: agent.session.runner.active_jobs, 5, "the job to run")
+        relay.close_after_welcome = 1000
+        await relay.close(1000)
+        await relay.wait_for(lambda: relay.connections >= 6, 10, "five more sessions")
+        assert agent.session.last_delay == pytest.approx(0.15)  # not the 0.4 cap
+
+
 async def test_garbage_from_the_relay_is_ignored_and_the_agent_keeps_working(start_agent, api_key, caplog):
     caplog.set_level(logging.WARNING, logger="agent.session")
     async with FakeRelay(api_key, heartbeat=0.1) as relay:
