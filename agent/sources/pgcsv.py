@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from itertools import chain, cycle, islice
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -191,3 +192,70 @@ def _csv_rows(data: bytes, keys: list[bytes]) -> bytes:
     if used != len(data) or i != 0:
         raise JobError("QUERY_FAILED", "the COPY output could not be read as CSV")
     return b"".join(out)
+
+
+# ---------------------------------------------------------------- the same form as rows
+
+
+def select_sql(inner: str, oids: Sequence[int], tail: str) -> str:
+    """``copy_sql``'s query without the COPY: each column's text (NULL stays NULL), read
+    as rows (``pgcopy.rows_out`` with ``RowLines``)."""
+    aliases = ", ".join(f"c{i + 1}" for i in range(len(oids)))
+    select = ", ".join(
+        # the string types as they are (their binary form is their text; bpchar's cast to
+        # text would drop its padding), the others' text
+        f"q.c{i + 1}" if oid in _TO_JSON else f"({CSV_EXPRESSIONS[oid][0](f'q.c{i + 1}')})::text AS c{i + 1}"
+        for i, oid in enumerate(oids)
+    )
+    return f"SELECT {select} FROM ({inner}\n) AS q({aliases}){tail}"
+
+
+_SAFE = bytes(c for c in range(256) if c >= 32 and c not in b'"\\')  # what a JSON string holds raw
+_NULL = b"\x00"  # a NULL's place while the lines are joined: PostgreSQL's text cannot hold a NUL
+
+
+class RowLines:
+    """The CSV form's object lines made from rows (each value its text as ``bytes``, None
+    for NULL), for ``pgcopy.rows_out``: the lines ``CsvSink`` makes of the same rows read
+    as a CSV COPY, byte for byte (tests/agent/sources/test_pg_rows_form.py).
+
+    Where the COPY's CSV writer escaped ``"`` and ``\\`` and the sink the control
+    characters, here all three are looked for at once in the values joined (one
+    ``translate``, in C); a result with none (the common case) gets its keys, and its
+    quoted columns their quotes, by one ``join`` of the values and the separators between
+    them. A NULL is a NUL meanwhile, then ``null`` (its quotes dropped)."""
+
+    def __init__(self, keys: list[bytes], quoted: list[bool]) -> None:
+        self.k = len(keys)
+        self.quoted = quoted
+        # what stands before each value: the previous value's closing quote, "}\n" before
+        # a row's first, its key, its opening quote
+        def before(i: int) -> bytes:
+            close = b'"' if quoted[i - 1] else b""
+            return (close + b"}\n" if i == 0 else close) + keys[i] + (b'"' if quoted[i] else b"")
+        self.seps = [before(i) for i in range(self.k)]
+        self.first = keys[0] + (b'"' if quoted[0] else b"")
+        self.end = (b'"' if quoted[-1] else b"") + b"}\n"
+
+    def __call__(self, rows: list[tuple[Any, ...]], n: int) -> bytes:
+        values = list(map(itemgetter(0), rows)) if self.k == 1 else list(chain.from_iterable(rows))
+        nulls = None in values
+        if nulls:
+            values = [_NULL if v is None else v for v in values]
+        if b"".join(values).translate(None, _SAFE):  # a quote, a backslash or a control character
+            values = [_escaped(v) if v is not _NULL else v for v in values]
+        if self.k == 1:
+            body = self.seps[0].join(values)
+        else:
+            body = b"".join(islice(chain.from_iterable(zip(cycle(self.seps), values)), 1, None))
+        lines = b"".join((self.first, body, self.end))
+        if nulls:
+            lines = lines.replace(b'"\x00"', b"null").replace(_NULL, b"null")
+        return lines
+
+
+def _escaped(value: bytes) -> bytes:
+    """A value's text as JSON escapes it inside a string (orjson's spelling)."""
+    if not value.translate(None, _SAFE):
+        return value
+    return orjson.dumps(value.decode("utf-8"))[1:-1]

@@ -129,11 +129,19 @@ def _rewritten(line: bytes) -> bytes:
         raise JobError("QUERY_FAILED", "a JSON value nests too deep to be written") from None
 
 
-def checked(payload: bytes, exponents: bool = True) -> bytes:
+_BLANKS = bytes.maketrans(b"\r\t", b"  ")
+
+
+def checked(payload: bytes, exponents: bool = True, raw: bool = False) -> bytes:
     """Object lines (undone from COPY's escapes) with each line that may hold a value a
     reader cannot take written again as the cursor path writes it (``exponents``: a json
-    column is present, see ``_unreadable_at``)."""
-    payload = unescaped(payload)
+    column is present, see ``_unreadable_at``). ``raw``: the lines came as rows (no COPY
+    escapes; ``pgcopy.rows_out`` made a json value's raw newlines spaces already): its raw
+    tabs and carriage returns become spaces, as their COPY escapes do."""
+    if not raw:
+        payload = unescaped(payload)
+    elif b"\r" in payload or b"\t" in payload:
+        payload = payload.translate(_BLANKS)
     lines: list[bytes] | None = None
     suspects = {payload.rfind(b"\n", 0, at) + 1 for at in _unreadable_at(payload, exponents)}
     if _deep(payload):  # only a line longer than the limit can nest that deep

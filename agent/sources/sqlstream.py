@@ -167,11 +167,12 @@ class SqlStream(QueryStream):
             raise JobError("QUERY_FAILED", "the COPY fast path was not prepared for this query")
         self._check_cancel()
         sink: pgcopy.LineSink | pgcsv.CsvSink
-        if plan.csv:
+        as_rows = pgcopy.rows_mode()  # read as rows (libpq 17+, pgcopy.rows_out), not as a COPY
+        if plan.csv and not as_rows:
             sink = pgcsv.CsvSink(emit, plan.keys(), target)
             write, flush = sink.write, sink.flush
         else:
-            sink = pgcopy.LineSink(emit, max_line, check=plan.line_check())
+            sink = pgcopy.LineSink(emit, max_line, check=plan.line_check(raw=as_rows), raw=as_rows)
             buffered = io.BufferedWriter(sink, buffer_size=max(4096, target))
             write, flush = (lambda rows, _n: buffered.write(rows)), buffered.flush
         cursor = self.dbapi.cursor()
@@ -180,7 +181,10 @@ class SqlStream(QueryStream):
         self._copy_state = "running"
         try:
             # Sent with the extended protocol (pgconn.OneStatementCursor): one statement.
-            pgcopy.copy_out(cursor, plan.sql(limit), write, counted=plan.csv)
+            if as_rows:
+                pgcopy.rows_out(cursor, plan.select(limit), write, plan.row_lines())
+            else:
+                pgcopy.copy_out(cursor, plan.sql(limit), write, counted=plan.csv)
             flush()
             if isinstance(sink, pgcopy.LineSink) and sink.rest:
                 raise JobError("QUERY_FAILED", "the COPY output ended inside a row")
