@@ -40,7 +40,16 @@ _SECRET_VERSION = "v1"  # noqa: S105 - a format tag, not a secret
 
 
 class ConfigError(Exception):
-    """The config file is missing, unreadable or incomplete (one sentence)."""
+    """The config file is missing, unreadable or incomplete (one sentence).
+
+    ``brief`` is the sentence without a hint on what to do, and ``fix`` that hint, for
+    those that show the two apart (``diagnose``); ``None`` when the error names no fix of
+    its own (then writing the config again with ``configure`` is the fix)."""
+
+    def __init__(self, message: str, *, fix: str | None = None, brief: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+        self.brief = brief if brief is not None else message
 
 
 class InvalidInput(Exception):
@@ -88,8 +97,7 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
     try:
         exists = path.exists()  # raises when a folder on the way may not be entered
     except OSError as exc:
-        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror or exc}"
-                          f"{_permission_hint(exc)}") from exc  # fmt: skip
+        raise _unreadable(path, exc) from exc
     if not exists:
         if missing_ok:
             return AgentConfig()
@@ -100,10 +108,46 @@ def load_config(path: Path, *, missing_ok: bool = False) -> AgentConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read the agent config {path}: {exc.strerror or exc}"
-                          f"{_permission_hint(exc)}") from exc  # fmt: skip
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the agent config {path} is not valid TOML: {exc}") from exc
+        raise _unreadable(path, exc) from exc
+    except tomllib.TOMLDecodeError as exc:
+        at = _TOML_AT.search(str(exc))
+        where = f"line {at.group(1)} of {path}" if at else str(path)
+        raise ConfigError(f"the agent config {path} is not valid TOML: {exc}",
+                          fix=f"correct {where} by hand, or move the file aside and run "
+                              f"'mini-connector configure' again (sources must then be added again)") from exc  # fmt: skip
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the agent config {path} is not valid TOML: it is not UTF-8 text "
+                          f"(byte {exc.start} cannot be read)",
+                          fix=f"save {path} as UTF-8 text, or move it aside and run "
+                              "'mini-connector configure' again (sources must then be added again)") from exc  # fmt: skip
+    try:
+        return _parsed(data, path)
+    except ConfigError as exc:
+        if exc.fix is None:
+            exc.fix = (f"correct it in {path} by hand, or move the file aside and run "
+                       "'mini-connector configure' again (sources must then be added again)")
+        raise
+
+
+def _unreadable(path: Path, exc: OSError) -> ConfigError:
+    """The config (or a folder on its way) is there but cannot be read."""
+    brief = f"cannot read the agent config {path}: {exc.strerror or exc}"
+    if isinstance(exc, PermissionError):
+        fix = (f"run the command as the user the agent runs as (or with sudo), or let that "
+               f"user read {exc.filename or path}; the config is there, 'configure' would not help")
+    elif isinstance(exc, IsADirectoryError):
+        fix = (f"{path} is a folder: pass the config file itself with --config (or "
+               f"MC_AGENT_CONFIG), e.g. {path / 'agent.toml'}")
+    else:
+        fix = f"check {path} and the disk it is on"
+    return ConfigError(brief + _permission_hint(exc), fix=fix, brief=brief)
+
+
+# Where tomllib says the error is: "... (at line 3, column 5)".
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _parsed(data: dict[str, Any], path: Path) -> AgentConfig:
     agent = data.get("agent", {})
     if not isinstance(agent, dict):
         raise ConfigError(f"the agent config {path} has a malformed [agent] table")

@@ -83,11 +83,8 @@ def run_checks(
         transport = Transport.from_config(cfg)
         explicit_proxy = transport.proxy_url(box)
         options = connect_options(agent_endpoint(cfg.relay_url), transport, box)
-    except (ConfigError, KeyFormatError, InvalidInput) as exc:
-        msg = exc.message if isinstance(exc, KeyFormatError) else str(exc)
-        add(Check("config", FAIL, f"{msg.rstrip('.')}",
-                  "run 'mini-connector configure --relay-url URL --api-key KEY' "
-                  f"(config {paths.config})"))  # fmt: skip
+    except (ConfigError, KeyFormatError, InvalidInput, OSError) as exc:
+        add(_config_failed(exc, paths))
         return skip_rest(("dns", "proxy", "tcp", "tls", "auth", "clock"), "needs a readable config")
     shown = key_prefix(key) + "…"
     target = Target.parse(agent_endpoint(cfg.relay_url))
@@ -120,6 +117,24 @@ def run_checks(
     add(check_auth(target.url, key, shown, timeout, options))
     add(check_clock(target, timeout, proxy=proxy, ca_file=transport.ca_file))
     return out
+
+
+def _config_failed(exc: Exception, paths: StatePaths) -> Check:
+    """The config line for a config that does not load. Writing it again with
+    ``configure`` fixes a missing or incomplete config, not one that is there but cannot
+    be read (``configure`` cannot read it either): those errors name their own fix."""
+    configure = f"run 'mini-connector configure --relay-url URL --api-key KEY' (config {paths.config})"
+    if isinstance(exc, KeyFormatError):
+        return Check("config", FAIL, exc.message.rstrip("."), configure)
+    if isinstance(exc, ConfigError):
+        return Check("config", FAIL, exc.brief.rstrip("."), exc.fix or configure)
+    if isinstance(exc, OSError):  # a state file beside the config (secret.key)
+        where = exc.filename or paths.config.parent
+        if isinstance(exc, PermissionError):
+            return Check("config", FAIL, f"cannot read {where}: {exc.strerror or exc}",
+                         f"run the command as the user the agent runs as (or with sudo), or let that user read {where}")  # fmt: skip
+        return Check("config", FAIL, f"cannot read {where}: {exc.strerror or exc}", f"check {where} and the disk it is on")
+    return Check("config", FAIL, str(exc).rstrip("."), configure)
 
 
 def account_checks(paths: StatePaths, *, report: Report | None = None) -> list[Check]:

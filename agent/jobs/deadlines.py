@@ -4,6 +4,11 @@
 unless the returned handle is cancelled first. ``fn`` must be quick (the SQL streams'
 deadlines only ask the database to cancel). Starting a thread per job was a visible
 share of the agent's CPU on small jobs (docs/BENCHMARKS.md).
+
+The delay is checked here, not only by its callers: a NaN delay is refused
+(``ValueError``), a negative one runs at once, and one longer than ``MAX_DELAY``
+(1e300, infinity) is taken as ``MAX_DELAY``. Waiting for 1e300 s or ``inf`` raises
+``OverflowError`` in ``Condition.wait``, which used to kill the deadline thread.
 """
 
 from __future__ import annotations
@@ -11,11 +16,18 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 
 log = logging.getLogger("agent.deadlines")
+
+# The longest delay taken as given: past any job's limit (the runner caps a job's
+# timeout at 7 days), well inside what ``Condition.wait`` and the monotonic clock take.
+MAX_DELAY = 30 * 86_400.0
+# The thread never waits longer than this in one go, whatever the heap holds.
+MAX_WAIT = 3_600.0
 
 
 class Deadline:
@@ -57,7 +69,7 @@ class Deadlines:
                 self._cancelled = 0
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Deadline:
-        entry = Deadline(self, time.monotonic() + delay, fn)
+        entry = Deadline(self, time.monotonic() + _bounded(delay), fn)
         with self._cond:
             heapq.heappush(self._heap, (entry.when, next(self._order), entry))
             if self._thread is None or not self._thread.is_alive():
@@ -80,7 +92,7 @@ class Deadlines:
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
-                    self._cond.wait(wait)
+                    self._cond.wait(min(wait, MAX_WAIT))
                     continue
                 entry = heapq.heappop(self._heap)[2]
             if not entry.cancelled:
@@ -88,6 +100,17 @@ class Deadlines:
                     entry.fn()
                 except Exception:  # one failing deadline must not stop the others
                     log.exception("a job's deadline failed")
+
+
+def _bounded(delay: float) -> float:
+    """``delay`` as a float in ``[0, MAX_DELAY]``; NaN is an error."""
+    try:
+        seconds = float(delay)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf if delay > 0 else -math.inf
+    if math.isnan(seconds):
+        raise ValueError("a deadline's delay cannot be NaN")
+    return min(max(seconds, 0.0), MAX_DELAY)
 
 
 def _nothing() -> None:

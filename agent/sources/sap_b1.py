@@ -3,7 +3,9 @@
 A query ``{"entity", "select", "filter", "orderBy", "top"}`` becomes
 ``GET <root>/<entity>?$select=..&$filter=..&$orderby=..&$top=..`` with
 ``Prefer: odata.maxpagesize=<page_size>``; the rows are streamed a page at a time by
-following ``@odata.nextLink`` (v2) or ``odata.nextLink`` (v1), so memory holds one page.
+following ``@odata.nextLink`` (v2) or ``odata.nextLink`` (v1), so memory holds one page's
+text, its rows parsed a batch at a time as they are taken (``JsonPage``), never the whole
+page as objects (several times its text).
 Entity and property names are checked to be plain identifiers (no path injection); the
 filter and order travel URL-encoded. ``discover`` reads ``$metadata`` (CSDL) incrementally
 with defusedxml. Session handling and SAP's error bodies live in ``sap_b1_session``.
@@ -23,7 +25,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -34,7 +36,7 @@ from shared.errors import JobError
 from shared.rows import json_safe
 
 from .base import Column, QueryStream, Row, Source
-from .sap_b1_session import ServiceLayerSession
+from .sap_b1_session import JsonPage, ServiceLayerSession
 from .webclient import DEFAULT_IO_TIMEOUT, Endpoint, parse_bool, parse_positive
 
 # \Z, not $: a bare $ also matches before a trailing newline ("Items\n").
@@ -47,6 +49,10 @@ MAX_FILTER = 8000
 DEFAULT_PAGE_SIZE = 500
 log = logging.getLogger("agent.sources")
 MAX_EMPTY_PAGES = 50  # pages in a row with no row but a next link: a broken server, not data
+# A first page up to this many characters is parsed whole to type its columns (once); a
+# larger one is looked through, then parsed again a batch at a time (never held parsed).
+WHOLE_FIRST_PAGE = 4 << 20
+_END = object()
 _URL_SAFE = "!#$&'()*+,/:;=?@[]~%"
 
 
@@ -294,6 +300,11 @@ class SapB1Stream(QueryStream):
         self._names: list[str] = []
         self._session: ServiceLayerSession | None = None
         self._rows: deque[dict[str, Any]] = deque()
+        # The page being read: its rows are parsed as they are taken (``JsonPage``), so
+        # memory holds its text and one batch, not the whole page as objects.
+        self._page: JsonPage | None = None
+        self._page_rows: Iterator[Any] | None = None
+        self._page_count = 0  # rows the current page brought so far
         self._next: str | None = None
         self._seen: set[str] = set()  # the pages asked for: a next link back to one never ends
         self._sent = 0
@@ -311,12 +322,34 @@ class SapB1Stream(QueryStream):
             session.abort()
         session.login()
         self._load(self.first)
-        page = list(self._rows)
-        names = self.select or list(
-            dict.fromkeys(k for row in page[:50] for k in row if not _is_annotation(k))
-        )
-        self._names = names
-        self.columns = [{"name": n, "type": column_type([r.get(n) for r in page])} for n in names]
+        self._names, types = self._first_columns()
+        self.columns = [{"name": n, "type": types(n)} for n in self._names]
+
+    def _first_columns(self) -> tuple[list[str], Callable[[str], str]]:
+        """The columns: the ``select`` list or the properties of the first page's first 50
+        rows; each typed by its first non-null value on the first page. A small first page
+        is taken whole for that; a large one is looked through without holding its rows."""
+        page = self._page
+        assert page is not None
+        if page.size <= WHOLE_FIRST_PAGE:
+            self._take(None)
+            rows: Iterator[Any] = iter(list(self._rows))
+        else:
+            rows = page.peek()
+        head: dict[str, None] = {}
+        first: dict[str, Any] = {}  # property -> its first non-null value
+        seen = 0
+        for row in rows:
+            if not isinstance(row, dict):
+                continue
+            if seen < 50:
+                head.update(dict.fromkeys(k for k in row if not _is_annotation(k)))
+                seen += 1
+            for k, v in row.items():
+                if v is not None and k not in first:
+                    first[k] = v
+        names = self.select or list(head)
+        return names, lambda name: column_type([first.get(name)])
 
     def _load(self, path: str) -> None:
         assert self._session is not None
@@ -325,15 +358,30 @@ class SapB1Stream(QueryStream):
                        "(following it would never end)")  # fmt: skip
         self._seen.add(path)
         prefer = {"Prefer": f"odata.maxpagesize={self.source.page_size}"}
-        page = self._session.get_json(path, prefer)
-        values = page.get("value")
-        if not isinstance(values, list):
-            raise _bad("SAP Business One answered without a 'value' list")
+        self._page = self._session.get_page(path, prefer)
+        self._page_rows = self._page.rows()
+        self._page_count = 0
         self.pages += 1
-        before = len(self._rows)
-        self._rows.extend(v for v in values if isinstance(v, dict))
-        link = page.get("@odata.nextLink") or page.get("odata.nextLink")
-        self._empty_run = self._empty_run + 1 if len(self._rows) == before and link else 0
+
+    def _take(self, limit: int | None) -> None:
+        """Parse the current page's rows into ``_rows`` until it holds ``limit`` (all of
+        them: None) or the page ends; at its end, where the next page is."""
+        rows = self._page_rows
+        assert rows is not None
+        while limit is None or len(self._rows) < limit:
+            row = next(rows, _END)
+            if row is _END:
+                self._page_done()
+                return
+            if isinstance(row, dict):
+                self._rows.append(row)
+                self._page_count += 1
+
+    def _page_done(self) -> None:
+        page, self._page, self._page_rows = self._page, None, None
+        assert page is not None
+        link = page.fields.get("@odata.nextLink") or page.fields.get("odata.nextLink")
+        self._empty_run = self._empty_run + 1 if self._page_count == 0 and link else 0
         if self._empty_run > MAX_EMPTY_PAGES:
             raise _bad(
                 f"SAP Business One sent {MAX_EMPTY_PAGES} pages in a row without a row but "
@@ -350,11 +398,16 @@ class SapB1Stream(QueryStream):
             raise JobError("CANCELLED", "the job was cancelled", retryable=False)
         if self.top is not None and self._sent >= self.top:
             return []
-        while not self._rows and self._next is not None:
-            link, self._next = self._next, None
-            self._load(link)
-        out: list[Row] = []
         limit = n if self.top is None else min(n, self.top - self._sent)
+        while len(self._rows) < limit:
+            if self._page is not None:
+                self._take(limit)
+            elif self._rows or self._next is None:
+                break  # (the next page is asked for once these rows are gone)
+            else:
+                link, self._next = self._next, None
+                self._load(link)
+        out: list[Row] = []
         while self._rows and len(out) < limit:
             entity = self._rows.popleft()
             out.append([json_safe(entity.get(name)) for name in self._names])
@@ -372,6 +425,7 @@ class SapB1Stream(QueryStream):
         with self._mutex:
             session, self._session = self._session, None
         self._rows.clear()
+        self._page = self._page_rows = None
         if session is not None:
             session.logout()
 

@@ -10,7 +10,9 @@ which we log in once more and repeat the request (once per request; at most
 {"lang", "value"}}}`` (OData v3, ``/b1s/v1``) or ``{"error": {"code", "message": "..."}}``
 (OData v4, ``/b1s/v2``); their text reaches the job's error. A 4xx to the login is
 AUTH_FAILED (SAP refuses bad credentials with 401); a 5xx, 408 or 429, to the login or a
-query, is the server's trouble: SOURCE_UNAVAILABLE, retryable. A 429/503 with a short
+query, is the server's trouble: SOURCE_UNAVAILABLE, retryable. A 403 to a query (signed
+in, but the user may not read that object) is QUERY_FAILED, not retried, naming the user,
+the object and where SAP grants the permission. A 429/503 with a short
 ``Retry-After`` (RFC 9110: seconds or an HTTP date) is waited for and the request repeated.
 Cookies and the password are never logged, and are masked in every message.
 """
@@ -28,6 +30,7 @@ import time
 from collections.abc import Iterator
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from shared.errors import JobError
 
@@ -324,7 +327,7 @@ class ServiceLayerSession:
                 continue
             if 300 <= resp.status < 400:
                 raise self._redirected(resp)
-            raise self.error(resp.status, resp.reason, data, _later(resp))
+            raise self.error(resp.status, resp.reason, data, _later(resp), path=path)
 
     def _redirected(self, resp: http.client.HTTPResponse) -> JobError:
         """A redirect is never followed: the login's password and the session cookie go to
@@ -341,9 +344,16 @@ class ServiceLayerSession:
         )
 
     def get_json(self, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        return _json_object(self._get_body(path, headers), decimals=True)
+
+    def get_page(self, path: str, headers: dict[str, str] | None = None) -> JsonPage:
+        """A page of an entity set, its rows parsed one at a time as they are taken."""
+        return JsonPage(self._get_body(path, headers))
+
+    def _get_body(self, path: str, headers: dict[str, str] | None) -> bytes:
         resp = self.get(path, headers)
         try:
-            data = self.channel.read_all(resp, MAX_JSON_BYTES)
+            return self.channel.read_all(resp, MAX_JSON_BYTES)
         except JobError as exc:
             if exc.code != "QUERY_FAILED":
                 raise
@@ -354,7 +364,6 @@ class ServiceLayerSession:
                 "select fewer properties",
                 retryable=False,
             ) from exc
-        return _json_object(data, decimals=True)
 
     def stream(self, resp: http.client.HTTPResponse) -> Iterator[bytes]:
         """The body of ``resp`` in pieces (for incremental parsing)."""
@@ -364,12 +373,27 @@ class ServiceLayerSession:
                 return
             yield chunk
 
-    def error(self, status: int, reason: str, body: bytes, later: str = "") -> JobError:
+    def error(self, status: int, reason: str, body: bytes, later: str = "", *, path: str = "") -> JobError:
         message, code = sap_message(body, status, reason)
         suffix = f" (SAP code {code})" if code else ""
         if status == 401:
             return self._fail(
                 "AUTH_FAILED", f"SAP Business One refused the session: {message}{suffix}"
+            )
+        if status == 403:
+            # Signed in, but this user may not read this object. The contract has no code of
+            # its own for that; AUTH_FAILED would say the credentials are wrong (they are
+            # not: other objects read fine), so it is QUERY_FAILED, as a SQL source's
+            # "permission denied for table" is, with the missing permission named.
+            what = resource_of(path, self.root)
+            shown = message if message.startswith("HTTP 403") else f"HTTP 403: {message}"
+            return self._fail(
+                "QUERY_FAILED",
+                f"SAP Business One user {self.source.username!r} is not permitted to read "
+                f"{what} ({shown}{suffix}): give this user read access to {what} in SAP "
+                "Business One (Administration > System Initialization > Authorizations > "
+                "General Authorizations), or set the source's username to a user who has it",
+                retryable=False,
             )
         if is_server_trouble(status):
             return self._fail(
@@ -379,10 +403,137 @@ class ServiceLayerSession:
         return self._fail("QUERY_FAILED", f"SAP Business One: {message}{suffix}", retryable=False)
 
 
+def resource_of(path: str, root: str) -> str:
+    """What a root-relative request path reads, for a message: ``Orders``, ``$metadata``,
+    ``the service document``."""
+    plain = unquote(path.split("?", 1)[0])
+    if plain.startswith(root):
+        plain = plain[len(root):]
+    first = plain.strip("/").split("/", 1)[0].split("(", 1)[0]
+    first = " ".join(_CONTROL.sub(" ", first).split())[:128]
+    return first or "the service document"
+
+
 def _later(resp: http.client.HTTPResponse) -> str:
     """``; it asked to retry after N s`` when the answer carried a Retry-After."""
     delay = retry_after(resp.getheader("Retry-After"))
     return "" if delay is None else f"; it asked to retry after {delay:.0f} s"
+
+
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace (RFC 8259)
+_DECIMAL_JSON = json.JSONDecoder(parse_float=decimal.Decimal)
+_NOT_JSON = "SAP Business One sent a response that is not JSON"
+
+
+class JsonPage:
+    """One page (``{"value": [...], "@odata.nextLink": ...}``) read lazily: the other
+    members are parsed at once, the ``value`` list one element at a time as ``rows()`` is
+    iterated. A page's rows as Python objects take several times its text, so only the
+    text (at most ``MAX_JSON_BYTES``) and the rows not yet taken are held, never the whole
+    page parsed. Numbers with a fraction are ``Decimal``, as in ``_json_object``. The same
+    text as ``json.loads`` accepts is accepted; an error past the first row surfaces when
+    the rows before it have been taken (as a connection cut mid-page would)."""
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            self._text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise JobError("QUERY_FAILED", _NOT_JSON) from exc
+        self.fields: dict[str, Any] = {}  # the members other than ``value``
+        self.size = len(self._text)
+        self._after_member = False
+        self._seen_value = False
+        self._list_start = -1  # just inside the value list's "["
+        pos = self._ws(0)
+        if not self._text.startswith("{", pos):
+            self._object_expected(pos)
+        self._pos = pos + 1
+        if not self._members():
+            raise JobError("QUERY_FAILED", "SAP Business One answered without a 'value' list")
+
+    def _ws(self, pos: int) -> int:
+        m = _WS.match(self._text, pos)
+        assert m is not None  # (it matches the empty string)
+        return m.end()
+
+    def _object_expected(self, pos: int) -> None:
+        try:
+            json.loads(self._text)  # the document's own error, or what it is instead
+        except ValueError as exc:
+            raise JobError("QUERY_FAILED", _NOT_JSON) from exc
+        raise JobError("QUERY_FAILED", "SAP Business One sent an unexpected JSON response")
+
+    def _decode(self, pos: int) -> tuple[Any, int]:
+        try:
+            return _DECIMAL_JSON.raw_decode(self._text, pos)
+        except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+            raise JobError("QUERY_FAILED", _NOT_JSON) from exc
+
+    def _members(self) -> bool:
+        """Read members until the ``value`` list opens (True) or the object ends (False)."""
+        text = self._text
+        while True:
+            pos = self._ws(self._pos)
+            if text.startswith("}", pos):
+                self._end(pos + 1)
+                return False
+            if self._after_member:
+                if not text.startswith(",", pos):
+                    raise JobError("QUERY_FAILED", _NOT_JSON)
+                pos = self._ws(pos + 1)
+            if not text.startswith('"', pos):
+                raise JobError("QUERY_FAILED", _NOT_JSON)
+            key, pos = self._decode(pos)
+            pos = self._ws(pos)
+            if not text.startswith(":", pos):
+                raise JobError("QUERY_FAILED", _NOT_JSON)
+            pos = self._ws(pos + 1)
+            self._after_member = True
+            if key == "value":
+                if self._seen_value:  # (json.loads kept the last: a server sending two is broken)
+                    raise JobError("QUERY_FAILED", "SAP Business One sent a page with two 'value' lists")
+                if not text.startswith("[", pos):
+                    raise JobError("QUERY_FAILED", "SAP Business One answered without a 'value' list")
+                self._seen_value = True
+                self._pos = self._list_start = pos + 1
+                return True
+            self.fields[key], self._pos = self._decode(pos)
+
+    def _end(self, pos: int) -> None:
+        if self._ws(pos) != len(self._text):
+            raise JobError("QUERY_FAILED", _NOT_JSON)  # something after the object
+        self._text = ""  # the page is read: its text goes
+
+    def rows(self) -> Iterator[Any]:
+        """The elements of ``value``, in order; once they are all taken, ``fields`` holds
+        every other member (the next link may come after the list)."""
+        for row, end in self._elements(self._pos):
+            self._pos = end
+            yield row
+        self._pos = self._ws(self._pos) + 1  # past the "]" the elements stopped at
+        self._members()  # the members after the list, up to the end of the object
+
+    def peek(self) -> Iterator[Any]:
+        """The elements of ``value`` not taken yet, without taking them (``rows`` parses
+        them again): a look at a large page's rows without holding them all."""
+        for row, _ in self._elements(self._pos):
+            yield row
+
+    def _elements(self, pos: int) -> Iterator[tuple[Any, int]]:
+        """From inside the list: each element and where it ends; stops at the "]"."""
+        text = self._text
+        first = pos == self._list_start
+        while True:
+            pos = self._ws(pos)
+            if text.startswith("]", pos):
+                return
+            if not first:
+                if not text.startswith(",", pos):
+                    raise JobError("QUERY_FAILED", _NOT_JSON)
+                pos = self._ws(pos + 1)
+            first = False
+            row, pos = self._decode(pos)
+            yield row, pos
 
 
 def _json_object(data: bytes, *, decimals: bool = False) -> dict[str, Any]:

@@ -33,7 +33,10 @@ _CHARREF = re.compile(r"&#(?:[xX]([0-9A-Fa-f]{1,8})|([0-9]{1,10}));")
 _CTRL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
 _DECL_ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-MAX_TEXT = 1 << 20  # one field's text; the rest of a giant value is dropped
+# One field's text, in characters. A longer value in an object fails the job with
+# RESULT_TOO_LARGE (its row could not go out in one chunk anyway): data is never cut.
+# Text outside objects (error texts, the response's words) is only cut at this length.
+MAX_TEXT = 1 << 20
 OBJECT_PARENTS = {"COLLECTION", "TALLYMESSAGE"}
 REPORT_OBJECTS = {"DSPACCNAME", "DSPACCINFO"}
 
@@ -173,9 +176,29 @@ class _Handler:
             self.entry = {}
 
     def characters(self, content: str) -> None:
-        if self.text_len < MAX_TEXT:
+        if self.text_len <= MAX_TEXT:
             self.text.append(content)
             self.text_len += len(content)
+            if self.text_len > MAX_TEXT and self.obj is not None:
+                self._too_long()
+
+    def _too_long(self) -> None:
+        """A field of an object passed ``MAX_TEXT``: whitespace between elements is dropped
+        (it is never data); a value that long fails the job rather than being cut."""
+        if not "".join(self.text).strip():
+            self.text, self.text_len = [], 0
+            return
+        obj = self.obj
+        assert obj is not None
+        name = obj.attrs.get("NAME")
+        which = f"{obj.tag} {name[:100]!r}" if name else f"a {obj.tag}"
+        raise JobError(
+            "RESULT_TOO_LARGE",
+            f"Tally sent a value of more than {MAX_TEXT:,} characters in <{self.stack[-1]}> of "
+            f"{which}; the agent does not cut values, so the job stops: leave that field out "
+            "of 'fields' or narrow the query",
+            retryable=False,
+        )
 
     def endElement(self, name: str) -> None:
         depth = len(self.stack)

@@ -130,3 +130,61 @@ def test_a_config_this_user_may_not_read_is_a_config_error_naming_the_file(api_k
     finally:
         base.chmod(0o700)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _config_line(out: str) -> str:
+    return next(ln for ln in out.splitlines() if ln.split()[1:2] == ["config"])
+
+
+def test_diagnose_on_a_config_that_is_a_folder_says_so_not_configure(tmp_path: Path, capsys):
+    """The config path names a folder: 'configure' cannot help (it cannot read it either);
+    the fix is to point --config at the file."""
+    folder = tmp_path / "agent.toml"
+    folder.mkdir()
+    rc = cli.main(["diagnose", "--config", str(folder), "--timeout", "0.5"])
+    out, err = capsys.readouterr()
+    assert rc == 8 and "unexpected error" not in err
+    line = _config_line(out)
+    assert line.startswith(f"FAIL  config  cannot read the agent config {folder}: Is a directory"), line
+    assert "mini-connector configure" not in line and "--config" in line, line
+    assert str(folder / "agent.toml") in line, line
+
+
+def test_diagnose_on_a_config_that_is_not_valid_toml_names_the_line(tmp_path: Path, api_key: str, capsys):
+    cfg = _configure(tmp_path, api_key)
+    lines = cfg.read_text().splitlines()
+    at = lines.index("[agent]") + 1
+    lines.insert(at, "relay_url = ws://unquoted")  # a hand edit that forgot the quotes
+    cfg.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    rc = cli.main(["diagnose", "--config", str(cfg), "--timeout", "0.5"])
+    out, err = capsys.readouterr()
+    assert rc == 8 and "unexpected error" not in err
+    line = _config_line(out)
+    assert f"the agent config {cfg} is not valid TOML" in line, line
+    assert f"(at line {at + 1}, column" in line, line
+    # the fix: the line to correct; 'configure' only once the broken file is moved aside
+    assert f"Fix: correct line {at + 1} of {cfg}" in line and "move the file aside" in line, line
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_diagnose_on_a_config_this_user_may_not_read_suggests_the_right_user_not_configure(api_key: str):
+    base = Path(tempfile.mkdtemp(prefix="mc-perm-"))
+    try:
+        base.chmod(0o755)
+        cfg = _configure(base, api_key)
+        cfg.chmod(0o000)
+        proc = subprocess.run(
+            [*_as_another_user(), sys.executable, "-m", "agent.cli", "--config", str(cfg), "diagnose", "--timeout", "0.5"],
+            capture_output=True, text=True, timeout=60, cwd=Path(cli.__file__).parent.parent,
+            env={**os.environ, "HOME": "/nonexistent"},
+        )  # fmt: skip
+        assert proc.returncode == 8, proc.stdout + proc.stderr
+        line = _config_line(proc.stdout)
+        assert line.startswith(f"FAIL  config  cannot read the agent config {cfg}: Permission denied. Fix:"), line
+        fix = line.split(". Fix: ", 1)[1]
+        assert "mini-connector configure" not in fix, line
+        assert "as the user the agent runs as" in fix and f"let that user read {cfg}" in fix, line
+    finally:
+        base.chmod(0o700)
+        shutil.rmtree(base, ignore_errors=True)

@@ -393,3 +393,100 @@ def test_cancel_interrupts_a_connect_the_server_never_answers():
         source = make(f"http://127.0.0.1:{port}", timeout="30")
         error = cancel_during_connect(source.prepare({"entity": "Items"}), port)
     assert isinstance(error, JobError) and error.code == "CANCELLED"
+
+
+def _wide_items(n: int) -> list[dict[str, Any]]:
+    """Rows with many small properties: as Python objects several times their JSON."""
+    return [{"ItemCode": f"W{i:05d}", **{f"U_Num{j}": i * 40 + j for j in range(20)},
+             **{f"U_Amt{j}": i + j / 4 + 0.5 for j in range(10)},
+             **{f"U_Txt{j}": f"t{j}-{i}" for j in range(9)}, "U_Null": None}
+            for i in range(n)]  # fmt: skip
+
+
+def test_a_large_page_is_parsed_a_batch_at_a_time_not_held_whole(sap):
+    """One page of a few MB: its rows as Python objects take several times its text.
+    They are parsed as they are taken, so memory holds the page's text and one batch
+    (before, the whole page parsed at once: peak several times the page's size)."""
+    import json
+
+    url, state = sap
+    state.data["Wide"] = _wide_items(6000)
+    page = json.dumps({"value": state.data["Wide"]}).encode()
+    source = make(url, state, page_size="6000")  # one page
+    tracemalloc.start()
+    try:
+        columns, batches = source.query({"entity": "Wide"}, 100)
+        count = sum(len(b) for b in batches)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 6000 and len(gets(state)) == 1
+    types = {c["name"]: c["type"] for c in columns}
+    assert types["U_Num3"] == "integer" and types["U_Amt1"] == "decimal" and types["U_Null"] == "string"
+    # the body (read in pieces, then joined), its text and one batch: about 2x (before, 8x)
+    assert peak < 4 * len(page), f"peaked at {peak / len(page):.1f} times the page's {len(page)} bytes"
+
+
+@pytest.mark.parametrize("first_page_whole", [True, False])
+def test_rows_columns_and_links_are_the_same_read_lazily(sap, monkeypatch, first_page_whole):
+    """A first page looked through (large) or taken whole (small) gives the same columns;
+    typed by the first non-null value anywhere on the first page, as before."""
+    from agent.sources import sap_b1
+
+    url, state = sap
+    rows = _wide_items(130)
+    for r in rows[:70]:
+        r["U_Late"] = None
+    for r in rows[70:]:
+        r["U_Late"] = 1.25  # first non-null past the 50 rows that name the columns
+    state.data["Wide"] = rows
+    monkeypatch.setattr(sap_b1, "WHOLE_FIRST_PAGE", 1 << 30 if first_page_whole else 0)
+    columns, got = read_all(make(url, state, page_size="100"), {"entity": "Wide"}, batch=7)
+    assert {c["name"]: c["type"] for c in columns}["U_Late"] == "decimal"
+    assert [r[0] for r in got] == [f"W{i:05d}" for i in range(130)]
+    assert got[3][columns.index({"name": "U_Amt1", "type": "decimal"})] == "3.75"
+    assert len(gets(state)) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"value": [{"a": 1}, {"a": 2.50}], "@odata.nextLink": "X?$skip=2"}',
+        '\ufeff{ "odata.nextLink" : "/b1s/v1/X?$skip=2" ,\r\n\t"value":[ {"a":{"b":[1,2]}} , 3 , "s" ] }  ',
+        '{"@odata.context": "$metadata#X", "value": [], "extra": {"k": [1, {"v": null}]}}',
+        '{"value":[]}',
+    ],
+)  # fmt: skip
+def test_a_lazily_read_page_is_what_json_loads_reads(text):
+    import decimal
+    import json
+
+    from agent.sources.sap_b1_session import JsonPage
+
+    page = JsonPage(text.encode("utf-8"))
+    rows = list(page.rows())
+    whole = json.loads(text.lstrip("\ufeff"), parse_float=decimal.Decimal)
+    assert rows == whole.pop("value") and page.fields == whole
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"value": [{"a": 1},]}', "not JSON"),
+        ('{"value": [{"a": 1} {"a": 2}]}', "not JSON"),
+        ('{"value": [{"a": 1}]', "not JSON"),
+        ('{"value": [{"a": 1}]} x', "not JSON"),
+        ('{"value": [], "next" "x"}', "not JSON"),
+        ('{"value": [1], "value": [2]}', "two 'value' lists"),
+        ('{"value": {"a": 1}}', "without a 'value' list"),
+        ('{"other": 1}', "without a 'value' list"),
+        ('[{"a": 1}]', "unexpected JSON"),
+        ("", "not JSON"),
+    ],
+)  # fmt: skip
+def test_a_broken_page_is_query_failed_when_reached(text, said):
+    from agent.sources.sap_b1_session import JsonPage
+
+    with pytest.raises(JobError) as err:
+        list(JsonPage(text.encode()).rows())
+    assert err.value.code == "QUERY_FAILED" and said in err.value.message, err.value.message

@@ -286,6 +286,39 @@ def test_non_json_error_bodies_become_one_clear_line(sap, canned, expected):
     assert "\n" not in err.value.message and "\x00" not in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("canned", "said"),
+    [
+        (Canned(403, sap_error(-1, "You are not permitted to perform this action")),
+         "HTTP 403: You are not permitted to perform this action (SAP code -1)"),
+        (Canned(403, "<html><body>403 Forbidden</body></html>", "text/html"), "HTTP 403 Forbidden"),
+    ],
+    ids=["sap-body", "proxy-html"],
+)  # fmt: skip
+def test_a_403_names_the_user_the_object_and_the_permission_to_grant(sap, canned, said):
+    """Signed in, but this user may not read the entity: not AUTH_FAILED (the credentials
+    are right, other entities read fine), QUERY_FAILED as a SQL source's "permission
+    denied" is, not retried, saying which permission is missing and where to grant it
+    (before: "SAP Business One: You are not permitted ...", naming neither)."""
+    url, state = sap
+    state.canned_gets.append(canned)
+    with pytest.raises(JobError) as err:
+        make(url).query({"entity": "Orders", "select": ["DocEntry"], "filter": "DocTotal gt 5"})
+    assert err.value.code == "QUERY_FAILED" and not err.value.retryable
+    msg = err.value.message
+    assert f"user {USER!r} is not permitted to read Orders" in msg, msg
+    assert said in msg and "Authorizations" in msg, msg
+    assert [g["path"] for g in gets(state)] == ["/Orders"]  # asked once: not retried
+
+
+def test_a_403_to_discover_names_the_metadata(sap):
+    url, state = sap
+    state.canned_gets.append(Canned(403, sap_error(-1, "You are not permitted to perform this action")))
+    with pytest.raises(JobError) as err:
+        make(url).discover()
+    assert err.value.code == "QUERY_FAILED" and "not permitted to read $metadata" in err.value.message
+
+
 def test_an_error_echoing_the_session_cookie_never_shows_the_session_id(sap, caplog):
     """A debugging proxy that echoes the Cookie header: the session id is masked."""
     url, state = sap

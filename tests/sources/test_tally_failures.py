@@ -12,6 +12,7 @@ import pytest
 from defusedxml import ElementTree as SafeET
 
 from agent.sources.tally import TallySource, convert
+from agent.sources.tally_xml import MAX_TEXT
 from shared.errors import JobError
 from tests.fakes.tally import COMPANY, _envelope_start, line_error
 
@@ -166,6 +167,30 @@ def test_indian_grouping_huge_numbers_and_symbols_stay_exact(tally):
     _, rows = read_all(make(url), {"collection": "Ledger", "fields": ["Name", "ClosingBalance"]})
     assert [r[1] for r in rows] == ["1234567890.50", "-98765432109876543210.99", "123456.00",
                                     "-500000", "0.0000001", "120 Nos"]  # fmt: skip
+
+
+def test_a_value_over_the_field_limit_fails_the_job_instead_of_being_cut(tally):
+    """A field longer than MAX_TEXT characters used to be cut there without a word: the row
+    went out with different data. Now the job fails RESULT_TOO_LARGE naming the field; a
+    value of exactly MAX_TEXT characters, and whitespace past it between fields, still
+    read whole."""
+    url, state = tally
+
+    def ledger(narration: str, gap: str = "") -> str:
+        return collection(f'<LEDGER NAME="Big"><NAME TYPE="String">Big</NAME>{gap}'
+                          f'<NARRATION TYPE="String">{narration}</NARRATION></LEDGER>')  # fmt: skip
+
+    request = {"collection": "Ledger", "fields": ["Name", "Narration"]}
+    state.raw_answer = ledger("x" * (MAX_TEXT + 1))
+    with pytest.raises(JobError) as err:
+        read_all(make(url), request)
+    assert err.value.code == "RESULT_TOO_LARGE" and not err.value.retryable
+    assert "<NARRATION> of LEDGER 'Big'" in err.value.message and "does not cut" in err.value.message
+
+    exact = "é" * (MAX_TEXT - 2) + "yz"
+    state.raw_answer = ledger(exact, gap=" " * (MAX_TEXT + 10))
+    _, rows = read_all(make(url), request)
+    assert rows == [["Big", exact]]
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,41 @@ def test_a_cancelled_deadline_lets_go_of_its_call() -> None:
     del stream
     gc.collect()
     assert ref() is None and len(d) == 2
+
+
+def _thread_survives(d: Deadlines) -> bool:
+    """The deadline thread is still there once it has looked at the heap's head."""
+    time.sleep(0.2)
+    return d._thread is not None and d._thread.is_alive()
+
+
+def test_a_huge_or_infinite_delay_is_clamped_and_does_not_kill_the_thread() -> None:
+    """Waiting 1e300 s (or inf) raised OverflowError in the deadline thread, which died:
+    a deadline already queued behind it then never ran. Only the runner's cap on
+    ``timeoutSeconds`` used to stand in front of that."""
+    from agent.jobs.deadlines import MAX_DELAY
+
+    for huge in (1e300, float("inf"), 10**400):
+        d = Deadlines()
+        entry = d.call_later(huge, lambda: None)
+        assert entry.when - time.monotonic() <= MAX_DELAY
+        assert _thread_survives(d), huge
+        fired = threading.Event()
+        # Queued while the thread waits for the huge one: it must still run on time.
+        d.call_later(0.05, fired.set)
+        assert fired.wait(5), huge
+        assert _thread_survives(d), huge
+
+
+def test_a_nan_delay_is_refused_and_a_negative_one_runs_at_once() -> None:
+    """NaN compares false with everything: it used to run at once and scramble the heap."""
+    import pytest
+
+    d = Deadlines()
+    ran: list[str] = []
+    with pytest.raises(ValueError):
+        d.call_later(float("nan"), lambda: ran.append("nan"))
+    assert len(d) == 0
+    fired = threading.Event()
+    d.call_later(-1e300, fired.set)
+    assert fired.wait(5) and ran == []

@@ -150,6 +150,32 @@ async def test_restarted_runner_holds_and_resends_what_the_relay_lacks(tmp_path:
     await spool.close()
 
 
+async def test_restore_applies_the_bound_on_held_finished_jobs_dropping_the_oldest(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A spool holding more unacknowledged finished jobs than the live bound (left by a
+    relay that never acknowledged, or an older agent): restore keeps the newest as the live
+    bound does, drops the oldest here and in the spool, and says which at WARNING."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="agent.runner")
+    core = Spool(tmp_path / "spool.db", clock=iter(range(1000, 2000)).__next__)
+    for i in range(5):
+        core.put_chunk(f"job_{i}", 1, 0, _frame(f"job_{i}", 1, 0))
+        core.set_done(f"job_{i}", 1, "pg", "query", _done(f"job_{i}", 1, 1))
+    spool = AsyncSpool(core)
+    runner = _runner(spool)
+    runner.max_held_finished = 3
+    runner.restore(await spool.call(Spool.load), await spool.call(Spool.finished_jobs))
+    assert runner.held_jobs() == [{"jobId": f"job_{i}", "attempt": 1} for i in (2, 3, 4)]
+    assert [j.job_id for j in await spool.call(Spool.load)] == ["job_2", "job_3", "job_4"]
+    assert core.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 3
+    dropped = [r for r in caplog.records if r.levelno == logging.WARNING and "dropping the oldest" in r.getMessage()]
+    assert [r.jobId for r in dropped] == ["job_0", "job_1"]  # type: ignore[attr-defined]
+    assert "job_0 (attempt 1)" in dropped[0].getMessage() and "deliver it again" in dropped[0].getMessage()
+    await spool.close()
+
+
 async def test_a_running_job_writes_nothing_and_its_end_spools_only_what_is_unacknowledged(
     tmp_path: Path,
 ) -> None:

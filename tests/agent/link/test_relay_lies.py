@@ -117,6 +117,7 @@ async def test_more_held_jobs_than_a_hello_may_name_still_connect(start_agent, a
     relay breaking the protocol, forever)."""
     async with FakeRelay(api_key) as relay:
         agent = await start_agent(relay.url)  # its session has not run yet: restore first
+        agent.runner.max_held_finished = 2000  # (restore applies it: tested in test_spool.py)
         done = {"status": "succeeded", "chunks": 0, "rowCount": 0, "byteCount": 0, "error": None}
         agent.runner.restore([SpooledJob(f"job_{i}", 1, "lite", "query", None,
                                          {"jobId": f"job_{i}", "attempt": 1, **done})
