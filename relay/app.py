@@ -55,7 +55,7 @@ from .store import jobs as job_store
 from .store import logs as log_store
 from .web.auth import TokenVerifier
 from .web.clientaddr import TRUSTED_PROXIES, parse_networks
-from .web.middleware import envelope_middleware, stamp_headers
+from .web.middleware import envelope_middleware, expect_continue, stamp_headers
 from .web.ratelimit import AUTH_FAILURES, RateLimiter, RequestLimits
 
 log = logging.getLogger("relay.app")
@@ -63,32 +63,34 @@ API = "/api/v1"
 
 
 def _routes(app: web.Application, relay: Relay, hub: Hub) -> None:
-    r = app.router
-    r.add_get("/health", health.get, name="health.root")
-    r.add_get(f"{API}/health", health.get, name="health")
-    r.add_get("/openapi.json", openapi.get, name="openapi.root")
-    r.add_get(f"{API}/openapi.json", openapi.get, name="openapi")
-    r.add_get(f"{API}/asyncapi.json", asyncapi.get, name="asyncapi")
-    r.add_post(f"{API}/connectors", connectors.create, name="connectors.create")
-    r.add_get(f"{API}/connectors", connectors.list_, name="connectors.list")
-    r.add_get(f"{API}/connectors/{{id}}", connectors.get, name="connectors.get")
-    r.add_patch(f"{API}/connectors/{{id}}", connectors.update, name="connectors.update")
-    r.add_delete(f"{API}/connectors/{{id}}", connectors.delete, name="connectors.delete")
-    r.add_post(f"{API}/connectors/{{id}}/rotate-key", connectors.rotate_key, name="connectors.rotate_key")
-    r.add_get(f"{API}/connectors/{{id}}/logs", telemetry.logs, name="connectors.logs")
-    r.add_get(f"{API}/connectors/{{id}}/metrics", telemetry.metrics, name="connectors.metrics")
-    r.add_post(f"{API}/jobs", jobs.create, name="jobs.create")
-    r.add_get(f"{API}/jobs", jobs.list_, name="jobs.list")
-    r.add_get(f"{API}/jobs/{{id}}", jobs.get, name="jobs.get")
-    r.add_post(f"{API}/jobs/{{id}}/cancel", jobs.cancel, name="jobs.cancel")
-    r.add_get(f"{API}/jobs/{{id}}/results", results.get, name="jobs.results")
-    r.add_get(f"{API}/events", events.stream, name="events")
+    # Each route answers an Expect header itself, within the body limit (expect_continue).
+    get, post, patch, delete = (functools.partial(add, expect_handler=expect_continue) for add in
+                                (app.router.add_get, app.router.add_post, app.router.add_patch, app.router.add_delete))
+    get("/health", health.get, name="health.root")
+    get(f"{API}/health", health.get, name="health")
+    get("/openapi.json", openapi.get, name="openapi.root")
+    get(f"{API}/openapi.json", openapi.get, name="openapi")
+    get(f"{API}/asyncapi.json", asyncapi.get, name="asyncapi")
+    post(f"{API}/connectors", connectors.create, name="connectors.create")
+    get(f"{API}/connectors", connectors.list_, name="connectors.list")
+    get(f"{API}/connectors/{{id}}", connectors.get, name="connectors.get")
+    patch(f"{API}/connectors/{{id}}", connectors.update, name="connectors.update")
+    delete(f"{API}/connectors/{{id}}", connectors.delete, name="connectors.delete")
+    post(f"{API}/connectors/{{id}}/rotate-key", connectors.rotate_key, name="connectors.rotate_key")
+    get(f"{API}/connectors/{{id}}/logs", telemetry.logs, name="connectors.logs")
+    get(f"{API}/connectors/{{id}}/metrics", telemetry.metrics, name="connectors.metrics")
+    post(f"{API}/jobs", jobs.create, name="jobs.create")
+    get(f"{API}/jobs", jobs.list_, name="jobs.list")
+    get(f"{API}/jobs/{{id}}", jobs.get, name="jobs.get")
+    post(f"{API}/jobs/{{id}}/cancel", jobs.cancel, name="jobs.cancel")
+    get(f"{API}/jobs/{{id}}/results", results.get, name="jobs.results")
+    get(f"{API}/events", events.stream, name="events")
     agent_route = metrics.counting(shutdown.refusing(guarded(hub.handle, relay.handshakes)), relay.metrics)
-    r.add_get(f"{API}/agent/connect", agent_route, name="agent.connect")
-    r.add_get("/metrics", prometheus.get, name="metrics")
-    r.add_get("/downloads/{name}", downloads.get, name="downloads")
-    r.add_get("/console", console.page, name="console")
-    r.add_get("/console/assets/{name}", console.asset, name="console.assets")
+    get(f"{API}/agent/connect", agent_route, name="agent.connect")
+    get("/metrics", prometheus.get, name="metrics")
+    get("/downloads/{name}", downloads.get, name="downloads")
+    get("/console", console.page, name="console")
+    get("/console/assets/{name}", console.asset, name="console.assets")
 
 
 async def _maintain(relay: Relay) -> None:

@@ -245,6 +245,10 @@ ERR = {"$ref": "#/components/responses/Error"}
 LIMITED = {"$ref": "#/components/responses/RateLimited"}
 _ERRORS = {"400": ERR, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "429": LIMITED, "500": ERR}
 _INT_HEADER = {"schema": {"type": "integer"}}
+TOO_LARGE = {**ERR, "description": "PAYLOAD_TOO_LARGE: the body is over 1 MiB"}
+NOT_JSON = {**ERR, "description": "UNSUPPORTED_MEDIA_TYPE: a Content-Type other than application/json "
+            "(or application/*+json), a charset other than UTF-8, or a Content-Encoding other "
+            "than gzip or deflate"}
 RATE_LIMITED = {
     **_json(_ref("ErrorResponse"), "RATE_LIMITED: over the token's or the tenant's requests a minute "
             "(by role), or too many failed authentications from this address; details.retryAfter "
@@ -267,7 +271,8 @@ def _op(op_id: str, summary: str, responses: S, *, params: list[S] | None = None
         op["parameters"] = params
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
-        op["responses"]["413"] = {**ERR, "description": "PAYLOAD_TOO_LARGE: the body is over 1 MiB"}
+        op["responses"]["413"] = TOO_LARGE
+        op["responses"]["415"] = NOT_JSON
     if public:
         op["security"] = []
     elif events:  # the token names the tenant; X-Tenant-ID, when sent, must match it
@@ -326,7 +331,7 @@ PATHS: dict[str, S] = {
         "post": {**_op("rotateConnectorKey", "Issue a new API key; the old one works until it expires",
                        {"200": _json(_ok("RotatedKey"), "new key"),
                         "409": {**ERR, "description": "CONNECTOR_REVOKED: a revoked connector gets no new key"},
-                        "413": {**ERR, "description": "PAYLOAD_TOO_LARGE: the body is over 1 MiB"}},
+                        "413": TOO_LARGE, "415": NOT_JSON},
                        params=[ID]),
                  "requestBody": {"required": False, "content": {"application/json": {
                      "schema": _ref("RotateKeyRequest")}}}},

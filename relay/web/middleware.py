@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from shared.errors import Forbidden, MCError, NotFound, RateLimited, Unauthorized, ValidationError
 
@@ -53,6 +53,7 @@ SELF_CHECKED_ROUTES: Final = frozenset({"metrics"})
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 410: "GONE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
 }  # fmt: skip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -140,6 +141,20 @@ async def _self_checked(request: web.Request, handler: Handler) -> web.StreamRes
         raise
 
 
+async def expect_continue(request: web.Request) -> None:
+    """Every route's ``Expect`` handler (aiohttp's own answers an expectation it does not
+    know with a plain-text 417 that quotes it, outside the envelope). ``100-continue``
+    on HTTP/1.1 is answered ``100 Continue`` unless the declared body is over the limit:
+    then the client is told 413 (read_json), or whatever else is wrong, without sending it.
+    Any other expectation is ignored, as RFC 9110 (10.1.1) allows."""
+    if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+        return
+    if request.content_length is not None and request.content_length > request.app[RELAY].config.max_body_bytes:
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's handler: the response proper has not begun
+
+
 async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: the request id and rate-limit headers on a response a
     handler sends itself (a streamed result, a WebSocket upgrade), whose headers leave
@@ -158,6 +173,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     request_id = new_request_id()
     request[REQUEST_ID] = request_id
     route = request.match_info.route.name
+    if request.content_length is not None and request.content_length > relay.config.max_body_bytes:
+        request[CLOSE_CONNECTION] = True  # never read: whatever the answer, the connection ends with it
     try:
         if route is not None and route not in PUBLIC_ROUTES:
             # /events authenticates its ?token= first (_authenticate): count that one too.

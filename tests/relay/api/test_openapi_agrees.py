@@ -142,9 +142,9 @@ def test_request_bodies_carry_no_defaults() -> None:
     assert len(_bodies()) >= 4
 
 
-def test_every_operation_with_a_body_can_answer_413() -> None:
-    assert [(path, method) for path, method, _ in _bodies()
-            if "413" not in _DOC["paths"][path][method]["responses"]] == []  # fmt: skip
+def test_every_operation_with_a_body_can_answer_413_and_415() -> None:
+    assert [(path, method, status) for path, method, _ in _bodies() for status in ("413", "415")
+            if status not in _DOC["paths"][path][method]["responses"]] == []  # fmt: skip
 
 
 def test_response_objects_list_their_required_fields() -> None:
