@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import JobError
@@ -35,8 +35,8 @@ _MYSQL_TYPES: dict[int, str] = {
     0: "decimal", 246: "decimal", 1: "integer", 2: "integer", 3: "integer", 8: "integer",
     9: "integer", 13: "integer", 4: "number", 5: "number", 10: "date", 7: "datetime",
     12: "datetime", 11: "interval", 15: "string", 253: "string", 254: "string",
-    249: "string", 250: "string", 251: "string", 252: "string", 245: "json", 16: "bytes",
-    247: "string", 248: "string",
+    249: "string", 250: "string", 251: "string", 252: "string", 245: "json", 16: "integer",
+    247: "string", 248: "string", 255: "bytes",
 }  # fmt: skip
 
 
@@ -47,9 +47,11 @@ def _read_as_text(oid: int) -> bool:
 
 
 def columns_from_description(
-    dialect: str, description: Sequence[Any] | None, sample: Sequence[Row]
+    dialect: str, description: Sequence[Any] | None, sample: Sequence[Row],
+    *, binary: Collection[int] = (),
 ) -> list[Column]:
-    """Column names and types from the cursor, refined by the first rows' values."""
+    """Column names and types from the cursor, refined by the first rows' values.
+    ``binary``: the columns the driver's metadata says hold bytes (MySQL's charset 63)."""
     if not description:
         return []
     table = _PG_TYPES if dialect == "postgres" else _MYSQL_TYPES if dialect == "mysql" else {}
@@ -57,11 +59,17 @@ def columns_from_description(
     for i, d in enumerate(description):
         code = d[1]
         kind = table.get(code, "unknown") if isinstance(code, int) else "unknown"
+        if i in binary:
+            kind = "bytes"
+        elif dialect == "mysql" and code == 16 and d[3] == 1:
+            kind = "boolean"  # BIT(1), read as a flag (sqlstream.mysql_field_converters)
         if kind == "unknown" and dialect == "postgres" and isinstance(code, int) and _read_as_text(code):
             kind = "string"  # a type psycopg2 did not know: its text, always a string
         seen = next((row[i] for row in sample if row[i] is not None), None)
         if seen is not None and (kind == "unknown" or (kind == "string" and isinstance(seen, bytes))):
             kind = type_name_for_python(seen)
+        elif code == 16 and dialect == "mysql" and isinstance(seen, bytes):
+            kind = "bytes"  # BIT as a driver without the agent's converters reads it (mysqlclient)
         out.append({"name": str(d[0]), "type": kind})
     return out
 

@@ -326,12 +326,13 @@ MYSQL_DATETIME_TEXTS = [
 
 def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
     """Issue 14: the agent's cheaper DATETIME/TIMESTAMP converter gives exactly what
-    PyMySQL's convert_datetime gives (a datetime, or the text for what it cannot read)."""
+    PyMySQL's convert_datetime gives (a datetime, or for what it cannot read the text,
+    made ISO-shaped or None for the zero date by ``_mysql_odd_date``)."""
     import random
 
     from pymysql.converters import convert_datetime
 
-    from agent.sources.sqlstream import mysql_datetime
+    from agent.sources.sqlstream import _mysql_odd_date, mysql_datetime
 
     fast = mysql_datetime()
     rnd = random.Random(14)
@@ -346,7 +347,7 @@ def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
     decoded = [t.decode("utf-8", "replace") for t in texts] + [wide, "2025-01-01\u200910:00:00"]
     for raw in [*texts, *decoded]:  # PyMySQL hands str over (the test below); bytes too
         try:
-            expected: Any = convert_datetime(raw)
+            expected: Any = _mysql_odd_date(convert_datetime(raw))
         except Exception as exc:  # both must fail alike
             expected = type(exc)
         try:
