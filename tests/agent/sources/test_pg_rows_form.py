@@ -50,7 +50,8 @@ def _body(src: SqlSource, sql: str, rows: bool, monkeypatch: pytest.MonkeyPatch,
     try:
         stream.start()
         assert stream.copy is not None, "the fast path was not taken"
-        stream.copy = dataclasses.replace(stream.copy, csv=csv)
+        # forced both ways: the plan's own choice (rows_per_result) is tested below
+        stream.copy = dataclasses.replace(stream.copy, csv=csv, rows_per_result=pgcopy.ROWS_A_RESULT if rows else 0)
         stream.payloads(lambda payload, n: out.append(payload) or True, **pump)
     finally:
         stream.close()
@@ -211,5 +212,56 @@ def test_a_reader_that_stops_mid_stream_leaves_the_source_usable(pg_url: str, mo
             stream.close()
         for _ in range(2):
             assert _body(src, "SELECT 3 AS three", True, monkeypatch) == b'{"three":3}\n'
+    finally:
+        src.close()
+
+
+@needs_rows
+def test_only_rows_of_a_bounded_size_are_read_as_rows(pg_url: str) -> None:
+    """libpq's chunked-rows mode bounds a result by rows, not bytes: a plan with a column
+    of unbounded size (text, json, bytea, unconstrained varchar or numeric) keeps the COPY,
+    which holds one row at a time, so 2,000 rows of 1 MB documents never sit in memory."""
+    src = _source(pg_url)
+    cases = {
+        "SELECT 1::int4 AS a, now() AS b, gen_random_uuid() AS u, true AS t, 1.5::numeric(12,2) AS n": pgcopy.ROWS_A_RESULT,
+        "SELECT 'x'::varchar(40) AS v, 'y'::char(6) AS c, '1 day'::interval AS i, point(1, 2) AS p": pgcopy.ROWS_A_RESULT,
+        "SELECT 'x'::varchar(10000) AS v": pgcopy.ROWS_BUDGET // (6 * 10000 + 2 + 10),
+        "SELECT 'x'::text AS t": 0, "SELECT 'x'::varchar AS v": 0, "SELECT 1.5::numeric AS n": 0,
+        "SELECT '{}'::jsonb AS j": 0, "SELECT '\\x00'::bytea AS b": 0, "SELECT ARRAY[1] AS a": 0,
+        "SELECT 1 AS a, 'x'::text AS t": 0, "SELECT 'x'::varchar(20000) AS v": 0,
+    }
+    try:
+        for sql, want in cases.items():
+            stream = src.prepare({"sql": sql})
+            try:
+                stream.start()
+                assert stream.copy is not None, sql
+                assert stream.copy.rows_per_result == want, (sql, stream.copy.rows_per_result)
+            finally:
+                stream.close()
+    finally:
+        src.close()
+
+
+@needs_rows
+def test_large_text_rows_are_read_one_at_a_time_and_memory_stays_small(pg_url: str) -> None:
+    """300 rows of 1 MB of text: read by the COPY (the plan's own choice), the agent's
+    peak memory for it stays far under the 300 MB that one chunked result would hold."""
+    import tracemalloc
+
+    src = _source(pg_url)
+    try:
+        stream = src.prepare({"sql": "SELECT g, repeat(md5(g::text), 32768) AS doc FROM generate_series(1, 300) g"})
+        try:
+            stream.start()
+            assert stream.copy is not None
+            got = [0]
+            tracemalloc.start()
+            stream.payloads(lambda payload, n: got.__setitem__(0, got[0] + n) or True)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        finally:
+            stream.close()
+        assert got[0] == 300 and peak < 40 << 20, peak
     finally:
         src.close()
