@@ -8,7 +8,8 @@ agent runs::
           ) AS q(c1, c2)) TO STDOUT
 
 and hands PostgreSQL's output to the producer as chunk payloads with no Python object per
-row (``LineSink``). The columns are aliased by position, so no user name is ever an
+row (``LineSink``). With libpq 17+ and rows of a bounded size (``rows_per_result``) the
+same SELECT runs without the COPY, read as rows a result at a time (``rows_out``). The columns are aliased by position, so no user name is ever an
 identifier here; the names appear only as JSON keys inside escaped string literals.
 
 Exactness: each expression below writes the JSON the cursor path writes for the same
