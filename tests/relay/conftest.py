@@ -7,16 +7,18 @@ import asyncio
 import base64
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from relay.app import create_app
 from relay.config import RelayConfig
 from relay.context import RELAY, Relay
 from relay.web.auth import make_token
+from relay.web.httpserver import EnvelopeAppRunner
 from shared import protocol
 from shared.crypto import DataCipher, generate_private_key, open_job, public_key_b64
 from shared.rows import encode_rows
@@ -264,3 +266,16 @@ async def agent(client: Any, api: Api) -> FakeAgent:
     a = await FakeAgent(client, con["apiKey"]).connect()
     yield a
     await a.close()
+
+
+@pytest.fixture
+async def relay_port(make_config: Callable[..., RelayConfig]) -> AsyncIterator[int]:
+    """The app on the runner ``mini-relay serve`` uses, on a free port (raw-socket tests)."""
+    runner = EnvelopeAppRunner(create_app(make_config()), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

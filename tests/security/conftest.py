@@ -6,5 +6,6 @@ from tests.relay.conftest import (  # noqa: F401 - fixtures
     api,
     client,
     make_config,
+    relay_port,
     start_relay,
 )

@@ -8,16 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from relay.app import create_app
-from relay.config import RelayConfig
-from relay.web.httpserver import EnvelopeAppRunner
 from tests.relay.conftest import TIMEOUT
 
 SECRET_ISH = "Bearer " + "s3cr3t" * 2000  # an oversized header that must not be echoed or logged
@@ -39,18 +34,6 @@ async def _raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
     if headers.get("transfer-encoding") == "chunked":  # not expected, but readable
         body = b"".join(body.split(b"\r\n")[1::2])
     return status, headers, body
-
-
-@pytest.fixture
-async def relay_port(make_config: Callable[..., RelayConfig]) -> AsyncIterator[int]:
-    runner = EnvelopeAppRunner(create_app(make_config()), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
 
 
 BAD_REQUESTS: list[tuple[str, bytes, int, str]] = [

@@ -12,18 +12,14 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from relay.api.common import MAX_DEPTH
-from relay.app import create_app
-from relay.config import RelayConfig
 from relay.web.auth import make_token
-from relay.web.httpserver import EnvelopeAppRunner
 from tests.relay.conftest import SECRET, TIMEOUT, Api, FakeAgent
 
 JSON = {"Content-Type": "application/json"}
@@ -273,18 +269,6 @@ async def test_long_and_nul_ids_and_query_values_are_not_found_or_empty(api: Api
 
 
 # --- over a raw socket, on the runner `mini-relay serve` uses
-
-
-@pytest.fixture
-async def relay_port(make_config: Callable[..., RelayConfig]) -> AsyncIterator[int]:
-    runner = EnvelopeAppRunner(create_app(make_config()), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
 
 
 def _head(method: str, path: str, token: str, tenant: str = "t1", **headers: str) -> bytes:
