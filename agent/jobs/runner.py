@@ -118,18 +118,9 @@ class Runner:
         """After a restart: hold the finished jobs the relay has not acknowledged (they go
         out again on attach) and remember the acknowledged ones with their attempt."""
         self.finished = dict(finished)
-        # The spool gives them oldest first, as the live bound sees them (``_bound_held``):
-        # the same bound applies, the oldest go (here and in the spool), the relay still
-        # owns those jobs and delivers them again after their lease lapses.
-        excess = max(0, len(spooled) - self.max_held_finished)
-        for sj in spooled[:excess]:
-            log.warning("the spool holds %d finished jobs the relay has not acknowledged, over the "
-                        "bound of %d; dropping the oldest, job %s (attempt %d): the relay will "
-                        "deliver it again", len(spooled), self.max_held_finished, sj.job_id,
-                        sj.attempt, extra={"jobId": sj.job_id})  # fmt: skip
-            self._spool(Spool.drop, sj.job_id, sj.attempt)
-        for sj in spooled[excess:]:
+        for sj in spooled:  # oldest first: the live bound then drops the oldest past it
             self.jobs[sj.job_id] = from_spool(sj)
+        self._bound_held()
         if self.jobs:
             log.info("holding %d finished jobs from before the restart until the relay has them", len(self.jobs))
 
