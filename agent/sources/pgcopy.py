@@ -8,8 +8,9 @@ agent runs::
           ) AS q(c1, c2)) TO STDOUT
 
 and hands PostgreSQL's output to the producer as chunk payloads with no Python object per
-row (``LineSink``). With libpq 17+ and rows of a bounded size (``rows_per_result``) the
-same SELECT runs without the COPY, read as rows a result at a time (``rows_out``). The columns are aliased by position, so no user name is ever an
+row (``LineSink``). With libpq 17+ and rows of a bounded size the same SELECT runs
+without the COPY, read as rows a result at a time (``pgrows``). The columns are aliased
+by position, so no user name is ever an
 identifier here; the names appear only as JSON keys inside escaped string literals.
 
 Exactness: each expression below writes the JSON the cursor path writes for the same
@@ -43,14 +44,13 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
 
 from shared.errors import JobError
 
-from . import pgcsv, pgjson
+from . import pgcsv, pgjson, pgrows
 
 # Session settings that PostgreSQL reports to the client (no round trip to read them).
 UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0",
@@ -321,7 +321,7 @@ class CopyPlan:
     utc: bool
     shortest_floats: bool = False  # PostgreSQL 12+ (the float8 rule read from the value)
     csv: bool = False  # COPY's CSV form, the keys added by pgcsv.CsvSink
-    rows_per_result: int = 0  # read as rows this many at a time (rows_out); 0: as a COPY
+    rows_per_result: int = 0  # read as rows this many at a time (pgrows.rows_out); 0: as a COPY
 
     @property
     def json_values(self) -> bool:
@@ -331,13 +331,13 @@ class CopyPlan:
     def line_check(self, raw: bool = False) -> Callable[[bytes], bytes] | None:
         """What the text form's lines go through besides undoing COPY's ``\\\\``: with a
         json or jsonb column, ``pgjson.checked`` (exponents looked for only with json;
-        ``raw``: the lines came as rows, ``rows_out``, with no COPY escapes to undo)."""
+        ``raw``: the lines came as rows, ``pgrows.rows_out``, with no COPY escapes to undo)."""
         if not self.json_values:
             return None
         return partial(pgjson.checked, exponents=pgjson.JSON in self.oids, raw=raw)
 
     def row_lines(self) -> Callable[[list[tuple[Any, ...]], int], bytes] | None:
-        """How ``rows_out`` makes a result's lines: the CSV form's ``pgcsv.RowLines``; None
+        """How ``pgrows.rows_out`` makes a result's lines: the CSV form's ``pgcsv.RowLines``; None
         for the text form (each row is its line)."""
         if not self.csv:
             return None
@@ -354,7 +354,7 @@ class CopyPlan:
         return f"COPY ({self.select(limit)}) TO STDOUT"
 
     def select(self, limit: int | None = None) -> str:
-        """The query read as rows (``rows_out``): the text form's, one text column, each
+        """The query read as rows (``pgrows.rows_out``): the text form's, one text column, each
         row's object line; the CSV form's, each column's text (``pgcsv.select_sql``)."""
         tail = f" LIMIT {int(limit)}" if limit is not None else ""
         if self.csv:
@@ -384,41 +384,7 @@ def plan_for(inner: str, description: Sequence[Any], timezone: str | None, serve
     if not names or len(set(names)) != len(names) or not all(expression(o) is not None for o in oids):
         return None
     return CopyPlan(inner, names, oids, utc=timezone in UTC_ZONES, shortest_floats=server_version >= 120000,
-                    csv=pgcsv.wanted(oids), rows_per_result=rows_per_result(description))  # fmt: skip
-
-
-ROWS_BUDGET = 8 << 20  # bytes one result of rows_out may hold at most
-ROWS_A_RESULT = 2000  # rows a result, at most (fewer pay ~4.5 us a result: 32 rows +0.14 us a row)
-MAX_ROW_BOUND = 64 << 10  # past this a row's bound, the COPY (one row at a time) reads it
-
-
-def row_bound(d: Any) -> int | None:
-    """The most bytes one column's JSON (its key aside) can take, from the description
-    (psycopg's ``Column``): a fixed-size type's text is within 8 characters a byte plus 64
-    (a point's 16 bytes: 51); varchar(n)/char(n) n characters, each at most 6 bytes as JSON
-    (``\u001f``); numeric(p, s) p digits, a sign, a point and quotes. None: unbounded (text,
-    json, bytea, arrays, unconstrained varchar and numeric, inet ...)."""
-    if getattr(d, "internal_size", None) and d.internal_size > 0:
-        return 8 * d.internal_size + 64
-    if getattr(d, "display_size", None) and d.display_size > 0:
-        return 6 * d.display_size + 2
-    if d[1] == 1700 and getattr(d, "precision", None):
-        return d.precision + 5
-    return None
-
-
-def rows_per_result(description: Sequence[Any]) -> int:
-    """How many rows ``rows_out`` may take a result at a time for rows of this shape: libpq's
-    chunked-rows mode bounds a result by rows, not bytes, so only rows of a known, small
-    bound are read that way (``ROWS_BUDGET`` a result); a row that may be large (a text,
-    json or bytea column) is read by the COPY, one row at a time, as before. 0: the COPY."""
-    bounds = [row_bound(d) for d in description]
-    if any(b is None for b in bounds):
-        return 0
-    row = sum(bounds) + sum(len(str(d[0])) * 6 + 4 for d in description)  # type: ignore[arg-type]
-    if row > MAX_ROW_BOUND:
-        return 0
-    return max(1, min(ROWS_A_RESULT, ROWS_BUDGET // row))
+                    csv=pgcsv.wanted(oids), rows_per_result=pgrows.rows_per_result(description))  # fmt: skip
 
 
 def copy_out(cursor: Any, sql: str, write: Callable[[bytearray, int], Any], *, counted: bool = False) -> None:
@@ -435,72 +401,6 @@ def copy_out(cursor: Any, sql: str, write: Callable[[bytearray, int], Any], *, c
         conn.wait(_drain(conn.pgconn, write, counted))
 
 
-def rows_mode() -> bool:
-    """Whether the text form's lines can come as rows (``rows_out``): libpq 17+."""
-    import psycopg
-
-    return psycopg.pq.version() >= 170000
-
-
-def rows_out(cursor: Any, sql: str, write: Callable[[bytes, int], Any],
-             lines: Callable[[list[tuple[Any, ...]], int], bytes] | None = None, *,
-             per_result: int = ROWS_A_RESULT) -> None:  # fmt: skip
-    """Run ``sql`` (``CopyPlan.select``: every column text) on a
-    ``pgconn.OneStatementCursor``'s connection in libpq's chunked-rows mode (libpq 17+,
-    ``rows_mode``; ``per_result`` rows a result, ``CopyPlan.rows_per_result``) and
-    ``write(lines, n)`` each result's ``n`` lines, newline-terminated:
-    ``lines(rows, n)`` makes them (``CopyPlan.row_lines``), or, for the text form's one
-    column, each row is its line.
-
-    The lines are the same bytes a ``COPY`` of the query writes, less COPY's escapes, at
-    half the agent's CPU a row (~0.35 against ~0.7 us, 1M 41-byte lines on this machine):
-    libpq parses a result's rows into one block, and psycopg makes each line a ``bytes``
-    in C (the binary format of text is its bytes: ``ByteaBinaryLoader``, no decoding),
-    where the COPY costs a ``PQgetCopyData`` (a malloc and a copy) and a turn of a Python
-    loop a row. The server streams as a COPY does (one execution, no ``FETCH`` round trip),
-    and ``PQsendQueryParams`` is the extended protocol: one statement. A json value's own
-    raw newlines (whitespace between its tokens) become spaces here (``_each_a_line``);
-    ``pgjson.checked`` with ``raw`` does the rest."""
-    from psycopg import errors
-    from psycopg.adapt import Transformer
-    from psycopg.generators import fetch
-    from psycopg.pq import ExecStatus, Format
-    from psycopg.types.string import ByteaBinaryLoader
-
-    conn = cursor.connection
-    for name in ("text", "varchar", "bpchar", "name"):  # their binary form is their text's bytes
-        cursor.adapters.register_loader(name, ByteaBinaryLoader)  # this cursor's map only
-    tx = Transformer(cursor)
-    pgconn = conn.pgconn
-    rows_ok = (ExecStatus.TUPLES_CHUNK, ExecStatus.TUPLES_OK)
-    failed = None
-    with conn.lock:
-        pgconn.send_query_params(sql.encode(), None, result_format=Format.BINARY)
-        pgconn.set_chunked_rows_mode(per_result)
-        while (res := conn.wait(fetch(pgconn))) is not None:  # every result, to the end
-            if res.status not in rows_ok:
-                failed = failed or res
-            elif failed is None and (n := res.ntuples):
-                tx.set_pgresult(res)
-                rows = tx.load_rows(0, n, tuple)
-                write(_each_a_line(rows, n) if lines is None else lines(rows, n), n)
-    if failed is not None:
-        if failed.status == ExecStatus.FATAL_ERROR:
-            raise errors.error_from_result(failed, encoding=pgconn._encoding)
-        raise errors.ProgrammingError(f"the query returned a result of status {failed.status.name}")
-
-
-def _each_a_line(rows: list[tuple[bytes]], n: int) -> bytes:
-    """The text form's rows (one object line each) as lines; a json value's own raw
-    newlines (whitespace between its tokens) become spaces."""
-    values = list(map(_FIRST, rows))
-    payload = b"\n".join(values) + b"\n"
-    if payload.count(b"\n") != n:
-        payload = b"\n".join([v.replace(b"\n", b" ") for v in values]) + b"\n"
-    return payload
-
-
-_FIRST = itemgetter(0)
 _JOIN_BYTES = 64 * 1024  # rows gathered in Python before they are written
 
 
@@ -571,7 +471,7 @@ class LineSink(io.RawIOBase):
         self.emit = emit
         self.max_line = max_line
         self.check = check  # CopyPlan.line_check: undoes the escapes itself
-        self.raw = raw  # lines from rows_out: no COPY escapes to undo
+        self.raw = raw  # lines from pgrows.rows_out: no COPY escapes to undo
         self.rest = b""
         self.dead = False  # after a failure: a late flush (GC) must emit nothing
 

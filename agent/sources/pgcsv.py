@@ -199,7 +199,7 @@ def _csv_rows(data: bytes, keys: list[bytes]) -> bytes:
 
 def select_sql(inner: str, oids: Sequence[int], tail: str) -> str:
     """``copy_sql``'s query without the COPY: each column's text (NULL stays NULL), read
-    as rows (``pgcopy.rows_out`` with ``RowLines``)."""
+    as rows (``pgrows.rows_out`` with ``RowLines``)."""
     aliases = ", ".join(f"c{i + 1}" for i in range(len(oids)))
     select = ", ".join(
         # the string types as they are (their binary form is their text; bpchar's cast to
@@ -216,7 +216,7 @@ _NULL = b"\x00"  # a NULL's place while the lines are joined: PostgreSQL's text 
 
 class RowLines:
     """The CSV form's object lines made from rows (each value its text as ``bytes``, None
-    for NULL), for ``pgcopy.rows_out``: the lines ``CsvSink`` makes of the same rows read
+    for NULL), for ``pgrows.rows_out``: the lines ``CsvSink`` makes of the same rows read
     as a CSV COPY, byte for byte (tests/agent/sources/test_pg_rows_form.py).
 
     Where the COPY's CSV writer escaped ``"`` and ``\\`` and the sink the control

@@ -136,7 +136,7 @@ def checked(payload: bytes, exponents: bool = True, raw: bool = False) -> bytes:
     """Object lines (undone from COPY's escapes) with each line that may hold a value a
     reader cannot take written again as the cursor path writes it (``exponents``: a json
     column is present, see ``_unreadable_at``). ``raw``: the lines came as rows (no COPY
-    escapes; ``pgcopy.rows_out`` made a json value's raw newlines spaces already): its raw
+    escapes; ``pgrows.rows_out`` made a json value's raw newlines spaces already): its raw
     tabs and carriage returns become spaces, as their COPY escapes do."""
     if not raw:
         payload = unescaped(payload)

@@ -33,7 +33,7 @@ from shared import exactjson
 from shared.errors import JobError
 
 from ..jobs.deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, sqlmeta, sqlodbc
+from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, pgrows, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 from .sqlhandle import SqlHandle
@@ -168,8 +168,8 @@ class SqlStream(QueryStream):
             raise JobError("QUERY_FAILED", "the COPY fast path was not prepared for this query")
         self._check_cancel()
         sink: pgcopy.LineSink | pgcsv.CsvSink
-        # read as rows (libpq 17+, pgcopy.rows_out) when a row's size is bounded, else as a COPY
-        as_rows = plan.rows_per_result > 0 and pgcopy.rows_mode()
+        # read as rows (libpq 17+, pgrows.rows_out) when a row's size is bounded, else as a COPY
+        as_rows = plan.rows_per_result > 0 and pgrows.rows_mode()
         if plan.csv and not as_rows:
             sink = pgcsv.CsvSink(emit, plan.keys(), target)
             write, flush = sink.write, sink.flush
@@ -184,7 +184,7 @@ class SqlStream(QueryStream):
         try:
             # Sent with the extended protocol (pgconn.OneStatementCursor): one statement.
             if as_rows:
-                pgcopy.rows_out(cursor, plan.select(limit), write, plan.row_lines(), per_result=plan.rows_per_result)
+                pgrows.rows_out(cursor, plan.select(limit), write, plan.row_lines(), per_result=plan.rows_per_result)
             else:
                 pgcopy.copy_out(cursor, plan.sql(limit), write, counted=plan.csv)
             flush()

@@ -1,4 +1,4 @@
-"""The COPY fast path's text form read as rows (``pgcopy.rows_out``, libpq's chunked-rows
+"""The COPY fast path's text form read as rows (``pgrows.rows_out``, libpq's chunked-rows
 mode) against the same query read as a COPY (``pgcopy.copy_out``), on the real database.
 
 The two must hand the producer the same bytes: every edge value of every listed type in
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.sources import pgcopy
+from agent.sources import pgcopy, pgrows
 from agent.sources.sql import SqlSource
 from shared.errors import JobError
 from shared.rows import object_lines_count
@@ -33,7 +33,7 @@ from .test_pg_copy_json import EDGE_JSON
 
 pytestmark = pytest.mark.postgres
 
-needs_rows = pytest.mark.skipif(not pgcopy.rows_mode(), reason="libpq before 17: no chunked-rows mode")
+needs_rows = pytest.mark.skipif(not pgrows.rows_mode(), reason="libpq before 17: no chunked-rows mode")
 
 
 def _body(src: SqlSource, sql: str, rows: bool, monkeypatch: pytest.MonkeyPatch, csv: bool = False,
@@ -41,9 +41,9 @@ def _body(src: SqlSource, sql: str, rows: bool, monkeypatch: pytest.MonkeyPatch,
     """The payloads of ``sql`` on the fast path's text form (``csv``: its CSV form), read
     as rows or as a COPY."""
     taken: list[str] = []
-    real_rows, real_copy = pgcopy.rows_out, pgcopy.copy_out
-    monkeypatch.setattr(pgcopy, "rows_mode", lambda: rows)
-    monkeypatch.setattr(pgcopy, "rows_out", lambda *a, **k: taken.append("rows") or real_rows(*a, **k))
+    real_rows, real_copy = pgrows.rows_out, pgcopy.copy_out
+    monkeypatch.setattr(pgrows, "rows_mode", lambda: rows)
+    monkeypatch.setattr(pgrows, "rows_out", lambda *a, **k: taken.append("rows") or real_rows(*a, **k))
     monkeypatch.setattr(pgcopy, "copy_out", lambda *a, **k: taken.append("copy") or real_copy(*a, **k))
     stream = src.prepare({"sql": sql})
     out: list[bytes] = []
@@ -51,7 +51,7 @@ def _body(src: SqlSource, sql: str, rows: bool, monkeypatch: pytest.MonkeyPatch,
         stream.start()
         assert stream.copy is not None, "the fast path was not taken"
         # forced both ways: the plan's own choice (rows_per_result) is tested below
-        stream.copy = dataclasses.replace(stream.copy, csv=csv, rows_per_result=pgcopy.ROWS_A_RESULT if rows else 0)
+        stream.copy = dataclasses.replace(stream.copy, csv=csv, rows_per_result=pgrows.ROWS_A_RESULT if rows else 0)
         stream.payloads(lambda payload, n: out.append(payload) or True, **pump)
     finally:
         stream.close()
@@ -68,7 +68,7 @@ def _same(src: SqlSource, sql: str, monkeypatch: pytest.MonkeyPatch, csv: bool =
 
 @needs_rows
 def test_the_text_form_is_read_as_rows_where_libpq_can() -> None:
-    assert psycopg.pq.version() >= 170000 and pgcopy.rows_mode()
+    assert psycopg.pq.version() >= 170000 and pgrows.rows_mode()
 
 
 @needs_rows
@@ -196,7 +196,7 @@ def test_a_reader_that_stops_mid_stream_leaves_the_source_usable(pg_url: str, mo
     """The producer's emit raising (a cancel or an abort on the loop side) leaves the
     connection inside a running query: the next job on the source must still work."""
     src = _source(pg_url)
-    monkeypatch.setattr(pgcopy, "rows_mode", lambda: True)
+    monkeypatch.setattr(pgrows, "rows_mode", lambda: True)
     try:
         stream = src.prepare({"sql": "SELECT g, md5(g::text) AS h FROM generate_series(1, 300000) g"})
         try:
@@ -223,9 +223,9 @@ def test_only_rows_of_a_bounded_size_are_read_as_rows(pg_url: str) -> None:
     which holds one row at a time, so 2,000 rows of 1 MB documents never sit in memory."""
     src = _source(pg_url)
     cases = {
-        "SELECT 1::int4 AS a, now() AS b, gen_random_uuid() AS u, true AS t, 1.5::numeric(12,2) AS n": pgcopy.ROWS_A_RESULT,
-        "SELECT 'x'::varchar(40) AS v, 'y'::char(6) AS c, '1 day'::interval AS i, point(1, 2) AS p": pgcopy.ROWS_A_RESULT,
-        "SELECT 'x'::varchar(10000) AS v": pgcopy.ROWS_BUDGET // (6 * 10000 + 2 + 10),
+        "SELECT 1::int4 AS a, now() AS b, gen_random_uuid() AS u, true AS t, 1.5::numeric(12,2) AS n": pgrows.ROWS_A_RESULT,
+        "SELECT 'x'::varchar(40) AS v, 'y'::char(6) AS c, '1 day'::interval AS i, point(1, 2) AS p": pgrows.ROWS_A_RESULT,
+        "SELECT 'x'::varchar(10000) AS v": pgrows.ROWS_BUDGET // (6 * 10000 + 2 + 10),
         "SELECT 'x'::text AS t": 0, "SELECT 'x'::varchar AS v": 0, "SELECT 1.5::numeric AS n": 0,
         "SELECT '{}'::jsonb AS j": 0, "SELECT '\\x00'::bytea AS b": 0, "SELECT ARRAY[1] AS a": 0,
         "SELECT 1 AS a, 'x'::text AS t": 0, "SELECT 'x'::varchar(20000) AS v": 0,
