@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.errors import JobError
 
+from . import mysqlodbc
 from .errors import invalidate_on_error
 from .sqlhandle import SqlHandle
 from .sqloptions import SqlOptions
@@ -240,10 +241,20 @@ def _mysql_text_rules(conn: Any) -> None:
     conn.rollback()
 
 
+def after_execute(conn: Any, info: dict[Any, Any], cursor: Any) -> mysqlodbc.ResultFix | None:
+    """Between the execute and the first fetch (pyodbc looks its output converters up at
+    the fetch): MariaDB Connector/ODBC's values read as the direct path reads them
+    (``mysqlodbc``); ``info`` is the pooled connection's, where what the driver is stays
+    known. Other databases and drivers: nothing changes."""
+    return mysqlodbc.after_execute(conn, info, cursor)
+
+
 def end_job(source: SqlHandle, conn: Any) -> None:
-    """Back to the pool clean: rolled back, and named / advisory locks released (they are
-    not transactional). SQL Server: a rollback; session-owned application locks need EXEC
-    (refused by the guard), and this pool does not run sp_reset_connection."""
+    """Back to the pool clean: no output converters (``after_execute``), rolled back, and
+    named / advisory locks released (they are not transactional). SQL Server: a rollback;
+    session-owned application locks need EXEC (refused by the guard), and this pool does
+    not run sp_reset_connection."""
+    mysqlodbc.end_job(conn)
     conn.rollback()
     unlock = {"mysql": "DO RELEASE_ALL_LOCKS()", "postgres": "SELECT pg_advisory_unlock_all()"}
     sql = unlock.get(source.flavour)
@@ -256,12 +267,12 @@ def end_job(source: SqlHandle, conn: Any) -> None:
         conn.rollback()
 
 
-def columns(description: Any) -> list[dict[str, str]]:
+def columns(description: Any, fix: mysqlodbc.ResultFix | None = None) -> list[dict[str, str]]:
     out = []
     for d in description or ():
         kind = _TYPES.get(d[1], "unknown") if isinstance(d[1], type) else "unknown"
         out.append({"name": str(d[0]), "type": kind})
-    return out
+    return fix.columns(out) if fix is not None else out
 
 
 # ---------------------------------------------------------------- test and discover

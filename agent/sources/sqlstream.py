@@ -33,7 +33,7 @@ from shared import exactjson
 from shared.errors import JobError
 
 from ..jobs.deadlines import DEADLINES, Deadline
-from . import mysqlsession, pgconn, pgcopy, pgcsv, pgguard, pgrows, sqlmeta, sqlodbc
+from . import mysqlodbc, mysqlsession, pgconn, pgcopy, pgcsv, pgguard, pgrows, sqlmeta, sqlodbc
 from .base import Column, QueryStream, Row
 from .errors import map_db_error
 from .sqlhandle import SqlHandle
@@ -73,6 +73,7 @@ class SqlStream(QueryStream):
         self.columns: list[Column] = []
         self._fairy: Any = None
         self._cursor: Any = None
+        self._odbc_fix: mysqlodbc.ResultFix | None = None
         self._pending: list[Row] = []
         self._exhausted = False
         self._broken = False
@@ -104,7 +105,7 @@ class SqlStream(QueryStream):
         if not first:
             self._exhausted = True
         if self.kind == "odbc":
-            self.columns = sqlodbc.columns(self._cursor.description)
+            self.columns = sqlodbc.columns(self._cursor.description, self._odbc_fix)
         else:
             self.columns = sqlmeta.columns_from_description(
                 self.kind, self._cursor.description, self._pending,
@@ -256,6 +257,8 @@ class SqlStream(QueryStream):
         with self._mutex:
             self._cursor = cursor
         cursor.execute(self.sql, *([self.params] if self.params else []))
+        # before the first fetch: pyodbc looks its output converters up there
+        self._odbc_fix = sqlodbc.after_execute(conn, self._fairy.info, cursor)
 
     def _check_cancel(self) -> None:
         if self._cancelled.is_set():
@@ -272,8 +275,8 @@ class SqlStream(QueryStream):
         if not self.server_side and self._cursor.description is None:
             return []
         rows = self._cursor.fetchmany(n)
-        if self.kind == "odbc":
-            return [tuple(r) for r in rows]  # pyodbc.Row is not a sequence orjson knows
+        if self.kind == "odbc":  # pyodbc.Row is not a sequence orjson knows
+            return self._odbc_fix.rows(rows) if self._odbc_fix else [tuple(r) for r in rows]
         return rows
 
     def fetch(self, n: int) -> list[Row]:

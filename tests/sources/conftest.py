@@ -7,6 +7,7 @@ import select
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,52 @@ def cancel_during_connect(stream: Any, port: int) -> BaseException | None:
     join(thread, 3)
     stream.close()
     return out.get("error")
+
+
+@pytest.fixture
+def maria_db(mysql_url: str) -> Iterator[tuple[str, Any]]:
+    """A fresh MariaDB database: its URL, and a PyMySQL connection to fill it (``sql_mode``
+    '' on that session only, so zero and partial dates go in). Every source on it must be
+    closed before this drops it (an open read-only transaction holds the DROP)."""
+    from .test_mysql_guard import _connect
+
+    name = "mc_vals_" + uuid.uuid4().hex[:10]
+    conn = _connect(mysql_url)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"USE {name}")
+        cur.execute("SET SESSION sql_mode = ''")
+    try:
+        yield mysql_url.rsplit("/", 1)[0] + "/" + name, conn
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.close()
+
+
+def fill(conn: Any, *sql: str) -> None:
+    """Run each of ``sql`` on ``conn`` (a ``maria_db`` connection)."""
+    with conn.cursor() as cur:
+        for s in sql:
+            cur.execute(s)
+
+
+def job_rows(src: Any, sql: str) -> tuple[dict[str, str], list[dict[str, Any]], bytes]:
+    """``sql`` run on ``src`` as a job would (``prepare``, ``start``, ``fetch``): the column
+    types, the rows as the relay gets them, and their payload (object lines)."""
+    import orjson
+
+    from shared.rows import encode_objects
+
+    stream = src.prepare({"sql": sql})
+    rows: list[Any] = []
+    try:
+        stream.start()
+        while batch := stream.fetch(1000):
+            rows.extend(batch)
+        columns = stream.columns
+    finally:
+        stream.close()
+    payload = encode_objects([c["name"] for c in columns], rows)
+    types = {c["name"]: c["type"] for c in columns}
+    return types, [orjson.loads(line) for line in payload.splitlines()], payload

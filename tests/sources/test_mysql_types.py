@@ -9,70 +9,33 @@ relaxed on that session only where MariaDB would refuse a zero date.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 
 from agent.sources import create_source
 from agent.sources.sql import SqlSource
-from shared.rows import encode_objects
 
-from .test_mysql_guard import _connect
+from .conftest import fill, job_rows
 
 pytestmark = pytest.mark.mysql
-
-
-@pytest.fixture
-def db(mysql_url: str) -> Iterator[tuple[str, Any]]:
-    """A fresh database: its URL, and a PyMySQL connection to fill it (``sql_mode`` '')."""
-    name = "mc_types_" + uuid.uuid4().hex[:10]
-    conn = _connect(mysql_url)
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-        cur.execute(f"USE {name}")
-        cur.execute("SET SESSION sql_mode = ''")  # zero and partial dates allowed here only
-    try:
-        yield mysql_url.rsplit("/", 1)[0] + "/" + name, conn
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
-
-
-def _fill(conn: Any, *sql: str) -> None:
-    with conn.cursor() as cur:
-        for s in sql:
-            cur.execute(s)
 
 
 def job(url: str, sql: str) -> tuple[dict[str, str], list[dict[str, Any]], bytes]:
     """Run ``sql`` as a job: the column types, the rows as the relay gets them, the payload."""
     src = create_source("mc_types", "mysql", url)
     assert isinstance(src, SqlSource)
-    stream = src.prepare({"sql": sql})
-    rows: list[Any] = []
     try:
-        stream.start()
-        while batch := stream.fetch(1000):
-            rows.extend(batch)
-        columns = stream.columns
+        return job_rows(src, sql)
     finally:
-        stream.close()
         src.close()
-    names = [c["name"] for c in columns]
-    payload = encode_objects(names, rows)
-    types = {c["name"]: c["type"] for c in columns}
-    return types, [orjson.loads(line) for line in payload.splitlines()], payload
 
 
-def test_bit_columns_are_numbers_and_bit_1_is_a_boolean(db: tuple[str, Any]) -> None:
+def test_bit_columns_are_numbers_and_bit_1_is_a_boolean(maria_db: tuple[str, Any]) -> None:
     """BIT(1) is a boolean column of true/false, BIT(n) an integer column; BIT(64)'s
     largest value is the exact integer (PyMySQL's raw bytes went out as base64)."""
-    url, conn = db
-    _fill(conn, "CREATE TABLE t (id int PRIMARY KEY, flag bit(1), b8 bit(8), b64 bit(64))",
+    url, conn = maria_db
+    fill(conn, "CREATE TABLE t (id int PRIMARY KEY, flag bit(1), b8 bit(8), b64 bit(64))",
           "INSERT INTO t VALUES (1, b'1', b'10000001', b'" + "1" * 64 + "'), "
           "(2, b'0', b'0', b'0'), (3, NULL, NULL, NULL)")  # fmt: skip
     sql = "SELECT flag, b8, b64, MAX(flag) OVER () AS m FROM t ORDER BY id"
@@ -86,12 +49,12 @@ def test_bit_columns_are_numbers_and_bit_1_is_a_boolean(db: tuple[str, Any]) -> 
     assert b'"b64":18446744073709551615,' in payload
 
 
-def test_zero_dates_are_null_and_partial_dates_are_iso_shaped(db: tuple[str, Any]) -> None:
+def test_zero_dates_are_null_and_partial_dates_are_iso_shaped(maria_db: tuple[str, Any]) -> None:
     """'0000-00-00' (and its datetime and timestamp forms) is null; a partial date is the
     server's text with the ISO 'T', in the same date/datetime column (it was the raw text,
     '2024-05-00 10:00:00')."""
-    url, conn = db
-    _fill(conn, "CREATE TABLE t (id int PRIMARY KEY, d date, dt datetime, dt6 datetime(6), ts timestamp NULL)",
+    url, conn = maria_db
+    fill(conn, "CREATE TABLE t (id int PRIMARY KEY, d date, dt datetime, dt6 datetime(6), ts timestamp NULL)",
           "INSERT INTO t VALUES (1, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', "
           "'0000-00-00 00:00:00'), (2, '2024-00-00', '2024-05-00 10:00:00', '2024-05-00 10:00:00.25', NULL), "
           "(3, '2024-05-01', '2024-05-01 10:00:00', '2024-05-01 10:00:00.25', '2024-05-01 10:00:00')")  # fmt: skip
@@ -105,12 +68,12 @@ def test_zero_dates_are_null_and_partial_dates_are_iso_shaped(db: tuple[str, Any
     ]  # fmt: skip
 
 
-def test_binary_columns_are_bytes_when_the_first_rows_are_null(db: tuple[str, Any]) -> None:
+def test_binary_columns_are_bytes_when_the_first_rows_are_null(maria_db: tuple[str, Any]) -> None:
     """BINARY, VARBINARY, BLOB (and GEOMETRY, WKB bytes) are typed from the column's
     metadata (charset 63), not from the first rows' values: 300 NULL rows first were
     typed string (the text columns stay string)."""
-    url, conn = db
-    _fill(conn, "CREATE TABLE t (id int PRIMARY KEY, bin binary(2), vb varbinary(4), bl blob, "
+    url, conn = maria_db
+    fill(conn, "CREATE TABLE t (id int PRIMARY KEY, bin binary(2), vb varbinary(4), bl blob, "
                 "g geometry NULL, tx text, vc varchar(4))",
           "INSERT INTO t (id) SELECT seq FROM seq_1_to_300",
           "INSERT INTO t VALUES (301, x'0102', x'ff', x'00', ST_GeomFromText('POINT(1 1)'), 'a', 'b')")  # fmt: skip
@@ -124,12 +87,12 @@ def test_binary_columns_are_bytes_when_the_first_rows_are_null(db: tuple[str, An
     assert len(rows) == 301 and rows[0]["bin"] is None
 
 
-def test_neighbour_types_keep_their_values(db: tuple[str, Any]) -> None:
+def test_neighbour_types_keep_their_values(maria_db: tuple[str, Any]) -> None:
     """The neighbours already right, held: YEAR an integer, TIME an exact duration past
     24 h and below zero, DECIMAL(65,30) exact, BIGINT UNSIGNED's max a number, MariaDB's
     JSON (LONGTEXT with a check) a string column of the JSON text."""
-    url, conn = db
-    _fill(conn, "CREATE TABLE t (id int PRIMARY KEY, y year, t time(6), d decimal(65,30), "
+    url, conn = maria_db
+    fill(conn, "CREATE TABLE t (id int PRIMARY KEY, y year, t time(6), d decimal(65,30), "
                 "u bigint unsigned, j json)",
           "INSERT INTO t VALUES (1, 2024, '-838:59:59', '12345678901234567890123456789012345.123456789012345678901234567890', "
           "18446744073709551615, '{\"a\": 1}'), (2, 0, '25:00:00.5', '-0.000000000000000000000000000001', 0, NULL), "

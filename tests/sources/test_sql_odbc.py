@@ -22,6 +22,7 @@ from shared.errors import JobError
 from shared.rows import decode_rows, encode_rows
 from tests.conftest import scaled, wait_until
 
+from .conftest import fill, job_rows
 from .test_readonly_corpus import _engine_exec, _odbc_url
 
 
@@ -295,3 +296,172 @@ def test_odbc_mariadb_session_is_returned_clean(mysql_url: str) -> None:
         assert "ANSI_QUOTES" not in mode and "NO_BACKSLASH_ESCAPES" not in mode
     finally:
         src.close()
+
+
+# ---------------------------------------------------------------- ODBC: MariaDB values
+
+
+def _job(src: Any, sql: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """``sql`` run as a job: the column types, and the rows as the relay gets them."""
+    types, rows, _ = job_rows(src, sql)
+    return types, rows
+
+
+_ODD = (
+    "CREATE TABLE odd (id int PRIMARY KEY, d date, dt datetime, dt6 datetime(6), ts timestamp NULL, "
+    "t time, t6 time(6), flag bit(1), b8 bit(8), b64 bit(64), bin binary(4), vb varbinary(8))",
+    "INSERT INTO odd VALUES "
+    "(1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL), "
+    "(2, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', "
+    "'-838:59:59', '100:00:00.25', b'1', b'10000001', b'" + "1" * 64 + "', x'01020304', x'ff'), "
+    "(3, '2024-00-00', '2024-05-00 10:00:00', '2024-05-00 10:00:00.25', NULL, "
+    "'10:11:12', '-00:00:00.5', b'0', b'0', b'0', x'00000000', x''), "
+    "(4, '2024-05-01', '2024-05-01 10:00:00', '2024-05-01 10:00:00.25', '2024-05-01 10:00:00', "
+    "'00:00:00', '23:59:59.999999', b'1', b'11', b'100000000', x'ff000000', x'0102')",
+)
+_ODD_SQL = "SELECT id, d, dt, dt6, ts, t, t6, flag, b8, b64, bin, vb, MAX(flag) OVER () AS m FROM odd ORDER BY id"
+_ODD_TYPES = {"id": "integer", "d": "date", "dt": "datetime", "dt6": "datetime", "ts": "datetime",
+              "t": "interval", "t6": "interval", "flag": "boolean", "b8": "integer", "b64": "integer",
+              "bin": "bytes", "vb": "bytes", "m": "boolean"}  # fmt: skip
+_ODD_ROWS = [
+    {"id": 1, "d": None, "dt": None, "dt6": None, "ts": None, "t": None, "t6": None, "flag": None,
+     "b8": None, "b64": None, "bin": None, "vb": None, "m": True},
+    {"id": 2, "d": None, "dt": None, "dt6": None, "ts": None, "t": "-P34DT22H59M59S",
+     "t6": "P4DT4H0M0.25S", "flag": True, "b8": 129, "b64": 2**64 - 1, "bin": "AQIDBA==", "vb": "/w==",
+     "m": True},
+    {"id": 3, "d": "2024-00-00", "dt": "2024-05-00T10:00:00", "dt6": "2024-05-00T10:00:00.250000",
+     "ts": None, "t": "P0DT10H11M12S", "t6": "-P0DT0H0M0.5S", "flag": False, "b8": 0, "b64": 0,
+     "bin": "AAAAAA==", "vb": "", "m": True},
+    {"id": 4, "d": "2024-05-01", "dt": "2024-05-01T10:00:00", "dt6": "2024-05-01T10:00:00.250000",
+     "ts": "2024-05-01T10:00:00", "t": "P0DT0H0M0S", "t6": "P0DT23H59M59.999999S", "flag": True,
+     "b8": 3, "b64": 256, "bin": "/wAAAA==", "vb": "AQI=", "m": True},
+]  # fmt: skip
+
+
+@pytest.mark.mysql
+def test_odbc_mariadb_values_are_the_direct_paths(maria_db: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through MariaDB Connector/ODBC, the values (and column types) the direct path gives
+    the same table: the all-zero date null, a partial one ISO-shaped text, TIME past 24 h
+    and below zero a duration, BIT(n) an unsigned integer, BIT(1) a boolean, BINARY still
+    bytes, ordinary dates as before. pyodbc failed the whole job on the zero date (``month
+    must be in 1..12``) and on TIME '-838:59:59' (``hour must be in 0..23``)."""
+    from agent.sources import mysqlodbc
+
+    url, conn = maria_db
+    fill(conn, *_ODD)
+    native = create_source("n", "mysql", url)
+    odbc = create_source("o", "odbc", _odbc_url("mysql", url))
+    try:
+        direct = _job(native, _ODD_SQL)
+        through_odbc = _job(odbc, _ODD_SQL)
+        # Each kind alone too (pyodbc reads a column's converter per SQL type).
+        alone = {col: _job(odbc, f"SELECT {col} FROM odd ORDER BY id")[1] for col in ("d", "dt6", "t", "b64")}
+        # Where the driver's type name cannot be had, BIT stays bytes and nothing else changes.
+        monkeypatch.setattr(mysqlodbc, "_statement_handle", lambda cursor: None)
+        no_names = _job(odbc, "SELECT b8, bin, d FROM odd WHERE id = 4")
+    finally:
+        odbc.close()
+        native.close()
+    assert direct == (_ODD_TYPES, _ODD_ROWS)
+    assert through_odbc == direct
+    for col, rows in alone.items():
+        assert rows == [{col: r[col]} for r in _ODD_ROWS], col
+    assert no_names == ({"b8": "bytes", "bin": "bytes", "d": "date"},
+                        [{"b8": "Aw==", "bin": "/wAAAA==", "d": "2024-05-01"}])  # fmt: skip
+
+
+@pytest.mark.mysql
+def test_odbc_mariadb_converters_do_not_outlive_the_job(maria_db: tuple[str, Any]) -> None:
+    """The converters are pyodbc's connection's, and the pool reuses it: after a job (read
+    to the end, or stopped early) the connection has none, so the next job, discovery and
+    the connection test read as pyodbc reads; the next job's values are the usual objects."""
+    import datetime as dt
+
+    import pyodbc
+
+    from agent.sources.sqlstream import SqlStream
+
+    url, conn = maria_db
+    fill(conn, *_ODD, "CREATE TABLE plain (id int PRIMARY KEY, d date, at datetime(6), t time, b varbinary(4))",
+          "INSERT INTO plain VALUES (1, '2024-05-01', '2024-05-01 10:00:00.25', '10:11:12', x'0102')")  # fmt: skip
+    src = create_source("o", "odbc", _odbc_url("mysql", url), options={"max_overflow": "0", "batch_size": "1"},
+                        pool_size=1)  # fmt: skip
+
+    def converters_left() -> list[Any]:
+        fairy = src.raw_connection()  # the one pooled connection every job here used
+        try:
+            types = (91, 92, 93, -2, pyodbc.SQL_TYPE_DATE, pyodbc.SQL_TYPE_TIMESTAMP)
+            return [t for t in types if fairy.dbapi_connection.get_output_converter(t) is not None]
+        finally:
+            fairy.close()
+
+    try:
+        assert _job(src, _ODD_SQL) == (_ODD_TYPES, _ODD_ROWS)
+        assert converters_left() == []
+        early = src.prepare({"sql": _ODD_SQL})  # stopped after the first row of four
+        early.start()
+        assert len(early.fetch(1)) == 1
+        early.close()
+        assert converters_left() == []
+        assert src.test()["connected"] is True
+        assert {t["name"] for t in src.discover({})} >= {"odd", "plain"}
+        src._know_flavour()
+        stream = SqlStream(src, "SELECT d, at, t, b FROM plain", [], timeout=5, server_side=False)
+        try:
+            stream.start()
+            rows = stream.fetch(10)
+        finally:
+            stream.close()
+        assert rows == [(dt.date(2024, 5, 1), dt.datetime(2024, 5, 1, 10, 0, 0, 250000),
+                         dt.timedelta(hours=10, minutes=11, seconds=12), b"\x01\x02")]  # fmt: skip
+        assert [type(v) for v in rows[0]] == [dt.date, dt.datetime, dt.timedelta, bytes]
+        assert converters_left() == []
+    finally:
+        src.close()
+
+
+@pytest.mark.postgres
+def test_odbc_postgres_dates_and_times_stay_pyodbcs(pg_url: str) -> None:
+    """Only MariaDB Connector/ODBC gets the converters: through psqlodbc a time stays a
+    ``time`` column of times, dates and timestamps pyodbc's own objects (a guard for the
+    MariaDB-only switch, not a regression of today's code)."""
+    src = create_source("o", "odbc", _odbc_url("postgres", pg_url))
+    try:
+        types, rows = _job(src, "SELECT DATE '2024-05-01' AS d, TIMESTAMP '2024-05-01 10:00:00.25' AS at, "
+                                "TIME '10:11:12' AS t, '\\x0102'::bytea AS b")  # fmt: skip
+    finally:
+        src.close()
+    assert types == {"d": "date", "at": "datetime", "t": "time", "b": "bytes"}
+    assert rows == [{"d": "2024-05-01", "at": "2024-05-01T10:00:00.250000", "t": "10:11:12", "b": "AQI="}]
+
+
+def test_odbc_mariadb_time_converter_reads_as_pymysql() -> None:
+    """The TIME converter's cheap path gives exactly what PyMySQL's ``convert_timedelta``
+    (the direct path's) gives: a timedelta, or the text it cannot read."""
+    import random
+
+    from pymysql.converters import convert_timedelta
+
+    from agent.sources.mysqlodbc import SQL_TYPE_TIME, _converters
+
+    convert = _converters()[SQL_TYPE_TIME]
+    rnd = random.Random(92)
+    texts = [b"-838:59:59", b"838:59:59.000000", b"10:11:12", b"-00:00:00.500000", b"1:2:3", b"10:11:12.5",
+             "\u0661\u0661:00:00".encode(), b"1_:00:00", b" 1:00:00", b"+1:00:00", b"10:11:12.", b"",
+             b"10:11:12.1234567", b"10:11:12 ", b"99:99:99", b"10:11:12.00000x"]  # fmt: skip
+    for _ in range(20_000):
+        s = f"{'-' if rnd.random() < 0.2 else ''}{rnd.randint(0, 900):0{rnd.randint(1, 3)}d}:" \
+            f"{rnd.randint(0, 99):02d}:{rnd.randint(0, 99):02d}"  # fmt: skip
+        if k := rnd.randint(0, 7):
+            s += "." + str(rnd.randint(0, 10**k - 1)).zfill(k)
+        texts.append(s.encode())
+    for raw in texts:
+        try:
+            expected: Any = convert_timedelta(raw)
+        except Exception as exc:  # both must fail alike
+            expected = type(exc)
+        try:
+            got: Any = convert(raw)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected and type(got) is type(expected), raw
