@@ -21,6 +21,7 @@ _CODES: dict[str, tuple[int, bool]] = {
     "CONFLICT": (409, False),
     "GONE": (410, False),
     "PAYLOAD_TOO_LARGE": (413, False),
+    "UNSUPPORTED_MEDIA_TYPE": (415, False),
     "VALIDATION_ERROR": (422, False),
     "RATE_LIMITED": (429, True),
     "INTERNAL_ERROR": (500, True),
@@ -127,6 +128,12 @@ class Gone(MCError):
 
 class PayloadTooLarge(MCError):
     code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(MCError):
+    """A request body in a media type, charset or content coding the relay does not read."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
 
 
 class RateLimited(MCError):

@@ -13,7 +13,13 @@ import orjson
 from aiohttp import web
 
 from shared import exactjson
-from shared.errors import BadRequest, MCError, NotFound, PayloadTooLarge, ValidationError
+from shared.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+)
 
 from ..context import RELAY, Relay
 from ..web.auth import Principal
@@ -33,16 +39,6 @@ def ok(data: Any, *, status: int = 200, meta: dict[str, Any] | None = None) -> w
     if meta is not None:
         body["meta"] = meta
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-class UnsupportedMediaType(MCError):
-    """415: a request body in a media type, charset or content coding the relay does not read."""
-
-    code = "UNSUPPORTED_MEDIA_TYPE"
-
-    @property
-    def status(self) -> int:
-        return 415
 
 
 # Content codings aiohttp decodes (relay/web: the decoded size counts against the limit);

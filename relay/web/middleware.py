@@ -53,7 +53,11 @@ SELF_CHECKED_ROUTES: Final = frozenset({"metrics"})
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 410: "GONE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
+    415: "UNSUPPORTED_MEDIA_TYPE", 417: "EXPECTATION_FAILED",
+}  # fmt: skip
+_HTTP_MESSAGES: Final = {
+    404: "no such route", 413: "the request body is too large",
+    417: "the relay meets no expectation but 100-continue: leave Expect out or send 100-continue",
 }  # fmt: skip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,17 +146,30 @@ async def _self_checked(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def expect_continue(request: web.Request) -> None:
-    """Every route's ``Expect`` handler (aiohttp's own answers an expectation it does not
-    know with a plain-text 417 that quotes it, outside the envelope). ``100-continue``
-    on HTTP/1.1 is answered ``100 Continue`` unless the declared body is over the limit:
-    then the client is told 413 (read_json), or whatever else is wrong, without sending it.
-    Any other expectation is ignored, as RFC 9110 (10.1.1) allows."""
+    """Every route's ``Expect`` handler. ``100-continue`` on HTTP/1.1 is answered
+    ``100 Continue`` unless the declared body is over the limit: then the client is told
+    413 (read_json), or whatever else is wrong, without sending it. Any other expectation
+    is ignored, as RFC 9110 (10.1.1) allows. (aiohttp's own handler, which still serves a
+    path no route serves and a method a route does not take, answers one with a plain-text
+    417 quoting it; the relay's runner puts that 417 in the envelope: httpserver.py.)"""
     if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
         return
     if request.content_length is not None and request.content_length > request.app[RELAY].config.max_body_bytes:
         return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp's handler: the response proper has not begun
+
+
+def http_error(request: web.BaseRequest, exc: web.HTTPException, request_id: str) -> web.Response:
+    """aiohttp's own HTTP error (unknown route, wrong method, body too large, an
+    expectation it does not know) in the envelope, never quoting the request."""
+    code = _HTTP_CODES.get(exc.status, "BAD_REQUEST")
+    message = f"method {request.method} is not allowed here" if exc.status == 405 else None
+    response = envelope_error(exc.status, code, message or _HTTP_MESSAGES.get(exc.status, exc.reason),
+                              None, request_id)  # fmt: skip
+    if "Allow" in exc.headers:  # a 405 says which methods the route takes (RFC 9110)
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -201,12 +218,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "BAD_REQUEST")
-        message = {404: "no such route", 405: f"method {request.method} is not allowed here",
-                   413: "the request body is too large"}.get(exc.status, exc.reason)  # fmt: skip
-        response = envelope_error(exc.status, code, message, None, request_id)
-        if "Allow" in exc.headers:  # a 405 says which methods the route takes (RFC 9110)
-            response.headers["Allow"] = exc.headers["Allow"]
+        response = http_error(request, exc, request_id)
     except asyncio.CancelledError:
         raise
     except Exception:

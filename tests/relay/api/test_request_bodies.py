@@ -9,7 +9,9 @@ a raw socket against the runner ``mini-relay serve`` uses, and once against a re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -353,6 +355,144 @@ async def test_too_many_headers_is_431_and_a_coding_without_a_decoder_is_415(rel
                  Content_Length=str(len(NEW)))  # fmt: skip
     status, _, out = _parse((await _exchange(relay_port, head + NEW))[0])
     assert status == 415 and out["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE", out
+
+
+def _envelope(answer: bytes, status: int, code: str) -> dict[str, str]:
+    """``answer`` is ``status`` with ``code`` in the envelope, quoting nothing of the
+    request; its headers."""
+    got, headers, out = _parse(answer)
+    assert got == status and headers["content-type"] == "application/json", answer[:300]
+    assert out["success"] is False and out["error"]["code"] == code, out
+    assert out["error"]["requestId"] == headers["x-request-id"]
+    assert b"banana" not in answer and b"pppp" not in answer
+    return headers
+
+
+async def test_an_unknown_expectation_on_a_path_no_route_serves_is_417_in_the_envelope(relay_port: int) -> None:
+    """aiohttp's own Expect handler answers there: a plain-text 417 quoting the header."""
+    token = make_token(SECRET, "t1", "admin", 600)
+    for path in ("/api/v1/nope", "/nope", "/api/v1/jobs/job_x/nope"):
+        answer, took = await _exchange(relay_port, _head("GET", path, token, Expect="100-banana"))
+        headers = _envelope(answer, 417, "EXPECTATION_FAILED")
+        assert headers["connection"] == "close" and took < TIMEOUT / 2, path
+    # 100-continue there is met, and the answer is the route's: 404 in the envelope
+    answer, _ = await _exchange(relay_port, _head("GET", "/api/v1/nope", token, Expect="100-continue",
+                                                  Connection="close"))  # fmt: skip
+    assert answer.startswith(CONTINUE), answer[:100]
+    _envelope(answer.removeprefix(CONTINUE), 404, "NOT_FOUND")
+
+
+async def test_an_unknown_expectation_with_a_method_the_route_does_not_take_is_417(relay_port: int) -> None:
+    token = make_token(SECRET, "t1", "admin", 600)
+    head = _head("PUT", "/api/v1/connectors", token, Content_Type="application/json",
+                 Content_Length=str(len(NEW)), Expect="100-banana")  # fmt: skip
+    answer, _ = await _exchange(relay_port, head, NEW, body_after=TIMEOUT)  # answered before the body
+    headers = _envelope(answer, 417, "EXPECTATION_FAILED")
+    assert headers["connection"] == "close"
+    # the route's own method: 100 Continue, then the answer to the body
+    head = _head("POST", "/api/v1/connectors", token, Content_Type="application/json",
+                 Content_Length=str(len(NEW)), Expect="100-continue", Connection="close")  # fmt: skip
+    answer, _ = await _exchange(relay_port, head, NEW, body_after=TIMEOUT)
+    assert answer.startswith(CONTINUE), answer[:100]
+    status, _, out = _parse(answer.removeprefix(CONTINUE))
+    assert status == 201 and out["data"]["name"] == "n", out
+
+
+def _head_of(size: int, method: str, path: str, token: str, **headers: str) -> bytes:
+    """A request head of exactly ``size`` bytes: ``_head``'s, padded with X-Pad headers."""
+    base = _head(method, path, token, **headers)
+    pads, left = [], size - len(base)
+    while left > 0:
+        line = f"X-Pad-{len(pads):02d}: "
+        fill = min(8000, left - len(line) - 2)
+        assert fill >= 1, "cannot pad by so few bytes"
+        pads.append(f"{line}{'p' * fill}\r\n".encode())
+        left -= len(pads[-1])
+    head = base[:-2] + b"".join(pads) + b"\r\n"
+    assert len(head) == size
+    return head
+
+
+async def _sent_while_read(port: int, data: bytes) -> bytes:
+    """Send ``data``, then read the answer to the close: the relay may answer, and close,
+    before it has read all of ``data`` (the send fails, the answer is there to read)."""
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            with contextlib.suppress(ConnectionError):
+                sock.sendall(data)
+            answer = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return answer
+
+    return await asyncio.to_thread(exchange)
+
+
+async def test_headers_over_64_kib_in_all_are_431_and_the_relay_serves_on(relay_port: int) -> None:
+    """aiohttp bounds each line (8190 bytes) and their number (128), not their sum: 100
+    headers of 8 KB (800 KB) were accepted."""
+    token = make_token(SECRET, "t1", "admin", 600)
+    many = {f"X_Big{i}": "p" * 8000 for i in range(100)}
+    answer = await _sent_while_read(relay_port, _head("GET", "/api/v1/jobs", token, **many))
+    _envelope(answer, 431, "REQUEST_TOO_LARGE")  # and the relay closed the connection: read to its end
+    assert "65536 bytes" in _parse(answer)[2]["error"]["message"]
+    answer, _ = await _exchange(relay_port, _head("GET", "/api/v1/jobs", token, Connection="close"))
+    assert _parse(answer)[0] == 200
+
+
+async def test_a_head_of_64_kib_is_read_and_one_byte_more_is_431(relay_port: int) -> None:
+    """Counted as sent, request line and blank line included; a body does not count."""
+    token = make_token(SECRET, "t1", "admin", 600)
+    answer, _ = await _exchange(relay_port, _head_of(65536, "GET", "/api/v1/jobs", token, Connection="close"))
+    assert _parse(answer)[0] == 200, answer[:300]
+    answer = await _sent_while_read(relay_port, _head_of(65537, "GET", "/api/v1/jobs", token))
+    _envelope(answer, 431, "REQUEST_TOO_LARGE")
+    body = NEW[:-1] + b" " * (200 << 10) + b"}"  # 200 KiB of white space inside the object
+    head = _head_of(65536, "POST", "/api/v1/connectors", token, Content_Type="application/json",
+                    Content_Length=str(len(body)), Connection="close")  # fmt: skip
+    answer, _ = await _exchange(relay_port, head + body)
+    assert _parse(answer)[0] == 201, answer[:300]
+
+
+async def test_a_pipelined_head_over_the_limit_is_431_after_the_request_before_it(relay_port: int) -> None:
+    """A head that begins in the read where the previous request ends is measured once
+    parsed: the first request is answered, the second refused."""
+    token = make_token(SECRET, "t1", "admin", 600)
+    first = _head("GET", "/api/v1/jobs", token)
+    answer = await _sent_while_read(relay_port, first + _head_of(70000, "GET", "/api/v1/jobs", token))
+    head, _, after = answer.partition(b"\r\n\r\n")
+    length = int(_parse(head + b"\r\n\r\nnull")[1]["content-length"])
+    assert _parse(answer[: len(head) + 4 + length])[0] == 200, answer[:300]
+    _envelope(after[length:], 431, "REQUEST_TOO_LARGE")
+
+
+def test_the_head_limit_refuses_before_the_parser_holds_more_than_it() -> None:
+    """The parser is handed at most MAX_HEAD_BYTES of a head, then nothing more."""
+    from relay.web.httpserver import MAX_HEAD_BYTES, HeadTooLarge, _HeadLimit
+
+    class Parser:
+        fed = 0
+
+        def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
+            self.fed += len(data)
+            return [], False, b""
+
+    parser = Parser()
+    limit = _HeadLimit(parser)
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"h" * 8000) for i in range(100)) + b"\r\n"
+    with pytest.raises(HeadTooLarge):
+        for at in range(0, len(head), 4096):
+            limit.feed_data(head[at : at + 4096])
+    assert 0 < parser.fed <= MAX_HEAD_BYTES
+    assert limit.feed_data(b"more") == ([], False, b"") and parser.fed <= MAX_HEAD_BYTES
+    # a head of exactly the limit whose blank line spans two reads, a body after it
+    head = b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * (MAX_HEAD_BYTES - 27) + b"\r\n\r\n"
+    assert len(head) == MAX_HEAD_BYTES
+    limit = _HeadLimit(Parser())
+    limit.feed_data(head[:-1])
+    limit.feed_data(head[-1:] + b"b" * 10000)  # not refused: the body is not head
 
 
 async def test_a_client_that_hangs_up_mid_body_is_not_an_internal_error(
