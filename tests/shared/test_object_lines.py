@@ -67,6 +67,10 @@ def test_the_proof_never_passes_what_the_line_check_refuses(payload: bytes) -> N
     proved = _whole_payload_check(payload, simdjson)
     if proved is not None:
         assert proved == _line_by_line(payload) == payload.count(b"\n")
+    lines = payload.count(b"\n")  # a sender's declared count, right or wrong, changes nothing
+    for declared in (lines, lines - 1, lines + 1, 2 * lines):
+        given = _whole_payload_check(payload, simdjson, declared)
+        assert given is None or given == proved == declared == lines
 
 
 @settings(max_examples=300, deadline=None)
@@ -104,6 +108,12 @@ def test_both_outcomes_occur_on_the_crafted_cases() -> None:
     assert _whole_payload_check(good, simdjson) is None  # holds ],[ in a string: line by line
     plain = encode_objects(["id", "tags"], [[i, [i, 2]] for i in range(50)])
     assert _whole_payload_check(plain, simdjson) == 50 == object_lines_count(plain)
+    assert _whole_payload_check(plain, simdjson, 50) == 50 == object_lines_count(plain, expected=50)
+    for wrong in (0, 1, 49, 51, 100):  # the declared count is proved, not taken
+        assert _whole_payload_check(plain, simdjson, wrong) is None
+        assert object_lines_count(plain, expected=wrong) == 50
+    for odd in (b'{"a":1}\n\n{"a":2}\n', b'{"a":1}\n {"a":2}\n', b'{"a":1}\n[1]\n'):  # a line not opening with {
+        assert _whole_payload_check(odd, simdjson, odd.count(b"\n")) is None
 
 
 def test_a_chunk_past_a_mebibyte_is_checked_line_by_line() -> None:
