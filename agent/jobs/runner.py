@@ -366,8 +366,8 @@ class Runner:
         job.finish(self._done(job, status, error))
         self._spool_done(job)
         if error is None:
-            log.info("job %s succeeded: %d rows in %d chunks, %d ms; %s",
-                     job.job_id, job.rows, job.next_seq, ms, what, extra=extra)  # fmt: skip
+            log.info("job %s succeeded: %s in %s, %d ms; %s", job.job_id, _count(job.rows, "row"),
+                     _count(job.next_seq, "chunk"), ms, what, extra=extra)  # fmt: skip
         else:
             log.log(_end_level(status, error), "job %s %s after %d ms: %s %s; %s",
                     job.job_id, status, ms, error.code, error.message, what, extra=extra)  # fmt: skip
@@ -581,6 +581,10 @@ def _positive(value: Any) -> float | None:
 
 # Codes that say the agent itself went wrong, not the query or the source.
 AGENT_FAULTS = frozenset({"INTERNAL_ERROR", "DECRYPTION_FAILED"})
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _end_level(status: str, error: JobError) -> int:
