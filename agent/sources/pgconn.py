@@ -19,11 +19,19 @@ Three of the database-side locks of the read-only promise live here (the stateme
    which the value loaders and the COPY expressions assume) in the startup packet
    (``options``), so every transaction on it is read-only, including one a ``COMMIT``
    would start. ``DISCARD ALL``/``RESET ALL`` go back to these values, not to the
-   server's defaults.
+   server's defaults. Behind a pooler (PgBouncer refuses or drops ``options``, and in
+   transaction pooling a session is not one server connection) ``check_session`` says
+   so, and each job's transaction sets the same values itself (``set_config(...,
+   true)``, ``transaction_settings_sql``): the job is read-only and nothing outlives it,
+   but a ``COMMIT`` inside it would end them (layers 1 and 4 keep one out; ``ALTER ROLE
+   ... SET default_transaction_read_only = on`` restores the rest, docs/SOURCES.md).
 3. **Clean in the pool.** ``reset_on_return`` rolls back, then runs ``DISCARD ALL``
    (advisory locks released, ``SET``\\s reset, prepared statements, cursors, temporary
    tables and ``LISTEN``\\s dropped, ``SET SESSION AUTHORIZATION DEFAULT``). A connection
-   that cannot be reset is dropped from the pool, not reused.
+   that cannot be reset is dropped from the pool, not reused. Under transaction pooling
+   the ``DISCARD ALL`` may reach another server connection than the job's: of what a
+   read-only job can leave, only a session advisory lock (which the guard refuses to
+   take) survives the rollback.
 
 Values: ``PSYCOPG2_LIKE`` loads what psycopg2 loaded (``shared.rows`` encodes it the same
 way, and ``pgcopy``'s expressions are written to agree): every type psycopg2 did not know
@@ -104,6 +112,10 @@ def connect_args(extra_options: str | None = None) -> dict[str, Any]:
         "cursor_factory": OneStatementCursor,
         "context": PSYCOPG2_LIKE,
         "options": options_value(extra_options),
+        # Never a named server-side prepared statement (the agent's cursors bind on the
+        # client and do not prepare anyway): behind PgBouncer's transaction pooling one
+        # would be missing ("does not exist") on the next transaction's server connection.
+        "prepare_threshold": None,
     }
 
 
@@ -119,14 +131,92 @@ def reset_on_return(dbapi_connection: Any, _record: Any, _state: Any = None) -> 
         conn.autocommit = False
 
 
-def check_session(cur: Any) -> None:
-    """Refuse a connection whose startup settings did not take (a pooler that drops
-    ``options``, say): the guard and the read-only promise depend on them."""
-    for name in ("default_transaction_read_only", "standard_conforming_strings"):
-        cur.execute(f"SHOW {name}")
-        row = cur.fetchone()
-        if row is None or str(row[0]) != "on":
-            raise RuntimeError(f"the PostgreSQL session did not start with {name}=on")
+# connection record ``info`` key: the settings a job's transaction must make itself (the
+# admin's ``-c`` ones from ``options``) when the session does not hold ours; absent when it does.
+PER_TRANSACTION = "pg_settings_per_transaction"
+
+
+def check_session(cur: Any) -> bool:
+    """Whether the startup settings hold for the whole session: they took, and the backend
+    is the one libpq connected to (its process id is the one in the startup's
+    BackendKeyData). False behind a connection pooler (PgBouncer gives the client a key of
+    its own; in transaction pooling each transaction may run on another server
+    connection) or when a pooler dropped ``options``: then every job's transaction sets
+    them itself (``transaction_settings_sql``)."""
+    names = list(SESSION_OPTIONS)
+    cur.execute("SELECT pg_backend_pid(), " + ", ".join(f"current_setting('{n}')" for n in names))
+    row = cur.fetchone()
+    if row is None or int(row[0]) != cur.connection.info.backend_pid:
+        return False
+    return all(_took(name, str(value)) for name, value in zip(names, row[1:], strict=True))
+
+
+def _took(name: str, value: str) -> bool:
+    want = SESSION_OPTIONS[name]
+    if name == "DateStyle":  # "ISO, MDY": the order part is kept
+        return value.upper().split(",")[0].strip() == want.upper()
+    return value.lower() == want.lower()
+
+
+def admin_settings(extra: str | None) -> dict[str, str]:
+    """The ``-c name=value`` (or ``--name=value``) settings in the admin's ``options``,
+    for a session whose ``options`` a pooler refused or dropped (``\\ `` is a space)."""
+    found: dict[str, str] = {}
+    words = re.findall(r"(?:\\.|\S)+", extra or "")
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            i += 1
+            word = words[i]
+        elif word.startswith("-c"):
+            word = word[2:]
+        elif word.startswith("--"):
+            word = word[2:]
+        else:
+            i += 1
+            continue
+        name, sep, value = word.partition("=")
+        if sep and name:
+            found[name.replace("-", "_")] = re.sub(r"\\(.)", r"\1", value)
+        i += 1
+    return found
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def transaction_settings_sql(extra: dict[str, str], timeout_ms: int | None) -> str:
+    """One statement setting, for the current transaction only (``set_config(..., true)``,
+    ``SET LOCAL``), what a session behind a pooler cannot keep: the admin's ``-c``
+    settings, then ours (they win), then the job's ``statement_timeout``. Nothing of it
+    outlives the transaction, so nothing reaches another client of the pooler."""
+    values = {**extra, **SESSION_OPTIONS}
+    if timeout_ms is not None:
+        values["statement_timeout"] = str(timeout_ms)
+    return "SELECT " + ", ".join(f"set_config({_quote(k)}, {_quote(v)}, true)" for k, v in values.items())
+
+
+def refused_options(exc: BaseException) -> bool:
+    """A pooler refused the startup packet's ``options`` (PgBouncer without ``options`` in
+    ``ignore_startup_parameters``: "unsupported startup parameter: options")."""
+    return "unsupported startup parameter: options" in str(exc)
+
+
+def do_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """SQLAlchemy ``do_connect``: connect; if a pooler refuses ``options``, connect again
+    without it, and from then on never send it (``cparams`` is the engine's own dict).
+    ``check_session`` then finds the settings missing and the jobs set them per transaction."""
+    try:
+        return dialect.loaded_dbapi.connect(*cargs, **cparams)
+    except psycopg.OperationalError as exc:
+        if "options" not in cparams or not refused_options(exc):
+            raise
+    log.info("the PostgreSQL server (a pooler) refused the startup options; "
+             "they are set in each transaction instead")  # fmt: skip
+    cparams.pop("options", None)
+    return dialect.loaded_dbapi.connect(*cargs, **cparams)
 
 
 def require_rows(conn: psycopg.Connection[Any], text: str) -> None:

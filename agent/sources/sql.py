@@ -176,9 +176,11 @@ class SqlSource(Source):
             args["charset"] = "utf8mb4"
         for k, v in opts.driver_args.items():
             args[k] = int(v) if v.isdigit() else v
+        extra = None
         if self.type == "postgres":
             # One statement per round trip, a read-only session, psycopg2's values.
-            args.update(pgconn.connect_args(args.pop("options", None)))
+            extra = args.pop("options", None)
+            args.update(pgconn.connect_args(extra))
         engine = sqlalchemy.create_engine(
             url,
             pool_size=opts.pool_size,
@@ -188,8 +190,10 @@ class SqlSource(Source):
             pool_timeout=opts.pool_timeout,
             connect_args=args,
         )
-        sqlalchemy.event.listen(engine, "connect", _session_setup(self.type))
+        sqlalchemy.event.listen(engine, "connect", _session_setup(self.type, extra))
         if self.type == "postgres":
+            # A pooler that refuses the startup options (PgBouncer): connect without them.
+            sqlalchemy.event.listen(engine, "do_connect", pgconn.do_connect)
             # Back in the pool: rolled back, DISCARD ALL (advisory locks, SETs, cursors).
             sqlalchemy.event.listen(engine, "reset", pgconn.reset_on_return)
         if self.type == "mysql":
@@ -299,18 +303,24 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _session_setup(kind: str) -> Any:
+def _session_setup(kind: str, pg_options: str | None = None) -> Any:
     """Per new connection: the text rules the statement guard assumes hold at the server."""
 
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
         if kind == "mysql":
-            mysqlsession.on_connect(dbapi_connection, _record)  # its own session layers
+            mysqlsession.on_connect(dbapi_connection, record)  # its own session layers
             return
         cur = dbapi_connection.cursor()
         try:
+            # Set at startup (pgconn.SESSION_OPTIONS). Behind a pooler (PgBouncer), or
+            # where the options did not take, each job's transaction sets them itself.
             if kind == "postgres":
-                # Set at startup (pgconn.SESSION_OPTIONS); refuse a server that ignored it.
-                pgconn.check_session(cur)
+                if pgconn.check_session(cur):
+                    record.info.pop(pgconn.PER_TRANSACTION, None)
+                else:
+                    log.info("PostgreSQL connection through a pooler (or without its startup "
+                             "options): the session settings are made in each job's transaction")
+                    record.info[pgconn.PER_TRANSACTION] = pgconn.admin_settings(pg_options)
         finally:
             cur.close()
         dbapi_connection.commit()

@@ -113,10 +113,15 @@ class SqlStream(QueryStream):
             )
 
     def _begin_postgres(self, conn: Any) -> None:
+        timeout_ms = max(1, int(self.timeout * 1000)) if self.timeout else None
+        # Behind a pooler the session's settings do not hold: this transaction sets them.
+        per_transaction = self._fairy.info.get(pgconn.PER_TRANSACTION)
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
-            if self.timeout:
-                cur.execute("SET LOCAL statement_timeout = %s", (max(1, int(self.timeout * 1000)),))
+            if per_transaction is not None:
+                cur.execute(pgconn.transaction_settings_sql(per_transaction, timeout_ms))
+            elif timeout_ms is not None:
+                cur.execute("SET LOCAL statement_timeout = %s", (timeout_ms,))
         self._check_cancel()
 
     def _start_postgres(self) -> None:
