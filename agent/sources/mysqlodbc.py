@@ -1,5 +1,5 @@
 """MariaDB/MySQL values through MariaDB Connector/ODBC, as the direct path (PyMySQL,
-``sqlstream.mysql_decoders``) gives them.
+``mysqlvalues.decoders``) gives them.
 
 pyodbc reads DATE, DATETIME/TIMESTAMP and TIME into Python's types in C, and a value
 Python cannot hold failed the whole job there: the all-zero and partial dates
@@ -40,7 +40,6 @@ from typing import Any
 from .base import Row
 
 SQL_TYPE_DATE, SQL_TYPE_TIME, SQL_TYPE_TIMESTAMP = 91, 92, 93
-_INFO_KEY = "mc_mariadb_odbc"
 _BIT_MAX = 64  # BIT(n): n <= 64, the column size the driver reports for it
 _SQL_DESC_TYPE_NAME = 14
 
@@ -65,7 +64,7 @@ class ResultFix:
             for i in bits:
                 v = values[i]
                 if v is not None:
-                    values[i] = int.from_bytes(v, "big")  # sqlstream.mysql_bit
+                    values[i] = int.from_bytes(v, "big")  # mysqlvalues.mysql_bit
             out.append(tuple(values))
         return out
 
@@ -75,28 +74,16 @@ class ResultFix:
         return columns
 
 
-def is_mariadb_odbc(conn: Any, info: dict[Any, Any]) -> bool:
-    """MariaDB Connector/ODBC talking to MariaDB/MySQL (cached in the pool record's info)."""
-    known = info.get(_INFO_KEY)
-    if known is None:
-        import pyodbc
-
-        from .sqlodbc import flavour_of
-
-        try:
-            dbms = str(conn.getinfo(pyodbc.SQL_DBMS_NAME) or "")
-            driver = str(conn.getinfo(pyodbc.SQL_DRIVER_NAME) or "").lower()
-        except pyodbc.Error:
-            dbms, driver = "", ""
-        known = flavour_of(dbms) == "mysql" and ("maodbc" in driver or "mariadb" in driver)
-        info[_INFO_KEY] = known
-    return bool(known)
+def is_mariadb_odbc(dbms: str, driver: str) -> bool:
+    """MariaDB Connector/ODBC (``SQL_DRIVER_NAME``) talking to MariaDB/MySQL (``dbms``,
+    ``SQL_DBMS_NAME`` as ``sqlodbc.flavour_of`` reads it: ``mysql``)."""
+    driver = driver.lower()
+    return dbms == "mysql" and ("maodbc" in driver or "mariadb" in driver)
 
 
-def after_execute(conn: Any, info: dict[Any, Any], cursor: Any) -> ResultFix | None:
-    """Set this job's converters (before the first fetch); the result's fixes, if any."""
-    if not is_mariadb_odbc(conn, info):
-        return None
+def after_execute(conn: Any, cursor: Any) -> ResultFix | None:
+    """Set this job's converters (before the first fetch) on a MariaDB Connector/ODBC
+    connection (``sqlodbc.after_execute`` tells); the result's fixes, if any."""
     conn.clear_output_converters()
     for sql_type, convert in _converters().items():
         conn.add_output_converter(sql_type, convert)
@@ -122,16 +109,16 @@ def end_job(conn: Any) -> None:
 
 @functools.cache
 def _converters() -> dict[int, Callable[[bytes], Any]]:
-    from .sqlstream import mysql_datetime
+    from .mysqlvalues import mysql_datetime
 
     return {SQL_TYPE_DATE: _date_converter(), SQL_TYPE_TIMESTAMP: mysql_datetime(),
             SQL_TYPE_TIME: _time_converter()}  # fmt: skip
 
 
 def _date_converter() -> Callable[[bytes], Any]:
-    """``sqlstream.mysql_date`` (PyMySQL's ``convert_date`` + the odd dates), with
+    """``mysqlvalues.mysql_date`` (PyMySQL's ``convert_date`` + the odd dates), with
     ``date.fromisoformat`` first for the usual ``YYYY-MM-DD``."""
-    from .sqlstream import mysql_date
+    from .mysqlvalues import mysql_date
 
     slow, from_iso = mysql_date(), dt.date.fromisoformat
 

@@ -62,7 +62,7 @@ def columns_from_description(
         if i in binary:
             kind = "bytes"
         elif dialect == "mysql" and code == 16 and d[3] == 1:
-            kind = "boolean"  # BIT(1), read as a flag (sqlstream.mysql_field_converters)
+            kind = "boolean"  # BIT(1), read as a flag (mysqlvalues.field_converters)
         if kind == "unknown" and dialect == "postgres" and isinstance(code, int) and _read_as_text(code):
             kind = "string"  # a type psycopg2 did not know: its text, always a string
         seen = next((row[i] for row in sample if row[i] is not None), None)

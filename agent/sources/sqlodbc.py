@@ -246,7 +246,20 @@ def after_execute(conn: Any, info: dict[Any, Any], cursor: Any) -> mysqlodbc.Res
     the fetch): MariaDB Connector/ODBC's values read as the direct path reads them
     (``mysqlodbc``); ``info`` is the pooled connection's, where what the driver is stays
     known. Other databases and drivers: nothing changes."""
-    return mysqlodbc.after_execute(conn, info, cursor)
+    known = info.get(_MARIADB_ODBC)
+    if known is None:  # asked once per pooled connection
+        import pyodbc
+
+        try:
+            dbms = flavour_of(str(conn.getinfo(pyodbc.SQL_DBMS_NAME) or ""))
+            driver = str(conn.getinfo(pyodbc.SQL_DRIVER_NAME) or "")
+        except pyodbc.Error:
+            dbms, driver = "", ""
+        known = info[_MARIADB_ODBC] = mysqlodbc.is_mariadb_odbc(dbms, driver)
+    return mysqlodbc.after_execute(conn, cursor) if known else None
+
+
+_MARIADB_ODBC = "mc_mariadb_odbc"  # pooled connection info key: what after_execute found
 
 
 def end_job(source: SqlHandle, conn: Any) -> None:

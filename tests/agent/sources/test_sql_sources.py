@@ -332,7 +332,7 @@ def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
 
     from pymysql.converters import convert_datetime
 
-    from agent.sources.sqlstream import _mysql_odd_date, mysql_datetime
+    from agent.sources.mysqlvalues import _mysql_odd_date, mysql_datetime
 
     fast = mysql_datetime()
     rnd = random.Random(14)
@@ -365,7 +365,7 @@ def test_mysql_datetimes_take_the_cheap_path_with_the_real_driver(
     regex: the cheap path was once taken for bytes only, so never."""
     import pymysql.converters
 
-    from agent.sources.sqlstream import mysql_datetime
+    from agent.sources.mysqlvalues import mysql_datetime
 
     slow: list[Any] = []
     real = pymysql.converters.convert_datetime
@@ -374,9 +374,9 @@ def test_mysql_datetimes_take_the_cheap_path_with_the_real_driver(
     given: list[Any] = []
     src = _source("mysql", mysql_db)
     try:
-        import agent.sources.sqlstream as sqlstream
+        import agent.sources.mysqlvalues as mysqlvalues
 
-        monkeypatch.setattr(sqlstream, "mysql_datetime", lambda: lambda obj: given.append(obj) or fast(obj))
+        monkeypatch.setattr(mysqlvalues, "mysql_datetime", lambda: lambda obj: given.append(obj) or fast(obj))
         _, batches = src.query({"sql": "SELECT CAST('2025-01-01 10:00:00.25' AS DATETIME(6)) AS a, "
                                        "CAST('2025-01-01 10:00:00' AS DATETIME) AS b"})  # fmt: skip
         [row] = next(iter(batches))
@@ -394,7 +394,7 @@ def test_mysql_json_columns_are_read_as_json(mysql_db: str) -> None:
     had no converter for it, and the text went out as one JSON string."""
     from pymysql.constants import FIELD_TYPE
 
-    from agent.sources.sqlstream import mysql_json
+    from agent.sources.mysqlvalues import mysql_json
 
     src = _source("mysql", mysql_db)
     try:
