@@ -29,6 +29,7 @@ from .config import (
     load_config,
     normalise_relay_url,
 )
+from .diskfull import SaidOnce, is_disk_full
 from .jobs.keyring import load_keyring
 from .jobs.producer import compression_pays
 from .jobs.runner import Runner
@@ -45,6 +46,7 @@ from .status import write_status
 log = logging.getLogger("agent")
 
 STATUS_EVERY = 1.0
+_STATUS_FULL = SaidOnce(log, "status.json", "`mini-connector status` may show an older state")
 
 
 async def run_agent(
@@ -128,7 +130,12 @@ def _write(session: Session, cfg: AgentConfig, paths: StatePaths, started: float
     try:
         write_status(paths.status_file, data)
     except OSError as exc:
-        log.debug("cannot write the status file: %s", exc)
+        if is_disk_full(exc):
+            _STATUS_FULL.failed(exc)
+        else:
+            log.debug("cannot write the status file: %s", exc)
+    else:
+        _STATUS_FULL.worked()
 
 
 SOURCES_EVERY = 1.0  # seconds between looks at the config file for changed sources

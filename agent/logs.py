@@ -14,9 +14,11 @@ lowers the root logger's level too, while the file and stderr keep theirs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import copy
 import datetime as dt
+import errno
 import io
 import logging
 import math
@@ -207,6 +209,7 @@ class RotatingJsonFile(logging.Handler):
         self._file: io.FileIO | None = None
         self._size = 0
         self._regular = True
+        self._full = False  # writes failing for want of space (said once)
         self._open()
 
     def _open(self) -> io.FileIO:
@@ -236,8 +239,17 @@ class RotatingJsonFile(logging.Handler):
                     raise OSError("the log file took no bytes")
                 view = view[n:]
             self._size += len(data)
+            self._full = False
         except RecursionError:
             raise
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self.handleError(record)
+            elif not self._full:  # once (stderr: the journal), not a traceback per line
+                self._full = True
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(f"mini-connector: the disk is full: cannot write {self.baseFilename}; "
+                                     "lines still go to stderr and the relay until space is freed\n")  # fmt: skip
         except Exception:  # noqa: BLE001 - as logging's handlers: report, never raise
             self.handleError(record)
 

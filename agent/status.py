@@ -7,6 +7,8 @@ process that wrote it is still alive.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -21,19 +23,45 @@ STALE_AFTER = 15.0  # seconds without an update: the writer is hung or gone
 def write_status(path: Path, data: dict[str, Any]) -> None:
     """Atomically replace the status file (0600: it names sources and the relay)."""
     payload = {**data, "pid": os.getpid(), "updatedAt": time.time()}
+    body = orjson.dumps(payload, option=orjson.OPT_INDENT_2)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, body)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+        # A full disk has no block for a new file, but the old one's blocks are still
+        # ours: rewrite it in place (a reader may meet a half-written file for a moment;
+        # ``status`` reads it again then), so status never says a running agent is gone.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            _write_all(fd, body)
+            os.ftruncate(fd, len(body))
+        finally:
+            os.close(fd)
+
+
+def _write_all(fd: int, body: bytes) -> None:
+    view = memoryview(body)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def read_status(path: Path, *, now: float | None = None) -> dict[str, Any]:
     """The last status written, with ``running`` saying whether its writer is alive."""
     try:
-        data = orjson.loads(path.read_bytes())
+        try:
+            data = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:  # rewritten in place this moment (a full disk): once more
+            time.sleep(0.05)
+            data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         return {"running": False, "state": "not running"}
     except OSError as exc:

@@ -53,6 +53,7 @@ from .store import Store, owners, queue
 from .store import chunks as chunk_store
 from .store import jobs as job_store
 from .store import logs as log_store
+from .store.diskfull import StoreFull
 from .web.auth import TokenVerifier
 from .web.clientaddr import TRUSTED_PROXIES, parse_networks
 from .web.middleware import envelope_middleware, expect_continue, stamp_headers
@@ -129,6 +130,8 @@ async def _sweeper(relay: Relay) -> None:
                 await _maintain(relay)
         except asyncio.CancelledError:
             raise
+        except StoreFull:
+            pass  # said once by the store (relay/store/diskfull.py); the next round tries again
         except Exception:
             log.exception("sweep failed; retrying next round")
 

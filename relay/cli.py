@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from shared.closedpipe import quiet_on_closed_pipe
+from shared.errors import MCError
 from shared.fdlimit import raise_nofile
 from shared.redact import redact
 
@@ -168,6 +169,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     try:
         asyncio.run(_serve(config))
+    except MCError as exc:  # e.g. started on a full disk with no reserve left (store/diskfull)
+        print(f"mini-relay: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"mini-relay: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 1

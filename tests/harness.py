@@ -402,6 +402,7 @@ class Agent:
     api_key: str
     env: dict[str, str]
     download_url: str | None = None  # the connector's downloadUrl, as POST /connectors answered
+    run_log: Path | None = None  # the process's output (default: beside the config)
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> str:
         return run_cli([*command("mini-connector"), "--config", str(self.config), *args],
@@ -422,6 +423,7 @@ class Stack:
         self.api: Api | None = None
         self.agents: list[Agent] = []
         self.procs: list[Proc] = []
+        self.relay_db = self.workdir / "relay.db"  # the SQLite store (elsewhere: a small disk)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MC_RELAY_", "MC_AGENT_"))}
@@ -433,7 +435,7 @@ class Stack:
         env = self._env()
         env.setdefault("MC_RELAY_JWT_SECRET", secrets.token_hex(32))
         env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
-        db = self.workdir / "relay.db"
+        db = self.relay_db
         argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", "0",
                 "--database-url", f"sqlite:///{db}"]  # fmt: skip
         proc = Proc("mini-relay", argv, env, self.workdir / "relay.log")
@@ -453,7 +455,7 @@ class Stack:
         port = port or (self.relay.port if self.relay is not None else free_port())
         env = self._env()
         env.setdefault("MC_RELAY_HEARTBEAT_INTERVAL", str(self.heartbeat))
-        db = self.workdir / "relay.db"
+        db = self.relay_db
         argv = [*command("mini-relay"), "serve", "--dev", "--host", "127.0.0.1", "--port", str(port),
                 "--database-url", f"sqlite:///{db}"]  # fmt: skip
         n = sum(1 for p in self.procs if p.name.startswith("mini-relay"))
@@ -500,17 +502,21 @@ class Stack:
 
     def add_agent(self, name: str, sources: list[Source], *, start: bool = True,
                   wait_online: bool = True, timeout: float = 30,
-                  relay_url: str | None = None, created: dict[str, Any] | None = None) -> Agent:  # fmt: skip
+                  relay_url: str | None = None, created: dict[str, Any] | None = None,
+                  state_dir: Path | None = None) -> Agent:  # fmt: skip
         """Register a connector (or take ``created``, one registered already), configure an
         agent for it with ``sources``, start it. ``relay_url`` points the agent elsewhere (a
-        fault proxy) than the relay itself."""
+        fault proxy) than the relay itself; ``state_dir`` holds its config and state (else
+        its home, which keeps the process's output log either way)."""
         assert self.relay is not None and self.api is not None, "start the relay first"
         created = created or self.api.create_connector(name)
         home = self.workdir / f"agent-{len(self.agents) + 1}"
         home.mkdir(parents=True, exist_ok=True)
         env = self._env()
         env["HOME"] = str(home)  # keeps any per-user default paths inside the temp folder
-        agent = Agent(None, home / "agent.toml", created["id"], created["apiKey"], env, created.get("downloadUrl"))
+        config = (state_dir or home) / "agent.toml"
+        agent = Agent(None, config, created["id"], created["apiKey"], env, created.get("downloadUrl"),
+                      home / "agent-run.log")  # fmt: skip
         agent.cli("configure", "--relay-url", relay_url or self.relay.ws_url, "--api-key", created["apiKey"],
                   "--name", name)  # fmt: skip
         for src in sources:
@@ -527,7 +533,7 @@ class Stack:
         argv = [*command("mini-connector"), "--config", str(agent.config), "run"]
         n = sum(1 for p in self.procs if p.name.startswith("mini-connector"))
         agent.proc = Proc(f"mini-connector#{n + 1}", argv, agent.env,
-                          agent.config.parent / "agent-run.log")  # fmt: skip
+                          agent.run_log or agent.config.parent / "agent-run.log")  # fmt: skip
         self.procs.append(agent.proc)
         if wait_online:
             self.wait_online(agent, timeout)

@@ -32,8 +32,13 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..diskfull import SaidOnce, is_disk_full
+
 T = TypeVar("T")
 log = logging.getLogger("agent.spool")
+# Jobs run and stream to the relay without the spool; only a restart loses what it missed.
+_FULL = SaidOnce(log, "spool.db", "finished jobs' unacknowledged results are not kept across a restart "
+                 "(jobs still run and stream to the relay)")
 
 FINISHED_KEEP_SECONDS = 7 * 86400.0
 FINISHED_KEEP_COUNT = 10_000
@@ -83,26 +88,42 @@ class Spool:
         """One method's writes as one transaction, or, inside ``batch``, as one savepoint
         of the batch's transaction (undone alone if the method fails)."""
         if not self._in_batch:
-            with self.db:
+            # BEGIN said outright: with isolation_level=None, ``with self.db`` opens no
+            # transaction, so a write failing halfway (a full disk) left its first half.
+            self.db.execute("BEGIN")
+            try:
                 yield
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
             return
         self.db.execute("SAVEPOINT op")
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO op")
-            self.db.execute("RELEASE op")
+            # A full disk (SQLITE_FULL) may have rolled back the whole transaction already,
+            # savepoint and all: then there is nothing to undo, and the error is the one to say.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK TO op")
+                self.db.execute("RELEASE op")
             raise
         self.db.execute("RELEASE op")
 
-    def batch(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+    def batch(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> bool:
         """Run several methods' writes in one transaction (one WAL commit instead of one
-        each); a method that fails is undone alone and logged, as ``AsyncSpool`` does."""
+        each); a method that fails is undone alone and logged, as ``AsyncSpool`` does.
+        False when one did."""
         self.db.execute("BEGIN")
         self._in_batch = True
+        ok = True
         try:
             for fn, args in ops:
-                _logged(self._one, fn, args)
+                ok = _logged(self._one, fn, args) is not _FAILED and ok
+                if not self.db.in_transaction:  # SQLite rolled the whole batch back (a full disk)
+                    ok = False
+                    self.db.execute("BEGIN")  # the rest still get their try
         finally:
             self._in_batch = False
         try:
@@ -111,6 +132,7 @@ class Spool:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
+        return ok
 
     def _one(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         with self._tx():  # a savepoint, also for methods without a transaction of their own
@@ -300,9 +322,13 @@ class AsyncSpool:
             ops, self._pending = self._pending, []
         ops = _without_superseded(ops)
         if len(ops) == 1:
-            _logged(ops[0][0], self.spool, *ops[0][1])
+            ok = _logged(ops[0][0], self.spool, *ops[0][1]) is not _FAILED
         elif ops:
-            _logged(self.spool.batch, ops)
+            ok = _logged(self.spool.batch, ops) not in (_FAILED, False)
+        else:
+            return
+        if ok:
+            _FULL.worked()
 
     async def call(self, method: Callable[..., T], *args: Any) -> T:
         if self._timer is not None:
@@ -331,12 +357,18 @@ def _without_superseded(
     return out
 
 
+_FAILED = object()
+
+
 def _logged(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
-    except Exception:  # a full disk must not take the agent down; the relay redelivers
-        log.exception("writing the spool failed")
-        return None
+    except Exception as exc:  # a full disk must not take the agent down; the relay redelivers
+        if is_disk_full(exc):
+            _FULL.failed(exc)  # once, not a traceback per job
+        else:
+            log.exception("writing the spool failed")
+        return _FAILED
 
 
 def _dumps(value: dict[str, Any] | None) -> str | None:

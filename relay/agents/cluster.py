@@ -39,6 +39,7 @@ from ..events import EventBus
 from ..ids_and_times import now
 from ..jobs.notify import JobNotifier
 from ..store import Store, job_steps, owners, pg
+from ..store.diskfull import StoreFull
 from . import connector_status
 from .session import AgentSession
 
@@ -238,6 +239,8 @@ class Cluster:
                 await self.renew()
             except asyncio.CancelledError:
                 raise
+            except StoreFull:
+                pass  # said once by the store (relay/store/diskfull.py)
             except Exception:
                 log.exception("renewing connector leases failed; retrying next round")
 

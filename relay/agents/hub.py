@@ -31,6 +31,7 @@ from ..jobs import lifecycle
 from ..store import connector_steps, owners, queue
 from ..store import connectors as con_store
 from ..store import job_steps as steps
+from ..store.diskfull import StoreFull
 from . import connector_status as cs
 from . import guard, loglevel, messages
 from .session import AgentSession
@@ -361,6 +362,11 @@ class Hub:
                 if isinstance(frame, ChunkFrame):
                     await messages.end_refused(relay, session, frame.head, "RESULT_REJECTED",
                                                f"the relay refused the agent's rows: {exc.message}", False)  # fmt: skip
+            except StoreFull as exc:  # said once in the relay's log; the agent cannot help
+                if isinstance(frame, ChunkFrame):
+                    why = f"the relay's store is out of disk space: chunk {frame.head.seq} of the result could not be stored"
+                    with contextlib.suppress(StoreFull):  # then its end waits for space
+                        await messages.end_refused(relay, session, frame.head, exc.code, why, True)
             except MCError as exc:
                 await session.send("relay.error.v1", code=exc.code, message=exc.message[:2000])
                 if isinstance(frame, ChunkFrame):

@@ -118,6 +118,7 @@ async def on_chunk(
     """A chunk admitted by its header (``agentguard.admit``): its payload is decompressed,
     checked and sealed in a worker thread (on the loop when small), then stored; ``ready``
     is called just before the store call (a job's frames make theirs in arrival order)."""
+    relay.store.disk.refuse("results are not stored")  # before the work: the attempt ends at once
     compress = relay.config.store_compression == "zstd"
     relay.metrics.chunk_payloads.inc()
     if guard.inline(head):
@@ -309,7 +310,9 @@ async def on_logs(relay: Relay, session: AgentSession, msg: protocol.Message) ->
     if dropped:
         relay.metrics.agent_log_lines_dropped.inc(dropped)
         rows.append(dropped_line(session.connector_id, dropped, at))
-    if rows:
+    if rows and relay.store.disk.full:  # dropped: the agent sends them again when it reconnects
+        relay.metrics.agent_log_lines_dropped.inc(len(rows))
+    elif rows:
         added = await relay.store.run(log_store.add_logs, rows, cfg.log_retention_lines)
         relay.metrics.log_lines.inc(added)
 

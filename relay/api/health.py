@@ -27,7 +27,8 @@ async def get(request: web.Request) -> web.Response:
         "success": healthy,
         "status": "healthy" if healthy else "unhealthy",
         "version": relay.config.version,
-        "checks": {"database": {"status": db}},
+        # Reads still work on a full disk: it is said here, not made an outage (store/diskfull).
+        "checks": {"database": {"status": db, "disk": "full" if relay.store.disk.full else "ok"}},
         "connectedAgents": len(relay.hub.sessions),
     }
     return web.Response(status=200 if healthy else 503, body=orjson.dumps(body),

@@ -215,7 +215,10 @@ SCHEMAS: dict[str, S] = {
     "Health": _object({
         "success": {"type": "boolean"}, "status": {"enum": ["healthy", "unhealthy"]},
         "version": {"type": "string"},
-        "checks": _object({"database": _object({"status": {"type": "string"}})}),
+        "checks": _object({"database": _object({
+            "status": {"type": "string"},
+            "disk": {"enum": ["ok", "full"], "description": "full: the store's disk is full; reads work, "
+                     "new jobs are refused with 503 (docs/OPERATIONS.md, 'A full disk')"}})}),
         "connectedAgents": {"type": "integer"}}),
     "ResultRow": {"type": "object", "additionalProperties": True,
                   "description": "one row of a job's results: one NDJSON line, keyed by column name "

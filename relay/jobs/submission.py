@@ -30,6 +30,7 @@ async def submit_job(relay: Relay, tenant_id: str, spec: dict[str, Any]) -> tupl
         raise NotFound(f"connector {spec['connectorId'][:80]!r} does not exist", details={"field": "connectorId"})
     if "\x00" in spec["source"]:
         raise SourceNotFound(f"no connector has a source named {spec['source'][:100]!r}", details={"field": "source"})
+    relay.store.disk.refuse("new jobs are not taken")  # 503: keep the space left for jobs ending
     job_key = spec["options"].job_key
     if job_key:
         existing = await relay.store.run(job_store.get_by_key, tenant_id, job_key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 
 from shared.errors import Conflict
 
 from .batching import GroupCommitter, sqlite_explicit_transactions
+from .diskfull import DiskGuard, StoreFull, is_disk_full, sqlite_path
 from .schema import migrate
 
 T = TypeVar("T")
@@ -111,9 +113,25 @@ class Store:
         # and one sync (relay/store/batching.py). PostgreSQL keeps a transaction per call
         # on its pool of 8 (its own commit path already groups WAL flushes).
         self.batcher = GroupCommitter(lambda: self.engine, self._pool) if self.is_sqlite else None
+        # A full disk: StoreFull (503) instead of the driver's error, said once (store/diskfull).
+        self.disk = DiskGuard(sqlite_path(self.url))
 
     async def open(self) -> int:
-        return await self._call(migrate, self.engine)
+        try:
+            version = await self._call(migrate, self.engine)
+        except (DBAPIError, sqlite3.Error) as exc:
+            # Started on a full disk (SQLite cannot even make its -shm file: "disk I/O
+            # error"): the reserve is there for this. Full mode, and once more.
+            if not (is_disk_full(exc) or self.disk.short_of_room()):
+                raise
+            if not self.disk.reserve_kept():
+                raise StoreFull("the store's disk is full: the relay cannot open its store; "
+                                "free space and start it again") from None  # fmt: skip
+            self.disk.noticed()
+            await self._call(self.engine.dispose)
+            version = await self._call(migrate, self.engine)
+        await self._call(self.disk.start)
+        return version
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(conn, *args, **kwargs)`` in one transaction, in the store's thread pool,
@@ -126,6 +144,10 @@ class Store:
             return await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
         except IntegrityError as exc:  # callers meet our error, not the driver's
             raise DuplicateRow("a row with the same key was stored meanwhile") from exc
+        except (DBAPIError, sqlite3.Error) as exc:  # wrapped by SQLAlchemy, or raw from a cursor
+            if is_disk_full(exc):
+                raise self.disk.noticed() from None
+            raise
 
     def _in_tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         with self.engine.begin() as conn:

@@ -104,7 +104,7 @@ async def test_writes_queued_together_share_a_transaction_and_a_failure_is_undon
     assert all(list(j.chunks) == [0] for j in jobs) and "job_bad" not in {j.job_id for j in jobs}
     bad = inner.db.execute("SELECT count(*) FROM chunks WHERE job_id = 'job_bad'").fetchone()[0]
     assert bad == 0
-    assert len(begins) == 1  # the 61 writes queued behind the gate: one transaction
+    assert len(begins) == 2  # the 61 writes queued behind the gate: one transaction (+ load's own)
     await spool.close()
 
 
@@ -287,7 +287,7 @@ async def test_writes_of_several_jobs_share_one_hand_over_and_transaction(tmp_pa
         await asyncio.sleep(0.005)
     jobs = await spool.call(Spool.load)
     assert handed == [10] and sorted(j.job_id for j in jobs) == [f"job_{n}" for n in range(10)]
-    assert sum(1 for s in statements if s.strip().upper() == "BEGIN") == 1
+    assert sum(1 for s in statements if s.strip().upper() == "BEGIN") == 2  # the writes' one + load's
     await spool.close()
 
 

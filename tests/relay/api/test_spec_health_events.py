@@ -42,7 +42,7 @@ async def test_health_is_public_and_healthy(client: object) -> None:
         body = await resp.json()
         assert resp.status == 200
         assert body == {"success": True, "status": "healthy", "version": "0.1.0",
-                        "checks": {"database": {"status": "healthy"}}, "connectedAgents": 0}
+                        "checks": {"database": {"status": "healthy", "disk": "ok"}}, "connectedAgents": 0}
 
 
 async def test_health_is_503_when_the_store_is_unreachable(client: object) -> None:
