@@ -68,6 +68,8 @@ class RelayConfig:
     result_ttl_seconds: float = 86400.0
     log_retention_lines: int = 10_000
     event_sockets_per_tenant: int = 100  # open /events sockets per tenant on one relay node
+    result_streams_per_tenant: int = 200  # open GET /jobs/{id}/results per tenant on one node
+    send_timeout: float = 60.0  # a results or events client taking no byte this long is cut
     metrics_retention_seconds: float = 86400.0
     rotate_grace_seconds: float = 86400.0
     window: int = 8
@@ -151,6 +153,8 @@ class RelayConfig:
                 raise ConfigError(f"{var} must be a positive number of requests a minute")
         if self.auth_failure_limit <= 0 or self.handshake_address_failure_limit <= 0:
             raise ConfigError("MC_RELAY_AUTH_FAILURES and MC_RELAY_HANDSHAKE_ADDRESS_FAILURES must be positive")
+        if not 0 < self.send_timeout < 86400 * 365:  # also refuses nan
+            raise ConfigError("MC_RELAY_SEND_TIMEOUT must be a positive number of seconds")
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
@@ -249,6 +253,8 @@ _ENV: list[tuple[str, str, Any]] = [
     ("node_id", "MC_RELAY_NODE_ID", str),
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _lines),
     ("event_sockets_per_tenant", "MC_RELAY_EVENT_SOCKETS", _lines),
+    ("result_streams_per_tenant", "MC_RELAY_RESULT_STREAMS", _lines),
+    ("send_timeout", "MC_RELAY_SEND_TIMEOUT", float),
     ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
     ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
     ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _int),

@@ -33,6 +33,7 @@ from .metrics import RelayMetrics
 from .store import Store
 from .web.auth import TokenVerifier
 from .web.ratelimit import RequestLimits
+from .web.slow_clients import StreamSlots
 
 
 class AgentHub(Protocol):
@@ -68,6 +69,7 @@ class Relay:
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     log_levels: LogLevels = field(default_factory=LogLevels)
     recent: RecentChunks = field(default_factory=RecentChunks)  # chunks stored lately, for live readers
+    result_streams: StreamSlots = field(default_factory=StreamSlots)  # open GET /results per tenant
     stopping: bool = False  # SIGTERM received: agents are refused (503) and sent away
     download_sums: dict[tuple[str, int, int], str] = field(default_factory=dict)
 

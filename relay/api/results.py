@@ -5,7 +5,9 @@ HTTP/1.0 is refused (400): rows need chunked encoding to end in a way a cut cann
 ``HEAD`` answers the status and headers a GET would begin with, at once and without a body
 (it neither waits for a queued job nor follows a running one). A client that hangs up
 ends its request quietly: within a poll interval while it waits, at the next write
-otherwise; never a logged stack trace."""
+otherwise; never a logged stack trace. A client that stops reading is cut after
+``MC_RELAY_SEND_TIMEOUT`` without progress, and a tenant holds at most
+``MC_RELAY_RESULT_STREAMS`` streams open on a node (relay/web/slow_clients.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ import logging
 
 from aiohttp import web
 
-from shared.errors import BadRequest, ValidationError
+from shared.errors import BadRequest, RateLimited, ValidationError
 
 from ..jobs import results
 from ..jobs.csv_cells import NUMERIC_TYPES
 from ..store import jobs as job_store
 from ..web.request_keys import REQUEST_ID, STREAMING
+from ..web.slow_clients import watch_sends
 from .common import not_found, principal, query_choice, query_int, relay_of
 
 log = logging.getLogger("relay.results")
+RETRY_AFTER = 5  # seconds a client over the per-tenant stream cap is asked to wait
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -49,6 +53,24 @@ async def get(request: web.Request) -> web.StreamResponse:
     job = await relay.store.run(job_store.get, who.tenant_id, job_id)
     if job is None:
         raise not_found("job", job_id)
+    if head:
+        return await _serve(request, job_id, fmt, offset, formulas, head=True)
+    # Each open stream may hold a chunk in hand (relay/web/slow_clients.py): a cap per tenant.
+    limit = relay.config.result_streams_per_tenant
+    if not relay.result_streams.take(who.tenant_id, limit):
+        raise RateLimited(f"this tenant already has {limit} result streams open on this relay node "
+                          f"(MC_RELAY_RESULT_STREAMS): read or close one; retry after {RETRY_AFTER} s",
+                          details={"retryAfter": RETRY_AFTER, "limit": limit})  # fmt: skip
+    try:
+        async with watch_sends(request.transport, relay.config.send_timeout, f"the reader of {job_id}"):
+            return await _serve(request, job_id, fmt, offset, formulas, head=False)
+    finally:
+        relay.result_streams.release(who.tenant_id)
+
+
+async def _serve(request: web.Request, job_id: str, fmt: str, offset: int, formulas: str, *,
+                 head: bool) -> web.StreamResponse:  # fmt: skip
+    relay = relay_of(request)
     src = results.Sources(relay.store, relay.cipher, relay.recent, relay.notifier,
                           relay.config.result_poll_interval, lambda: _client_gone(request))  # fmt: skip
     # Headers wait until the columns are known, so a job that fails before its first row
