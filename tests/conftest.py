@@ -43,6 +43,18 @@ def wait_until(
         time.sleep(interval)
 
 
+def same_outcome(expected: Callable[[Any], Any], got: Callable[[Any], Any], raw: Any) -> None:
+    """``got(raw)`` returns what ``expected(raw)`` returns, of the same type, or both raise
+    the same kind of exception (a fast path held to the reference it shortcuts)."""
+    outcomes = []
+    for fn in (expected, got):
+        try:
+            outcomes.append(fn(raw))
+        except Exception as exc:
+            outcomes.append(type(exc))
+    assert outcomes[1] == outcomes[0] and type(outcomes[1]) is type(outcomes[0]), raw
+
+
 def services_required() -> bool:
     return os.environ.get("MC_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
 

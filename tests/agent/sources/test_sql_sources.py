@@ -19,7 +19,7 @@ from agent.sources.sql import SqlSource
 from shared.errors import JobError
 from shared.rows import decode_rows, encode_rows
 from tests.agent.conftest import make_sample_db
-from tests.conftest import scaled
+from tests.conftest import same_outcome, scaled
 
 N = 5000
 
@@ -346,15 +346,7 @@ def test_mysql_datetimes_read_as_pymysql_reads_them() -> None:
     texts += [wide.encode(), "2025-01-01 10:00:00".encode("utf-16-le")]
     decoded = [t.decode("utf-8", "replace") for t in texts] + [wide, "2025-01-01\u200910:00:00"]
     for raw in [*texts, *decoded]:  # PyMySQL hands str over (the test below); bytes too
-        try:
-            expected: Any = _mysql_odd_date(convert_datetime(raw))
-        except Exception as exc:  # both must fail alike
-            expected = type(exc)
-        try:
-            got: Any = fast(raw)
-        except Exception as exc:
-            got = type(exc)
-        assert got == expected and type(got) is type(expected), raw
+        same_outcome(lambda r: _mysql_odd_date(convert_datetime(r)), fast, raw)
 
 
 @pytest.mark.mysql
