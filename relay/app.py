@@ -54,6 +54,7 @@ from .store import chunks as chunk_store
 from .store import jobs as job_store
 from .store import logs as log_store
 from .store.diskfull import StoreFull
+from .store.outage import StoreUnavailable
 from .web.auth import TokenVerifier
 from .web.clientaddr import TRUSTED_PROXIES, parse_networks
 from .web.middleware import envelope_middleware, expect_continue, stamp_headers
@@ -130,8 +131,8 @@ async def _sweeper(relay: Relay) -> None:
                 await _maintain(relay)
         except asyncio.CancelledError:
             raise
-        except StoreFull:
-            pass  # said once by the store (relay/store/diskfull.py); the next round tries again
+        except (StoreFull, StoreUnavailable):
+            pass  # said once by the store (relay/store/diskfull.py, outage.py); the next round tries again
         except Exception:
             log.exception("sweep failed; retrying next round")
 
@@ -158,7 +159,7 @@ def create_app(config: RelayConfig) -> web.Application:
     _routes(app, relay, hub)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        await relay.store.open()
+        await relay.store.open(wait=config.store_start_wait)
         # This node holds no agent yet: an "online" it (or a dead node) left is stale.
         await relay.store.run(owners.startup_offline, relay.cluster.node_id, now(),
                               single_node=relay.store.is_sqlite)  # fmt: skip

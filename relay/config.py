@@ -93,6 +93,7 @@ class RelayConfig:
     reconnect_delay_min: float = 1.0  # shutdown: agents are told to come back after
     reconnect_delay_spread: float = 10.0  # min + uniform(0, spread) seconds, each its own
     shutdown_grace: float = 10.0  # shutdown: how long agents get to disconnect
+    store_start_wait: float = 30.0  # start: how long to wait for a store database out of reach
     tls_cert: str | None = None  # PEM chain: the relay serves TLS itself (else behind a proxy)
     tls_key: str | None = None
     data_cipher: DataCipher | None = field(default=None, repr=False)
@@ -155,6 +156,8 @@ class RelayConfig:
             raise ConfigError("MC_RELAY_AUTH_FAILURES and MC_RELAY_HANDSHAKE_ADDRESS_FAILURES must be positive")
         if not 0 < self.send_timeout < 86400 * 365:  # also refuses nan
             raise ConfigError("MC_RELAY_SEND_TIMEOUT must be a positive number of seconds")
+        if not 0 <= self.store_start_wait <= 86400:  # also refuses nan
+            raise ConfigError("MC_RELAY_STORE_START_WAIT must be 0 to 86400 seconds")
         try:
             parse_networks(self.trusted_proxies)
         except ValueError as exc:
@@ -266,6 +269,7 @@ _ENV: list[tuple[str, str, Any]] = [
     ("reconnect_delay_min", "MC_RELAY_RECONNECT_DELAY_MIN", float),
     ("reconnect_delay_spread", "MC_RELAY_RECONNECT_DELAY_SPREAD", float),
     ("shutdown_grace", "MC_RELAY_SHUTDOWN_GRACE", float),
+    ("store_start_wait", "MC_RELAY_STORE_START_WAIT", float),
     ("tls_cert", "MC_RELAY_TLS_CERT", str),
     ("tls_key", "MC_RELAY_TLS_KEY", str),
     ("window", "MC_RELAY_WINDOW", _window),

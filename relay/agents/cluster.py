@@ -40,6 +40,7 @@ from ..ids_and_times import now
 from ..jobs.notify import JobNotifier
 from ..store import Store, job_steps, owners, pg
 from ..store.diskfull import StoreFull
+from ..store.outage import StoreUnavailable
 from . import connector_status
 from .session import AgentSession
 
@@ -168,6 +169,8 @@ class Cluster:
                 await self._flush()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                pass  # said once by the store; the sweeps and the readers' polls cover it
             except Exception as exc:  # noqa: BLE001 - the sweeps and the readers' polls cover a lost one
                 log.warning("cannot notify the other relay nodes: %s", type(exc).__name__)
 
@@ -239,8 +242,8 @@ class Cluster:
                 await self.renew()
             except asyncio.CancelledError:
                 raise
-            except StoreFull:
-                pass  # said once by the store (relay/store/diskfull.py)
+            except (StoreFull, StoreUnavailable):
+                pass  # said once by the store (relay/store/diskfull.py, outage.py)
             except Exception:
                 log.exception("renewing connector leases failed; retrying next round")
 

@@ -32,6 +32,7 @@ from ..store import connector_steps, owners, queue
 from ..store import connectors as con_store
 from ..store import job_steps as steps
 from ..store.diskfull import StoreFull
+from ..store.outage import StoreUnavailable
 from . import connector_status as cs
 from . import guard, loglevel, messages
 from .session import AgentSession
@@ -101,6 +102,9 @@ class Hub:
         await ws.prepare(request)
         try:
             await self._converse(relay, request, ws, connector, key)
+        except StoreUnavailable:  # said once by the store; the agent reconnects later
+            with contextlib.suppress(Exception):
+                await ws.close(code=CLOSE["INTERNAL_ERROR"], message=b"STORE_UNAVAILABLE")
         except Exception:  # never let one agent's trouble escape into the server
             log.exception("agent session for %s failed", connector["id"])
             with contextlib.suppress(Exception):
@@ -367,6 +371,14 @@ class Hub:
                     why = f"the relay's store is out of disk space: chunk {frame.head.seq} of the result could not be stored"
                     with contextlib.suppress(StoreFull):  # then its end waits for space
                         await messages.end_refused(relay, session, frame.head, exc.code, why, True)
+            except StoreUnavailable:  # said once by the store (store/outage.py)
+                # Not acknowledged, not failed: the agent reconnects and resends what the
+                # relay has not acknowledged (chunks, started, done) once the store is back.
+                # A heartbeat or log lines are simply tried again later.
+                if isinstance(frame, ChunkFrame) or frame.type in _RESENT_ON_RECONNECT:
+                    log.info("closing %s: the store is unreachable; the agent resends once it is back",
+                             session.connector_id)
+                    session.request_close(CLOSE["INTERNAL_ERROR"], "STORE_UNAVAILABLE")
             except MCError as exc:
                 await session.send("relay.error.v1", code=exc.code, message=exc.message[:2000])
                 if isinstance(frame, ChunkFrame):
@@ -436,7 +448,10 @@ class Hub:
     async def kick(self, relay: Relay, connector_id: str) -> None:
         session = self.sessions.get(connector_id)
         if session is not None and not session.dead:
-            await messages.dispatch(relay, session)
+            # The store out of reach: said once by it; its return kicks every session again
+            # (the LISTEN reconnect, relay/agents/cluster.py), and the sweeps dispatch.
+            with contextlib.suppress(StoreUnavailable):
+                await messages.dispatch(relay, session)
 
     async def cancel(self, connector_id: str, job_id: str, attempt: int) -> None:
         session = self.sessions.get(connector_id)
@@ -549,6 +564,7 @@ async def _refuse(ws: web.WebSocketResponse, message: str, close_code: int, *, c
         await ws.close(code=close_code, message=code.encode())
 
 
+_RESENT_ON_RECONNECT = frozenset({"job.started.v1", "job.done.v1"})
 _HANDLERS = {
     "agent.heartbeat.v1": messages.on_heartbeat,
     "job.started.v1": messages.on_started,

@@ -8,6 +8,7 @@ import logging
 import orjson
 from aiohttp import web
 
+from ..store.outage import StoreUnavailable
 from .common import relay_of
 
 log = logging.getLogger("relay.health")
@@ -19,6 +20,8 @@ async def get(request: web.Request) -> web.Response:
     try:
         await asyncio.wait_for(relay.store.ping(), PING_TIMEOUT)
         db = "healthy"
+    except StoreUnavailable:  # said once by the store (relay/store/outage.py)
+        db = "unhealthy"
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, said plainly
         log.warning("health: store unreachable (%s)", type(exc).__name__)
         db = "unhealthy"

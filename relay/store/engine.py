@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -18,15 +19,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 
 from shared.errors import Conflict
 
 from .batching import GroupCommitter, sqlite_explicit_transactions
 from .diskfull import DiskGuard, StoreFull, is_disk_full, sqlite_path
+from .outage import OutageGuard, StoreUnavailable, first_line, is_unavailable, refused_for_good
+from .pg import PG_CONNECT_DEFAULTS
 from .schema import migrate
 
 T = TypeVar("T")
+log = logging.getLogger("relay.store")
 
 
 def normalise_url(url: str) -> str:
@@ -58,7 +63,11 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         sqlite_explicit_transactions(engine)  # so group commit's SAVEPOINTs nest
         return engine
-    engine = create_engine(url, pool_size=8, max_overflow=4)
+    # A store out of reach fails a call in seconds, not at the OS's TCP timeouts
+    # (store/outage.py); what the URL sets itself wins.
+    given = make_url(url).query
+    defaults = {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in given}
+    engine = create_engine(url, pool_size=8, max_overflow=4, connect_args=defaults)
     ping_when_idle(engine)
     return engine
 
@@ -115,8 +124,33 @@ class Store:
         self.batcher = GroupCommitter(lambda: self.engine, self._pool) if self.is_sqlite else None
         # A full disk: StoreFull (503) instead of the driver's error, said once (store/diskfull).
         self.disk = DiskGuard(sqlite_path(self.url))
+        # The database out of reach: StoreUnavailable (503) at once, said once (store/outage).
+        self.outage = OutageGuard()
 
-    async def open(self) -> int:
+    async def open(self, wait: float = 0.0) -> int:
+        """Apply the migrations; a database out of reach is waited for up to ``wait``
+        seconds (one line says so), then ``StoreUnavailable`` says what failed."""
+        deadline, said = time.monotonic() + wait, False
+        while True:
+            try:
+                return await self._open()
+            except DBAPIError as exc:
+                if not is_unavailable(exc) or refused_for_good(exc):
+                    if is_unavailable(exc):
+                        raise StoreUnavailable(f"cannot open the store: {first_line(exc)}") from None
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"cannot reach the store's database ({first_line(exc)}) within {wait:g} s "
+                        "(MC_RELAY_STORE_START_WAIT); check --database-url / MC_RELAY_DATABASE_URL "
+                        "and that the server is up") from None  # fmt: skip
+                if not said:
+                    said = True
+                    log.warning("the store's database is unreachable (%s): waiting up to %g s for it "
+                                "(MC_RELAY_STORE_START_WAIT), trying every second", first_line(exc), wait)  # fmt: skip
+                await asyncio.sleep(1.0)
+
+    async def _open(self) -> int:
         try:
             version = await self._call(migrate, self.engine)
         except (DBAPIError, sqlite3.Error) as exc:
@@ -138,20 +172,44 @@ class Store:
         and return once that transaction is committed (on SQLite one shared with the calls
         that arrived meanwhile, each in its own savepoint). A unique key another
         transaction took first raises ``DuplicateRow`` (nothing of ``fn`` was written)."""
+        probe = self.outage.admit()  # in an outage, most calls fail here, at once
         try:
             if self.batcher is not None:
-                return await self.batcher.run(fn, *args, **kwargs)  # type: ignore[no-any-return]
-            return await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
+                out: T = await self.batcher.run(fn, *args, **kwargs)
+            else:
+                out = await self._call(functools.partial(self._in_tx, fn, *args, **kwargs))
         except IntegrityError as exc:  # callers meet our error, not the driver's
+            self.outage.reached()
             raise DuplicateRow("a row with the same key was stored meanwhile") from exc
         except (DBAPIError, sqlite3.Error) as exc:  # wrapped by SQLAlchemy, or raw from a cursor
             if is_disk_full(exc):
                 raise self.disk.noticed() from None
+            if is_unavailable(exc):
+                raise self.outage.noticed(exc) from None
             raise
+        finally:
+            self.outage.done(probe)
+        self.outage.reached()
+        return out
 
     def _in_tx(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.engine.begin() as conn:
-            return fn(conn, *args, **kwargs)
+        """One transaction; once more on a fresh connection when the pooled one turned out
+        dead before anything was committed (a terminated backend, a restarted server,
+        a connection a proxy cut: nothing of ``fn`` was written, and the pool has replaced
+        its older connections). A failure while committing is not retried (its outcome
+        is unknown)."""
+        for retry in (False, True):
+            connected = committing = False
+            try:
+                with self.engine.begin() as conn:
+                    connected = True
+                    out = fn(conn, *args, **kwargs)
+                    committing = True
+                return out
+            except DBAPIError as exc:
+                if retry or not connected or committing or not is_unavailable(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

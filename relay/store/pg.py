@@ -26,6 +26,13 @@ from sqlalchemy import Connection, Engine, Select, text
 from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger("relay.cluster")
+# libpq settings for every store connection unless the URL sets them: a connect to a
+# server out of reach gives up after 5 s, and a connection whose peer vanished without a
+# reset (a failover, a dropped network path) is found dead in ~20 s, not the OS's hours.
+PG_CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+    "keepalives_count": 3, "tcp_user_timeout": 20000,
+}  # fmt: skip
 S = TypeVar("S", bound=Select[Any])
 
 
@@ -157,7 +164,7 @@ class Listener:
 
     def _connect(self) -> Any:
         cargs, cparams = self._engine.dialect.create_connect_args(self._engine.url)
-        conn = self._engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
+        conn = self._engine.dialect.loaded_dbapi.connect(*cargs, **{**PG_CONNECT_DEFAULTS, **cparams})
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'LISTEN "{self._channel}"')

@@ -213,7 +213,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             response = await handler(request)
     except MCError as exc:
         response = envelope_error(exc.status, exc.code, exc.message, exc.details, request_id)
-        if exc.status == 429 and "retryAfter" in (exc.details or {}):  # a handler's own limit
+        if exc.status in (429, 503) and "retryAfter" in (exc.details or {}):  # a handler's own limit, the store
             response.headers["Retry-After"] = str(exc.details["retryAfter"])
     except web.HTTPException as exc:
         if exc.status < 400:
