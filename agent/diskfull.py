@@ -10,21 +10,12 @@ without it, and says once more when writing works again (docs/OPERATIONS.md, "A 
 
 from __future__ import annotations
 
-import errno
 import logging
-import sqlite3
 import threading
 
-SQLITE_FULL = 13
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+from shared.nospace import is_disk_full
 
-
-def is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in _NO_SPACE
-    if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
-    return False
+__all__ = ["SaidOnce", "is_disk_full"]
 
 
 class SaidOnce:

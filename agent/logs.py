@@ -18,7 +18,6 @@ import contextlib
 import contextvars
 import copy
 import datetime as dt
-import errno
 import io
 import logging
 import math
@@ -32,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from shared.nospace import is_disk_full
 from shared.protocol import LOG_LEVELS
 from shared.redact import redact
 
@@ -243,7 +243,7 @@ class RotatingJsonFile(logging.Handler):
         except RecursionError:
             raise
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not is_disk_full(exc):
                 self.handleError(record)
             elif not self._full:  # once (stderr: the journal), not a traceback per line
                 self._full = True

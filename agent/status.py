@@ -8,7 +8,6 @@ process that wrote it is still alive.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import orjson
 import psutil
+
+from shared.nospace import is_disk_full
 
 STALE_AFTER = 15.0  # seconds without an update: the writer is hung or gone
 
@@ -33,7 +34,7 @@ def write_status(path: Path, data: dict[str, Any]) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+        if not is_disk_full(exc) or not path.exists():
             raise
         # A full disk has no block for a new file, but the old one's blocks are still
         # ours: rewrite it in place (a reader may meet a half-written file for a moment;

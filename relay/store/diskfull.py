@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 from shared.errors import MCError
+from shared.nospace import is_disk_full
 
 log = logging.getLogger("relay.store")
+__all__ = ["DiskGuard", "StoreFull", "is_disk_full", "sqlite_path"]
 
 RESERVE_BYTES = 4 << 20
 RECHECK_SECONDS = 1.0
 SAY_EVERY = 60.0  # at most one "disk is full" line a minute, however often it fills again
-SQLITE_FULL = 13
-PG_DISK_FULL = "53100"
 
 
 class StoreFull(MCError):
@@ -42,17 +42,6 @@ class StoreFull(MCError):
 
     def __init__(self, message: str = "the relay's store is out of disk space; try again later") -> None:
         super().__init__(message, details={"reason": "STORE_FULL"})
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Is this driver error (or SQLAlchemy's wrapper of one) a full disk?"""
-    orig = getattr(exc, "orig", None) or exc
-    if getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL:
-        return True
-    if getattr(orig, "pgcode", None) == PG_DISK_FULL:
-        return True
-    text = str(orig).lower()
-    return "database or disk is full" in text or "no space left on device" in text
 
 
 class DiskGuard:
