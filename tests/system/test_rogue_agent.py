@@ -144,8 +144,7 @@ def test_bombs_for_its_own_job_are_refused_and_memory_stays_flat(system: SystemE
     rogue_id = next(c["id"] for c in rogue if c["name"] == "rogue")
     job_id = system.api.submit(rogue_id, "erp", sql="SELECT 1")
     with _open(system, rogue_key) as (ws, _):
-        while (msg := json.loads(ws.recv(timeout=scaled(10))))["type"] != "job.assign.v1":
-            pass
+        msg = _next_of(ws, "job.assign.v1")
         assert msg["jobId"] == job_id
         reactions = []
         for zstd in (True, False, True, False):
@@ -162,10 +161,24 @@ _HEARTBEAT = p.encode(p.make("agent.heartbeat.v1", cpuUsage=1.0, memoryUsage=1.0
 
 
 def _error_message(ws: ClientConnection) -> str:
+    return str(_next_of(ws, "relay.error.v1")["message"])
+
+
+def _next_of(ws: ClientConnection, kind: str, seconds: float = 10) -> dict[str, Any]:
+    """The next message of ``kind``, the session kept alive meanwhile: a heartbeat every
+    half second (the lease is 3 heartbeat intervals of 1 s; a loaded relay can take longer
+    than that to refuse a bomb, and a silent session is closed 4011)."""
+    deadline = time.monotonic() + scaled(seconds)
     while True:
-        frame = ws.recv(timeout=scaled(10))
-        if isinstance(frame, str) and (msg := json.loads(frame)).get("type") == "relay.error.v1":
-            return str(msg["message"])
+        try:
+            frame = ws.recv(timeout=0.5)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            ws.send(_HEARTBEAT)
+            continue
+        if isinstance(frame, str) and (msg := json.loads(frame)).get("type") == kind:
+            return dict(msg)
 
 
 def test_flood_of_garbage_is_cut_off(system: SystemEnv, rogue_key: str) -> None:
