@@ -50,10 +50,13 @@ READ_SLICE_SECONDS = 0.005  # reading one agent's frames, let other tasks run at
 
 @dataclass(frozen=True)
 class ChunkFrame:
-    """A binary frame admitted by its header: the payload is still untouched."""
+    """A binary frame admitted by its header: the payload is still untouched. ``refused``:
+    a chunk of a job the session holds whose zstd frame header is already past the limits;
+    it ends its attempt in the job's turn, as a payload refused later does."""
 
     head: protocol.ChunkHead
     data: bytes
+    refused: ProtocolError | None = None
 
 
 Frame = protocol.Message | ChunkFrame
@@ -284,7 +287,7 @@ class Hub:
                     continue
                 if frame is None:
                     continue
-                cost = len(raw.data) + (frame.head.bound if isinstance(frame, ChunkFrame) else 0)
+                cost = len(raw.data) + (frame.head.bound if isinstance(frame, ChunkFrame) and not frame.refused else 0)
                 if session.budget.used and session.budget.used + cost > session.budget.limit:
                     relay.metrics.agent_reads_paused.inc()
                 await session.budget.take(cost)
@@ -332,9 +335,9 @@ class Hub:
         if verdict == guard.ADMIT:
             try:
                 return ChunkFrame(protocol.bound_chunk(head, data), data)
-            except ProtocolError:
+            except ProtocolError as exc:
                 refused.labels(reason="header").inc()
-                raise
+                return ChunkFrame(head, b"", exc)
         refused.labels(reason=verdict).inc()
         if verdict == guard.FOREIGN:
             raise ProtocolError(f"chunk {head.seq} for job {head.job_id} attempt {head.attempt}: "
@@ -360,7 +363,7 @@ class Hub:
             except steps.StaleAttempt:
                 pass  # the agent was told to drop that attempt; its frames are ignored
             except ProtocolError as exc:
-                if isinstance(frame, ChunkFrame):
+                if isinstance(frame, ChunkFrame) and frame.refused is None:
                     relay.metrics.agent_frames_refused.labels(reason="payload").inc()
                 await self._violation(session, exc.message, relay.config.max_violations)
                 if isinstance(frame, ChunkFrame):
@@ -398,6 +401,8 @@ class Hub:
 
     async def _route(self, relay: Relay, session: AgentSession, frame: Frame, ready: Callable[[], None]) -> None:
         if isinstance(frame, ChunkFrame):
+            if frame.refused is not None:
+                raise frame.refused
             await messages.on_chunk(relay, session, frame.head, frame.data, ready)
             return
         ready()  # a text frame's first step is its store call

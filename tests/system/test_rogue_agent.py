@@ -136,22 +136,24 @@ def test_bad_frame_gets_an_error_or_a_close(system: SystemEnv, rogue_key: str, k
 def test_bombs_for_its_own_job_are_refused_and_memory_stays_flat(system: SystemEnv, rogue_key: str) -> None:
     """Decompression bombs for a job the rogue does hold are refused by the relay's bounds
     (16 MiB, 256 times the compressed size), not inflated: the relay process's RSS stays
-    within 100 MB of where it was, and the relay answers /health afterwards."""
+    within 100 MB of where it was, and the relay answers /health afterwards. Each bomb is
+    for a job of its own: a refused chunk ends its job, and a later chunk for an ended job
+    is a late resend, dropped without a word (tests/relay/agents: the guard's verdicts)."""
     relay = system.stack.relay
     assert relay is not None
     rss = psutil.Process(relay.proc.pid).memory_info().rss
     rogue = system.api.call("GET", "/connectors").data
     rogue_id = next(c["id"] for c in rogue if c["name"] == "rogue")
-    job_id = system.api.submit(rogue_id, "erp", sql="SELECT 1")
+    reactions, jobs = [], []
     with _open(system, rogue_key) as (ws, _):
-        msg = _next_of(ws, "job.assign.v1")
-        assert msg["jobId"] == job_id
-        reactions = []
         for zstd in (True, False, True, False):
-            ws.send(_HEARTBEAT)  # a session silent for 3 heartbeat intervals is closed (4011)
+            jobs.append(job_id := system.api.submit(rogue_id, "erp", sql="SELECT 1"))
+            msg = _next_of(ws, "job.assign.v1")  # capacity 1: after the last bomb's job ended
+            assert msg["jobId"] == job_id
             ws.send(_bomb(job_id, msg["attempt"], zstd=zstd))
             reactions.append(_error_message(ws))
     assert all("limit" in r for r in reactions), reactions
+    assert [system.api.wait_job(j)["error"]["code"] for j in jobs] == ["RESULT_REJECTED"] * 4
     assert psutil.Process(relay.proc.pid).memory_info().rss - rss < 100 << 20
     assert system.api.health()["status"] == "healthy"
 
