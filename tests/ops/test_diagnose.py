@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -159,8 +160,11 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     t.start()
     yield sock.getsockname()[1], files.cert
     stop.set()
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not, on Linux)
     sock.close()
     t.join(timeout=5)
+    assert not t.is_alive()
 
 
 def test_untrusted_certificate_fails_tls_with_the_ca_fix(tls_server: tuple[int, Path], tmp_path: Path) -> None:
