@@ -27,9 +27,14 @@ $(ASYNCAPI_SCHEMA):
 	  npm pack -q @asyncapi/specs@6 >/dev/null && tar xzf asyncapi-specs-*.tgz; \
 	else echo "npm not found: the AsyncAPI schema test will be skipped"; fi
 
+# Two pytest-xdist workers, a test file per worker at a time (a file's module fixtures, such
+# as one relay for the schemathesis run, stay in one process): half the wall time on two
+# cores, since most system tests wait on real processes. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(ASYNCAPI_SCHEMA)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

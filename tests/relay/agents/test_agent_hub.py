@@ -22,6 +22,7 @@ async def _status(api: Api, cid: str) -> str:
 @pytest.mark.parametrize(
     "header",
     [None, "Basic abc", "Bearer not-a-key", "Bearer " + keys.generate_key()],
+    ids=["none", "basic", "not-a-key", "unknown-key"],  # the same names in every collection
 )
 async def test_bad_or_unknown_key_is_refused_with_401_before_upgrade(client: object, header: str | None) -> None:
     """Missing, malformed, mistyped or unknown keys get HTTP 401 in the envelope, no socket."""
