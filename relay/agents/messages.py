@@ -48,9 +48,12 @@ def _assign_fields(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def dispatch(relay: Relay, session: AgentSession) -> None:
-    """Hand queued jobs to the agent, highest priority first, never past its capacity."""
+    """Hand queued jobs to the agent, highest priority first, never past its capacity.
+    None while the store's disk is full: a job run then could not store a row, and each
+    try would spend one of its retries and run the customer's query again for nothing; the
+    queue waits, and the maintenance sweep dispatches once space is back."""
     async with session.dispatch_lock:
-        if not session.takes_jobs or session.free_slots <= 0:
+        if not session.takes_jobs or session.free_slots <= 0 or relay.store.disk.full:
             return
         jobs = await relay.store.run(
             steps.claim, session.connector_id, session.free_slots, now(), relay.config.offline_after,
@@ -176,6 +179,7 @@ async def _try_finish(relay: Relay, session: AgentSession, msg: protocol.Message
         (relay.config.offline_after, relay.cluster.node_id)
         if job_id in session.in_flight and len(session.in_flight) <= session.capacity
         and not (session.dead or session.draining or error.get("code") == "AGENT_SHUTDOWN")
+        and not relay.store.disk.full
         else None
     )  # fmt: skip
     result, claimed = await _recorded(

@@ -56,6 +56,11 @@ def test_relay_store_on_a_full_disk(tmp_path: Path, pg_url: str) -> None:
 
         fill(mnt, leave=1 << 20)  # room for the job row, not for its result
         big = api.submit(agent.connector_id, "pg", sql=BIG, options={"retryLimit": 0, "timeoutSeconds": 120})
+        # A job with retries left: its first attempt fails as big's does, then it waits in
+        # the queue for space instead of spending its retries (and the customer's database)
+        # on a disk that can take no row.
+        again = api.submit(agent.connector_id, "pg", sql=BIG,
+                           options={"retryLimit": 1, "retryDelaySeconds": 0, "timeoutSeconds": 120})  # fmt: skip
         t0 = time.monotonic()
         job = api.wait_job(big, 30)
         assert job["status"] == "failed", (job, stack.logs_text(30))
@@ -84,6 +89,8 @@ def test_relay_store_on_a_full_disk(tmp_path: Path, pg_url: str) -> None:
         wait_until(lambda: api.connector(agent.connector_id)["lastSeen"] > seen, 10, what="a heartbeat stored")
         assert api.connector(agent.connector_id)["status"] == "online"
         assert relay_out.alive()
+        wait_until(lambda: (j := api.job(again))["status"] == "queued" and j["attempts"] == 1, 20,
+                   what="the retried job back in the queue")  # fmt: skip
 
         # Said once, no tracebacks, no flood of errors sent to the agent.
         out = list(relay_out.lines)[mark:]
@@ -95,6 +102,8 @@ def test_relay_store_on_a_full_disk(tmp_path: Path, pg_url: str) -> None:
         # Space comes back: new jobs run again, with their results, without a restart.
         free(mnt)
         job = run_when_space_is_back(stack, agent)
+        retried = api.wait_job(again, 60)
+        assert (retried["status"], retried["attempts"], retried["rowCount"]) == ("succeeded", 2, 200_000), retried
         assert len(lines_since(list(relay_out.lines)[mark:], "space is back on the store's disk")) == 1
         assert api.health()["checks"]["database"]["disk"] == "ok"
         assert (mnt / "relay.db.reserve").exists()
