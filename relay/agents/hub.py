@@ -515,7 +515,11 @@ class Hub:
     async def lapse_leases(self, relay: Relay) -> None:
         """In-flight jobs whose lease ran out go back to the queue (or fail past their
         retryLimit). A connector still talking to this node keeps its jobs: its heartbeat
-        may just be late behind a stream of chunks, so its leases are renewed instead."""
+        may just be late behind a stream of chunks, so its leases are renewed instead. None
+        lapse while the store is out of reach or for one lease after it is back: its agents
+        were sent away (1011) and could not come back until then (store/outage.py)."""
+        if relay.store.outage.recent(relay.config.offline_after):
+            return
         at = now()
         lapsed = await relay.store.run(queue.lapsed, at, relay.cluster.node_id)
         if not lapsed:

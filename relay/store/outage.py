@@ -76,6 +76,7 @@ class OutageGuard:
     def __init__(self, probe_every: float = PROBE_EVERY) -> None:
         self.probe_every = probe_every
         self.since: float | None = None  # monotonic start of the outage, None when reachable
+        self.back_at: float | None = None  # monotonic end of the last outage
         self._probing = False
         self._probed = 0.0
         self._said = -SAY_EVERY
@@ -84,6 +85,14 @@ class OutageGuard:
     @property
     def down(self) -> bool:
         return self.since is not None
+
+    def recent(self, seconds: float) -> bool:
+        """Down now, or back for less than ``seconds``: while the store was out of reach
+        no agent could connect or renew a lease, so a lease that ran out meanwhile says
+        nothing about its agent until the agents have had one lease to come back."""
+        return self.since is not None or (
+            self.back_at is not None and time.monotonic() - self.back_at < seconds
+        )
 
     def admit(self) -> bool:
         """May a call go to the database now? Always when reachable; in outage mode, one
@@ -117,6 +126,7 @@ class OutageGuard:
         if self.since is None:
             return
         lasted, self.since = time.monotonic() - self.since, None
+        self.back_at = time.monotonic()
         if self._announced:
             self._announced = False
             log.warning("the store's database is reachable again (after %.1f s)", lasted)
