@@ -107,6 +107,12 @@ class DuplicateRow(Conflict):
     """A write lost a race for a unique key (a resent chunk, a jobKey submitted twice)."""
 
 
+class _LostInCommit(Exception):
+    """The connection was lost while its transaction committed: the database is not shown
+    to be out of reach (another backend was killed, a server restarted under a pooled
+    connection), so no outage is declared; the caller gets ``StoreUnavailable``."""
+
+
 class Store:
     """The engine plus the thread pool every store call runs in."""
 
@@ -181,6 +187,8 @@ class Store:
         except IntegrityError as exc:  # callers meet our error, not the driver's
             self.outage.reached()
             raise DuplicateRow("a row with the same key was stored meanwhile") from exc
+        except _LostInCommit:
+            raise StoreUnavailable() from None
         except (DBAPIError, sqlite3.Error) as exc:  # wrapped by SQLAlchemy, or raw from a cursor
             if is_disk_full(exc):
                 raise self.disk.noticed() from None
@@ -197,7 +205,7 @@ class Store:
         dead before anything was committed (a terminated backend, a restarted server,
         a connection a proxy cut: nothing of ``fn`` was written, and the pool has replaced
         its older connections). A failure while committing is not retried (its outcome
-        is unknown)."""
+        is unknown), nor taken for an outage: the database was reached."""
         for retry in (False, True):
             connected = committing = False
             try:
@@ -207,7 +215,9 @@ class Store:
                     committing = True
                 return out
             except DBAPIError as exc:
-                if retry or not connected or committing or not is_unavailable(exc):
+                if committing and is_unavailable(exc):
+                    raise _LostInCommit() from exc  # reached, so not an outage
+                if retry or not connected or not is_unavailable(exc):
                     raise
         raise AssertionError("unreachable")
 

@@ -69,3 +69,42 @@ async def test_a_chunk_that_loses_a_race_to_its_own_resend_is_acked_once(
     assert [json.loads(x)["n"] for x in body.splitlines()] == [1, 2, 3]
     await agent.close()
     racer.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_connection_lost_while_committing_is_503_but_not_an_outage(pg_database: str) -> None:
+    """A backend killed while its transaction commits (pg_terminate_backend from another
+    session, as a DBA or a failover might) fails that call with StoreUnavailable (its
+    outcome is unknown: not retried), but the database was reached, so the store does not
+    go into outage mode: the next call runs at once (in outage mode it would be refused
+    for up to a second, and every API call with it)."""
+    import psycopg2
+    from sqlalchemy import event, text
+    from sqlalchemy.engine import make_url
+
+    from relay.store.engine import Store
+    from relay.store.outage import StoreUnavailable
+
+    store = Store(pg_database)
+    await store.open()
+    killer = psycopg2.connect(make_url(pg_database).set(drivername="postgresql").render_as_string(hide_password=False))
+    killer.autocommit = True
+    doomed: list[int] = []
+
+    def kill_before_commit(conn: object) -> None:
+        if doomed:
+            with killer.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s, 5000)", (doomed.pop(),))
+
+    event.listen(store.engine, "commit", kill_before_commit)
+    try:
+        def write(conn: object) -> None:
+            doomed.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())  # type: ignore[attr-defined]
+
+        with pytest.raises(StoreUnavailable):
+            await store.run(write)
+        assert not store.outage.down
+        assert await store.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one()) == 1
+    finally:
+        killer.close()
+        await store.close()
