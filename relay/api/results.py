@@ -15,7 +15,7 @@ import logging
 
 from aiohttp import web
 
-from shared.errors import BadRequest, RateLimited, ValidationError
+from shared.errors import BadRequest, MCError, RateLimited, ValidationError
 
 from ..jobs import results
 from ..jobs.csv_cells import NUMERIC_TYPES
@@ -113,7 +113,7 @@ async def _serve(request: web.Request, job_id: str, fmt: str, offset: int, formu
         # The client hung up: nothing to answer and nothing wrong with the relay.
         log.debug("the reader of %s left: %s", job_id, exc)
         return resp
-    except results.StreamAborted as exc:
+    except (results.StreamAborted, MCError) as exc:  # MCError: the store, past its patience
         # Cut the connection without the last chunk: the reader sees an error, not an end.
         log.info("result stream of %s aborted: %s", job_id, exc)
         if request.transport is not None:

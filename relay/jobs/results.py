@@ -17,11 +17,14 @@ and every row of an array chunk must be an array of one value per column.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 
@@ -42,6 +45,7 @@ from ..ids_and_times import now
 from ..store import Store
 from ..store import chunks as chunk_store
 from ..store import jobs as job_store
+from ..store.outage import StoreUnavailable
 from . import lifecycle
 from .csv_cells import csv_cell
 from .live_chunks import RecentChunks
@@ -69,6 +73,29 @@ class StreamAborted(Exception):
 
 class ReaderGone(Exception):
     """The client hung up while waiting: there is no one left to serve."""
+
+
+T = TypeVar("T")
+STORE_PATIENCE = 60.0  # seconds a live reader is kept waiting for an unreachable store
+
+
+async def _patiently(src: Sources, make: Callable[[], Awaitable[T]]) -> T:
+    """``await make()``; while the store is out of reach (a failover, a restart: store/
+    outage.py) again each poll interval, for up to ``STORE_PATIENCE``; then the stream
+    ends in error. A reader following a job is kept waiting through a short outage and
+    gets every row once, instead of a stream cut short."""
+    since = None
+    while True:
+        try:
+            return await make()
+        except StoreUnavailable:
+            since = time.monotonic() if since is None else since
+            if time.monotonic() - since >= STORE_PATIENCE:
+                raise StreamAborted(f"the relay's store was out of reach for {STORE_PATIENCE:g} s; "
+                                    "read the job again") from None  # fmt: skip
+            await asyncio.sleep(src.poll_interval)
+            if src.reader_gone():
+                raise ReaderGone("the client closed the connection") from None
 
 
 async def _wait(src: Sources, watch: Watch) -> None:
@@ -149,7 +176,7 @@ async def rows(src: Sources, job: dict[str, Any], offset: int) -> AsyncIterator[
             # The job's state and its new chunks in one statement, read after the watch
             # was (re)armed: whatever is committed later wakes the watch, whatever was
             # committed before is in this answer, so no chunk and no end is missed.
-            state, stored = await src.store.run(chunk_store.follow, job_id, attempt, next_seq)
+            state, stored = await _patiently(src, partial(src.store.run, chunk_store.follow, job_id, attempt, next_seq))
             progressed = False
             for seq, count in stored:
                 if seq != next_seq:
@@ -159,7 +186,7 @@ async def rows(src: Sources, job: dict[str, Any], offset: int) -> AsyncIterator[
                 if skip >= count:
                     skip -= count
                     continue
-                batch = await _read_chunk(src, job_id, attempt, seq, names)
+                batch = await _patiently(src, partial(_read_chunk, src, job_id, attempt, seq, names))
                 if skip:
                     batch = batch.skip(skip) if isinstance(batch, ObjectLines) else batch[skip:]
                     skip = 0

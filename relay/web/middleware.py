@@ -212,6 +212,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
                 raise rate_limited(quota, f"more than {quota.limit} requests a minute")
             response = await handler(request)
     except MCError as exc:
+        if request.get(STREAMING):
+            raise  # its head is gone: an envelope now would land inside the body (see below)
         response = envelope_error(exc.status, exc.code, exc.message, exc.details, request_id)
         if exc.status in (429, 503) and "retryAfter" in (exc.details or {}):  # a handler's own limit, the store
             response.headers["Retry-After"] = str(exc.details["retryAfter"])

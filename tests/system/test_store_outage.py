@@ -11,10 +11,14 @@ submitted and read (no request fails), and a node is started while it is unreach
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import http.client
 import re
 import secrets
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +149,11 @@ def test_store_cut_mid_stream_loses_and_doubles_no_row(
         agent = stack.add_agent("stream", [Source("pg", "postgres", source_url)])
         job_id = api.submit(agent.connector_id, "pg", sql=BIG_SQL)
         wait_until(lambda: _chunks_stored(pg_database, job_id) >= 2, 30, interval=0.05, what="chunks stored")
+        # A reader following the job live since before the cut: it is kept waiting through
+        # the outage and gets every row once, not a stream that ends early.
+        streaming = threading.Event()
+        live = concurrent.futures.ThreadPoolExecutor(1).submit(_follow, api, job_id, streaming)
+        assert streaming.wait(scaled(10)), live.exception(timeout=1) if live.done() else "no answer"
         proxy.down("refuse")
         cut_at = time.monotonic()
         # The outage lasts 4 s (its length, not a synchronisation); the agent keeps reading rows meanwhile.
@@ -157,6 +166,8 @@ def test_store_cut_mid_stream_loses_and_doubles_no_row(
         body = api.call("GET", f"/jobs/{job_id}/results", expect=200, timeout=120).body
         lines = [line for line in body.splitlines() if line.strip()]
         assert _digest(lines) == _expected(), "rows lost, doubled or changed"
+        followed = [line for line in live.result(timeout=60).splitlines() if line.strip()]
+        assert len(followed) == ROWS and _digest(followed) == _expected(), "the live reader's rows"
         assert job["rowCount"] == ROWS, job
         # The outage (4 s) outlasted the job's lease (3 s): the lease is not taken as lapsed
         # until the agent, sent away while the store was gone, has had a lease to come back;
@@ -165,6 +176,23 @@ def test_store_cut_mid_stream_loses_and_doubles_no_row(
         assert "Traceback" not in _store_log(stack)
     finally:
         stack.close()
+
+
+def _follow(api: Any, job_id: str, streaming: threading.Event) -> bytes:
+    """GET the job's results as a platform reader does, ``streaming`` set once the answer's
+    head is in (the rows follow as the job makes them); the whole body, or the error of
+    a stream cut short (http.client: IncompleteRead)."""
+    url = urllib.parse.urlsplit(api.base_url)
+    con = http.client.HTTPConnection(url.hostname, url.port, timeout=scaled(60))
+    try:
+        con.request("GET", f"{url.path}/api/v1/jobs/{job_id}/results",
+                    headers={"Authorization": f"Bearer {api.jobs_token}", "X-Tenant-ID": api.tenant})  # fmt: skip
+        resp = con.getresponse()
+        assert resp.status == 200, resp.read()[:300]
+        streaming.set()
+        return resp.read()
+    finally:
+        con.close()
 
 
 def _final(api: Any, job_id: str) -> dict[str, Any] | None:
