@@ -55,6 +55,9 @@ def _setup_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+MAX_TOKEN_TTL = 10 * 365 * 86_400
+
+
 def _ascii_int(raw: str) -> int:
     """An argparse type: an integer in ASCII digits (``int()`` alone also takes other
     scripts' digits, ``1_000`` and spaces)."""
@@ -81,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="print a signed platform token")
     t.add_argument("--tenant", required=True)
     t.add_argument("--role", required=True, choices=ROLES)
-    t.add_argument("--ttl", type=_ascii_int, default=3600, help="seconds (default 3600)")
+    t.add_argument("--ttl", type=_ascii_int, default=3600, help="seconds (default 3600, at most ten years)")
     t.add_argument("--dev", action="store_true", help="use the dev secret if none is set")
     return p
 
@@ -149,8 +152,12 @@ def _main(argv: Sequence[str] | None) -> int:
         if not secret:
             print("mini-relay: MC_RELAY_JWT_SECRET is not set (or pass --dev for the dev secret)", file=sys.stderr)
             return 2
-        if args.ttl <= 0:
-            print("mini-relay: --ttl must be a positive number of seconds", file=sys.stderr)
+        if not 0 < args.ttl <= MAX_TOKEN_TTL:
+            print(f"mini-relay: --ttl must be 1 to {MAX_TOKEN_TTL} seconds (ten years)", file=sys.stderr)
+            return 2
+        if not 0 < len(args.tenant) <= 200 or not args.tenant.isprintable():
+            # The relay refuses such a token's tenantId, and X-Tenant-ID could not carry it.
+            print("mini-relay: --tenant must be 1 to 200 printable characters", file=sys.stderr)
             return 2
         print(make_token(secret, args.tenant, args.role, args.ttl))
         return 0

@@ -14,6 +14,7 @@ import base64
 import binascii
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,9 @@ class RelayConfig:
             raise ConfigError(
                 "MC_RELAY_JWT_SECRET is not set: set it (or run with --dev for a local trial)"
             )
-        if self.heartbeat_interval <= 0:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"the port must be 0 to 65535 (--port, MC_RELAY_PORT), not {self.port}")
+        if not 0 < self.heartbeat_interval < float("inf"):  # also refuses nan
             raise ConfigError("the heartbeat interval must be positive")
         for name, var in _RATE_VARS:
             value = getattr(self, name)
@@ -178,6 +181,8 @@ class RelayConfig:
             if raw not in (None, ""):
                 try:
                     values[name] = conv(raw)
+                except _OutOfRange as exc:
+                    raise ConfigError(f"{var} has an invalid value {raw!r}: {exc}") from None
                 except ValueError as exc:
                     raise ConfigError(f"{var} has an invalid value {raw!r}") from exc
         known = {f.name for f in fields(cls)}
@@ -205,6 +210,32 @@ def _int(raw: str) -> int:
     if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
         raise ValueError(raw)
     return int(value)
+
+
+class _OutOfRange(ValueError):
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__(f"it must be a number from {_plain(lo)} to {_plain(hi)}")
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _ranged(lo: float, hi: float, *, integer: bool = False) -> Callable[[str], float]:
+    """A number from ``lo`` to ``hi`` (ASCII digits for an integer). ``float()`` alone takes
+    nan, inf and 1e400; nan passed every ``<= 0`` check after it (a heartbeat interval of
+    nan meant no session ever timed out)."""
+
+    def conv(raw: str) -> float:
+        value = _int(raw) if integer else float(raw.strip())
+        if not lo <= value <= hi:  # also refuses nan
+            raise _OutOfRange(lo, hi)
+        return value
+
+    return conv
+
+
+_DAY, _YEAR = 86_400.0, 365 * 86_400.0
 
 
 def _window(raw: str) -> int:
@@ -237,13 +268,13 @@ def _bool(raw: str) -> bool:
 
 _ENV: list[tuple[str, str, Any]] = [
     ("host", "MC_RELAY_HOST", str),
-    ("port", "MC_RELAY_PORT", _int),
+    ("port", "MC_RELAY_PORT", _ranged(0, 65535, integer=True)),
     ("database_url", "MC_RELAY_DATABASE_URL", str),
     ("jwt_secret", "MC_RELAY_JWT_SECRET", str),
     ("jwt_public_key", "MC_RELAY_JWT_PUBLIC_KEY", str),
     ("jwt_audience", "MC_RELAY_JWT_AUDIENCE", str),
     ("dev", "MC_RELAY_DEV", _bool),
-    ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", float),
+    ("heartbeat_interval", "MC_RELAY_HEARTBEAT_INTERVAL", _ranged(0.01, 3600)),
     ("rate_limit_per_minute", "MC_RELAY_RATE_LIMIT", _int),
     ("rate_limit_admin", "MC_RELAY_RATE_LIMIT_ADMIN", _int),
     ("rate_limit_support", "MC_RELAY_RATE_LIMIT_SUPPORT", _int),
@@ -251,38 +282,38 @@ _ENV: list[tuple[str, str, Any]] = [
     ("tenant_rate_limit_admin", "MC_RELAY_TENANT_RATE_LIMIT_ADMIN", _int),
     ("tenant_rate_limit_support", "MC_RELAY_TENANT_RATE_LIMIT_SUPPORT", _int),
     ("tenant_rate_limit_service", "MC_RELAY_TENANT_RATE_LIMIT_SERVICE", _int),
-    ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", float),
-    ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", float),
+    ("result_ttl_seconds", "MC_RELAY_RESULT_TTL", _ranged(1, 10 * _YEAR)),
+    ("restart_lease_grace", "MC_RELAY_RESTART_LEASE_GRACE", _ranged(0, _DAY)),
     ("node_id", "MC_RELAY_NODE_ID", str),
     ("log_retention_lines", "MC_RELAY_LOG_RETENTION", _lines),
     ("event_sockets_per_tenant", "MC_RELAY_EVENT_SOCKETS", _lines),
     ("result_streams_per_tenant", "MC_RELAY_RESULT_STREAMS", _lines),
     ("send_timeout", "MC_RELAY_SEND_TIMEOUT", float),
-    ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", float),
-    ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _int),
-    ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _int),
-    ("auth_failure_limit", "MC_RELAY_AUTH_FAILURES", _int),
+    ("rotate_grace_seconds", "MC_RELAY_ROTATE_GRACE", _ranged(0, _YEAR)),
+    ("handshake_failure_limit", "MC_RELAY_HANDSHAKE_FAILURES", _ranged(1, 10**9, integer=True)),
+    ("handshake_address_failure_limit", "MC_RELAY_HANDSHAKE_ADDRESS_FAILURES", _ranged(1, 10**9, integer=True)),
+    ("auth_failure_limit", "MC_RELAY_AUTH_FAILURES", _ranged(1, 10**9, integer=True)),
     ("trusted_proxies", "MC_RELAY_TRUSTED_PROXIES", str),
     ("downloads_url_base", "MC_RELAY_DOWNLOADS_URL", str),
     ("downloads_dir", "MC_RELAY_DOWNLOADS_DIR", str),
     ("metrics_token", "MC_RELAY_METRICS_TOKEN", str),
-    ("reconnect_delay_min", "MC_RELAY_RECONNECT_DELAY_MIN", float),
-    ("reconnect_delay_spread", "MC_RELAY_RECONNECT_DELAY_SPREAD", float),
-    ("shutdown_grace", "MC_RELAY_SHUTDOWN_GRACE", float),
+    ("reconnect_delay_min", "MC_RELAY_RECONNECT_DELAY_MIN", _ranged(0, 3600)),
+    ("reconnect_delay_spread", "MC_RELAY_RECONNECT_DELAY_SPREAD", _ranged(0, 3600)),
+    ("shutdown_grace", "MC_RELAY_SHUTDOWN_GRACE", _ranged(0, 3600)),
     ("store_start_wait", "MC_RELAY_STORE_START_WAIT", float),
     ("tls_cert", "MC_RELAY_TLS_CERT", str),
     ("tls_key", "MC_RELAY_TLS_KEY", str),
     ("window", "MC_RELAY_WINDOW", _window),
     ("store_compression", "MC_RELAY_STORE_COMPRESSION", _compression),
     # Hostile agents (issue 13)
-    ("agent_memory_budget", "MC_RELAY_AGENT_MEMORY_BUDGET", int),
-    ("chunk_threads", "MC_RELAY_CHUNK_THREADS", int),
-    ("agent_log_lines_per_second", "MC_RELAY_AGENT_LOG_LINES_PER_SECOND", float),
-    ("agent_log_bytes_per_second", "MC_RELAY_AGENT_LOG_BYTES_PER_SECOND", float),
-    ("agent_log_burst_seconds", "MC_RELAY_AGENT_LOG_BURST_SECONDS", float),
-    ("agent_log_line_max", "MC_RELAY_AGENT_LOG_LINE_MAX", int),
-    ("agent_clock_skew", "MC_RELAY_AGENT_CLOCK_SKEW", float),
-    ("agent_violation_penalty", "MC_RELAY_AGENT_VIOLATION_PENALTY", float),
+    ("agent_memory_budget", "MC_RELAY_AGENT_MEMORY_BUDGET", _ranged(1 << 20, 1 << 40, integer=True)),
+    ("chunk_threads", "MC_RELAY_CHUNK_THREADS", _ranged(1, 256, integer=True)),
+    ("agent_log_lines_per_second", "MC_RELAY_AGENT_LOG_LINES_PER_SECOND", _ranged(0.001, 1e6)),
+    ("agent_log_bytes_per_second", "MC_RELAY_AGENT_LOG_BYTES_PER_SECOND", _ranged(1, 1e9)),
+    ("agent_log_burst_seconds", "MC_RELAY_AGENT_LOG_BURST_SECONDS", _ranged(0.001, 3600)),
+    ("agent_log_line_max", "MC_RELAY_AGENT_LOG_LINE_MAX", _ranged(80, 1 << 20, integer=True)),
+    ("agent_clock_skew", "MC_RELAY_AGENT_CLOCK_SKEW", _ranged(0, _DAY)),
+    ("agent_violation_penalty", "MC_RELAY_AGENT_VIOLATION_PENALTY", _ranged(0, _DAY)),
 ]
 
 

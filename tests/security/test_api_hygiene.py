@@ -91,6 +91,56 @@ def test_operator_integers_are_ascii_too(value: str) -> None:
     assert RelayConfig.from_env({"MC_RELAY_PORT": "8081"}).port == 8081
 
 
+def _numeric_settings() -> list[str]:
+    from relay.config import _ENV
+
+    return [var for _, var, conv in _ENV if conv in (int, float) or getattr(conv, "__name__", "") == "conv"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "-1", "99999999999999999"])
+def test_every_numeric_setting_refuses_what_cannot_work(value: str) -> None:
+    """Every MC_RELAY_* number is range-checked: nan passed each 'must be positive' check
+    (a heartbeat interval of nan: no session ever timed out), 0 chunk threads or a port
+    past 65535 started and failed later. The message names the variable and the range."""
+    from relay.config import ConfigError, RelayConfig
+
+    numeric = _numeric_settings()
+    assert "MC_RELAY_HEARTBEAT_INTERVAL" in numeric and "MC_RELAY_CHUNK_THREADS" in numeric
+    for var in numeric:
+        with pytest.raises(ConfigError, match=var):
+            RelayConfig.from_env({var: value}, jwt_secret="s" * 40).check()
+
+
+def test_numeric_settings_name_their_range_and_take_sane_values() -> None:
+    from relay.config import ConfigError, RelayConfig
+
+    with pytest.raises(ConfigError, match="MC_RELAY_CHUNK_THREADS has an invalid value '0': it must be a number from 1 to 256"):
+        RelayConfig.from_env({"MC_RELAY_CHUNK_THREADS": "0"})
+    cfg = RelayConfig.from_env({"MC_RELAY_HEARTBEAT_INTERVAL": "0.5", "MC_RELAY_RESULT_TTL": "60",
+                                "MC_RELAY_CHUNK_THREADS": "4", "MC_RELAY_PORT": "0"})  # fmt: skip
+    assert (cfg.heartbeat_interval, cfg.result_ttl_seconds, cfg.chunk_threads, cfg.port) == (0.5, 60, 4, 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["serve", "--port", "70000", "--dev"], "the port must be 0 to 65535"),
+        (["token", "--tenant", "t", "--role", "admin", "--ttl", "99999999999999999", "--dev"], "--ttl must be 1 to"),
+        (["token", "--tenant", "", "--role", "admin", "--dev"], "--tenant must be 1 to 200 printable"),
+        (["token", "--tenant", "a\nb", "--role", "admin", "--dev"], "--tenant must be 1 to 200 printable"),
+    ],
+)
+def test_mini_relay_refuses_what_the_relay_could_not_use(argv: list[str], says: str) -> None:
+    """Was: --port 70000 a traceback (OverflowError from bind), a token for tenant '' or for
+    3 billion years printed (the relay refuses the first)."""
+    import subprocess
+
+    from tests.harness import command
+
+    r = subprocess.run([*command("mini-relay"), *argv], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r
+
+
 # --------------------------------------------------------------- unknown body fields
 
 
