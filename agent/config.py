@@ -156,7 +156,7 @@ def _parsed(data: dict[str, Any], path: Path) -> AgentConfig:
         api_key_enc=_text(agent.get("api_key_enc"), "api_key_enc", path),
         name=_text(agent.get("name"), "name", path),
         capacity=_int(agent.get("capacity", DEFAULT_CAPACITY), "capacity", path),
-        allow_insecure=bool(agent.get("allow_insecure", False)),
+        allow_insecure=_flag(agent.get("allow_insecure", False), "allow_insecure", path),
     )
     urls = agent.get("relay_urls")
     if isinstance(urls, list) and urls and all(isinstance(u, str) for u in urls):
@@ -186,6 +186,13 @@ def _parsed(data: dict[str, Any], path: Path) -> AgentConfig:
 def _text(value: Any, what: str, path: Path) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{what} in {path} must be a quoted string")
+    return value
+
+
+def _flag(value: Any, what: str, path: Path) -> bool:
+    """A TOML boolean: bool() alone made a hand-edited ``allow_insecure = "false"`` true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} in {path} must be true or false, unquoted")
     return value
 
 

@@ -232,3 +232,17 @@ def test_plain_ws_off_localhost_is_refused_at_run(tls_env: TlsEnv) -> None:
                           env=agent.env, capture_output=True, text=True, timeout=scaled(30))  # fmt: skip
     assert done.returncode == 2, done
     assert "plain ws:// is only allowed to localhost" in done.stderr
+
+
+@pytest.mark.parametrize("flag", ['"false"', '"no"', "0", '""'])
+def test_allow_insecure_must_be_a_toml_boolean(tls_env: TlsEnv, flag: str) -> None:
+    """A hand edit writing allow_insecure = "false" (a string) turned plain ws:// to another
+    host on (bool("false") is True). Now anything but true or false is a config error."""
+    agent = tls_env.stack.add_agent("insecure-flag", [], start=False)
+    agent.cli("configure", "--relay-url", "ws://relay.example.invalid", "--api-key", agent.api_key,
+              "--allow-insecure")  # fmt: skip
+    agent.config.write_text(agent.config.read_text().replace("allow_insecure = true", f"allow_insecure = {flag}"))
+    done = subprocess.run([*command("mini-connector"), "--config", str(agent.config), "run"],
+                          env=agent.env, capture_output=True, text=True, timeout=scaled(30))  # fmt: skip
+    assert done.returncode == 3, done  # EXIT_CONFIG
+    assert "allow_insecure" in done.stderr and "true or false" in done.stderr and "Traceback" not in done.stderr
