@@ -162,8 +162,7 @@ def _parsed(data: dict[str, Any], path: Path) -> AgentConfig:
     if isinstance(urls, list) and urls and all(isinstance(u, str) for u in urls):
         cfg.relay_urls = list(urls)
         cfg.relay_url = cfg.relay_url or urls[0]
-    transport = data.get("transport", {})
-    cfg.transport = dict(transport) if isinstance(transport, dict) else {}
+    cfg.transport = _transport(data.get("transport", {}), path)
     sources = data.get("sources", {})
     if not isinstance(sources, dict):
         raise ConfigError(f"the agent config {path} has a malformed [sources] table")
@@ -187,6 +186,23 @@ def _text(value: Any, what: str, path: Path) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{what} in {path} must be a quoted string")
     return value
+
+
+def _transport(table: Any, path: Path) -> dict[str, Any]:
+    """The [transport] table, its values of the types the agent reads. A malformed one was
+    dropped without a word (its pins and CA with it: a hand edit could turn pinning off)
+    and a single pin written as a string was read as one pin per character."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"the agent config {path} has a malformed [transport] table")
+    out = dict(table)
+    for key in ("ca_file", "proxy", "proxy_password_enc"):
+        _text(out.get(key), f"{key} in [transport]", path)
+    pins = out.get("pin_sha256")
+    if isinstance(pins, str):
+        out["pin_sha256"] = [pins]
+    elif pins is not None and not (isinstance(pins, list) and all(isinstance(p, str) for p in pins)):
+        raise ConfigError(f"pin_sha256 in [transport] of {path} must be a list of quoted pins")
+    return out
 
 
 def _flag(value: Any, what: str, path: Path) -> bool:

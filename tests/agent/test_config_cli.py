@@ -206,3 +206,38 @@ def test_a_hand_edited_config_with_wrong_types_is_a_config_error(tmp_path: Path,
         assert cli.main([*cmd, "--config", str(cfg)]) == 3, cmd
         err = capsys.readouterr().err
         assert "unexpected error" not in err and str(cfg) in err and err.count("\n") == 1, err
+
+
+_PIN = "q" * 43 + "="
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ('transport = "pinned"', "malformed [transport] table"),
+        ('[transport]\npin_sha256 = 5', "pin_sha256 in [transport]"),
+        (f'[transport]\npin_sha256 = ["{_PIN}", 7]', "pin_sha256 in [transport]"),
+        ("[transport]\nca_file = 5", "ca_file in [transport]"),
+        ("[transport]\nproxy = true", "proxy in [transport]"),
+    ],
+)
+def test_a_hand_edited_transport_table_of_the_wrong_shape_is_refused(tmp_path: Path, table: str, error: str) -> None:
+    """Was: a [transport] that was not a table was dropped without a word (its pins and CA
+    with it), and wrong types reached the TLS code."""
+    from agent.config import ConfigError, load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'{table}\n\n[agent]\nrelay_url = "wss://relay.example.com"\n' if table.startswith("transport =")
+                    else f'[agent]\nrelay_url = "wss://relay.example.com"\n\n{table}\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path)
+
+
+def test_a_single_pin_written_as_a_string_is_one_pin(tmp_path: Path) -> None:
+    """Was: pin_sha256 = "<pin>" read as one pin per character (every connection refused)."""
+    from agent.config import load_config
+    from agent.link.transport import Transport
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[agent]\nrelay_url = "wss://relay.example.com"\n\n[transport]\npin_sha256 = "{_PIN}"\n')
+    assert Transport.from_config(load_config(path)).pins == (_PIN,)
