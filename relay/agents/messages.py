@@ -156,14 +156,23 @@ async def end_refused(
     chunk that can never be stored (its job sat until its timeout, its resends refused
     again); the agent is told to drop the attempt. A retryable end goes back to the queue
     as any retryable failure does."""
-    if session.dead or session.in_flight.get(head.job_id) != head.attempt:
-        return  # not this session's attempt (a foreign frame), or ended meanwhile
-    error = {"code": code, "message": message[:2000], "retryable": retryable}
-    done = protocol.Message("job.done.v1", {"jobId": head.job_id, "attempt": head.attempt, "status": lifecycle.FAILED,
-                                             "rowCount": 0, "byteCount": 0, "chunks": 0, "error": error})  # fmt: skip
-    log.warning("job %s attempt %d failed: %s", head.job_id, head.attempt, message[:300])
-    await session.send("job.cancel.v1", jobId=head.job_id, attempt=head.attempt, reason="SUPERSEDED")
-    await _try_finish(relay, session, done, first=True)
+    key = (head.job_id, head.attempt)
+    if session.dead or session.in_flight.get(head.job_id) != head.attempt or key in session.ending:
+        return  # not this session's attempt (a foreign frame), ended meanwhile, or being ended
+    # Several chunks of one attempt may be refused together (a full disk refuses every
+    # chunk in flight): one ends it, the others leave it to that one.
+    session.ending.add(key)
+    try:
+        error = {"code": code, "message": message[:2000], "retryable": retryable}
+        done = protocol.Message("job.done.v1", {"jobId": head.job_id, "attempt": head.attempt, "status": lifecycle.FAILED,
+                                                 "rowCount": 0, "byteCount": 0, "chunks": 0, "error": error})  # fmt: skip
+        log.warning("job %s attempt %d failed: %s", head.job_id, head.attempt, message[:300])
+        await session.send("job.cancel.v1", jobId=head.job_id, attempt=head.attempt, reason="SUPERSEDED")
+        await _try_finish(relay, session, done, first=True)
+    except steps.StaleAttempt:
+        pass  # ended meanwhile by the relay (a lapsed lease, a cancel): the agent was told
+    finally:
+        session.ending.discard(key)
 
 
 async def on_done(relay: Relay, session: AgentSession, msg: protocol.Message) -> None:

@@ -80,6 +80,7 @@ class AgentSession:
     in_flight: dict[str, int] = field(default_factory=dict)  # job id -> attempt
     pending_done: dict[str, protocol.Message] = field(default_factory=dict)
     superseded: set[tuple[str, int]] = field(default_factory=set)  # told to drop these
+    ending: set[tuple[str, int]] = field(default_factory=set)  # attempts messages.end_refused is ending
     # Jobs that left this session (ended, given back, or held at hello but over): job id
     # -> (attempt, whether its frames get SUPERSEDED). Tells a late frame from a foreign one.
     closed: OrderedDict[str, tuple[int, bool]] = field(default_factory=OrderedDict)
