@@ -259,7 +259,13 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
         url, odbc_password = split_odbc_password(url)
         password = password or odbc_password
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            # (a C locale reads stdin with surrogateescape, a UTF-8 one strictly)
+            password = sys.stdin.readline().rstrip("\r\n")
+            password.encode("utf-8")
+        except UnicodeError:
+            # (the bytes are not shown: they are the password)
+            raise InvalidInput("the password on stdin is not UTF-8 text: send it UTF-8 encoded") from None
         if not password:
             raise InvalidInput("--password-stdin was given but no password arrived on stdin")
     options: dict[str, str] = {}
@@ -270,6 +276,8 @@ def cmd_source_add(args: argparse.Namespace, paths: StatePaths) -> int:
         check_no_control(item, "--option")
         if k.strip().lower() in ("password", "passwd", "pwd"):
             raise InvalidInput("give the password with --password-stdin, not --option")
+        if k.strip() in options:
+            raise InvalidInput(f"--option {k.strip()[:60]!r} was given twice: give each option once")
         options[k.strip()] = v
     if args.type in ("postgres", "mysql", "mssql", "odbc", "sqlite"):
         from .sources.sqloptions import OptionError, parse_sql_options

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -26,6 +27,21 @@ from .errors import EXIT_NO_LOG, LEVELS, OpsError
 FOLLOW_POLL = 0.25
 _RANK = {name: i for i, name in enumerate(LEVELS)}
 _BLOCK = 64 * 1024
+# What a terminal could obey (ESC, BEL, C1 CSI, ...): a log line may carry text from a
+# database's error, a job or a damaged file. Tabs are harmless and kept.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``), never obeyed."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def shown_json(line: str) -> str:
+    """A stored line for ``--json``: a control character becomes ``\\u001b``, which in a
+    JSON string is the same character (orjson leaves C1 and U+2028 raw), so valid JSON
+    stays valid and equal."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def parse(line: str) -> dict[str, Any] | None:
@@ -48,15 +64,15 @@ def level_ok(rec: dict[str, Any] | None, minimum: str | None) -> bool:
 def human(rec: dict[str, Any] | None, raw: str) -> str:
     """``2026-11-24 10:00:00.123 INFO    agent.session: message [job_…]``."""
     if rec is None:
-        return raw
-    stamp = str(rec.get("timestamp", "")).replace("T", " ").rstrip("Z")
+        return shown(raw)
+    stamp = shown(str(rec.get("timestamp", "")).replace("T", " ").rstrip("Z"))
     # a message's own line breaks are indented, as an exception's: no line can pose as another
-    message = "\n    ".join(str(rec.get("message", "")).splitlines())
-    text = f"{stamp} {rec.get('level', '')!s:<7} {rec.get('logger', '')}: {message}"
+    message = "\n    ".join(shown(part) for part in str(rec.get("message", "")).splitlines())
+    text = f"{stamp} {shown(str(rec.get('level', ''))):<7} {shown(str(rec.get('logger', '')))}: {message}"
     if rec.get("jobId"):
-        text += f" [{rec['jobId']}]"
+        text += f" [{shown(str(rec['jobId']))}]"
     if rec.get("exception"):
-        text += "\n    " + str(rec["exception"]).replace("\n", "\n    ")
+        text += "".join("\n    " + shown(part) for part in str(rec["exception"]).splitlines())
     return text
 
 
@@ -164,7 +180,7 @@ def cmd_logs(args: argparse.Namespace, paths: StatePaths) -> int:
     def show(line: str) -> None:
         rec = parse(line)
         if level_ok(rec, minimum):
-            sys.stdout.write((line if args.json else human(rec, line)) + "\n")
+            sys.stdout.write((shown_json(line) if args.json else human(rec, line)) + "\n")
             sys.stdout.flush()
 
     files = log_files(paths.log_file)
