@@ -69,24 +69,35 @@ class GroupCommitter:
                 await loop.run_in_executor(
                     self.executor, functools.partial(_write_batch, self.engine_of(), batch)
                 )
-            except BaseException as exc:  # the transaction as a whole failed: every op did
-                failure = (
-                    exc
-                    if isinstance(exc, Exception)
-                    else RuntimeError(f"store batch aborted: {exc!r}")
-                )
+            except Exception as exc:  # noqa: BLE001 - settled on the ops' futures
+                if len(batch) == 1:
+                    _settle(batch[0].future, False, exc)
+                    continue
+                # The shared transaction as a whole failed (its COMMIT: a full disk): each op
+                # again in a transaction of its own, so a read or a small write that can
+                # still commit is not failed for another op's rows.
                 for op in batch:
-                    _settle(op.future, False, failure)
-                if not isinstance(exc, Exception):
-                    for op in self._pending:
-                        _settle(op.future, False, failure)
-                    self._pending = []
-                    raise
+                    await self._alone(loop, op)
                 continue
+            except BaseException as exc:  # cancelled, or the process is ending: every op fails
+                failure = RuntimeError(f"store batch aborted: {exc!r}")
+                for op in (*batch, *self._pending):
+                    _settle(op.future, False, failure)
+                self._pending = []
+                raise
             self.batches += 1
             self.ops += len(batch)
             for op in batch:
                 _settle(op.future, *op.outcome)
+
+
+    async def _alone(self, loop: asyncio.AbstractEventLoop, op: _Op) -> None:
+        try:
+            await loop.run_in_executor(self.executor, functools.partial(_write_batch, self.engine_of(), [op]))
+        except Exception as exc:  # noqa: BLE001 - this op's own failure, for its caller
+            _settle(op.future, False, exc)
+        else:
+            _settle(op.future, *op.outcome)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

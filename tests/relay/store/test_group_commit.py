@@ -199,3 +199,34 @@ async def test_postgres_savepoints_keep_the_others_writes(pg_engine: Engine) -> 
     with pg_engine.connect() as conn:
         rows = conn.execute(text("SELECT n FROM mc_group_commit_t ORDER BY id")).scalars().all()
     assert rows == [0, 1, 3, 4]
+
+
+async def test_a_commit_that_fails_for_one_call_fails_only_that_call(store: Store, tmp_path: Path) -> None:
+    """A shared transaction whose COMMIT fails (a full disk refuses the rows of one big
+    write) used to fail every call in it, reads included: a GET answered 503 STORE_FULL
+    while the disk was full (a fresh-clone run of test_relay_store_on_a_full_disk). Each
+    call is then run again alone: the read and the small write commit, the big one fails."""
+    import threading
+
+    doomed = threading.local()
+
+    def big(conn: Connection) -> None:
+        _insert(conn, "big", 1)
+        doomed.on = True  # this transaction's commit will fail
+
+    def refuse_commit(conn: Any) -> None:
+        if getattr(doomed, "on", False):
+            doomed.on = False
+            raise sqlite3.OperationalError("database or disk is full")
+
+    await store.run(_insert, "before", 0)
+    event.listen(store.engine, "commit", refuse_commit)
+    try:
+        outcomes = await asyncio.gather(store.run(_all), store.run(big), store.run(_insert, "small", 2),
+                                        return_exceptions=True)  # fmt: skip
+    finally:
+        event.remove(store.engine, "commit", refuse_commit)
+    assert outcomes[0] == [("before", 0)], outcomes
+    assert isinstance(outcomes[1], Exception), outcomes
+    assert outcomes[2] == 2, outcomes
+    assert _committed(tmp_path) == [("before", 0), ("small", 2)]
